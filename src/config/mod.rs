@@ -1,0 +1,5 @@
+//! Placeholder.
+/// Placeholder.
+#[derive(Debug, thiserror::Error)]
+#[error("config")]
+pub struct ConfigError;

@@ -1,0 +1,68 @@
+//! The crate's error types: one enum per concern, each variant documented.
+
+use std::path::PathBuf;
+
+/// Errors of the daemon as a whole (start-up, configuration, I/O).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An operating-system call failed; `what` says which and on what.
+    #[error("{what}: {source}")]
+    Io {
+        /// What we were doing, e.g. `bind /var/spool/postfix/private/tlsmgr`.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The configuration is invalid. The message names file, line and parameter
+    /// where they are known, in Postfix's style.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A session-cache store could not be opened or used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Error {
+    /// Wraps an I/O error with a description of what failed.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Errors of a session-cache storage backend. No backend type (fjall, redis)
+/// crosses this boundary: backends turn their errors into these variants.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store is held by another process (e.g. a previous tlsmgr still
+    /// exiting) and was not released within the wait bound.
+    #[error("store {path} is locked by another process")]
+    Locked {
+        /// The store's location.
+        path: PathBuf,
+    },
+    /// A file-system operation on the store failed.
+    #[error("store {path}: {source}")]
+    Io {
+        /// The store's location.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The backend reported an error of its own; the text is its message.
+    #[error("store {path}: {message}")]
+    Backend {
+        /// The store's location (or a description for non-file stores).
+        path: PathBuf,
+        /// The backend's message.
+        message: String,
+    },
+    /// A stored record could not be decoded (too short, bad layout).
+    #[error("malformed entry: {0}")]
+    Malformed(String),
+    /// The database string names a type we cannot serve (e.g. `cdb:`).
+    #[error("unsupported database type: {0}")]
+    UnsupportedType(String),
+}

@@ -1,0 +1,31 @@
+//! tlsmgr: a wire-compatible, drop-in replacement for Postfix's `tlsmgr(8)`.
+//!
+//! Map of the crate (each module says what lives there):
+//! - [`protocol`]: the NUL-terminated attribute protocol, sans I/O: framing,
+//!   typed requests and replies, the tokio codecs.
+//! - [`config`]: main.cf reading and the typed, immutable [`config::Config`].
+//! - [`store`]: the session-cache storage trait and its backends (fjall, memory).
+//! - [`ticket`]: RFC 5077 session-ticket keys: the 88-byte wire struct and rotation.
+//! - [`prng`]: the seed generator behind the `seed` request.
+//! - [`actors`]: the actix actors that own caches, keys, the PRNG and expiry.
+//! - [`server`]: the listening socket and the per-connection request loop.
+//! - [`client`]: the client side of the protocol (`tlsmgr client`, tests, benches).
+//! - [`clock`]: injected time, so expiry and rotation are tested by stepping a clock.
+//! - [`logging`]: slog drains that format lines the way Postfix does.
+#![forbid(unsafe_op_in_unsafe_fn)]
+#![deny(rust_2018_idioms, unused_must_use)]
+#![warn(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod actors;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod prng;
+pub mod protocol;
+pub mod server;
+pub mod store;
+pub mod ticket;
+
+pub use error::Error;
