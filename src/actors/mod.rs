@@ -1,1 +1,39 @@
-//! Placeholder.
+//! The actix actors and how they are wired.
+//!
+//! - [`cache`]: one [`cache::CacheActor`] per enabled cache, each on its own
+//!   arbiter thread (store I/O blocks), supervised.
+//! - [`ticket`]: the session-ticket keys.
+//! - [`prng`]: the seed pool.
+//! - [`expiry`]: periodic, stepwise removal of stale cache entries.
+//!
+//! Connections are tokio tasks on the main arbiter (see [`crate::server`]);
+//! they reach the actors through [`CacheSet`] and the addresses in
+//! [`crate::server::Services`].
+
+pub mod cache;
+pub mod expiry;
+pub mod prng;
+pub mod ticket;
+
+use crate::protocol::CacheType;
+use actix::Addr;
+
+/// A running cache: its actor and the timeout it was started with.
+#[derive(Clone)]
+pub struct RunningCache {
+    /// The actor.
+    pub addr: Addr<cache::CacheActor>,
+    /// Its sanitized timeout.
+    pub timeout: u32,
+}
+
+/// The running caches, indexed by [`CacheType::index`]; `None` = disabled.
+#[derive(Clone, Default)]
+pub struct CacheSet(pub [Option<RunningCache>; 3]);
+
+impl CacheSet {
+    /// The running cache for `ct`, if enabled.
+    pub fn get(&self, ct: CacheType) -> Option<&RunningCache> {
+        self.0[ct.index()].as_ref()
+    }
+}

@@ -1,5 +1,493 @@
-//! Placeholder.
-/// Placeholder.
-#[derive(Debug, thiserror::Error)]
-#[error("config")]
-pub struct ConfigError;
+//! Configuration: main.cf reading, `$` expansion, and the typed, immutable
+//! [`Config`] snapshot the rest of the program reads.
+//!
+//! - [`maincf`]: main.cf text to raw definitions (logical lines, overrides).
+//! - [`expand`]: `$name` expansion when a value is read.
+//! - [`values`]: Postfix's int/time/bool syntax and messages.
+//!
+//! [`Config::from_source`] builds a snapshot from any [`Source`] of raw strings
+//! (a parsed main.cf, or a plain map in unit tests), applying Postfix's
+//! defaults (spec §5.1) and validation. Errors name the file, the line and the
+//! parameter.
+
+pub mod expand;
+pub mod maincf;
+pub mod values;
+
+use crate::protocol::CacheType;
+use crate::store::location::{parse_database, same_store, StoreLocation};
+pub use maincf::RawConfig;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Shortest cache timeout Postfix allows (`TLS_SESSION_LIFEMIN`); a smaller
+/// positive value is raised to it.
+pub const SESSION_LIFEMIN: u32 = 120;
+/// Longest cache timeout (100 days); above it the configuration is invalid.
+pub const SESSION_LIFEMAX: u64 = 8_640_000;
+/// Postfix clamps the PRNG periods to `INT_MAX / 255` seconds.
+pub const MAX_RANDOM_PERIOD: u64 = 8_421_504;
+
+/// A configuration error, shown as `FILE, line N: MESSAGE` where known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file the definition came from.
+    pub file: Option<PathBuf>,
+    /// The line of the definition.
+    pub line: Option<usize>,
+    /// The message, in Postfix's words, naming the parameter.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error with a message only.
+    pub fn new(message: impl Into<String>) -> Self {
+        ConfigError {
+            file: None,
+            line: None,
+            message: message.into(),
+        }
+    }
+    /// Locates the error at `file`, `line`.
+    pub fn at(mut self, file: Option<&Path>, line: usize) -> Self {
+        self.file = file.map(Path::to_path_buf);
+        self.line = Some(line);
+        self
+    }
+    /// Locates the error in `file` (and `line` when known).
+    pub fn in_file(mut self, file: &Path, line: Option<usize>) -> Self {
+        self.file = Some(file.to_path_buf());
+        self.line = line;
+        self
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{}, line {}: {}", file.display(), line, self.message),
+            (Some(file), None) => write!(f, "{}: {}", file.display(), self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Raw, unexpanded parameter values, and where each was defined.
+pub trait Source {
+    /// The raw value of `name` if the source defines it.
+    fn raw(&self, name: &str) -> Option<String>;
+    /// The line that defines `name`, if known.
+    fn line_of(&self, _name: &str) -> Option<usize> {
+        None
+    }
+    /// The file the values came from, if any.
+    fn file(&self) -> Option<&Path> {
+        None
+    }
+}
+
+impl Source for RawConfig {
+    fn raw(&self, name: &str) -> Option<String> {
+        self.entries.get(name).map(|v| v.value.clone())
+    }
+    fn line_of(&self, name: &str) -> Option<usize> {
+        self.entries.get(name).and_then(|v| v.line)
+    }
+    fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn raw(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// Built-in defaults of every parameter we read (Postfix 3.7 on Linux/Debian,
+/// plus our own `tlsmgr_*` parameters).
+pub const DEFAULTS: &[(&str, &str)] = &[
+    ("config_directory", "/etc/postfix"),
+    ("queue_directory", "/var/spool/postfix"),
+    ("data_directory", "/var/lib/postfix"),
+    ("daemon_directory", "/usr/lib/postfix/sbin"),
+    ("mail_owner", "postfix"),
+    ("default_database_type", "hash"),
+    ("multi_instance_name", ""),
+    ("syslog_name", "${multi_instance_name?{$multi_instance_name}:{postfix}}"),
+    ("syslog_facility", "mail"),
+    ("ipc_timeout", "3600s"),
+    ("daemon_timeout", "18000s"),
+    ("tls_random_source", "dev:/dev/urandom"),
+    ("tls_random_exchange_name", "${data_directory}/prng_exch"),
+    ("tls_random_bytes", "32"),
+    ("tls_random_reseed_period", "3600s"),
+    ("tls_random_prng_update_period", "3600s"),
+    ("smtpd_tls_session_cache_database", ""),
+    ("smtp_tls_session_cache_database", ""),
+    ("lmtp_tls_session_cache_database", ""),
+    ("smtpd_tls_session_cache_timeout", "3600s"),
+    ("smtp_tls_session_cache_timeout", "3600s"),
+    ("lmtp_tls_session_cache_timeout", "3600s"),
+    ("smtpd_tls_loglevel", "0"),
+    ("smtp_tls_loglevel", "0"),
+    ("lmtp_tls_loglevel", "0"),
+    // Ours. Documented in README.md ("Parameters beyond Postfix").
+    ("tlsmgr_session_cache_max_entries", "100000"),
+    ("tlsmgr_persistent_state", "yes"),
+    ("tlsmgr_ticket_key_file", "${data_directory}/tlsmgr_ticket_keys"),
+    ("tlsmgr_store_lock_wait", "10s"),
+];
+
+/// One session cache's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Which cache.
+    pub cache_type: CacheType,
+    /// `<type>_tls_session_cache_database`, expanded.
+    pub database: String,
+    /// Where it is stored; `None` when the database is empty or the cache is
+    /// disabled by a zero timeout.
+    pub location: Option<StoreLocation>,
+    /// The sanitized timeout: 0 (disabled) or 120..=8640000 seconds.
+    pub timeout: u32,
+    /// `<type>_tls_loglevel`, expanded.
+    pub loglevel: String,
+}
+
+impl CacheConfig {
+    /// Whether the cache is open: a database is configured and timeout > 0.
+    pub fn enabled(&self) -> bool {
+        self.location.is_some()
+    }
+    /// Whether cache activity is logged (`TLS_LOG_CACHE`: level >= 2 or the
+    /// keyword `cache`), spec §6.
+    pub fn log_cache(&self) -> bool {
+        self.loglevel
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|w| !w.is_empty())
+            .any(|w| w.eq_ignore_ascii_case("cache") || w.parse::<u32>().is_ok_and(|n| n >= 2) || ["debug", "ssl-expert", "ssl-developer"].iter().any(|k| w.eq_ignore_ascii_case(k)))
+    }
+}
+
+/// The typed configuration snapshot. Immutable: a reload builds a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `config_directory`.
+    pub config_directory: PathBuf,
+    /// `queue_directory`: the socket is `$queue_directory/private/tlsmgr`.
+    pub queue_directory: PathBuf,
+    /// `data_directory`.
+    pub data_directory: PathBuf,
+    /// `mail_owner`.
+    pub mail_owner: String,
+    /// `syslog_name`.
+    pub syslog_name: String,
+    /// `ipc_timeout`: bound on one request's read.
+    pub ipc_timeout: Duration,
+    /// `daemon_timeout`.
+    pub daemon_timeout: Duration,
+    /// `tls_random_source`, expanded.
+    pub tls_random_source: String,
+    /// `tls_random_exchange_name`, expanded; `None` when empty.
+    pub tls_random_exchange_name: Option<PathBuf>,
+    /// `tls_random_bytes` (>= 1).
+    pub tls_random_bytes: u32,
+    /// `tls_random_reseed_period`, clamped to [`MAX_RANDOM_PERIOD`].
+    pub tls_random_reseed_period: u64,
+    /// `tls_random_prng_update_period`, clamped to [`MAX_RANDOM_PERIOD`].
+    pub tls_random_prng_update_period: u64,
+    /// The three caches, indexed by [`CacheType::index`].
+    pub caches: [CacheConfig; 3],
+    /// `tlsmgr_session_cache_max_entries`: bound per cache; 0 = unlimited.
+    pub max_entries: u64,
+    /// `tlsmgr_persistent_state`: keep sessions and ticket keys across
+    /// restarts (`no` = Postfix's empty-on-start).
+    pub persistent_state: bool,
+    /// `tlsmgr_ticket_key_file`; `None` when empty (keys kept in memory only).
+    pub ticket_key_file: Option<PathBuf>,
+    /// `tlsmgr_store_lock_wait`: how long to wait for a store still held by
+    /// an exiting tlsmgr.
+    pub store_lock_wait: Duration,
+    /// Warnings to log (e.g. overridden entries).
+    pub warnings: Vec<String>,
+}
+
+struct Resolver<'a> {
+    source: &'a dyn Source,
+}
+
+impl expand::Lookup for Resolver<'_> {
+    fn raw(&self, name: &str) -> Option<String> {
+        self.source.raw(name).or_else(|| {
+            DEFAULTS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+}
+
+impl Resolver<'_> {
+    fn err(&self, name: &str, message: String) -> ConfigError {
+        ConfigError {
+            file: self.source.file().map(Path::to_path_buf),
+            line: self.source.line_of(name),
+            message,
+        }
+    }
+    fn string(&self, name: &str) -> Result<String, ConfigError> {
+        let raw = expand::Lookup::raw(self, name).unwrap_or_default();
+        expand::expand(&raw, self).map_err(|m| self.err(name, format!("parameter {name}: {m}")))
+    }
+    fn time(&self, name: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let v = self.string(name)?;
+        values::parse_time(name, &v, 's')
+            .and_then(|t| values::check_time(name, t, min, max))
+            .map_err(|m| self.err(name, m))
+    }
+    fn int(&self, name: &str, min: i64, max: i64) -> Result<i64, ConfigError> {
+        let v = self.string(name)?;
+        values::parse_int(name, &v)
+            .and_then(|n| values::check_int(name, n, min, max))
+            .map_err(|m| self.err(name, m))
+    }
+    fn bool(&self, name: &str) -> Result<bool, ConfigError> {
+        let v = self.string(name)?;
+        values::parse_bool(name, &v).map_err(|m| self.err(name, m))
+    }
+    fn path(&self, name: &str) -> Result<Option<PathBuf>, ConfigError> {
+        let v = self.string(name)?;
+        Ok((!v.is_empty()).then(|| PathBuf::from(v)))
+    }
+}
+
+/// Sanitizes a cache timeout as tlsmgr does: 0 stays 0 (disabled), 1..119
+/// becomes 120.
+pub fn sanitize_timeout(secs: u64) -> u32 {
+    match secs {
+        0 => 0,
+        s if s < u64::from(SESSION_LIFEMIN) => SESSION_LIFEMIN,
+        s => u32::try_from(s).unwrap_or(u32::MAX),
+    }
+}
+
+impl Config {
+    /// Builds a snapshot from raw values plus Postfix's defaults.
+    pub fn from_source(source: &dyn Source) -> Result<Config, ConfigError> {
+        let r = Resolver { source };
+        let default_db_type = r.string("default_database_type")?;
+        let mut caches = Vec::with_capacity(3);
+        for ct in CacheType::ALL {
+            let db_param = format!("{ct}_tls_session_cache_database");
+            let timeout_param = format!("{ct}_tls_session_cache_timeout");
+            let database = r.string(&db_param)?;
+            let timeout = sanitize_timeout(r.time(&timeout_param, 0, SESSION_LIFEMAX)?);
+            let location = if database.is_empty() || timeout == 0 {
+                None
+            } else {
+                Some(
+                    parse_database(&database, &default_db_type)
+                        .map_err(|e| r.err(&db_param, format!("parameter {db_param}: {e}")))?,
+                )
+            };
+            caches.push(CacheConfig {
+                cache_type: ct,
+                database,
+                location,
+                timeout,
+                loglevel: r.string(&format!("{ct}_tls_loglevel"))?,
+            });
+        }
+        // Postfix: the same database for two cache types is fatal.
+        for (i, a) in caches.iter().enumerate() {
+            for b in caches.iter().skip(i + 1) {
+                if let (Some(la), Some(lb)) = (&a.location, &b.location) {
+                    if a.database == b.database || same_store(la, lb) {
+                        return Err(r.err(
+                            &format!("{}_tls_session_cache_database", b.cache_type),
+                            format!(
+                                "do not use the same TLS cache file {} for {} and {}",
+                                b.database, a.cache_type, b.cache_type
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let caches: [CacheConfig; 3] = caches
+            .try_into()
+            .map_err(|_| ConfigError::new("internal error: cache table"))?;
+        let period = |name: &str| -> Result<u64, ConfigError> {
+            Ok(r.time(name, 1, 0)?.min(MAX_RANDOM_PERIOD))
+        };
+        Ok(Config {
+            config_directory: PathBuf::from(r.string("config_directory")?),
+            queue_directory: PathBuf::from(r.string("queue_directory")?),
+            data_directory: PathBuf::from(r.string("data_directory")?),
+            mail_owner: r.string("mail_owner")?,
+            syslog_name: r.string("syslog_name")?,
+            ipc_timeout: Duration::from_secs(r.time("ipc_timeout", 1, 0)?),
+            daemon_timeout: Duration::from_secs(r.time("daemon_timeout", 1, 0)?),
+            tls_random_source: r.string("tls_random_source")?,
+            tls_random_exchange_name: r.path("tls_random_exchange_name")?,
+            tls_random_bytes: r.int("tls_random_bytes", 1, 0)? as u32,
+            tls_random_reseed_period: period("tls_random_reseed_period")?,
+            tls_random_prng_update_period: period("tls_random_prng_update_period")?,
+            caches,
+            max_entries: r.int("tlsmgr_session_cache_max_entries", 0, 0).and_then(|n| {
+                u64::try_from(n).map_err(|_| {
+                    r.err(
+                        "tlsmgr_session_cache_max_entries",
+                        format!("invalid tlsmgr_session_cache_max_entries parameter value {n} < 0"),
+                    )
+                })
+            })?,
+            persistent_state: r.bool("tlsmgr_persistent_state")?,
+            ticket_key_file: r.path("tlsmgr_ticket_key_file")?,
+            store_lock_wait: Duration::from_secs(r.time("tlsmgr_store_lock_wait", 0, 3600)?),
+            warnings: Vec::new(),
+        })
+    }
+
+    /// Reads `DIR/main.cf`, applies `-o` overrides, and builds the snapshot.
+    /// `config_directory` is set from `dir`, as Postfix sets it from `-c`.
+    pub fn load(dir: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
+        let path = dir.join("main.cf");
+        let mut raw = RawConfig::read(&path)?;
+        raw.entries.insert(
+            "config_directory".to_string(),
+            maincf::RawValue {
+                value: dir.display().to_string(),
+                line: None,
+            },
+        );
+        for o in overrides {
+            raw.apply_override(o)?;
+        }
+        let mut cfg = Config::from_source(&raw)?;
+        cfg.warnings = raw.warnings;
+        Ok(cfg)
+    }
+
+    /// The settings of one cache.
+    pub fn cache(&self, ct: CacheType) -> &CacheConfig {
+        &self.caches[ct.index()]
+    }
+
+    /// The session-ticket key lifetime source: the sanitized smtpd timeout.
+    pub fn ticket_timeout(&self) -> u32 {
+        self.cache(CacheType::Smtpd).timeout
+    }
+
+    /// Where Postfix clients look for us: `$queue_directory/private/tlsmgr`.
+    pub fn default_socket(&self) -> PathBuf {
+        self.queue_directory.join("private").join("tlsmgr")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_source(&map)
+    }
+
+    #[test]
+    fn postfix_defaults() {
+        let c = from(&[]).unwrap();
+        assert_eq!(c.tls_random_source, "dev:/dev/urandom");
+        assert_eq!(
+            c.tls_random_exchange_name,
+            Some(PathBuf::from("/var/lib/postfix/prng_exch"))
+        );
+        assert_eq!(c.syslog_name, "postfix");
+        assert_eq!(c.cache(CacheType::Smtpd).timeout, 3600);
+        assert!(!c.cache(CacheType::Smtpd).enabled());
+        assert_eq!(c.ipc_timeout, Duration::from_secs(3600));
+        assert_eq!(c.default_socket(), PathBuf::from("/var/spool/postfix/private/tlsmgr"));
+    }
+
+    #[test]
+    fn timeouts_are_sanitized() {
+        let c = from(&[
+            ("smtpd_tls_session_cache_timeout", "30"),
+            ("smtp_tls_session_cache_timeout", "0"),
+            ("lmtp_tls_session_cache_timeout", "2h"),
+            ("smtp_tls_session_cache_database", "btree:/x/smtp_scache"),
+        ])
+        .unwrap();
+        assert_eq!(c.cache(CacheType::Smtpd).timeout, 120);
+        assert_eq!(c.cache(CacheType::Smtp).timeout, 0);
+        assert!(!c.cache(CacheType::Smtp).enabled(), "timeout 0 disables");
+        assert_eq!(c.cache(CacheType::Lmtp).timeout, 7200);
+    }
+
+    #[test]
+    fn timeout_above_max_is_an_error() {
+        let e = from(&[("smtpd_tls_session_cache_timeout", "8640001")]).unwrap_err();
+        assert_eq!(
+            e.message,
+            "invalid smtpd_tls_session_cache_timeout: 8640001 (max 8640000)"
+        );
+    }
+
+    #[test]
+    fn same_database_twice_is_an_error() {
+        let e = from(&[
+            ("smtpd_tls_session_cache_database", "btree:/d/scache"),
+            ("smtp_tls_session_cache_database", "btree:/d/scache"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            "do not use the same TLS cache file btree:/d/scache for smtpd and smtp"
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_and_parameter() {
+        let raw = RawConfig::parse(
+            "a = 1\ntls_random_bytes = lots\n",
+            Some(Path::new("/etc/postfix/main.cf")),
+        )
+        .unwrap();
+        let e = Config::from_source(&raw).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/postfix/main.cf, line 2: bad numerical configuration: tls_random_bytes = lots"
+        );
+    }
+
+    #[test]
+    fn defaults_follow_other_parameters() {
+        let c = from(&[("data_directory", "/srv/pf")]).unwrap();
+        assert_eq!(
+            c.ticket_key_file,
+            Some(PathBuf::from("/srv/pf/tlsmgr_ticket_keys"))
+        );
+    }
+
+    #[test]
+    fn cache_loglevel() {
+        let mut c = from(&[("smtpd_tls_loglevel", "2")]).unwrap();
+        assert!(c.cache(CacheType::Smtpd).log_cache());
+        assert!(!c.cache(CacheType::Smtp).log_cache());
+        c.caches[1].loglevel = "Cache, ssl".into();
+        assert!(c.cache(CacheType::Smtp).log_cache());
+    }
+
+    #[test]
+    fn periods_clamped() {
+        let c = from(&[("tls_random_reseed_period", "52w")]).unwrap();
+        assert_eq!(c.tls_random_reseed_period, MAX_RANDOM_PERIOD);
+        assert!(from(&[("tls_random_prng_update_period", "0")]).is_err());
+    }
+}

@@ -1,0 +1,273 @@
+//! The daemon: starts the actors, accepts connections, shuts down cleanly.
+//!
+//! - [`connection`]: the per-connection request loop.
+//! - [`apply`]: what each request does.
+//!
+//! [`run`] drives everything on the calling thread (an actix System) until
+//! its `shutdown` future resolves; then every cache is flushed and every
+//! store closed before it returns, so a restarted daemon finds its sessions.
+//! [`spawn`] runs the same on a background thread for in-process tests.
+
+pub mod apply;
+pub mod connection;
+
+use crate::actors::cache::{CacheActor, CacheLimits, Flush};
+use crate::actors::expiry::ExpiryActor;
+use crate::actors::prng::PrngActor;
+use crate::actors::ticket::TicketActor;
+use crate::actors::{CacheSet, RunningCache};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::error::Error;
+use crate::protocol::CacheType;
+use crate::store::fjall::OpenOptions;
+use actix::prelude::*;
+use arc_swap::ArcSwap;
+use slog::{error, info, Logger};
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything a connection needs to serve requests. Cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    /// The live configuration snapshot.
+    pub config: Arc<ArcSwap<Config>>,
+    /// The running caches.
+    pub caches: Arc<ArcSwap<CacheSet>>,
+    /// The ticket-key actor.
+    pub tickets: Addr<TicketActor>,
+    /// The PRNG actor.
+    pub prng: Addr<PrngActor>,
+    /// The expiry actor.
+    pub expiry: Addr<ExpiryActor>,
+    /// The logger.
+    pub log: Logger,
+}
+
+/// What [`run`] needs.
+pub struct Options {
+    /// The configuration to start with.
+    pub config: Config,
+    /// A bound, listening socket.
+    pub listener: std::os::unix::net::UnixListener,
+    /// The clock (the system clock, or a manual one in tests).
+    pub clock: SharedClock,
+    /// Where log lines go.
+    pub log: Logger,
+    /// Test hook: per-cache flags that make store calls fail (see
+    /// [`CacheActor::with_fault_injection`]).
+    pub fault_injection: Option<[Arc<AtomicBool>; 3]>,
+}
+
+fn start_caches(
+    cfg: &Config,
+    opts: &Options,
+) -> (CacheSet, Vec<Arbiter>) {
+    let mut set = CacheSet::default();
+    let mut arbiters = Vec::new();
+    for ct in CacheType::ALL {
+        let cc = cfg.cache(ct);
+        let Some(location) = cc.location.clone() else { continue };
+        let limits = CacheLimits {
+            timeout: cc.timeout,
+            max_entries: cfg.max_entries,
+            log_cache: cc.log_cache(),
+        };
+        let open = OpenOptions {
+            empty_on_start: !cfg.persistent_state,
+            lock_wait: cfg.store_lock_wait,
+        };
+        let mut actor = CacheActor::new(ct, location, open, limits, opts.clock.clone(), opts.log.clone());
+        if let Some(flags) = &opts.fault_injection {
+            actor = actor.with_fault_injection(flags[ct.index()].clone());
+        }
+        // Store I/O blocks: each cache gets its own thread.
+        let arbiter = Arbiter::new();
+        let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        set.0[ct.index()] = Some(RunningCache {
+            addr,
+            timeout: cc.timeout,
+        });
+        arbiters.push(arbiter);
+    }
+    (set, arbiters)
+}
+
+/// Runs the daemon on this thread until `shutdown` resolves. `ready` is
+/// called once the actors are started and the socket is being served.
+pub fn run(
+    opts: Options,
+    shutdown: impl Future<Output = ()> + 'static,
+    ready: impl FnOnce(Services) + 'static,
+) -> Result<(), Error> {
+    let system = actix_rt::System::new();
+    let log = opts.log.clone();
+    let result = system.block_on(async move {
+        let config = Arc::new(ArcSwap::from_pointee(opts.config.clone()));
+        let (set, arbiters) = start_caches(&opts.config, &opts);
+        let caches = Arc::new(ArcSwap::from_pointee(set));
+        let svc = Services {
+            tickets: TicketActor::new(config.clone(), opts.clock.clone(), opts.log.clone()).start(),
+            prng: PrngActor::new().start(),
+            expiry: ExpiryActor::new(caches.clone(), opts.log.clone()).start(),
+            config,
+            caches,
+            log: opts.log.clone(),
+        };
+        opts.listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("set listening socket non-blocking", e))?;
+        let listener = tokio::net::UnixListener::from_std(opts.listener)
+            .map_err(|e| Error::io("register listening socket", e))?;
+        ready(svc.clone());
+        let accept_svc = svc.clone();
+        let accept = async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        actix_rt::spawn(connection::serve(stream, accept_svc.clone()));
+                    }
+                    Err(e) => {
+                        error!(accept_svc.log, "accept connection: {}", e);
+                        // EMFILE and friends: back off instead of spinning.
+                        actix_rt::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = accept => {}
+            _ = shutdown => {}
+        }
+        // Flush every store before the arbiters go away.
+        for rc in svc.caches.load().0.iter().flatten() {
+            let _ = rc.addr.send(Flush).await;
+        }
+        Ok::<_, Error>(arbiters)
+    });
+    let arbiters = result?;
+    // Stopping an arbiter drops its actor and so closes its store; joining
+    // makes sure the store lock is released before we return.
+    for arbiter in arbiters {
+        arbiter.stop();
+        let _ = arbiter.join();
+    }
+    info!(log, "stopped");
+    Ok(())
+}
+
+/// A daemon running on a background thread (tests, benches).
+pub struct DaemonHandle {
+    stop: Option<futures::channel::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), Error>>>,
+    /// The daemon's services, to reach its actors from the test.
+    pub services: Services,
+}
+
+/// Starts [`run`] on a new thread and waits until it serves.
+pub fn spawn(opts: Options) -> Result<DaemonHandle, Error> {
+    let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("tlsmgr-daemon".into())
+        .spawn(move || {
+            run(
+                opts,
+                async move {
+                    let _ = stop_rx.await;
+                },
+                move |svc| {
+                    let _ = ready_tx.send(svc);
+                },
+            )
+        })
+        .map_err(|e| Error::io("spawn daemon thread", e))?;
+    match ready_rx.recv() {
+        Ok(services) => Ok(DaemonHandle {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            services,
+        }),
+        Err(_) => match thread.join() {
+            Ok(Err(e)) => Err(e),
+            _ => Err(Error::io(
+                "start daemon",
+                std::io::Error::other("daemon thread exited before serving"),
+            )),
+        },
+    }
+}
+
+impl DaemonHandle {
+    /// Stops the daemon, flushing and closing every store, and waits for it.
+    pub fn stop(mut self) -> Result<(), Error> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), Error> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(Error::io("stop daemon", std::io::Error::other("daemon thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for DaemonHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// `tlsmgr serve`: binds `socket` (creating its directory and the data
+/// directory when missing, replacing a stale socket file), runs until SIGINT
+/// or SIGTERM, then flushes the stores and returns.
+pub fn standalone(config: Config, socket: &std::path::Path, log: Logger) -> Result<(), Error> {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    for dir in [socket.parent(), Some(config.data_directory.as_path())]
+        .into_iter()
+        .flatten()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        info!(log, "created directory {}", dir.display());
+    }
+    if socket.exists() {
+        if UnixStream::connect(socket).is_ok() {
+            return Err(Error::io(
+                format!("bind {}", socket.display()),
+                std::io::Error::new(std::io::ErrorKind::AddrInUse, "another tlsmgr is serving this socket"),
+            ));
+        }
+        std::fs::remove_file(socket).map_err(|e| Error::io(format!("remove stale socket {}", socket.display()), e))?;
+    }
+    let listener = UnixListener::bind(socket).map_err(|e| Error::io(format!("bind {}", socket.display()), e))?;
+    info!(log, "listening on {}", socket.display());
+    let opts = Options {
+        config,
+        listener,
+        clock: crate::clock::system(),
+        log: log.clone(),
+        fault_injection: None,
+    };
+    let shutdown = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    };
+    let result = run(opts, shutdown, |_| {});
+    let _ = std::fs::remove_file(socket);
+    result
+}

@@ -1,0 +1,155 @@
+//! `tlsmgr serve` and `tlsmgr client` as real processes: the issue's
+//! acceptance list, end to end through the command line.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tlsmgr");
+
+struct Serve {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Serve {
+    fn start(dir: &Path) -> Serve {
+        std::fs::write(
+            dir.join("main.cf"),
+            format!(
+                "queue_directory = {d}\ndata_directory = {d}/data\n\
+                 smtpd_tls_session_cache_database = btree:${{data_directory}}/smtpd_scache\n\
+                 smtp_tls_session_cache_database = hash:${{data_directory}}/smtp_scache\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "-c"])
+            .arg(dir)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Default socket: $queue_directory/private/tlsmgr.
+        let socket = dir.join("private/tlsmgr");
+        for _ in 0..200 {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                return Serve { child, socket };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tlsmgr serve did not start");
+    }
+
+    fn client(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["client", "--socket"]).arg(&self.socket).args(args);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(bytes) = stdin {
+            input.write_all(bytes).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    /// SIGTERM, as `postfix stop` sends; the daemon must flush and exit 0.
+    fn stop(mut self) -> String {
+        // SAFETY: kill(2) on our own child's pid with a valid signal number;
+        // no memory is shared or touched.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0);
+        let out = self.child.wait_with_output().unwrap();
+        assert!(out.status.success(), "exit status {:?}", out.status);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn client_against_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path());
+
+    let o = serve.client(&["update", "smtpd", "id1", "-"], Some(b"\x30\x05\x02\x01\x01\x04\x00"));
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(stdout(&o), "status: OK\n");
+    let o = serve.client(&["lookup", "smtpd", "id1"], None);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o), "status: OK\nsession: 30050201010400\n");
+    let o = serve.client(&["--raw", "lookup", "smtpd", "id1"], None);
+    assert_eq!(o.stdout, b"status: OK\nsession: \x30\x05\x02\x01\x01\x04\x00\n");
+
+    let o = serve.client(&["delete", "smtpd", "id1"], None);
+    assert_eq!(o.status.code(), Some(0));
+    let o = serve.client(&["lookup", "smtpd", "id1"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o), "status: ERR\nsession: \n");
+
+    for (t, cachable) in [("smtpd", 1), ("smtp", 1), ("lmtp", 0)] {
+        let o = serve.client(&["policy", t], None);
+        assert_eq!(o.status.code(), Some(0));
+        assert_eq!(stdout(&o), format!("status: OK\ncachable: {cachable}\ntimeout: 3600\n"));
+    }
+
+    let o = serve.client(&["tktkey"], None);
+    assert_eq!(o.status.code(), Some(0));
+    let text = stdout(&o);
+    let keybuf = text.strip_prefix("status: OK\nkeybuf: ").unwrap().trim_end();
+    assert_eq!(keybuf.len(), 2 * 88);
+    let o = serve.client(&["tktkey", &keybuf[..32]], None);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o), text, "lookup by name returns the same key");
+
+    let o = serve.client(&["seed", "32"], None);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o).strip_prefix("status: OK\nseed: ").unwrap().trim_end().len(), 64);
+    let o = serve.client(&["seed", "256"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o), "status: FAIL\nseed: \n");
+    let o = serve.client(&["policy", "imap"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o), "status: FAIL\ncachable: 0\ntimeout: 0\n");
+
+    let log = serve.stop();
+    assert!(log.contains("warning: bogus seed length \"256\" in \"seed\" request"), "{log}");
+    assert!(log.contains("warning: bogus cache type \"imap\" in \"policy\" request"), "{log}");
+    // Stores are where the README says: PATH.fjall, never stock's PATH.db.
+    assert!(dir.path().join("data/smtpd_scache.fjall").is_dir());
+    assert!(dir.path().join("data/smtp_scache.fjall").is_dir());
+    assert!(!dir.path().join("data/smtpd_scache.db").exists());
+}
+
+#[test]
+fn client_reports_connection_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(BIN)
+        .args(["client", "--socket"])
+        .arg(dir.path().join("nothing"))
+        .args(["seed", "8"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn serve_rejects_a_bad_configuration_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("main.cf"), "queue_directory = /tmp\nsmtpd_tls_session_cache_timeout = 200d\n").unwrap();
+    let o = Command::new(BIN).args(["serve", "-c"]).arg(dir.path()).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "fatal: {}/main.cf, line 2: invalid smtpd_tls_session_cache_timeout: 17280000 (max 8640000)",
+            dir.path().display()
+        )),
+        "{err}"
+    );
+}

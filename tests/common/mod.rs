@@ -1,0 +1,167 @@
+//! Shared harness: a daemon started in-process on a real UNIX socket in a
+//! temporary directory, with a manual clock and a captured log.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tlsmgr::client::Client;
+use tlsmgr::clock::ManualClock;
+use tlsmgr::config::Config;
+use tlsmgr::logging::MemoryLog;
+use tlsmgr::protocol::{Reply, Request, Status};
+use tlsmgr::server::{self, DaemonHandle, Options};
+
+/// A clock start well past the epoch, so `now - timeout` never saturates.
+pub const T0: u64 = 1_700_000_000;
+
+pub struct TestDaemon {
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub socket: PathBuf,
+    pub clock: Arc<ManualClock>,
+    pub log: MemoryLog,
+    pub faults: [Arc<AtomicBool>; 3],
+    pub handle: Option<DaemonHandle>,
+    extra: String,
+}
+
+/// main.cf for a test directory: both server and client caches on fjall.
+pub fn main_cf(dir: &Path, extra: &str) -> String {
+    format!(
+        "queue_directory = {d}\ndata_directory = {d}/data\n\
+         smtpd_tls_session_cache_database = btree:${{data_directory}}/smtpd_scache\n\
+         smtp_tls_session_cache_database = btree:${{data_directory}}/smtp_scache\n\
+         tlsmgr_store_lock_wait = 2s\n{extra}\n",
+        d = dir.display()
+    )
+}
+
+impl TestDaemon {
+    pub fn start(extra: &str) -> TestDaemon {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut d = TestDaemon {
+            socket: dir.join("tlsmgr.sock"),
+            dir,
+            _tmp: Some(tmp),
+            clock: ManualClock::new(T0),
+            log: MemoryLog::default(),
+            faults: Default::default(),
+            handle: None,
+            extra: extra.to_string(),
+        };
+        d.boot();
+        d
+    }
+
+    pub fn config(&self) -> Config {
+        std::fs::write(self.dir.join("main.cf"), main_cf(&self.dir, &self.extra)).unwrap();
+        std::fs::create_dir_all(self.dir.join("data")).unwrap();
+        Config::load(&self.dir, &[]).unwrap()
+    }
+
+    fn boot(&mut self) {
+        let config = self.config();
+        let _ = std::fs::remove_file(&self.socket);
+        let listener = std::os::unix::net::UnixListener::bind(&self.socket).unwrap();
+        let handle = server::spawn(Options {
+            config,
+            listener,
+            clock: self.clock.clone(),
+            log: self.log.logger("postfix/tlsmgr"),
+            fault_injection: Some(self.faults.clone()),
+        })
+        .unwrap();
+        self.handle = Some(handle);
+    }
+
+    /// Stops the daemon (flushing its stores) and starts a new one on the
+    /// same directory, configuration and clock.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.boot();
+    }
+
+    pub fn restart_with(&mut self, extra: &str) {
+        self.stop();
+        self.extra = extra.to_string();
+        self.boot();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.stop().unwrap();
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket, Duration::from_secs(10)).unwrap()
+    }
+
+    pub fn services(&self) -> &tlsmgr::server::Services {
+        &self.handle.as_ref().unwrap().services
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+pub fn update(c: &mut Client, ct: &str, id: &str, session: &[u8]) -> Reply {
+    c.request(&Request::Update {
+        cache_type: b(ct),
+        cache_id: b(id),
+        session: Bytes::copy_from_slice(session),
+    })
+    .unwrap()
+}
+
+pub fn lookup(c: &mut Client, ct: &str, id: &str) -> Reply {
+    c.request(&Request::Lookup {
+        cache_type: b(ct),
+        cache_id: b(id),
+    })
+    .unwrap()
+}
+
+pub fn delete(c: &mut Client, ct: &str, id: &str) -> Reply {
+    c.request(&Request::Delete {
+        cache_type: b(ct),
+        cache_id: b(id),
+    })
+    .unwrap()
+}
+
+pub fn hit(session: &[u8]) -> Reply {
+    Reply::Lookup {
+        status: Status::Ok,
+        session: Bytes::copy_from_slice(session),
+    }
+}
+
+pub fn miss() -> Reply {
+    Reply::Lookup {
+        status: Status::Err,
+        session: Bytes::new(),
+    }
+}
+
+/// Waits up to 10 s for `cond`.
+pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}

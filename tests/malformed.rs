@@ -1,0 +1,176 @@
+//! Bad input over real sockets: raw bytes in, Postfix statuses or a closed
+//! connection out, and the daemon keeps serving everyone else (spec §1.4).
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+use tlsmgr::protocol::{Reply, Request, Status};
+
+const FAIL_ONLY: &[u8] = b"status\x004294967294\x00\x00";
+
+/// A raw connection that has consumed the announcement.
+fn raw(d: &TestDaemon) -> UnixStream {
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut ann = [0u8; 26];
+    s.read_exact(&mut ann).unwrap();
+    assert_eq!(&ann, b"protocol\0tlsmgr_protocol\0\0");
+    s
+}
+
+fn read_n(s: &mut UnixStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    s.read_exact(&mut buf).unwrap();
+    buf
+}
+
+fn assert_closed(s: &mut UnixStream) {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("expected close, got {:?}", String::from_utf8_lossy(&buf[..n])),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+}
+
+fn still_serving(d: &TestDaemon) {
+    let mut c = d.client();
+    assert_eq!(c.request(&Request::Seed { size: 8 }).unwrap().status(), Status::Ok);
+}
+
+#[test]
+fn first_attribute_not_request_gets_fail() {
+    let d = TestDaemon::start("");
+    let mut s = raw(&d);
+    s.write_all(b"cache_type\0smtpd\0\0").unwrap();
+    assert_eq!(read_n(&mut s, FAIL_ONLY.len()), FAIL_ONLY);
+    // The connection stays usable.
+    s.write_all(b"request\0seed\0size\x0032\0\0").unwrap();
+    assert_eq!(&read_n(&mut s, 9), b"status\x000\x00");
+    assert!(d.log.text().contains("unexpected attribute cache_type from tlsmgr socket (expecting: request)"));
+}
+
+#[test]
+fn unknown_request_gets_fail_not_silence() {
+    let d = TestDaemon::start("");
+    let mut s = raw(&d);
+    s.write_all(b"request\0frobnicate\0x\0y\0\0").unwrap();
+    assert_eq!(read_n(&mut s, FAIL_ONLY.len()), FAIL_ONLY);
+}
+
+#[test]
+fn bad_attributes_get_fail_in_the_request_shape() {
+    let d = TestDaemon::start("");
+    let mut s = raw(&d);
+    // Non-numeric size: FAIL with an empty seed (25 bytes, spec §1.6).
+    s.write_all(b"request\0seed\0size\0lots\0\0").unwrap();
+    assert_eq!(read_n(&mut s, 25), b"status\x004294967294\x00seed\x00\x00\x00");
+    // Missing cache_id.
+    s.write_all(b"request\0lookup\0cache_type\0smtpd\0\0").unwrap();
+    assert_eq!(read_n(&mut s, 28), b"status\x004294967294\x00session\x00\x00\x00");
+    // Wrong order.
+    s.write_all(b"request\0policy\0timeout\x001\0\0").unwrap();
+    assert_eq!(read_n(&mut s, 40), b"status\x004294967294\x00cachable\x000\x00timeout\x000\x00\x00");
+    // Bad base64 in update.
+    s.write_all(b"request\0update\0cache_type\0smtpd\0cache_id\0k\0session\0!!!\0\0").unwrap();
+    assert_eq!(read_n(&mut s, FAIL_ONLY.len()), FAIL_ONLY);
+    // An extra attribute.
+    s.write_all(b"request\0delete\0cache_type\0smtpd\0cache_id\0k\0more\0x\0\0").unwrap();
+    assert_eq!(read_n(&mut s, FAIL_ONLY.len()), FAIL_ONLY);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let d = TestDaemon::start("");
+    let mut s = raw(&d);
+    let mut burst = Vec::new();
+    for i in 0..60 {
+        burst.extend_from_slice(format!("request\0update\0cache_type\0smtpd\0cache_id\0k{i}\0session\0QQ==\0\0").as_bytes());
+    }
+    s.write_all(&burst).unwrap();
+    // 60 replies of `status\0 0\0 \0` (stock answers 1, spec appendix C).
+    assert_eq!(read_n(&mut s, 60 * 10), b"status\x000\x00\x00".repeat(60));
+}
+
+#[test]
+fn master_wakeup_closes_without_reply() {
+    let d = TestDaemon::start("");
+    let mut s = raw(&d);
+    s.write_all(b"W\0").unwrap();
+    assert_closed(&mut s);
+    still_serving(&d);
+}
+
+#[test]
+fn oversized_name_closes_the_connection() {
+    let d = TestDaemon::start("");
+    let mut s = raw(&d);
+    // No NUL at all: must be refused long before it grows without bound.
+    let _ = s.write_all(&vec![b'a'; 100_000]);
+    assert_closed(&mut s);
+    still_serving(&d);
+}
+
+#[test]
+fn oversized_value_closes_the_connection() {
+    let d = TestDaemon::start("");
+    let mut s = raw(&d);
+    let mut req = b"request\0update\0cache_type\0smtpd\0cache_id\0k\0session\0".to_vec();
+    req.extend(std::iter::repeat_n(b'A', 2 << 20));
+    let _ = s.write_all(&req);
+    assert_closed(&mut s);
+    still_serving(&d);
+}
+
+#[test]
+fn peer_disconnecting_mid_request_loses_nothing_else() {
+    let d = TestDaemon::start("");
+    let mut c = d.client();
+    update(&mut c, "smtpd", "keep", b"K");
+    for cut in [3, 10, 30, 50] {
+        let mut s = raw(&d);
+        let req = b"request\0update\0cache_type\0smtpd\0cache_id\0half\0session\0QQ==\0\0";
+        s.write_all(&req[..cut]).unwrap();
+        drop(s);
+    }
+    // The half-sent update never happened, the earlier one is intact.
+    assert_eq!(lookup(&mut c, "smtpd", "half"), miss());
+    assert_eq!(lookup(&mut c, "smtpd", "keep"), hit(b"K"));
+}
+
+#[test]
+fn a_stalled_client_stalls_only_itself() {
+    let d = TestDaemon::start("ipc_timeout = 2s");
+    let mut stalled = raw(&d);
+    stalled.write_all(b"request\0seed\0si").unwrap();
+    // Others are served meanwhile (stock would hang every client).
+    for _ in 0..5 {
+        still_serving(&d);
+    }
+    // The stalled one is dropped after ipc_timeout.
+    assert_closed(&mut stalled);
+    assert!(d.log.text().contains("timeout while waiting for data from tlsmgr socket"));
+}
+
+#[test]
+fn garbage_never_stops_the_daemon() {
+    let d = TestDaemon::start("");
+    let mut seed = 0x1234_5678_u32;
+    for _ in 0..50 {
+        let mut s = raw(&d);
+        let mut junk = Vec::new();
+        for _ in 0..500 {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            junk.push(if seed % 7 == 0 { 0 } else { (seed >> 8) as u8 });
+        }
+        let _ = s.write_all(&junk);
+    }
+    still_serving(&d);
+    let mut c = d.client();
+    assert_eq!(update(&mut c, "smtp", "after", b"ok"), Reply::Status(Status::Ok));
+}

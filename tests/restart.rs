@@ -1,0 +1,83 @@
+//! State across restarts: sessions and ticket keys survive until they
+//! expire (stock Postfix loses both); `tlsmgr_persistent_state = no` restores
+//! Postfix's empty-on-start; a store still held by an exiting process is
+//! waited for.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use tlsmgr::protocol::{Reply, Request, Status};
+
+fn current_key(c: &mut tlsmgr::client::Client) -> Bytes {
+    match c.request(&Request::TktKey { keyname: Bytes::new() }).unwrap() {
+        Reply::TktKey { status: Status::Ok, keybuf } => keybuf,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn sessions_and_ticket_keys_survive_a_restart() {
+    let mut d = TestDaemon::start("smtp_tls_session_cache_timeout = 600s");
+    let mut c = d.client();
+    update(&mut c, "smtpd", "server-side", b"S1");
+    update(&mut c, "smtp", "client-side", b"C1");
+    update(&mut c, "smtp", "short-lived", b"C2");
+    let key = current_key(&mut c);
+    drop(c);
+    d.clock.advance(300);
+    d.restart();
+    let mut c = d.client();
+    assert_eq!(lookup(&mut c, "smtpd", "server-side"), hit(b"S1"));
+    assert_eq!(lookup(&mut c, "smtp", "client-side"), hit(b"C1"));
+    // The same key still encrypts and decrypts after the restart.
+    assert_eq!(current_key(&mut c), key);
+    let by_name = c.request(&Request::TktKey { keyname: key.slice(..16) }).unwrap();
+    assert_eq!(by_name, Reply::TktKey { status: Status::Ok, keybuf: key.clone() });
+    // Expiry still applies to what was restored.
+    drop(c);
+    d.clock.advance(301);
+    d.restart();
+    let mut c = d.client();
+    assert_eq!(lookup(&mut c, "smtp", "short-lived"), miss());
+    assert_eq!(lookup(&mut c, "smtpd", "server-side"), hit(b"S1"));
+}
+
+#[test]
+fn persistent_state_no_empties_on_start() {
+    let mut d = TestDaemon::start("tlsmgr_persistent_state = no");
+    let mut c = d.client();
+    update(&mut c, "smtpd", "a", b"A");
+    let key = current_key(&mut c);
+    drop(c);
+    d.restart();
+    let mut c = d.client();
+    assert_eq!(lookup(&mut c, "smtpd", "a"), miss());
+    assert_ne!(current_key(&mut c)[..16], key[..16]);
+}
+
+#[test]
+fn a_locked_store_is_waited_for() {
+    let mut d = TestDaemon::start("");
+    let mut c = d.client();
+    update(&mut c, "smtpd", "a", b"A");
+    drop(c);
+    d.stop();
+    // Another process (here: another handle) holds the store, as an exiting
+    // tlsmgr does during a restart handover; it lets go after 500 ms.
+    let store_dir = d.dir.join("data/smtpd_scache.fjall");
+    let opts = tlsmgr::store::fjall::OpenOptions {
+        empty_on_start: false,
+        lock_wait: std::time::Duration::ZERO,
+    };
+    let held = tlsmgr::store::fjall::FjallStore::open(&store_dir, opts).unwrap();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        drop(held);
+    });
+    d.restart();
+    let mut c = d.client();
+    // The request waits for the handover instead of failing.
+    assert_eq!(lookup(&mut c, "smtpd", "a"), hit(b"A"));
+    releaser.join().unwrap();
+}
