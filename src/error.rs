@@ -65,4 +65,13 @@ pub enum StoreError {
     /// The database string names a type we cannot serve (e.g. `cdb:`).
     #[error("unsupported database type: {0}")]
     UnsupportedType(String),
+    /// The database string is not of a usable form (e.g. `btree:` with an
+    /// empty path); see [`crate::store::location`] for the rule.
+    #[error("invalid database \"{database}\": {reason}")]
+    InvalidDatabase {
+        /// The database string as configured.
+        database: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }

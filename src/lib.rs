@@ -17,14 +17,14 @@
 #![warn(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod actors;
-// WIP pub mod client;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod logging;
 pub mod prng;
 pub mod protocol;
-// WIP pub mod server;
+pub mod server;
 pub mod store;
 pub mod ticket;
 

@@ -1,1 +1,86 @@
-fn main() {}
+//! The `tlsmgr` command: `serve` (the standalone daemon) and `client` (the
+//! protocol probe). The master(8) child interface arrives with its own issue.
+
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tlsmgr::client::{self, ClientCommand};
+use tlsmgr::config::Config;
+use tlsmgr::logging::stderr_logger;
+
+#[derive(Parser)]
+#[command(name = "tlsmgr", version, about = "Drop-in replacement for Postfix tlsmgr(8)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground, logging to stderr.
+    Serve {
+        /// Configuration directory holding main.cf.
+        #[arg(short = 'c', value_name = "CONFIG_DIR")]
+        config_dir: PathBuf,
+        /// Listen here instead of $queue_directory/private/tlsmgr.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Override a main.cf parameter (name=value), as master.cf's -o does.
+        #[arg(short = 'o', value_name = "NAME=VALUE")]
+        overrides: Vec<String>,
+        /// Verbose logging.
+        #[arg(short = 'v')]
+        verbose: bool,
+    },
+    /// Send one request to a running tlsmgr and print the reply.
+    Client {
+        /// The tlsmgr socket.
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// Print data as raw bytes instead of hex.
+        #[arg(long)]
+        raw: bool,
+        #[command(subcommand)]
+        request: ClientCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config_dir,
+            socket,
+            overrides,
+            verbose,
+        } => serve(&config_dir, socket, &overrides, verbose),
+        Command::Client {
+            socket,
+            raw,
+            request,
+        } => client::run_command(&socket, &request, raw),
+    }
+}
+
+fn serve(dir: &Path, socket: Option<PathBuf>, overrides: &[String], verbose: bool) -> ExitCode {
+    let pre_log = stderr_logger("postfix/tlsmgr", verbose);
+    let config = match Config::load(dir, overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            slog::crit!(pre_log, "{}", e);
+            return ExitCode::from(1);
+        }
+    };
+    let log = stderr_logger(&format!("{}/tlsmgr", config.syslog_name), verbose);
+    for w in &config.warnings {
+        slog::warn!(log, "{}", w);
+    }
+    let socket = socket.unwrap_or_else(|| config.default_socket());
+    match tlsmgr::server::standalone(config, &socket, log.clone()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            slog::crit!(log, "{}", e);
+            ExitCode::from(1)
+        }
+    }
+}

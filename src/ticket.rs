@@ -151,7 +151,12 @@ impl TicketKeys {
     }
 
     /// The key named `name` if it may still decrypt at `now`. Never creates a key.
-    pub fn decrypt_at(&self, name: &[u8; 16], now: u64, timeout: u32) -> Result<TicketKey, KeyMiss> {
+    pub fn decrypt_at(
+        &self,
+        name: &[u8; 16],
+        now: u64,
+        timeout: u32,
+    ) -> Result<TicketKey, KeyMiss> {
         if timeout == 0 {
             return Err(KeyMiss::Disabled);
         }
@@ -172,7 +177,13 @@ impl TicketKeys {
     pub fn prune(&mut self, now: u64, timeout: u32) {
         let half = i64::from(timeout / 2);
         let live = |k: &Option<TicketKey>| k.is_some_and(|k| k.tout_secs() + half > now as i64);
-        let kept: Vec<TicketKey> = self.keys.iter().filter(|k| live(k)).flatten().copied().collect();
+        let kept: Vec<TicketKey> = self
+            .keys
+            .iter()
+            .filter(|k| live(k))
+            .flatten()
+            .copied()
+            .collect();
         self.keys = [kept.first().copied(), kept.get(1).copied()];
     }
 
@@ -280,11 +291,17 @@ mod tests {
         assert_ne!(k2.name, k1.name);
         // The old one still decrypts until tout + T/2.
         assert_eq!(keys.decrypt_at(&k1.name, t0 + 1799 + 1799, 3600), Ok(k1));
-        assert_eq!(keys.decrypt_at(&k1.name, t0 + 1799 + 1800, 3600), Err(KeyMiss::Unknown));
+        assert_eq!(
+            keys.decrypt_at(&k1.name, t0 + 1799 + 1800, 3600),
+            Err(KeyMiss::Unknown)
+        );
         assert_eq!(keys.decrypt_at(&k2.name, t0 + 1800, 3600), Ok(k2));
         // A third key destroys the first.
         let (k3, _) = keys.encrypt_at(t0 + 2 * 1799, 3600, &mut fill).unwrap();
-        assert_eq!(keys.decrypt_at(&k1.name, t0 + 2 * 1799, 3600), Err(KeyMiss::Unknown));
+        assert_eq!(
+            keys.decrypt_at(&k1.name, t0 + 2 * 1799, 3600),
+            Err(KeyMiss::Unknown)
+        );
         assert_eq!(keys.decrypt_at(&k3.name, t0 + 2 * 1799, 3600), Ok(k3));
         assert_eq!(keys.decrypt_at(&[9; 16], t0, 3600), Err(KeyMiss::Unknown));
     }
@@ -299,7 +316,10 @@ mod tests {
     #[test]
     fn disabled_when_timeout_zero() {
         let mut keys = TicketKeys::new();
-        assert_eq!(keys.encrypt_at(5, 0, &mut counter()).unwrap_err(), KeyMiss::Disabled);
+        assert_eq!(
+            keys.encrypt_at(5, 0, &mut counter()).unwrap_err(),
+            KeyMiss::Disabled
+        );
         assert_eq!(keys.decrypt_at(&[0; 16], 5, 0), Err(KeyMiss::Disabled));
     }
 
@@ -312,7 +332,10 @@ mod tests {
         let (k1, _) = keys.encrypt_at(1000, 3600, &mut fill).unwrap();
         keys.save(&path).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let mut loaded = TicketKeys::load(&path).unwrap().unwrap();
         assert_eq!(loaded, keys);
         assert_eq!(loaded.decrypt_at(&k1.name, 1001, 3600), Ok(k1));

@@ -45,8 +45,12 @@ impl Serve {
 
     fn client(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let mut cmd = Command::new(BIN);
-        cmd.args(["client", "--socket"]).arg(&self.socket).args(args);
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(["client", "--socket"])
+            .arg(&self.socket)
+            .args(args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let mut input = child.stdin.take().unwrap();
         if let Some(bytes) = stdin {
@@ -77,14 +81,25 @@ fn client_against_serve() {
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start(dir.path());
 
-    let o = serve.client(&["update", "smtpd", "id1", "-"], Some(b"\x30\x05\x02\x01\x01\x04\x00"));
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = serve.client(
+        &["update", "smtpd", "id1", "-"],
+        Some(b"\x30\x05\x02\x01\x01\x04\x00"),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(stdout(&o), "status: OK\n");
     let o = serve.client(&["lookup", "smtpd", "id1"], None);
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(stdout(&o), "status: OK\nsession: 30050201010400\n");
     let o = serve.client(&["--raw", "lookup", "smtpd", "id1"], None);
-    assert_eq!(o.stdout, b"status: OK\nsession: \x30\x05\x02\x01\x01\x04\x00\n");
+    assert_eq!(
+        o.stdout,
+        b"status: OK\nsession: \x30\x05\x02\x01\x01\x04\x00\n"
+    );
 
     let o = serve.client(&["delete", "smtpd", "id1"], None);
     assert_eq!(o.status.code(), Some(0));
@@ -95,13 +110,19 @@ fn client_against_serve() {
     for (t, cachable) in [("smtpd", 1), ("smtp", 1), ("lmtp", 0)] {
         let o = serve.client(&["policy", t], None);
         assert_eq!(o.status.code(), Some(0));
-        assert_eq!(stdout(&o), format!("status: OK\ncachable: {cachable}\ntimeout: 3600\n"));
+        assert_eq!(
+            stdout(&o),
+            format!("status: OK\ncachable: {cachable}\ntimeout: 3600\n")
+        );
     }
 
     let o = serve.client(&["tktkey"], None);
     assert_eq!(o.status.code(), Some(0));
     let text = stdout(&o);
-    let keybuf = text.strip_prefix("status: OK\nkeybuf: ").unwrap().trim_end();
+    let keybuf = text
+        .strip_prefix("status: OK\nkeybuf: ")
+        .unwrap()
+        .trim_end();
     assert_eq!(keybuf.len(), 2 * 88);
     let o = serve.client(&["tktkey", &keybuf[..32]], None);
     assert_eq!(o.status.code(), Some(0));
@@ -109,7 +130,14 @@ fn client_against_serve() {
 
     let o = serve.client(&["seed", "32"], None);
     assert_eq!(o.status.code(), Some(0));
-    assert_eq!(stdout(&o).strip_prefix("status: OK\nseed: ").unwrap().trim_end().len(), 64);
+    assert_eq!(
+        stdout(&o)
+            .strip_prefix("status: OK\nseed: ")
+            .unwrap()
+            .trim_end()
+            .len(),
+        64
+    );
     let o = serve.client(&["seed", "256"], None);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(stdout(&o), "status: FAIL\nseed: \n");
@@ -118,8 +146,14 @@ fn client_against_serve() {
     assert_eq!(stdout(&o), "status: FAIL\ncachable: 0\ntimeout: 0\n");
 
     let log = serve.stop();
-    assert!(log.contains("warning: bogus seed length \"256\" in \"seed\" request"), "{log}");
-    assert!(log.contains("warning: bogus cache type \"imap\" in \"policy\" request"), "{log}");
+    assert!(
+        log.contains("warning: bogus seed length \"256\" in \"seed\" request"),
+        "{log}"
+    );
+    assert!(
+        log.contains("warning: bogus cache type \"imap\" in \"policy\" request"),
+        "{log}"
+    );
     // Stores are where the README says: PATH.fjall, never stock's PATH.db.
     assert!(dir.path().join("data/smtpd_scache.fjall").is_dir());
     assert!(dir.path().join("data/smtp_scache.fjall").is_dir());
@@ -141,8 +175,16 @@ fn client_reports_connection_errors() {
 #[test]
 fn serve_rejects_a_bad_configuration_naming_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("main.cf"), "queue_directory = /tmp\nsmtpd_tls_session_cache_timeout = 200d\n").unwrap();
-    let o = Command::new(BIN).args(["serve", "-c"]).arg(dir.path()).output().unwrap();
+    std::fs::write(
+        dir.path().join("main.cf"),
+        "queue_directory = /tmp\nsmtpd_tls_session_cache_timeout = 200d\n",
+    )
+    .unwrap();
+    let o = Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

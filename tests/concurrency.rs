@@ -22,8 +22,16 @@ fn two_hundred_connections_without_cross_talk() {
                     let id = format!("conn{n}-{round}");
                     let session = format!("session of {id}").repeat(1 + n % 7).into_bytes();
                     assert_eq!(update(&mut c, ct, &id, &session), Reply::Status(Status::Ok));
-                    match c.request(&Request::Seed { size: 1 + (n % 255) as i32 }).unwrap() {
-                        Reply::Seed { status: Status::Ok, seed } => assert_eq!(seed.len(), 1 + n % 255),
+                    match c
+                        .request(&Request::Seed {
+                            size: 1 + (n % 255) as i32,
+                        })
+                        .unwrap()
+                    {
+                        Reply::Seed {
+                            status: Status::Ok,
+                            seed,
+                        } => assert_eq!(seed.len(), 1 + n % 255),
                         other => panic!("{other:?}"),
                     }
                     assert_eq!(lookup(&mut c, ct, &id), hit(&session));
@@ -43,6 +51,9 @@ fn two_hundred_connections_without_cross_talk() {
     for n in (0..200).step_by(37) {
         let ct = if n % 2 == 0 { "smtpd" } else { "smtp" };
         let id = format!("conn{n}-19");
-        assert_eq!(lookup(&mut c, ct, &id), hit(&format!("session of {id}").repeat(1 + n % 7).into_bytes()));
+        assert_eq!(
+            lookup(&mut c, ct, &id),
+            hit(&format!("session of {id}").repeat(1 + n % 7).into_bytes())
+        );
     }
 }

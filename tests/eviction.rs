@@ -8,8 +8,15 @@ use tlsmgr::actors::cache::Stats;
 
 fn entries(d: &TestDaemon) -> u64 {
     let set = d.services().caches.load();
-    let addr = set.get(tlsmgr::protocol::CacheType::Smtpd).unwrap().addr.clone();
-    futures::executor::block_on(addr.send(Stats)).unwrap().unwrap().entries
+    let addr = set
+        .get(tlsmgr::protocol::CacheType::Smtpd)
+        .unwrap()
+        .addr
+        .clone();
+    futures::executor::block_on(addr.send(Stats))
+        .unwrap()
+        .unwrap()
+        .entries
 }
 
 #[test]

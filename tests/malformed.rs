@@ -31,14 +31,20 @@ fn assert_closed(s: &mut UnixStream) {
     let mut buf = [0u8; 64];
     match s.read(&mut buf) {
         Ok(0) => {}
-        Ok(n) => panic!("expected close, got {:?}", String::from_utf8_lossy(&buf[..n])),
+        Ok(n) => panic!(
+            "expected close, got {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
     }
 }
 
 fn still_serving(d: &TestDaemon) {
     let mut c = d.client();
-    assert_eq!(c.request(&Request::Seed { size: 8 }).unwrap().status(), Status::Ok);
+    assert_eq!(
+        c.request(&Request::Seed { size: 8 }).unwrap().status(),
+        Status::Ok
+    );
 }
 
 #[test]
@@ -50,7 +56,10 @@ fn first_attribute_not_request_gets_fail() {
     // The connection stays usable.
     s.write_all(b"request\0seed\0size\x0032\0\0").unwrap();
     assert_eq!(&read_n(&mut s, 9), b"status\x000\x00");
-    assert!(d.log.text().contains("unexpected attribute cache_type from tlsmgr socket (expecting: request)"));
+    assert!(d
+        .log
+        .text()
+        .contains("unexpected attribute cache_type from tlsmgr socket (expecting: request)"));
 }
 
 #[test]
@@ -67,18 +76,30 @@ fn bad_attributes_get_fail_in_the_request_shape() {
     let mut s = raw(&d);
     // Non-numeric size: FAIL with an empty seed (25 bytes, spec §1.6).
     s.write_all(b"request\0seed\0size\0lots\0\0").unwrap();
-    assert_eq!(read_n(&mut s, 25), b"status\x004294967294\x00seed\x00\x00\x00");
+    assert_eq!(
+        read_n(&mut s, 25),
+        b"status\x004294967294\x00seed\x00\x00\x00"
+    );
     // Missing cache_id.
-    s.write_all(b"request\0lookup\0cache_type\0smtpd\0\0").unwrap();
-    assert_eq!(read_n(&mut s, 28), b"status\x004294967294\x00session\x00\x00\x00");
+    s.write_all(b"request\0lookup\0cache_type\0smtpd\0\0")
+        .unwrap();
+    assert_eq!(
+        read_n(&mut s, 28),
+        b"status\x004294967294\x00session\x00\x00\x00"
+    );
     // Wrong order.
     s.write_all(b"request\0policy\0timeout\x001\0\0").unwrap();
-    assert_eq!(read_n(&mut s, 40), b"status\x004294967294\x00cachable\x000\x00timeout\x000\x00\x00");
+    assert_eq!(
+        read_n(&mut s, 40),
+        b"status\x004294967294\x00cachable\x000\x00timeout\x000\x00\x00"
+    );
     // Bad base64 in update.
-    s.write_all(b"request\0update\0cache_type\0smtpd\0cache_id\0k\0session\0!!!\0\0").unwrap();
+    s.write_all(b"request\0update\0cache_type\0smtpd\0cache_id\0k\0session\0!!!\0\0")
+        .unwrap();
     assert_eq!(read_n(&mut s, FAIL_ONLY.len()), FAIL_ONLY);
     // An extra attribute.
-    s.write_all(b"request\0delete\0cache_type\0smtpd\0cache_id\0k\0more\0x\0\0").unwrap();
+    s.write_all(b"request\0delete\0cache_type\0smtpd\0cache_id\0k\0more\0x\0\0")
+        .unwrap();
     assert_eq!(read_n(&mut s, FAIL_ONLY.len()), FAIL_ONLY);
 }
 
@@ -88,7 +109,10 @@ fn pipelined_requests_are_answered_in_order() {
     let mut s = raw(&d);
     let mut burst = Vec::new();
     for i in 0..60 {
-        burst.extend_from_slice(format!("request\0update\0cache_type\0smtpd\0cache_id\0k{i}\0session\0QQ==\0\0").as_bytes());
+        burst.extend_from_slice(
+            format!("request\0update\0cache_type\0smtpd\0cache_id\0k{i}\0session\0QQ==\0\0")
+                .as_bytes(),
+        );
     }
     s.write_all(&burst).unwrap();
     // 60 replies of `status\0 0\0 \0` (stock answers 1, spec appendix C).
@@ -152,7 +176,10 @@ fn a_stalled_client_stalls_only_itself() {
     }
     // The stalled one is dropped after ipc_timeout.
     assert_closed(&mut stalled);
-    assert!(d.log.text().contains("timeout while waiting for data from tlsmgr socket"));
+    assert!(d
+        .log
+        .text()
+        .contains("timeout while waiting for data from tlsmgr socket"));
 }
 
 #[test]
@@ -172,5 +199,8 @@ fn garbage_never_stops_the_daemon() {
     }
     still_serving(&d);
     let mut c = d.client();
-    assert_eq!(update(&mut c, "smtp", "after", b"ok"), Reply::Status(Status::Ok));
+    assert_eq!(
+        update(&mut c, "smtp", "after", b"ok"),
+        Reply::Status(Status::Ok)
+    );
 }

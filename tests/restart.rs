@@ -10,8 +10,16 @@ use common::*;
 use tlsmgr::protocol::{Reply, Request, Status};
 
 fn current_key(c: &mut tlsmgr::client::Client) -> Bytes {
-    match c.request(&Request::TktKey { keyname: Bytes::new() }).unwrap() {
-        Reply::TktKey { status: Status::Ok, keybuf } => keybuf,
+    match c
+        .request(&Request::TktKey {
+            keyname: Bytes::new(),
+        })
+        .unwrap()
+    {
+        Reply::TktKey {
+            status: Status::Ok,
+            keybuf,
+        } => keybuf,
         other => panic!("{other:?}"),
     }
 }
@@ -32,8 +40,18 @@ fn sessions_and_ticket_keys_survive_a_restart() {
     assert_eq!(lookup(&mut c, "smtp", "client-side"), hit(b"C1"));
     // The same key still encrypts and decrypts after the restart.
     assert_eq!(current_key(&mut c), key);
-    let by_name = c.request(&Request::TktKey { keyname: key.slice(..16) }).unwrap();
-    assert_eq!(by_name, Reply::TktKey { status: Status::Ok, keybuf: key.clone() });
+    let by_name = c
+        .request(&Request::TktKey {
+            keyname: key.slice(..16),
+        })
+        .unwrap();
+    assert_eq!(
+        by_name,
+        Reply::TktKey {
+            status: Status::Ok,
+            keybuf: key.clone()
+        }
+    );
     // Expiry still applies to what was restored.
     drop(c);
     d.clock.advance(301);

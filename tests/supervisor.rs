@@ -17,13 +17,26 @@ fn failed_store_answers_err_then_recovers() {
     let started = Instant::now();
     for _ in 0..5 {
         assert_eq!(lookup(&mut c, "smtpd", "before"), miss());
-        assert_eq!(update(&mut c, "smtpd", "during", b"D"), Reply::Status(Status::Err));
+        assert_eq!(
+            update(&mut c, "smtpd", "during", b"D"),
+            Reply::Status(Status::Err)
+        );
     }
-    assert!(started.elapsed() < Duration::from_secs(5), "ERR must be prompt");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "ERR must be prompt"
+    );
     // Other caches are unaffected.
-    assert_eq!(update(&mut c, "smtp", "other", b"O"), Reply::Status(Status::Ok));
+    assert_eq!(
+        update(&mut c, "smtp", "other", b"O"),
+        Reply::Status(Status::Ok)
+    );
     d.faults[0].store(false, Ordering::SeqCst);
     // The supervisor restarted the actor and the store reopened: data intact.
     assert!(eventually(|| lookup(&mut c, "smtpd", "before") == hit(b"B")));
-    assert!(d.log.text().contains("restarting the cache"), "{}", d.log.text());
+    assert!(
+        d.log.text().contains("restarting the cache"),
+        "{}",
+        d.log.text()
+    );
 }

@@ -82,7 +82,10 @@ impl CacheActor {
 
     /// Test hook: while the flag is set, every store call fails as if the
     /// disk had gone away, exercising the supervisor path.
-    pub fn with_fault_injection(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+    pub fn with_fault_injection(
+        mut self,
+        flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
         self.fault_injection = Some(flag);
         self
     }
@@ -102,17 +105,30 @@ impl CacheActor {
         match catch_unwind(AssertUnwindSafe(|| self.location.open(opts))) {
             Ok(Ok(store)) => {
                 if self.limits.log_cache || self.opened_once {
-                    info!(self.log, "open {} TLS cache {}", self.cache_type, self.location);
+                    info!(
+                        self.log,
+                        "open {} TLS cache {}", self.cache_type, self.location
+                    );
                 }
                 self.opened_once = true;
                 self.store = Some(store);
                 self.enforce_bound();
             }
             Ok(Err(e)) => {
-                warn!(self.log, "{} TLS cache: cannot open {}: {} -- retrying every {}s", self.cache_type, self.location, e, REOPEN_INTERVAL.as_secs());
+                warn!(
+                    self.log,
+                    "{} TLS cache: cannot open {}: {} -- retrying every {}s",
+                    self.cache_type,
+                    self.location,
+                    e,
+                    REOPEN_INTERVAL.as_secs()
+                );
             }
             Err(_) => {
-                warn!(self.log, "{} TLS cache: panic while opening {}", self.cache_type, self.location);
+                warn!(
+                    self.log,
+                    "{} TLS cache: panic while opening {}", self.cache_type, self.location
+                );
             }
         }
     }
@@ -141,11 +157,17 @@ impl CacheActor {
         match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                warn!(self.log, "{} TLS cache: {} failed: {} -- restarting the cache", self.cache_type, what, e);
+                warn!(
+                    self.log,
+                    "{} TLS cache: {} failed: {} -- restarting the cache", self.cache_type, what, e
+                );
                 self.fail(ctx)
             }
             Err(_) => {
-                warn!(self.log, "{} TLS cache: panic during {} -- restarting the cache", self.cache_type, what);
+                warn!(
+                    self.log,
+                    "{} TLS cache: panic during {} -- restarting the cache", self.cache_type, what
+                );
                 self.fail(ctx)
             }
         }
@@ -166,7 +188,10 @@ impl CacheActor {
             let len = store.len();
             if len > max {
                 if let Err(e) = store.evict_oldest(len - max) {
-                    warn!(self.log, "{} TLS cache: eviction failed: {}", self.cache_type, e);
+                    warn!(
+                        self.log,
+                        "{} TLS cache: eviction failed: {}", self.cache_type, e
+                    );
                 }
             }
         }
@@ -192,7 +217,10 @@ impl Actor for CacheActor {
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         if let Some(store) = self.store.as_mut() {
             if let Err(e) = store.flush() {
-                warn!(self.log, "{} TLS cache: flush at exit failed: {}", self.cache_type, e);
+                warn!(
+                    self.log,
+                    "{} TLS cache: flush at exit failed: {}", self.cache_type, e
+                );
             }
         }
     }
@@ -200,7 +228,10 @@ impl Actor for CacheActor {
 
 impl actix::Supervised for CacheActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        info!(self.log, "{} TLS cache: restarting after a store failure", self.cache_type);
+        info!(
+            self.log,
+            "{} TLS cache: restarting after a store failure", self.cache_type
+        );
     }
 }
 
@@ -248,7 +279,12 @@ impl Handler<Lookup> for CacheActor {
     fn handle(&mut self, msg: Lookup, ctx: &mut Context<Self>) -> Self::Result {
         let id = msg.0;
         if self.limits.log_cache {
-            info!(self.log, "lookup {} session id={}", self.cache_type, show_id(&id));
+            info!(
+                self.log,
+                "lookup {} session id={}",
+                self.cache_type,
+                show_id(&id)
+            );
         }
         if id.len() > MAX_CACHE_ID_LEN {
             return Ok(None);
@@ -265,7 +301,14 @@ impl Handler<Lookup> for CacheActor {
         };
         let now = self.clock.now();
         if self.limits.log_cache {
-            info!(self.log, "read {} TLS cache entry {}: time={} [data {} bytes]", self.cache_type, show_id(&id), entry.stored_at, entry.session.len());
+            info!(
+                self.log,
+                "read {} TLS cache entry {}: time={} [data {} bytes]",
+                self.cache_type,
+                show_id(&id),
+                entry.stored_at,
+                entry.session.len()
+            );
         }
         if self.is_stale(&entry, now) {
             self.with_store(ctx, "delete", |s| s.delete(&id))?;
@@ -281,11 +324,30 @@ impl Handler<Update> for CacheActor {
         let Update(id, session) = msg;
         let now = self.clock.now();
         if self.limits.log_cache {
-            info!(self.log, "put {} session id={} [data {} bytes]", self.cache_type, show_id(&id), session.len());
-            info!(self.log, "write {} TLS cache entry {}: time={} [data {} bytes]", self.cache_type, show_id(&id), now, session.len());
+            info!(
+                self.log,
+                "put {} session id={} [data {} bytes]",
+                self.cache_type,
+                show_id(&id),
+                session.len()
+            );
+            info!(
+                self.log,
+                "write {} TLS cache entry {}: time={} [data {} bytes]",
+                self.cache_type,
+                show_id(&id),
+                now,
+                session.len()
+            );
         }
         if id.len() > MAX_CACHE_ID_LEN {
-            warn!(self.log, "{} TLS cache: cache id of {} bytes is longer than {} -- not stored", self.cache_type, id.len(), MAX_CACHE_ID_LEN);
+            warn!(
+                self.log,
+                "{} TLS cache: cache id of {} bytes is longer than {} -- not stored",
+                self.cache_type,
+                id.len(),
+                MAX_CACHE_ID_LEN
+            );
             return Err(CacheDown);
         }
         let entry = Entry {
@@ -307,7 +369,12 @@ impl Handler<Delete> for CacheActor {
     type Result = Result<bool, CacheDown>;
     fn handle(&mut self, msg: Delete, ctx: &mut Context<Self>) -> Self::Result {
         if self.limits.log_cache {
-            info!(self.log, "delete {} session id={}", self.cache_type, show_id(&msg.0));
+            info!(
+                self.log,
+                "delete {} session id={}",
+                self.cache_type,
+                show_id(&msg.0)
+            );
         }
         if msg.0.len() > MAX_CACHE_ID_LEN {
             return Ok(false);
@@ -320,7 +387,10 @@ impl Handler<SweepStale> for CacheActor {
     type Result = Result<SweepStep, CacheDown>;
     fn handle(&mut self, msg: SweepStale, ctx: &mut Context<Self>) -> Self::Result {
         // stale iff stored_at + timeout < now, i.e. stored_at < now - timeout.
-        let cutoff = self.clock.now().saturating_sub(u64::from(self.limits.timeout));
+        let cutoff = self
+            .clock
+            .now()
+            .saturating_sub(u64::from(self.limits.timeout));
         self.with_store(ctx, "expiry scan", |s| s.sweep_before(cutoff, msg.0))
     }
 }

@@ -73,7 +73,10 @@ impl Handler<SweepNow> for ExpiryActor {
         Box::pin(async move {
             let Some(addr) = addr else { return 0 };
             let removed = sweep(addr).await;
-            debug!(log, "{} TLS cache cleanup: {} expired entries removed", msg.0, removed);
+            debug!(
+                log,
+                "{} TLS cache cleanup: {} expired entries removed", msg.0, removed
+            );
             removed
         })
     }

@@ -44,7 +44,12 @@ impl TicketActor {
                     info!(log, "loaded session ticket keys from {}", path.display());
                 }
                 Ok(None) => {}
-                Err(e) => warn!(log, "cannot read session ticket keys from {}: {}", path.display(), e),
+                Err(e) => warn!(
+                    log,
+                    "cannot read session ticket keys from {}: {}",
+                    path.display(),
+                    e
+                ),
             }
         }
         TicketActor {
@@ -81,7 +86,12 @@ impl Handler<GetKey> for TicketActor {
                 if created {
                     if let Some(path) = &self.file {
                         if let Err(e) = self.keys.save(path) {
-                            warn!(self.log, "cannot save session ticket keys to {}: {}", path.display(), e);
+                            warn!(
+                                self.log,
+                                "cannot save session ticket keys to {}: {}",
+                                path.display(),
+                                e
+                            );
                         }
                     }
                 }

@@ -42,8 +42,9 @@ fn expand_at(text: &str, lookup: &dyn Lookup, depth: usize) -> Result<String, St
             }
             Some(&open @ (b'{' | b'(')) => {
                 let close = if open == b'{' { b'}' } else { b')' };
-                let end = matching(bytes, i, open, close)
-                    .ok_or_else(|| format!("macro processing error: unbalanced '{}'", open as char))?;
+                let end = matching(bytes, i, open, close).ok_or_else(|| {
+                    format!("macro processing error: unbalanced '{}'", open as char)
+                })?;
                 let inner = &text[i + 1..end];
                 out.push_str(&expand_braced(inner, lookup, depth)?);
                 i = end + 1;
@@ -96,7 +97,9 @@ fn expand_braced(inner: &str, lookup: &dyn Lookup, depth: usize) -> Result<Strin
     }
     let len = inner.bytes().take_while(|c| is_name_byte(*c)).count();
     if len == 0 {
-        return Err(format!("macro processing error: bad macro name \"{inner}\""));
+        return Err(format!(
+            "macro processing error: bad macro name \"{inner}\""
+        ));
     }
     let (name, rest) = inner.split_at(len);
     let value = value_of(name, lookup, depth)?;
@@ -109,7 +112,9 @@ fn expand_braced(inner: &str, lookup: &dyn Lookup, depth: usize) -> Result<Strin
         '?' if !value.is_empty() => Some(then_part),
         '?' => else_part,
         ':' if else_part.is_some() => {
-            return Err(format!("macro processing error: bad conditional \"{inner}\""))
+            return Err(format!(
+                "macro processing error: bad conditional \"{inner}\""
+            ))
         }
         ':' if value.is_empty() => Some(then_part),
         ':' => None,
@@ -135,7 +140,9 @@ fn split_alternatives(rest: &str) -> Result<(&str, Option<&str>), String> {
         return Ok((first, None));
     }
     let Some(second) = after.strip_prefix(':') else {
-        return Err(format!("macro processing error: unexpected text \"{after}\""));
+        return Err(format!(
+            "macro processing error: unexpected text \"{after}\""
+        ));
     };
     let second = second.trim();
     let second = match second.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
@@ -169,8 +176,14 @@ mod tests {
     #[test]
     fn plain_forms() {
         let m = map();
-        assert_eq!(expand("$data_directory/a", &m).unwrap(), "/var/lib/postfix/a");
-        assert_eq!(expand("${data_directory}b", &m).unwrap(), "/var/lib/postfixb");
+        assert_eq!(
+            expand("$data_directory/a", &m).unwrap(),
+            "/var/lib/postfix/a"
+        );
+        assert_eq!(
+            expand("${data_directory}b", &m).unwrap(),
+            "/var/lib/postfixb"
+        );
         assert_eq!(expand("$(data_directory)", &m).unwrap(), "/var/lib/postfix");
         assert_eq!(expand("$nested", &m).unwrap(), "/var/lib/postfix/x");
         assert_eq!(expand("a$$b", &m).unwrap(), "a$b");
@@ -185,10 +198,17 @@ mod tests {
         assert_eq!(expand("${empty:dflt}", &m).unwrap(), "dflt");
         assert_eq!(expand("${data_directory:dflt}", &m).unwrap(), "");
         assert_eq!(expand("${empty?{a}:{b}}", &m).unwrap(), "b");
-        assert_eq!(expand("${nested?{$nested}:{b}}", &m).unwrap(), "/var/lib/postfix/x");
+        assert_eq!(
+            expand("${nested?{$nested}:{b}}", &m).unwrap(),
+            "/var/lib/postfix/x"
+        );
         assert_eq!(expand("${undefined?{a}:b}", &m).unwrap(), "b");
         assert_eq!(
-            expand("${multi_instance_name?{$multi_instance_name}:{postfix}}", &m).unwrap(),
+            expand(
+                "${multi_instance_name?{$multi_instance_name}:{postfix}}",
+                &m
+            )
+            .unwrap(),
             "postfix"
         );
     }
@@ -197,7 +217,9 @@ mod tests {
     fn errors_are_reported_not_guessed() {
         let m = map();
         assert!(expand("$loop", &m).unwrap_err().contains("nesting"));
-        assert!(expand("${data_directory", &m).unwrap_err().contains("unbalanced"));
+        assert!(expand("${data_directory", &m)
+            .unwrap_err()
+            .contains("unbalanced"));
         assert!(expand("${{a} == {b} ? {x} : {y}}", &m)
             .unwrap_err()
             .contains("unsupported"));

@@ -92,11 +92,10 @@ impl RawConfig {
         };
         let name = name.trim();
         if name.is_empty() {
-            return Err(ConfigError::new(format!(
-                "missing attribute name: \"{}\"",
-                text.trim()
-            ))
-            .at(file, line));
+            return Err(
+                ConfigError::new(format!("missing attribute name: \"{}\"", text.trim()))
+                    .at(file, line),
+            );
         }
         let value = value.trim().to_string();
         if let Some(old) = self.entries.get(name) {

@@ -66,7 +66,9 @@ impl ConfigError {
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (&self.file, self.line) {
-            (Some(file), Some(line)) => write!(f, "{}, line {}: {}", file.display(), line, self.message),
+            (Some(file), Some(line)) => {
+                write!(f, "{}, line {}: {}", file.display(), line, self.message)
+            }
             (Some(file), None) => write!(f, "{}: {}", file.display(), self.message),
             _ => f.write_str(&self.message),
         }
@@ -115,7 +117,10 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("mail_owner", "postfix"),
     ("default_database_type", "hash"),
     ("multi_instance_name", ""),
-    ("syslog_name", "${multi_instance_name?{$multi_instance_name}:{postfix}}"),
+    (
+        "syslog_name",
+        "${multi_instance_name?{$multi_instance_name}:{postfix}}",
+    ),
     ("syslog_facility", "mail"),
     ("ipc_timeout", "3600s"),
     ("daemon_timeout", "18000s"),
@@ -136,7 +141,10 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     // Ours. Documented in README.md ("Parameters beyond Postfix").
     ("tlsmgr_session_cache_max_entries", "100000"),
     ("tlsmgr_persistent_state", "yes"),
-    ("tlsmgr_ticket_key_file", "${data_directory}/tlsmgr_ticket_keys"),
+    (
+        "tlsmgr_ticket_key_file",
+        "${data_directory}/tlsmgr_ticket_keys",
+    ),
     ("tlsmgr_store_lock_wait", "10s"),
 ];
 
@@ -167,7 +175,13 @@ impl CacheConfig {
         self.loglevel
             .split(|c: char| c == ',' || c.is_whitespace())
             .filter(|w| !w.is_empty())
-            .any(|w| w.eq_ignore_ascii_case("cache") || w.parse::<u32>().is_ok_and(|n| n >= 2) || ["debug", "ssl-expert", "ssl-developer"].iter().any(|k| w.eq_ignore_ascii_case(k)))
+            .any(|w| {
+                w.eq_ignore_ascii_case("cache")
+                    || w.parse::<u32>().is_ok_and(|n| n >= 2)
+                    || ["debug", "ssl-expert", "ssl-developer"]
+                        .iter()
+                        .any(|k| w.eq_ignore_ascii_case(k))
+            })
     }
 }
 
@@ -336,14 +350,18 @@ impl Config {
             tls_random_reseed_period: period("tls_random_reseed_period")?,
             tls_random_prng_update_period: period("tls_random_prng_update_period")?,
             caches,
-            max_entries: r.int("tlsmgr_session_cache_max_entries", 0, 0).and_then(|n| {
-                u64::try_from(n).map_err(|_| {
-                    r.err(
-                        "tlsmgr_session_cache_max_entries",
-                        format!("invalid tlsmgr_session_cache_max_entries parameter value {n} < 0"),
-                    )
-                })
-            })?,
+            max_entries: r
+                .int("tlsmgr_session_cache_max_entries", 0, 0)
+                .and_then(|n| {
+                    u64::try_from(n).map_err(|_| {
+                        r.err(
+                            "tlsmgr_session_cache_max_entries",
+                            format!(
+                                "invalid tlsmgr_session_cache_max_entries parameter value {n} < 0"
+                            ),
+                        )
+                    })
+                })?,
             persistent_state: r.bool("tlsmgr_persistent_state")?,
             ticket_key_file: r.path("tlsmgr_ticket_key_file")?,
             store_lock_wait: Duration::from_secs(r.time("tlsmgr_store_lock_wait", 0, 3600)?),
@@ -412,7 +430,10 @@ mod tests {
         assert_eq!(c.cache(CacheType::Smtpd).timeout, 3600);
         assert!(!c.cache(CacheType::Smtpd).enabled());
         assert_eq!(c.ipc_timeout, Duration::from_secs(3600));
-        assert_eq!(c.default_socket(), PathBuf::from("/var/spool/postfix/private/tlsmgr"));
+        assert_eq!(
+            c.default_socket(),
+            PathBuf::from("/var/spool/postfix/private/tlsmgr")
+        );
     }
 
     #[test]

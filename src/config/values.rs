@@ -102,7 +102,10 @@ mod tests {
             "invalid smtpd_tls_session_cache_timeout: 8640001 (max 8640000)"
         );
         assert_eq!(check_time("x", 0, 0, 10).unwrap(), 0);
-        assert_eq!(check_time("x", 0, 1, 0).unwrap_err(), "invalid x: 0 (min 1)");
+        assert_eq!(
+            check_time("x", 0, 1, 0).unwrap_err(),
+            "invalid x: 0 (min 1)"
+        );
     }
 
     #[test]

@@ -1,8 +1,208 @@
-//! Placeholder. TO BE IMPLEMENTED (helper).
-/// Size limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits;
-/// Framing errors.
-#[derive(Debug, thiserror::Error)]
-#[error("frame")]
-pub struct FrameError;
+//! Framing of one attribute list, `*(name NUL value NUL) NUL`, out of a byte
+//! buffer (spec §1.2), the primitive value codecs, and the size limits.
+//!
+//! Postfix enforces no limit on names or values; we do, so that a peer can
+//! never make us buffer without bound. Past a limit the framing fails at
+//! once, even before the terminating NUL has arrived, and the connection is
+//! closed.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// One attribute: name and raw (still encoded) value.
+pub type Attr = (Bytes, Bytes);
+
+/// Size limits of one attribute list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest attribute name. The longest real one, `cache_type`, has 10
+    /// bytes.
+    pub max_name: usize,
+    /// Longest attribute value (the encoded text). Real sessions are 1–4 KiB
+    /// of DER, about 5.5 KiB of base64; 1 MiB leaves room for sessions of up
+    /// to 768 KiB.
+    pub max_value: usize,
+    /// Most attributes in one list. Requests have at most 4.
+    pub max_attrs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_name: 64,
+            max_value: 1 << 20,
+            max_attrs: 16,
+        }
+    }
+}
+
+/// A list that breaks a limit; the connection must be closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// An attribute name is longer than [`Limits::max_name`].
+    #[error("attribute name longer than {limit} bytes")]
+    NameTooLong {
+        /// The limit.
+        limit: usize,
+    },
+    /// A value is longer than [`Limits::max_value`].
+    #[error("value of attribute {name} longer than {limit} bytes")]
+    ValueTooLong {
+        /// The attribute's name (lossy UTF-8).
+        name: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// More attributes than [`Limits::max_attrs`].
+    #[error("more than {limit} attributes in one list")]
+    TooManyAttributes {
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// Finds the next NUL in `buf[from..]`, failing once more than `max` bytes
+/// precede it (or would, when no NUL has arrived yet).
+fn field_end(buf: &[u8], from: usize, max: usize) -> Result<Option<usize>, usize> {
+    let rest = buf.get(from..).unwrap_or_default();
+    let window = &rest[..rest.len().min(max + 1)];
+    match memchr::memchr(0, window) {
+        Some(i) => Ok(Some(from + i)),
+        None if window.len() > max => Err(window.len()),
+        None => Ok(None),
+    }
+}
+
+/// Decodes one complete list from the start of `buf`.
+///
+/// `Ok(None)`: incomplete, read more. `Ok(Some((attrs, used)))`: a list of
+/// `used` bytes. `Err`: a limit was broken (possibly before the list is
+/// complete).
+pub fn decode_list(buf: &[u8], limits: &Limits) -> Result<Option<(Vec<Attr>, usize)>, FrameError> {
+    let mut attrs = Vec::new();
+    let mut pos = 0;
+    loop {
+        let name_end = match field_end(buf, pos, limits.max_name) {
+            Ok(Some(e)) => e,
+            Ok(None) => return Ok(None),
+            Err(_) => {
+                return Err(FrameError::NameTooLong {
+                    limit: limits.max_name,
+                })
+            }
+        };
+        if name_end == pos {
+            return Ok(Some((attrs, pos + 1)));
+        }
+        if attrs.len() == limits.max_attrs {
+            return Err(FrameError::TooManyAttributes {
+                limit: limits.max_attrs,
+            });
+        }
+        let value_start = name_end + 1;
+        let value_end = match field_end(buf, value_start, limits.max_value) {
+            Ok(Some(e)) => e,
+            Ok(None) => return Ok(None),
+            Err(_) => {
+                return Err(FrameError::ValueTooLong {
+                    name: String::from_utf8_lossy(&buf[pos..name_end]).into_owned(),
+                    limit: limits.max_value,
+                })
+            }
+        };
+        attrs.push((
+            Bytes::copy_from_slice(&buf[pos..name_end]),
+            Bytes::copy_from_slice(&buf[value_start..value_end]),
+        ));
+        pos = value_end + 1;
+    }
+}
+
+/// Appends a string attribute.
+pub fn put_str(buf: &mut BytesMut, name: &str, value: &[u8]) {
+    buf.reserve(name.len() + value.len() + 2);
+    buf.put_slice(name.as_bytes());
+    buf.put_u8(0);
+    buf.put_slice(value);
+    buf.put_u8(0);
+}
+
+/// Appends an int attribute: the C int printed as unsigned (`-1` is
+/// `4294967295`), as Postfix's `%u` does.
+pub fn put_int(buf: &mut BytesMut, name: &str, value: i32) {
+    put_str(buf, name, (value as u32).to_string().as_bytes());
+}
+
+/// Appends a data attribute: padded standard base64, no line breaks.
+pub fn put_data(buf: &mut BytesMut, name: &str, value: &[u8]) {
+    put_str(buf, name, STANDARD.encode(value).as_bytes());
+}
+
+/// Ends a list.
+pub fn end_list(buf: &mut BytesMut) {
+    buf.put_u8(0);
+}
+
+/// Decodes an int value: ASCII digits only, fitting 32 bits unsigned, read
+/// back as the C int (`4294967295` is -1).
+pub fn int_value(value: &[u8]) -> Option<i32> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value)
+        .ok()?
+        .parse::<u32>()
+        .ok()
+        .map(|v| v as i32)
+}
+
+/// Decodes a data value: strict padded standard base64; empty is empty data.
+pub fn data_value(value: &[u8]) -> Option<Bytes> {
+    STANDARD.decode(value).ok().map(Bytes::from)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn complete_incomplete_and_limits() {
+        let l = Limits::default();
+        let (attrs, used) = decode_list(b"a\0b\0\0rest", &l).unwrap().unwrap();
+        assert_eq!(used, 5);
+        assert_eq!(attrs, vec![(Bytes::from_static(b"a"), Bytes::from_static(b"b"))]);
+        for cut in 0..5 {
+            assert_eq!(decode_list(&b"a\0b\0\0"[..cut], &l).unwrap(), None);
+        }
+        assert_eq!(decode_list(b"\0", &l).unwrap(), Some((vec![], 1)));
+        assert!(matches!(decode_list(&[b'n'; 65], &l), Err(FrameError::NameTooLong { .. })));
+        assert_eq!(decode_list(&[b'n'; 64], &l).unwrap(), None);
+        let mut big = b"n\0".to_vec();
+        big.extend(std::iter::repeat_n(b'v', (1 << 20) + 1));
+        assert!(matches!(decode_list(&big, &l), Err(FrameError::ValueTooLong { .. })));
+        let many: Vec<u8> = b"a\0b\0".repeat(17);
+        assert!(matches!(decode_list(&many, &l), Err(FrameError::TooManyAttributes { .. })));
+    }
+
+    #[test]
+    fn values() {
+        assert_eq!(int_value(b"32"), Some(32));
+        assert_eq!(int_value(b"4294967295"), Some(-1));
+        assert_eq!(int_value(b"4294967296"), None);
+        for bad in [&b""[..], b"-1", b"+1", b" 1", b"1x", b"abc"] {
+            assert_eq!(int_value(bad), None, "{bad:?}");
+        }
+        assert_eq!(data_value(b"").unwrap(), Bytes::new());
+        assert_eq!(data_value(b"QQ==").unwrap(), Bytes::from_static(b"A"));
+        for bad in [&b"QQ"[..], b"Q===", b"!!!!", b"QQ==QQ=="] {
+            assert_eq!(data_value(bad), None, "{bad:?}");
+        }
+        let mut buf = BytesMut::new();
+        put_int(&mut buf, "status", -2);
+        put_data(&mut buf, "seed", b"");
+        end_list(&mut buf);
+        assert_eq!(&buf[..], b"status\x004294967294\x00seed\x00\x00\x00");
+    }
+}

@@ -1,6 +1,10 @@
-//! Typed replies (spec §1.5). TO BE IMPLEMENTED (helper).
-use super::Status;
-use bytes::Bytes;
+//! Typed replies (spec §1.5): the server encodes them in exactly Postfix's
+//! attribute order; the client side decodes them, knowing which request it
+//! sent.
+
+use super::attr::{self, Attr};
+use super::{RequestKind, Status};
+use bytes::{Bytes, BytesMut};
 
 /// A reply, in the attribute order of spec §1.5.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,4 +41,118 @@ pub enum Reply {
         /// The raw ticket-key struct when OK.
         keybuf: Bytes,
     },
+}
+
+impl Reply {
+    /// The reply's status.
+    pub fn status(&self) -> Status {
+        match self {
+            Reply::Status(s)
+            | Reply::Seed { status: s, .. }
+            | Reply::Policy { status: s, .. }
+            | Reply::Lookup { status: s, .. }
+            | Reply::TktKey { status: s, .. } => *s,
+        }
+    }
+
+    /// FAIL in the reply shape of `kind`, for a request whose attributes
+    /// could not be read.
+    pub fn fail_for(kind: RequestKind) -> Reply {
+        let status = Status::Fail;
+        match kind {
+            RequestKind::Seed => Reply::Seed {
+                status,
+                seed: Bytes::new(),
+            },
+            RequestKind::Policy => Reply::Policy {
+                status,
+                cachable: false,
+                timeout: 0,
+            },
+            RequestKind::Lookup => Reply::Lookup {
+                status,
+                session: Bytes::new(),
+            },
+            RequestKind::Update | RequestKind::Delete => Reply::Status(status),
+            RequestKind::TktKey => Reply::TktKey {
+                status,
+                keybuf: Bytes::new(),
+            },
+        }
+    }
+
+    /// `status` FAIL alone: no request name could be read, or it is unknown.
+    pub fn fail_status() -> Reply {
+        Reply::Status(Status::Fail)
+    }
+
+    /// Appends the reply's bytes.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        attr::put_int(buf, "status", self.status().code());
+        match self {
+            Reply::Status(_) => {}
+            Reply::Seed { seed, .. } => attr::put_data(buf, "seed", seed),
+            Reply::Policy {
+                cachable, timeout, ..
+            } => {
+                attr::put_int(buf, "cachable", i32::from(*cachable));
+                attr::put_int(buf, "timeout", *timeout as i32);
+            }
+            Reply::Lookup { session, .. } => attr::put_data(buf, "session", session),
+            Reply::TktKey { keybuf, .. } => attr::put_data(buf, "keybuf", keybuf),
+        }
+        attr::end_list(buf);
+    }
+
+    /// Decodes the reply to a `kind` request (client side). Every attribute
+    /// of the shape must be present, in order; the status must be one of
+    /// the three codes.
+    pub fn decode(kind: RequestKind, list: &[Attr]) -> Result<Reply, String> {
+        let mut it = list.iter();
+        let mut next = |want: &str| -> Result<&Bytes, String> {
+            match it.next() {
+                Some((name, value)) if name.as_ref() == want.as_bytes() => Ok(value),
+                Some((name, _)) => Err(format!(
+                    "unexpected attribute {} (expecting: {want})",
+                    String::from_utf8_lossy(name)
+                )),
+                None => Err(format!("missing attribute {want}")),
+            }
+        };
+        let int = |v: &Bytes| {
+            attr::int_value(v).ok_or_else(|| {
+                format!("malformed numerical data: {}", String::from_utf8_lossy(v))
+            })
+        };
+        let data = |v: &Bytes| {
+            attr::data_value(v)
+                .ok_or_else(|| format!("malformed base64 data: {}", String::from_utf8_lossy(v)))
+        };
+        let code = int(next("status")?)?;
+        let status = Status::from_code(code).ok_or_else(|| format!("unknown status {code}"))?;
+        Ok(match kind {
+            RequestKind::Update | RequestKind::Delete => Reply::Status(status),
+            RequestKind::Seed => Reply::Seed {
+                status,
+                seed: data(next("seed")?)?,
+            },
+            RequestKind::Lookup => Reply::Lookup {
+                status,
+                session: data(next("session")?)?,
+            },
+            RequestKind::TktKey => Reply::TktKey {
+                status,
+                keybuf: data(next("keybuf")?)?,
+            },
+            RequestKind::Policy => {
+                let cachable = int(next("cachable")?)? != 0;
+                let timeout = int(next("timeout")?)? as u32;
+                Reply::Policy {
+                    status,
+                    cachable,
+                    timeout,
+                }
+            }
+        })
+    }
 }

@@ -1,5 +1,8 @@
-//! Typed requests (spec §1.5). TO BE IMPLEMENTED (helper).
-use bytes::Bytes;
+//! Typed requests (spec §1.5): decoding a complete attribute list into an
+//! [`Incoming`] with Postfix's strict rules (exact order, no missing and no
+//! extra attributes, typed values), and encoding for the client side.
+use super::attr::{self, Attr};
+use bytes::{Bytes, BytesMut};
 
 /// Which request a list was (or claimed to be); decides the shape of a FAIL reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,4 +115,192 @@ pub enum Incoming {
     Request(Request),
     /// A complete list that is not a valid request: answer FAIL.
     Malformed(Malformed),
+}
+
+/// The type of a request attribute.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    Data,
+}
+
+impl RequestKind {
+    /// The request for a wire name.
+    pub fn from_wire(name: &[u8]) -> Option<Self> {
+        Some(match name {
+            b"seed" => RequestKind::Seed,
+            b"policy" => RequestKind::Policy,
+            b"lookup" => RequestKind::Lookup,
+            b"update" => RequestKind::Update,
+            b"delete" => RequestKind::Delete,
+            b"tktkey" => RequestKind::TktKey,
+            _ => return None,
+        })
+    }
+
+    /// The attributes after `request`, in order, with their types.
+    fn schema(self) -> &'static [(&'static str, Kind)] {
+        const CT: (&str, Kind) = ("cache_type", Kind::Str);
+        const ID: (&str, Kind) = ("cache_id", Kind::Str);
+        match self {
+            RequestKind::Seed => &[("size", Kind::Int)],
+            RequestKind::Policy => &[CT],
+            RequestKind::Lookup | RequestKind::Delete => &[CT, ID],
+            RequestKind::Update => &[CT, ID, ("session", Kind::Data)],
+            RequestKind::TktKey => &[("keyname", Kind::Data)],
+        }
+    }
+}
+
+/// A typed attribute value.
+enum Value {
+    Str(Bytes),
+    Int(i32),
+    Data(Bytes),
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn truncated(b: &[u8]) -> String {
+    let s = lossy(b);
+    match s.char_indices().nth(100) {
+        Some((i, _)) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Decodes a complete list (the `W\0` wakeup is recognized by the codec).
+pub fn decode(list: &[Attr]) -> Incoming {
+    let Some((name, value)) = list.first() else {
+        return Incoming::Malformed(Malformed::NoRequestName {
+            warning: "missing attribute request in input from tlsmgr socket".into(),
+        });
+    };
+    if name.as_ref() != b"request" {
+        return Incoming::Malformed(Malformed::NoRequestName {
+            warning: format!(
+                "unexpected attribute {} from tlsmgr socket (expecting: request)",
+                lossy(name)
+            ),
+        });
+    }
+    let Some(kind) = RequestKind::from_wire(value) else {
+        return Incoming::Malformed(Malformed::UnknownRequest { name: lossy(value) });
+    };
+    let bad = |warning: String| Incoming::Malformed(Malformed::BadAttributes { kind, warning });
+    let schema = kind.schema();
+    let mut values = Vec::with_capacity(schema.len());
+    let mut rest = list.iter().skip(1);
+    for (want, ty) in schema {
+        let Some((name, value)) = rest.next() else {
+            return bad(format!("missing attribute {want} in input from tlsmgr socket"));
+        };
+        if name.as_ref() != want.as_bytes() {
+            return bad(format!(
+                "unexpected attribute {} from tlsmgr socket (expecting: {want})",
+                lossy(name)
+            ));
+        }
+        values.push(match ty {
+            Kind::Str => Value::Str(value.clone()),
+            Kind::Int => match attr::int_value(value) {
+                Some(v) => Value::Int(v),
+                None => {
+                    return bad(format!(
+                        "malformed numerical data from tlsmgr socket while reading input attribute value: {}",
+                        truncated(value)
+                    ))
+                }
+            },
+            Kind::Data => match attr::data_value(value) {
+                Some(v) => Value::Data(v),
+                None => {
+                    return bad(format!(
+                        "malformed base64 data from tlsmgr socket while reading input attribute {want}: {}",
+                        truncated(value)
+                    ))
+                }
+            },
+        });
+    }
+    if let Some((name, _)) = rest.next() {
+        return bad(format!(
+            "unexpected attribute {} from tlsmgr socket (expecting: (list terminator))",
+            lossy(name)
+        ));
+    }
+    use Value::{Data, Int, Str};
+    let req = match (kind, values.as_slice()) {
+        (RequestKind::Seed, [Int(size)]) => Request::Seed { size: *size },
+        (RequestKind::Policy, [Str(ct)]) => Request::Policy {
+            cache_type: ct.clone(),
+        },
+        (RequestKind::Lookup, [Str(ct), Str(id)]) => Request::Lookup {
+            cache_type: ct.clone(),
+            cache_id: id.clone(),
+        },
+        (RequestKind::Update, [Str(ct), Str(id), Data(session)]) => Request::Update {
+            cache_type: ct.clone(),
+            cache_id: id.clone(),
+            session: session.clone(),
+        },
+        (RequestKind::Delete, [Str(ct), Str(id)]) => Request::Delete {
+            cache_type: ct.clone(),
+            cache_id: id.clone(),
+        },
+        (RequestKind::TktKey, [Data(name)]) => Request::TktKey {
+            keyname: name.clone(),
+        },
+        // Unreachable: the values were read by the same schema.
+        _ => return bad("internal error: request schema mismatch".into()),
+    };
+    Incoming::Request(req)
+}
+
+impl Request {
+    /// Which request this is.
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Request::Seed { .. } => RequestKind::Seed,
+            Request::Policy { .. } => RequestKind::Policy,
+            Request::Lookup { .. } => RequestKind::Lookup,
+            Request::Update { .. } => RequestKind::Update,
+            Request::Delete { .. } => RequestKind::Delete,
+            Request::TktKey { .. } => RequestKind::TktKey,
+        }
+    }
+
+    /// Appends the request's bytes, exactly as a Postfix client sends them.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        attr::put_str(buf, "request", self.kind().as_str().as_bytes());
+        match self {
+            Request::Seed { size } => attr::put_int(buf, "size", *size),
+            Request::Policy { cache_type } => attr::put_str(buf, "cache_type", cache_type),
+            Request::Lookup {
+                cache_type,
+                cache_id,
+            }
+            | Request::Delete {
+                cache_type,
+                cache_id,
+            } => {
+                attr::put_str(buf, "cache_type", cache_type);
+                attr::put_str(buf, "cache_id", cache_id);
+            }
+            Request::Update {
+                cache_type,
+                cache_id,
+                session,
+            } => {
+                attr::put_str(buf, "cache_type", cache_type);
+                attr::put_str(buf, "cache_id", cache_id);
+                attr::put_data(buf, "session", session);
+            }
+            Request::TktKey { keyname } => attr::put_data(buf, "keyname", keyname),
+        }
+        attr::end_list(buf);
+    }
 }

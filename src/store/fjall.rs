@@ -1,1 +1,695 @@
-//! Placeholder.
+//! The default, on-disk backend: [`FjallStore`], one fjall database
+//! directory per cache.
+//!
+//! # Layout
+//!
+//! Two keyspaces, always changed together in one atomic write batch:
+//!
+//! - `sessions`: key = `b's'` ++ cache id; value = `stored_at` as 8 bytes
+//!   big-endian ++ the session bytes. The one-byte prefix exists because
+//!   fjall keys must not be empty while the empty cache id is valid (Postfix
+//!   accepts it). There is no version field: the cache is private to tlsmgr.
+//!   A value shorter than 8 bytes is malformed.
+//! - `by_age`: key = `stored_at` as 8 bytes big-endian ++ cache id; empty
+//!   value. Big-endian makes byte order equal time order, so a forward scan
+//!   yields the oldest entries first (ties by id) for
+//!   [`Store::sweep_before`] and [`Store::evict_oldest`].
+//!
+//! Replacing an entry removes its old `by_age` key in the same batch. Index
+//! keys that point nowhere (left by [`Store::clear`] interrupted between its
+//! two keyspace clears, or by a record that was malformed when replaced or
+//! deleted) are tolerated: scans drop them without counting them as entries.
+//! The reverse (a session without an index key) cannot arise, which matters
+//! because such an entry could never be expired or evicted.
+//!
+//! # Malformed records
+//!
+//! [`Store::get`] of a malformed record returns [`StoreError::Malformed`] and
+//! leaves the record in place; the caller logs it and calls
+//! [`Store::delete`], which removes it (spec §3: malformed entries are
+//! deleted and reported missing). Scans remove malformed records they meet.
+//!
+//! # Entry count
+//!
+//! fjall only has an approximate length, so the exact count is kept in
+//! memory: computed at open by iterating over every key of `sessions` (a
+//! start-up cost linear in the number of entries, paid only when the store is
+//! kept across restarts: it is skipped when the store is emptied at start),
+//! then updated on every change.
+//!
+//! # Durability
+//!
+//! Writes go to the journal and the OS page cache but are not fsynced (a
+//! lost session only costs a full TLS handshake); [`Store::flush`] syncs
+//! everything and is called at shutdown.
+
+use super::location::MAX_CACHE_ID_LEN;
+use super::{Entry, Store, StoreError, StoreStats, SweepStep};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long to sleep between attempts to take a locked database.
+const LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The prefix of every `sessions` key (see the module documentation).
+const SESSION_KEY_TAG: u8 = b's';
+
+/// Bytes of the big-endian timestamp at the start of a record and an index key.
+const TS_LEN: usize = 8;
+
+/// fjall's value size limit is `u32::MAX` bytes; the record adds the timestamp.
+const MAX_SESSION_LEN: usize = u32::MAX as usize - TS_LEN;
+
+// fjall configuration for a small cache: one database per cache type, three
+// at most per process, each holding at most some tens of MiB.
+/// Block cache per database (fjall's default is 32 MiB).
+const BLOCK_CACHE_BYTES: u64 = 4 * 1024 * 1024;
+/// Background flush/compaction threads per database (default: up to 4).
+const WORKER_THREADS: usize = 1;
+/// Open table files kept per database (default 900, too many for three
+/// databases under a 1024 descriptor limit).
+const MAX_CACHED_FILES: usize = 64;
+/// Journal size bound; fjall's minimum (default 512 MiB).
+const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+/// Memtable size of `sessions` before it is written out as a table
+/// (default 64 MiB).
+const SESSIONS_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+/// Memtable size of `by_age`, whose keys are small and values empty.
+const BY_AGE_MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
+
+/// fjall's marker files; a non-empty directory with neither is not ours.
+const FJALL_MARKERS: [&str; 2] = ["version", "lock"];
+
+/// How to open a [`FjallStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Remove every entry after opening, as Postfix does with every cache at
+    /// every start.
+    pub empty_on_start: bool,
+    /// How long to wait for a database still locked by another process (a
+    /// previous tlsmgr finishing its exit during a restart). Zero means one
+    /// attempt; fjall itself retries a lock for about 200 ms per attempt.
+    pub lock_wait: Duration,
+}
+
+impl Default for OpenOptions {
+    /// Postfix's behaviour: empty at start, no waiting for a lock.
+    fn default() -> Self {
+        OpenOptions {
+            empty_on_start: true,
+            lock_wait: Duration::ZERO,
+        }
+    }
+}
+
+/// A session cache in a fjall database directory.
+pub struct FjallStore {
+    /// The directory, as given to [`FjallStore::open`] (for error messages).
+    path: PathBuf,
+    db: Database,
+    sessions: Keyspace,
+    by_age: Keyspace,
+    /// Exact number of records in `sessions`.
+    len: u64,
+}
+
+impl std::fmt::Debug for FjallStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FjallStore")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an age-index key points at.
+enum IndexTarget {
+    /// A record whose entry is indexed by this key (or a malformed record):
+    /// removing it removes an entry.
+    Entry(Vec<u8>),
+    /// Nothing, or a record indexed elsewhere: only the index key goes.
+    Dangling,
+}
+
+fn session_key(id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.len());
+    k.push(SESSION_KEY_TAG);
+    k.extend_from_slice(id);
+    k
+}
+
+fn age_key(stored_at: u64, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(TS_LEN + id.len());
+    k.extend_from_slice(&stored_at.to_be_bytes());
+    k.extend_from_slice(id);
+    k
+}
+
+/// The record of `entry`: 8-byte big-endian `stored_at` ++ session.
+fn encode_record(entry: &Entry) -> Vec<u8> {
+    let mut v = Vec::with_capacity(TS_LEN + entry.session.len());
+    v.extend_from_slice(&entry.stored_at.to_be_bytes());
+    v.extend_from_slice(&entry.session);
+    v
+}
+
+/// The leading big-endian timestamp of a record or index key.
+fn split_ts(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (ts, rest) = bytes.split_first_chunk::<TS_LEN>()?;
+    Some((u64::from_be_bytes(*ts), rest))
+}
+
+fn decode_record(bytes: &[u8]) -> Result<Entry, StoreError> {
+    let (stored_at, session) = split_ts(bytes).ok_or_else(|| {
+        StoreError::Malformed(format!(
+            "record of {} bytes is shorter than its {TS_LEN}-byte timestamp",
+            bytes.len()
+        ))
+    })?;
+    Ok(Entry {
+        stored_at,
+        session: session.to_vec(),
+    })
+}
+
+/// Creates `dir` (mode 0700, parent must exist) or checks that an existing
+/// one is a fjall database or empty, so that a mistyped `fjall:` path such
+/// as the data directory itself is not filled with fjall's files.
+fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let io = |source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(e)),
+    }
+    if !dir.is_dir() {
+        return Err(StoreError::Backend {
+            path: dir.to_path_buf(),
+            message: "exists and is not a directory".into(),
+        });
+    }
+    let mut entries = std::fs::read_dir(dir).map_err(io)?;
+    let is_empty = entries.next().is_none();
+    if !is_empty && !FJALL_MARKERS.iter().any(|m| dir.join(m).exists()) {
+        return Err(StoreError::Backend {
+            path: dir.to_path_buf(),
+            message: "directory is not empty and holds no fjall database; refusing to use it"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+impl FjallStore {
+    /// Opens (creating if needed) the store in directory `dir`. See
+    /// [`OpenOptions`] for clearing and lock waiting; a database still locked
+    /// after `lock_wait` gives [`StoreError::Locked`].
+    pub fn open(dir: &Path, opts: OpenOptions) -> Result<FjallStore, StoreError> {
+        prepare_dir(dir)?;
+        let db = open_db_waiting(dir, opts.lock_wait)?;
+        let err = |e| map_err(dir, e);
+        let sessions = db
+            .keyspace("sessions", || {
+                KeyspaceCreateOptions::default().max_memtable_size(SESSIONS_MEMTABLE_BYTES)
+            })
+            .map_err(err)?;
+        let by_age = db
+            .keyspace("by_age", || {
+                KeyspaceCreateOptions::default().max_memtable_size(BY_AGE_MEMTABLE_BYTES)
+            })
+            .map_err(err)?;
+        let mut store = FjallStore {
+            path: dir.to_path_buf(),
+            db,
+            sessions,
+            by_age,
+            len: 0,
+        };
+        if opts.empty_on_start {
+            store.clear()?;
+        } else {
+            store.len = store.count_sessions()?;
+        }
+        Ok(store)
+    }
+
+    /// The store's directory, as given to [`FjallStore::open`].
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: fjall::Error) -> StoreError {
+        map_err(&self.path, e)
+    }
+
+    fn count_sessions(&self) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for guard in self.sessions.iter() {
+            guard.key().map_err(|e| self.err(e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn raw_get(&self, key: &[u8]) -> Result<Option<fjall::Slice>, StoreError> {
+        self.sessions.get(key).map_err(|e| self.err(e))
+    }
+
+    /// Classifies index key `akey` (see [`IndexTarget`]).
+    fn target_of(&self, akey: &[u8]) -> Result<IndexTarget, StoreError> {
+        let Some((ts, id)) = split_ts(akey) else {
+            return Ok(IndexTarget::Dangling);
+        };
+        let skey = session_key(id);
+        Ok(match self.raw_get(&skey)? {
+            None => IndexTarget::Dangling,
+            Some(record) => match split_ts(&record) {
+                Some((t, _)) if t != ts => IndexTarget::Dangling,
+                // Indexed here, or malformed: either way an entry to remove.
+                _ => IndexTarget::Entry(skey),
+            },
+        })
+    }
+
+    /// Walks the age index oldest first, up to `end` (exclusive; `None`: to
+    /// the end), removing every key it meets and the entries they index,
+    /// until `enough(removed_entries, examined_keys)`, asked before each key,
+    /// says stop. Returns the entries removed and whether it stopped with
+    /// keys left in range.
+    fn remove_oldest(
+        &mut self,
+        end: Option<[u8; TS_LEN]>,
+        enough: impl Fn(u64, usize) -> bool,
+    ) -> Result<(u64, bool), StoreError> {
+        let mut batch = self.db.batch();
+        let mut removed = 0u64;
+        let mut stopped_early = false;
+        // Two index keys can point at one malformed record; count it once.
+        let mut removed_keys = HashSet::new();
+        let iter = match end {
+            Some(end) => self.by_age.range(..end),
+            None => self.by_age.iter(),
+        };
+        for (examined, guard) in iter.enumerate() {
+            if enough(removed, examined) {
+                stopped_early = true;
+                break;
+            }
+            let akey = guard.key().map_err(|e| self.err(e))?;
+            if let IndexTarget::Entry(skey) = self.target_of(&akey)? {
+                if removed_keys.insert(skey.clone()) {
+                    batch.remove(&self.sessions, skey);
+                    removed += 1;
+                }
+            }
+            batch.remove(&self.by_age, akey);
+        }
+        batch.commit().map_err(|e| self.err(e))?;
+        self.len = self.len.saturating_sub(removed);
+        Ok((removed, stopped_early))
+    }
+}
+
+/// Opens the database, retrying every [`LOCK_RETRY_INTERVAL`] while another
+/// process holds its lock, until `lock_wait` has passed.
+fn open_db_waiting(dir: &Path, lock_wait: Duration) -> Result<Database, StoreError> {
+    let start = Instant::now();
+    loop {
+        let result = Database::builder(dir)
+            .cache_size(BLOCK_CACHE_BYTES)
+            .worker_threads(WORKER_THREADS)
+            .max_cached_files(Some(MAX_CACHED_FILES))
+            .max_journaling_size(MAX_JOURNAL_BYTES)
+            .open();
+        match result {
+            Ok(db) => return Ok(db),
+            Err(fjall::Error::Locked) => {
+                let waited = start.elapsed();
+                if waited >= lock_wait {
+                    return Err(StoreError::Locked {
+                        path: dir.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(LOCK_RETRY_INTERVAL.min(lock_wait - waited));
+            }
+            Err(e) => return Err(map_err(dir, e)),
+        }
+    }
+}
+
+/// Turns a fjall error into a [`StoreError`] (no fjall type leaves this module).
+fn map_err(path: &Path, e: fjall::Error) -> StoreError {
+    match e {
+        fjall::Error::Io(source) => StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        fjall::Error::Locked => StoreError::Locked {
+            path: path.to_path_buf(),
+        },
+        other => StoreError::Backend {
+            path: path.to_path_buf(),
+            message: other.to_string(),
+        },
+    }
+}
+
+impl Store for FjallStore {
+    fn get(&mut self, id: &[u8]) -> Result<Option<Entry>, StoreError> {
+        if id.len() > MAX_CACHE_ID_LEN {
+            return Ok(None);
+        }
+        match self.raw_get(&session_key(id))? {
+            Some(record) => decode_record(&record).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put(&mut self, id: &[u8], entry: &Entry) -> Result<(), StoreError> {
+        if id.len() > MAX_CACHE_ID_LEN {
+            return Err(StoreError::Backend {
+                path: self.path.clone(),
+                message: format!(
+                    "cache id of {} bytes is longer than the limit of {} bytes",
+                    id.len(),
+                    MAX_CACHE_ID_LEN
+                ),
+            });
+        }
+        if entry.session.len() > MAX_SESSION_LEN {
+            return Err(StoreError::Backend {
+                path: self.path.clone(),
+                message: format!(
+                    "session of {} bytes is too large to store",
+                    entry.session.len()
+                ),
+            });
+        }
+        let skey = session_key(id);
+        let old = self.raw_get(&skey)?;
+        let mut batch = self.db.batch();
+        if let Some((old_ts, _)) = old.as_deref().and_then(split_ts) {
+            // Same timestamp: the insert below rewrites the same index key;
+            // a remove of it in the same batch would race with that insert.
+            if old_ts != entry.stored_at {
+                batch.remove(&self.by_age, age_key(old_ts, id));
+            }
+        }
+        batch.insert(&self.sessions, skey, encode_record(entry));
+        batch.insert(&self.by_age, age_key(entry.stored_at, id), Vec::new());
+        batch.commit().map_err(|e| self.err(e))?;
+        if old.is_none() {
+            self.len += 1;
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, id: &[u8]) -> Result<bool, StoreError> {
+        if id.len() > MAX_CACHE_ID_LEN {
+            return Ok(false);
+        }
+        let skey = session_key(id);
+        let Some(old) = self.raw_get(&skey)? else {
+            return Ok(false);
+        };
+        let mut batch = self.db.batch();
+        if let Some((old_ts, _)) = split_ts(&old) {
+            batch.remove(&self.by_age, age_key(old_ts, id));
+        }
+        batch.remove(&self.sessions, skey);
+        batch.commit().map_err(|e| self.err(e))?;
+        self.len = self.len.saturating_sub(1);
+        Ok(true)
+    }
+
+    fn sweep_before(&mut self, cutoff: u64, limit: usize) -> Result<SweepStep, StoreError> {
+        // Every examined index key is removed, so bounding examined keys
+        // bounds the work even if dangling keys pile up; without those (the
+        // normal case) examined == removed.
+        let (removed, more) =
+            self.remove_oldest(Some(cutoff.to_be_bytes()), |_, examined| examined >= limit)?;
+        Ok(SweepStep {
+            removed: usize::try_from(removed).unwrap_or(usize::MAX),
+            more,
+        })
+    }
+
+    fn evict_oldest(&mut self, n: u64) -> Result<u64, StoreError> {
+        let (removed, _) = self.remove_oldest(None, |removed, _| removed >= n)?;
+        Ok(removed)
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn stats(&self) -> StoreStats {
+        let bytes = self
+            .db
+            .disk_space()
+            .unwrap_or_else(|_| self.sessions.disk_space() + self.by_age.disk_space());
+        StoreStats {
+            entries: self.len,
+            bytes,
+        }
+    }
+
+    fn clear(&mut self) -> Result<(), StoreError> {
+        // `sessions` first: if we stop in between, only dangling index keys
+        // remain, which scans tolerate; unindexed sessions would never expire.
+        self.sessions.clear().map_err(|e| self.err(e))?;
+        self.len = 0;
+        self.by_age.clear().map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn entry(stored_at: u64, session: &[u8]) -> Entry {
+        Entry {
+            stored_at,
+            session: session.to_vec(),
+        }
+    }
+
+    fn keep() -> OpenOptions {
+        OpenOptions {
+            empty_on_start: false,
+            lock_wait: Duration::ZERO,
+        }
+    }
+
+    fn open_in(tmp: &tempfile::TempDir) -> FjallStore {
+        FjallStore::open(&tmp.path().join("c.fjall"), keep()).unwrap()
+    }
+
+    #[test]
+    fn record_round_trip_and_layout() {
+        let e = entry(0x0102_0304_0506_0708, b"abc");
+        let rec = encode_record(&e);
+        assert_eq!(rec, b"\x01\x02\x03\x04\x05\x06\x07\x08abc");
+        assert_eq!(decode_record(&rec).unwrap(), e);
+        assert_eq!(decode_record(&[0; 8]).unwrap(), entry(0, b""));
+        assert_eq!(age_key(1, b"id"), b"\0\0\0\0\0\0\0\x01id");
+        assert_eq!(session_key(b""), b"s");
+    }
+
+    #[test]
+    fn short_record_is_malformed() {
+        for len in 0..TS_LEN {
+            let err = decode_record(&vec![0; len]).unwrap_err();
+            assert!(matches!(err, StoreError::Malformed(_)), "{err}");
+        }
+    }
+
+    #[test]
+    fn malformed_record_is_reported_then_deleted_by_the_caller() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = open_in(&tmp);
+        s.put(b"ok", &entry(1, b"x")).unwrap();
+        s.sessions
+            .insert(session_key(b"bad"), b"short".to_vec())
+            .unwrap();
+        s.len += 1; // as counted at open
+        assert!(matches!(s.get(b"bad"), Err(StoreError::Malformed(_))));
+        assert!(s.delete(b"bad").unwrap());
+        assert_eq!(s.get(b"bad").unwrap(), None);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.get(b"ok").unwrap(), Some(entry(1, b"x")));
+    }
+
+    #[test]
+    fn every_change_keeps_one_index_key_per_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = open_in(&tmp);
+        let check = |s: &FjallStore| {
+            assert_eq!(s.by_age.iter().count() as u64, s.len());
+            assert_eq!(s.count_sessions().unwrap(), s.len());
+        };
+        s.put(b"a", &entry(1, b"1")).unwrap();
+        s.put(b"a", &entry(2, b"2")).unwrap();
+        check(&s);
+        s.put(b"a", &entry(2, b"3")).unwrap();
+        s.put(b"b", &entry(1, b"")).unwrap();
+        check(&s);
+        s.delete(b"a").unwrap();
+        check(&s);
+        s.put(b"c", &entry(0, b"")).unwrap();
+        s.sweep_before(1, 1).unwrap();
+        check(&s);
+        s.evict_oldest(1).unwrap();
+        check(&s);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn dangling_index_keys_are_dropped_without_counting() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = open_in(&tmp);
+        // Index keys with no record, with a record of another time, and too
+        // short to hold a timestamp.
+        s.by_age.insert(age_key(1, b"ghost"), Vec::new()).unwrap();
+        s.put(b"moved", &entry(50, b"m")).unwrap();
+        s.by_age.insert(age_key(2, b"moved"), Vec::new()).unwrap();
+        s.by_age.insert(b"\0".to_vec(), Vec::new()).unwrap();
+        s.put(b"a", &entry(10, b"a")).unwrap();
+        s.put(b"b", &entry(20, b"b")).unwrap();
+        assert_eq!(s.len(), 3);
+        // The three dangling keys sort first; eviction skips them.
+        assert_eq!(s.evict_oldest(1).unwrap(), 1);
+        assert_eq!(s.get(b"a").unwrap(), None);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.by_age.iter().count(), 2);
+        assert_eq!(s.get(b"moved").unwrap(), Some(entry(50, b"m")));
+    }
+
+    #[test]
+    fn malformed_record_met_by_a_scan_is_removed_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = open_in(&tmp);
+        s.sessions.insert(session_key(b"bad"), vec![1, 2]).unwrap();
+        s.by_age.insert(age_key(1, b"bad"), Vec::new()).unwrap();
+        s.by_age.insert(age_key(2, b"bad"), Vec::new()).unwrap();
+        s.len += 1; // as counted at open
+        s.put(b"good", &entry(3, b"")).unwrap();
+        let step = s.sweep_before(10, 10).unwrap();
+        assert_eq!(
+            step,
+            SweepStep {
+                removed: 2,
+                more: false
+            }
+        );
+        assert!(s.is_empty());
+        assert_eq!(s.count_sessions().unwrap(), 0);
+    }
+
+    #[test]
+    fn sweep_work_is_bounded_by_dangling_keys_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = open_in(&tmp);
+        for i in 0..5u8 {
+            s.by_age.insert(age_key(1, &[i]), Vec::new()).unwrap();
+        }
+        s.put(b"real", &entry(2, b"")).unwrap();
+        let step = s.sweep_before(10, 3).unwrap();
+        assert_eq!(
+            step,
+            SweepStep {
+                removed: 0,
+                more: true
+            }
+        );
+        let step = s.sweep_before(10, 3).unwrap();
+        assert_eq!(
+            step,
+            SweepStep {
+                removed: 1,
+                more: false
+            }
+        );
+        assert!(s.is_empty());
+        assert_eq!(s.by_age.iter().count(), 0);
+    }
+
+    #[test]
+    fn creates_the_directory_with_mode_0700() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("new.fjall");
+        let s = FjallStore::open(&dir, keep()).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert_eq!(s.path(), dir);
+    }
+
+    #[test]
+    fn missing_parent_is_an_io_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("no/such/parent.fjall");
+        let err = FjallStore::open(&dir, keep()).unwrap_err();
+        assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_foreign_directory_and_a_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("smtpd_scache.db"), b"x").unwrap();
+        let err = FjallStore::open(tmp.path(), keep()).unwrap_err();
+        assert!(err.to_string().contains("holds no fjall database"), "{err}");
+        assert!(!tmp.path().join("version").exists());
+        let file = tmp.path().join("smtpd_scache.db");
+        let err = FjallStore::open(&file, keep()).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+    }
+
+    #[test]
+    fn an_existing_empty_directory_is_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = FjallStore::open(tmp.path(), keep()).unwrap();
+        s.put(b"a", &entry(1, b"")).unwrap();
+        drop(s);
+        let s = FjallStore::open(tmp.path(), keep()).unwrap();
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn flush_and_stats() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = open_in(&tmp);
+        s.put(b"a", &entry(1, &[7; 1000])).unwrap();
+        s.flush().unwrap();
+        let st = s.stats();
+        assert_eq!(st.entries, 1);
+        assert!(st.bytes > 0, "{st:?}");
+    }
+
+    #[test]
+    fn error_mapping_keeps_io_and_lock_apart() {
+        let p = Path::new("/x");
+        let io = map_err(p, fjall::Error::Io(std::io::Error::other("disk")));
+        assert!(matches!(io, StoreError::Io { .. }));
+        assert!(matches!(
+            map_err(p, fjall::Error::Locked),
+            StoreError::Locked { .. }
+        ));
+        let other = map_err(p, fjall::Error::Poisoned);
+        assert!(matches!(other, StoreError::Backend { .. }));
+    }
+}

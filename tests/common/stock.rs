@@ -34,7 +34,11 @@ pub struct StockTlsmgr {
 }
 
 fn chown_postfix(path: &Path) {
-    let st = Command::new("chown").arg("postfix:postfix").arg(path).status().unwrap();
+    let st = Command::new("chown")
+        .arg("postfix:postfix")
+        .arg(path)
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
@@ -74,14 +78,31 @@ impl StockTlsmgr {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         cmd.fd_mappings(vec![
-            FdMapping { parent_fd: OwnedFd::from(flow_r), child_fd: 3 },
-            FdMapping { parent_fd: OwnedFd::from(flow_w), child_fd: 4 },
-            FdMapping { parent_fd: OwnedFd::from(status_child), child_fd: 5 },
-            FdMapping { parent_fd: OwnedFd::from(listener), child_fd: 6 },
+            FdMapping {
+                parent_fd: OwnedFd::from(flow_r),
+                child_fd: 3,
+            },
+            FdMapping {
+                parent_fd: OwnedFd::from(flow_w),
+                child_fd: 4,
+            },
+            FdMapping {
+                parent_fd: OwnedFd::from(status_child),
+                child_fd: 5,
+            },
+            FdMapping {
+                parent_fd: OwnedFd::from(listener),
+                child_fd: 6,
+            },
         ])
         .unwrap();
         let child = cmd.spawn().unwrap();
-        StockTlsmgr { child, socket, status: Some(status_ours), _dir: dir }
+        StockTlsmgr {
+            child,
+            socket,
+            status: Some(status_ours),
+            _dir: dir,
+        }
     }
 
     /// Closes the status channel, as master does on reload: stock exits 0.

@@ -1,0 +1,718 @@
+//! Store backends from the outside: one behaviour suite run against every
+//! backend (memory and fjall), a model-based property test of both, fjall's
+//! persistence and lock handover, and the database-string rule of
+//! `store::location`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tlsmgr::store::fjall::{FjallStore, OpenOptions};
+use tlsmgr::store::location::{parse_database, same_store, Backend, MAX_CACHE_ID_LEN};
+use tlsmgr::store::memory::MemoryStore;
+use tlsmgr::store::{Entry, Store, StoreError, StoreLocation, SweepStep};
+
+fn entry(stored_at: u64, session: &[u8]) -> Entry {
+    Entry {
+        stored_at,
+        session: session.to_vec(),
+    }
+}
+
+fn keep(lock_wait: Duration) -> OpenOptions {
+    OpenOptions {
+        empty_on_start: false,
+        lock_wait,
+    }
+}
+
+/// A store under test and what must outlive it. Fields drop in order: the
+/// store before its directory.
+struct Fixture {
+    store: Box<dyn Store>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Fixture {
+    fn memory() -> Self {
+        Fixture {
+            store: Box::new(MemoryStore::new()),
+            dir: None,
+        }
+    }
+
+    fn fjall() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(&Self::fjall_dir(&dir), keep(Duration::ZERO)).unwrap();
+        Fixture {
+            store: Box::new(store),
+            dir: Some(dir),
+        }
+    }
+
+    fn fjall_dir(tmp: &tempfile::TempDir) -> PathBuf {
+        tmp.path().join("cache.fjall")
+    }
+
+    /// Closes and reopens a persistent store, keeping its entries, as a
+    /// daemon restart with persistent state does; false for memory.
+    fn reopen(&mut self) -> bool {
+        let Some(dir) = &self.dir else { return false };
+        // The old handle must be gone before the lock can be taken again.
+        self.store = Box::new(MemoryStore::new());
+        self.store =
+            Box::new(FjallStore::open(&Self::fjall_dir(dir), keep(Duration::ZERO)).unwrap());
+        true
+    }
+}
+
+/// The behaviours every backend must show, each a function over `dyn Store`.
+mod behaviour {
+    use super::*;
+
+    /// Ids in the order eviction must take them.
+    fn oldest_first(s: &mut dyn Store, ids: &[&[u8]]) {
+        for id in ids {
+            assert!(s.get(id).unwrap().is_some(), "{id:?} should still be there");
+            assert_eq!(s.evict_oldest(1).unwrap(), 1);
+            assert_eq!(
+                s.get(id).unwrap(),
+                None,
+                "{id:?} should have been the oldest"
+            );
+        }
+    }
+
+    pub fn get_put_replace_delete(s: &mut dyn Store) {
+        assert!(s.is_empty());
+        assert_eq!(s.get(b"a").unwrap(), None);
+        s.put(b"a", &entry(10, b"one")).unwrap();
+        assert_eq!(s.get(b"a").unwrap(), Some(entry(10, b"one")));
+        assert_eq!(s.len(), 1);
+        s.put(b"a", &entry(11, b"two")).unwrap();
+        assert_eq!(s.get(b"a").unwrap(), Some(entry(11, b"two")));
+        assert_eq!(s.len(), 1);
+        s.put(b"b", &entry(5, b"")).unwrap();
+        assert_eq!(s.get(b"b").unwrap(), Some(entry(5, b"")));
+        assert_eq!(s.len(), 2);
+        assert!(s.delete(b"a").unwrap());
+        assert_eq!(s.get(b"a").unwrap(), None);
+        assert_eq!(s.len(), 1);
+        assert!(!s.delete(b"a").unwrap());
+        assert!(!s.delete(b"never").unwrap());
+        assert_eq!(s.len(), 1);
+        // Ids are case-sensitive and prefixes are distinct ids.
+        s.put(b"B", &entry(6, b"upper")).unwrap();
+        s.put(b"bb", &entry(7, b"longer")).unwrap();
+        assert_eq!(s.get(b"b").unwrap(), Some(entry(5, b"")));
+        assert_eq!(s.len(), 3);
+    }
+
+    pub fn large_sessions(s: &mut dyn Store) {
+        let big = vec![0xA5; 100 * 1024];
+        s.put(b"big", &entry(1, &big)).unwrap();
+        assert_eq!(s.get(b"big").unwrap(), Some(entry(1, &big)));
+        s.put(b"big", &entry(2, b"small")).unwrap();
+        assert_eq!(s.get(b"big").unwrap(), Some(entry(2, b"small")));
+    }
+
+    pub fn replace_updates_the_age_index(s: &mut dyn Store) {
+        s.put(b"a", &entry(1, b"a1")).unwrap();
+        s.put(b"b", &entry(2, b"b")).unwrap();
+        s.put(b"a", &entry(3, b"a3")).unwrap();
+        // `a` was re-put later: it is no longer stale at cutoff 3 nor the oldest.
+        assert_eq!(
+            s.sweep_before(3, 10).unwrap(),
+            SweepStep {
+                removed: 1,
+                more: false
+            }
+        );
+        assert_eq!(s.get(b"b").unwrap(), None);
+        assert_eq!(s.get(b"a").unwrap(), Some(entry(3, b"a3")));
+        // Re-put with the same time: still exactly one index entry.
+        s.put(b"a", &entry(3, b"again")).unwrap();
+        s.put(b"c", &entry(4, b"c")).unwrap();
+        oldest_first(s, &[b"a", b"c"]);
+        assert_eq!(s.evict_oldest(5).unwrap(), 0);
+        assert!(s.is_empty());
+        // Re-put earlier than before moves the entry to the front.
+        s.put(b"x", &entry(50, b"")).unwrap();
+        s.put(b"y", &entry(40, b"")).unwrap();
+        s.put(b"x", &entry(30, b"")).unwrap();
+        oldest_first(s, &[b"x", b"y"]);
+    }
+
+    pub fn sweep_removes_exactly_older_entries_oldest_first(s: &mut dyn Store) {
+        s.put(b"t40", &entry(40, b"")).unwrap();
+        s.put(b"t20b", &entry(20, b"")).unwrap();
+        s.put(b"t10", &entry(10, b"")).unwrap();
+        s.put(b"t30", &entry(30, b"")).unwrap();
+        s.put(b"t20a", &entry(20, b"")).unwrap();
+        // Nothing is older than the oldest entry.
+        assert_eq!(s.sweep_before(10, 100).unwrap(), SweepStep::default());
+        // Strictly before the cutoff: t20* stay at cutoff 20.
+        assert_eq!(
+            s.sweep_before(20, 100).unwrap(),
+            SweepStep {
+                removed: 1,
+                more: false
+            }
+        );
+        assert_eq!(s.get(b"t10").unwrap(), None);
+        assert_eq!(s.len(), 4);
+        // Limited steps, oldest first, ties by id; `more` while stale ones remain.
+        let step = s.sweep_before(31, 1).unwrap();
+        assert_eq!(
+            step,
+            SweepStep {
+                removed: 1,
+                more: true
+            }
+        );
+        assert_eq!(s.get(b"t20a").unwrap(), None);
+        assert!(s.get(b"t20b").unwrap().is_some());
+        let step = s.sweep_before(31, 1).unwrap();
+        assert_eq!(
+            step,
+            SweepStep {
+                removed: 1,
+                more: true
+            }
+        );
+        assert_eq!(s.get(b"t20b").unwrap(), None);
+        // The last stale one: the step reaches its limit, but nothing stale is left.
+        let step = s.sweep_before(31, 1).unwrap();
+        assert_eq!(
+            step,
+            SweepStep {
+                removed: 1,
+                more: false
+            }
+        );
+        assert_eq!(s.get(b"t30").unwrap(), None);
+        assert_eq!(s.sweep_before(31, 1).unwrap(), SweepStep::default());
+        assert_eq!(s.len(), 1);
+        assert!(s.get(b"t40").unwrap().is_some());
+        // Limit 0 removes nothing but tells whether there is work.
+        assert_eq!(
+            s.sweep_before(41, 0).unwrap(),
+            SweepStep {
+                removed: 0,
+                more: true
+            }
+        );
+        assert_eq!(s.len(), 1);
+        // Timestamps at the ends of the range.
+        s.put(b"zero", &entry(0, b"")).unwrap();
+        s.put(b"max", &entry(u64::MAX, b"")).unwrap();
+        let step = s.sweep_before(u64::MAX, usize::MAX).unwrap();
+        assert_eq!(
+            step,
+            SweepStep {
+                removed: 2,
+                more: false
+            }
+        );
+        assert_eq!(s.len(), 1);
+        assert!(s.get(b"max").unwrap().is_some());
+    }
+
+    pub fn evict_oldest_removes_the_n_oldest(s: &mut dyn Store) {
+        assert_eq!(s.evict_oldest(3).unwrap(), 0);
+        let times = [7u64, 3, 9, 1, 5, 3, 8, 2, 6, 4];
+        for (i, t) in times.iter().enumerate() {
+            s.put(format!("id{i}").as_bytes(), &entry(*t, b"s"))
+                .unwrap();
+            assert_eq!(s.len(), i as u64 + 1);
+        }
+        assert_eq!(s.evict_oldest(0).unwrap(), 0);
+        assert_eq!(s.len(), 10);
+        // Oldest: id3@1, id7@2, then id1@3 before id5@3 (ties by id).
+        assert_eq!(s.evict_oldest(3).unwrap(), 3);
+        assert_eq!(s.len(), 7);
+        for gone in ["id3", "id7", "id1"] {
+            assert_eq!(s.get(gone.as_bytes()).unwrap(), None, "{gone}");
+        }
+        assert!(s.get(b"id5").unwrap().is_some());
+        assert_eq!(s.evict_oldest(1).unwrap(), 1);
+        assert_eq!(s.get(b"id5").unwrap(), None);
+        assert_eq!(s.len(), 6);
+        assert_eq!(s.evict_oldest(100).unwrap(), 6);
+        assert_eq!(s.len(), 0);
+        assert!(s.is_empty());
+    }
+
+    pub fn clear_removes_everything(s: &mut dyn Store) {
+        for i in 0..20u64 {
+            s.put(&i.to_be_bytes(), &entry(i, b"x")).unwrap();
+        }
+        s.clear().unwrap();
+        assert_eq!(s.len(), 0);
+        assert_eq!(s.get(&3u64.to_be_bytes()).unwrap(), None);
+        assert_eq!(s.evict_oldest(10).unwrap(), 0);
+        assert_eq!(s.sweep_before(u64::MAX, 10).unwrap(), SweepStep::default());
+        // The store is usable afterwards.
+        s.put(b"after", &entry(1, b"y")).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.evict_oldest(10).unwrap(), 1);
+        s.clear().unwrap();
+        s.flush().unwrap();
+    }
+
+    pub fn stats_follow_the_entries(s: &mut dyn Store) {
+        assert_eq!(s.stats().entries, 0);
+        for i in 0..10u8 {
+            s.put(&[i], &entry(u64::from(i), &[i; 300])).unwrap();
+            assert_eq!(s.stats().entries, s.len());
+        }
+        assert_eq!(s.stats().entries, 10);
+        assert!(s.stats().bytes > 0);
+        s.delete(&[0]).unwrap();
+        assert_eq!(s.stats().entries, 9);
+        s.evict_oldest(4).unwrap();
+        assert_eq!(s.stats().entries, 5);
+        s.flush().unwrap();
+        assert_eq!(s.stats().entries, 5);
+    }
+
+    pub fn unusual_ids(s: &mut dyn Store) {
+        let long = vec![b'k'; 10 * 1024];
+        let max = vec![0xEE; MAX_CACHE_ID_LEN];
+        let ids: Vec<&[u8]> = vec![b"", b"\xff", b"\xff\xff\x00\xff", b"\x00", &long, &max];
+        for (i, id) in ids.iter().enumerate() {
+            s.put(id, &entry(100, &[i as u8])).unwrap();
+        }
+        assert_eq!(s.len(), ids.len() as u64);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(s.get(id).unwrap(), Some(entry(100, &[i as u8])), "id #{i}");
+        }
+        // Same time: eviction goes by id byte order, the empty id first.
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted[..2], [b"" as &[u8], b"\x00"]);
+        oldest_first(s, &sorted[..2]);
+        assert!(s.delete(&long).unwrap());
+        assert!(s.delete(&max).unwrap());
+        assert_eq!(s.len(), 2);
+        s.put(b"", &entry(1, b"empty")).unwrap();
+        assert_eq!(s.get(b"").unwrap(), Some(entry(1, b"empty")));
+        assert_eq!(s.sweep_before(2, 10).unwrap().removed, 1);
+        assert_eq!(s.get(b"").unwrap(), None);
+    }
+
+    pub fn too_long_id_is_rejected(s: &mut dyn Store) {
+        s.put(b"a", &entry(1, b"")).unwrap();
+        let id = vec![b'x'; MAX_CACHE_ID_LEN + 1];
+        let err = s.put(&id, &entry(1, b"x")).unwrap_err();
+        assert!(matches!(err, StoreError::Backend { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(&MAX_CACHE_ID_LEN.to_string()),
+            "{err}"
+        );
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.get(&id).unwrap(), None);
+        assert!(!s.delete(&id).unwrap());
+        // Far beyond fjall's 64 KiB key limit: still a clean error.
+        let huge = vec![b'x'; 70 * 1024];
+        assert!(s.put(&huge, &entry(1, b"x")).is_err());
+        assert_eq!(s.get(&huge).unwrap(), None);
+        assert_eq!(s.len(), 1);
+    }
+}
+
+macro_rules! suite {
+    ($backend:ident, $make:expr; $($test:ident),* $(,)?) => {
+        mod $backend {
+            use super::*;
+            $(
+                #[test]
+                fn $test() {
+                    let mut f = $make;
+                    behaviour::$test(f.store.as_mut());
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! for_each_backend {
+    ($($test:ident),* $(,)?) => {
+        suite!(memory, Fixture::memory(); $($test),*);
+        suite!(fjall, Fixture::fjall(); $($test),*);
+    };
+}
+
+for_each_backend!(
+    get_put_replace_delete,
+    large_sessions,
+    replace_updates_the_age_index,
+    sweep_removes_exactly_older_entries_oldest_first,
+    evict_oldest_removes_the_n_oldest,
+    clear_removes_everything,
+    stats_follow_the_entries,
+    unusual_ids,
+    too_long_id_is_rejected,
+);
+
+// ---------------------------------------------------------------------------
+// Model-based property test: random operations against a BTreeMap.
+
+/// Ids with ties, prefixes, the empty id and 0xFF bytes.
+const IDS: [&[u8]; 7] = [b"", b"a", b"ab", b"b", b"\xff", b"\xff\xff", b"\x00"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(usize, u64, Vec<u8>),
+    Get(usize),
+    Delete(usize),
+    Evict(u64),
+    Sweep(u64, usize),
+    Clear,
+    /// Close and reopen (fjall only; a no-op for memory).
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let id = 0..IDS.len();
+    prop_oneof![
+        6 => (id.clone(), 0u64..8, prop::collection::vec(any::<u8>(), 0..6))
+            .prop_map(|(i, t, s)| Op::Put(i, t, s)),
+        3 => id.clone().prop_map(Op::Get),
+        2 => id.prop_map(Op::Delete),
+        1 => (0u64..4).prop_map(Op::Evict),
+        2 => (0u64..9, 0usize..4).prop_map(|(c, l)| Op::Sweep(c, l)),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::Clear),
+    ]
+}
+
+/// The model's ids in eviction order: by time, then id.
+fn model_oldest(model: &BTreeMap<Vec<u8>, Entry>) -> Vec<(u64, Vec<u8>)> {
+    let mut v: Vec<_> = model
+        .iter()
+        .map(|(id, e)| (e.stored_at, id.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn run_against_model(mut f: Fixture, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut model: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
+    for op in ops {
+        match op {
+            Op::Put(i, t, session) => {
+                let e = Entry {
+                    stored_at: t,
+                    session,
+                };
+                f.store.put(IDS[i], &e).unwrap();
+                model.insert(IDS[i].to_vec(), e);
+            }
+            Op::Get(i) => {
+                prop_assert_eq!(f.store.get(IDS[i]).unwrap(), model.get(IDS[i]).cloned());
+            }
+            Op::Delete(i) => {
+                let had = model.remove(IDS[i]).is_some();
+                prop_assert_eq!(f.store.delete(IDS[i]).unwrap(), had);
+            }
+            Op::Evict(n) => {
+                let victims: Vec<_> = model_oldest(&model).into_iter().take(n as usize).collect();
+                for (_, id) in &victims {
+                    model.remove(id);
+                }
+                prop_assert_eq!(f.store.evict_oldest(n).unwrap(), victims.len() as u64);
+            }
+            Op::Sweep(cutoff, limit) => {
+                let stale: Vec<_> = model_oldest(&model)
+                    .into_iter()
+                    .filter(|(t, _)| *t < cutoff)
+                    .collect();
+                for (_, id) in stale.iter().take(limit) {
+                    model.remove(id);
+                }
+                let want = SweepStep {
+                    removed: stale.len().min(limit),
+                    more: stale.len() > limit,
+                };
+                prop_assert_eq!(f.store.sweep_before(cutoff, limit).unwrap(), want);
+            }
+            Op::Clear => {
+                model.clear();
+                f.store.clear().unwrap();
+            }
+            Op::Reopen => {
+                f.reopen();
+            }
+        }
+        prop_assert_eq!(f.store.len(), model.len() as u64);
+        prop_assert_eq!(f.store.stats().entries, model.len() as u64);
+    }
+    for id in IDS {
+        prop_assert_eq!(f.store.get(id).unwrap(), model.get(id).cloned());
+    }
+    // Draining by age yields the model's order.
+    for (_, id) in model_oldest(&model) {
+        prop_assert!(f.store.get(&id).unwrap().is_some());
+        prop_assert_eq!(f.store.evict_oldest(1).unwrap(), 1);
+        prop_assert_eq!(f.store.get(&id).unwrap(), None);
+    }
+    prop_assert!(f.store.is_empty());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn memory_matches_model(ops in prop::collection::vec(op(), 0..80)) {
+        run_against_model(Fixture::memory(), ops)?;
+    }
+}
+
+proptest! {
+    // Each case creates a database on disk: fewer cases.
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn fjall_matches_model(ops in prop::collection::vec(op(), 0..80)) {
+        run_against_model(Fixture::fjall(), ops)?;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// fjall: persistence, empty-on-start, locking.
+
+#[test]
+fn fjall_reopen_keeps_entries_and_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.fjall");
+    let mut s = FjallStore::open(&dir, keep(Duration::ZERO)).unwrap();
+    for (i, t) in [5u64, 1, 9, 3].iter().enumerate() {
+        s.put(format!("k{i}").as_bytes(), &entry(*t, &[i as u8; 50]))
+            .unwrap();
+    }
+    s.put(b"k0", &entry(7, b"replaced")).unwrap();
+    s.delete(b"k2").unwrap();
+    s.flush().unwrap();
+    drop(s);
+
+    let mut s = FjallStore::open(&dir, keep(Duration::ZERO)).unwrap();
+    assert_eq!(s.len(), 3);
+    assert_eq!(s.get(b"k0").unwrap(), Some(entry(7, b"replaced")));
+    assert_eq!(s.get(b"k1").unwrap(), Some(entry(1, &[1; 50])));
+    assert_eq!(s.get(b"k2").unwrap(), None);
+    // The age index survived too: k1@1, k3@3, k0@7.
+    assert_eq!(s.sweep_before(4, 10).unwrap().removed, 2);
+    assert_eq!(s.len(), 1);
+    // Without an explicit flush (drop only), writes survive as well.
+    s.put(b"late", &entry(8, b"l")).unwrap();
+    drop(s);
+    let s = FjallStore::open(&dir, keep(Duration::ZERO)).unwrap();
+    assert_eq!(s.len(), 2);
+}
+
+#[test]
+fn fjall_empty_on_start_clears() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.fjall");
+    let mut s = FjallStore::open(&dir, keep(Duration::ZERO)).unwrap();
+    s.put(b"a", &entry(1, b"x")).unwrap();
+    s.put(b"b", &entry(2, b"y")).unwrap();
+    drop(s);
+    let opts = OpenOptions {
+        empty_on_start: true,
+        lock_wait: Duration::ZERO,
+    };
+    let mut s = FjallStore::open(&dir, opts).unwrap();
+    assert_eq!(s.len(), 0);
+    assert_eq!(s.get(b"a").unwrap(), None);
+    assert_eq!(s.evict_oldest(10).unwrap(), 0);
+    drop(s);
+    // The clearing itself persists.
+    let s = FjallStore::open(&dir, keep(Duration::ZERO)).unwrap();
+    assert_eq!(s.len(), 0);
+}
+
+#[test]
+fn fjall_second_open_waits_then_reports_locked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.fjall");
+    let _first = FjallStore::open(&dir, keep(Duration::ZERO)).unwrap();
+    let start = Instant::now();
+    let err = FjallStore::open(&dir, keep(Duration::from_millis(200))).unwrap_err();
+    let waited = start.elapsed();
+    match &err {
+        StoreError::Locked { path } => assert_eq!(path, &dir),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    assert!(err.to_string().contains("locked"), "{err}");
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    // No waiting asked: one attempt.
+    let err = FjallStore::open(&dir, keep(Duration::ZERO)).unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+}
+
+#[test]
+fn fjall_second_open_succeeds_when_the_first_lets_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.fjall");
+    let mut first = FjallStore::open(&dir, keep(Duration::ZERO)).unwrap();
+    first.put(b"handed", &entry(1, b"over")).unwrap();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        drop(first);
+    });
+    let start = Instant::now();
+    let mut second = FjallStore::open(&dir, keep(Duration::from_secs(5))).unwrap();
+    let waited = start.elapsed();
+    releaser.join().unwrap();
+    assert!(waited >= Duration::from_millis(90), "{waited:?}");
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+    assert_eq!(second.get(b"handed").unwrap(), Some(entry(1, b"over")));
+    assert_eq!(second.len(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// store::location: the database-string rule.
+
+enum Want {
+    Fjall(&'static str),
+    Memory,
+    Unsupported(&'static str),
+    Invalid,
+}
+
+#[test]
+fn parse_database_table() {
+    use Want::*;
+    let table: &[(&str, &str, Want)] = &[
+        // fjall: the path is the directory, exactly.
+        (
+            "fjall:/var/lib/postfix/smtpd_scache",
+            "hash",
+            Fjall("/var/lib/postfix/smtpd_scache"),
+        ),
+        ("fjall:rel/dir", "hash", Fjall("rel/dir")),
+        // Postfix file map types: PATH.fjall.
+        (
+            "btree:/var/lib/postfix/smtpd_scache",
+            "hash",
+            Fjall("/var/lib/postfix/smtpd_scache.fjall"),
+        ),
+        ("hash:/d/x", "btree", Fjall("/d/x.fjall")),
+        ("lmdb:/d/x", "hash", Fjall("/d/x.fjall")),
+        ("sdbm:/d/x", "hash", Fjall("/d/x.fjall")),
+        ("btree:data/x", "hash", Fjall("data/x.fjall")),
+        ("btree:/d/x.db", "hash", Fjall("/d/x.db.fjall")),
+        // memory: anything after the colon is ignored.
+        ("memory:", "hash", Memory),
+        ("memory:/var/lib/postfix/smtpd_scache", "hash", Memory),
+        // No type: default_database_type, same rule.
+        (
+            "/var/lib/postfix/smtpd_scache",
+            "hash",
+            Fjall("/var/lib/postfix/smtpd_scache.fjall"),
+        ),
+        ("/d/x", "btree", Fjall("/d/x.fjall")),
+        ("/d/x", "fjall", Fjall("/d/x")),
+        ("/d/x", "memory", Memory),
+        ("relative", "hash", Fjall("relative.fjall")),
+        ("/d/x", "cdb", Unsupported("cdb")),
+        // A colon after a slash is part of the path.
+        (
+            "/var/lib/odd:name",
+            "hash",
+            Fjall("/var/lib/odd:name.fjall"),
+        ),
+        ("./a:b", "hash", Fjall("./a:b.fjall")),
+        // Other types are not served.
+        ("cdb:/d/x", "hash", Unsupported("cdb")),
+        ("dbm:/d/x", "hash", Unsupported("dbm")),
+        ("proxy:btree:/d/x", "hash", Unsupported("proxy")),
+        (
+            "memcache:/etc/postfix/memcache.cf",
+            "hash",
+            Unsupported("memcache"),
+        ),
+        ("redis:/etc/postfix/redis.cf", "hash", Unsupported("redis")),
+        ("BTREE:/d/x", "hash", Unsupported("BTREE")),
+        ("a:b", "hash", Unsupported("a")),
+        // Malformed strings.
+        ("btree:", "hash", Invalid),
+        ("fjall:", "hash", Invalid),
+        (":/d/x", "hash", Invalid),
+        ("", "hash", Invalid),
+        ("/d/x", "", Invalid),
+    ];
+    for (value, default, want) in table {
+        let got = parse_database(value, default);
+        let ctx = format!("parse_database({value:?}, {default:?}) = {got:?}");
+        match want {
+            Fjall(dir) => {
+                let loc = got.expect(&ctx);
+                assert_eq!(
+                    loc.backend,
+                    Backend::Fjall {
+                        dir: PathBuf::from(dir)
+                    },
+                    "{ctx}"
+                );
+                assert_eq!(loc.path(), Some(Path::new(dir)), "{ctx}");
+                assert_eq!(loc.to_string(), *value, "{ctx}");
+            }
+            Memory => {
+                let loc = got.expect(&ctx);
+                assert_eq!(loc.backend, Backend::Memory, "{ctx}");
+                assert_eq!(loc.path(), None, "{ctx}");
+            }
+            Unsupported(t) => match got {
+                Err(StoreError::UnsupportedType(name)) => assert_eq!(name, *t, "{ctx}"),
+                _ => panic!("{ctx}: expected UnsupportedType({t})"),
+            },
+            Invalid => match got {
+                Err(StoreError::InvalidDatabase { database, .. }) => {
+                    assert_eq!(database, *value, "{ctx}")
+                }
+                _ => panic!("{ctx}: expected InvalidDatabase"),
+            },
+        }
+    }
+}
+
+#[test]
+fn same_store_rule() {
+    let p = |s: &str| parse_database(s, "hash").unwrap();
+    assert!(same_store(&p("btree:/d/x"), &p("hash:/d/x")));
+    assert!(same_store(&p("btree:/d/x"), &p("/d/x")));
+    assert!(same_store(&p("btree:/d/x"), &p("fjall:/d/x.fjall")));
+    assert!(same_store(&p("fjall:/d//x/"), &p("fjall:/d/x")));
+    assert!(!same_store(&p("btree:/d/x"), &p("btree:/d/y")));
+    assert!(!same_store(&p("btree:/d/x"), &p("fjall:/d/x")));
+    assert!(!same_store(&p("memory:"), &p("memory:")));
+    assert!(!same_store(&p("memory:"), &p("btree:/d/x")));
+}
+
+#[test]
+fn location_opens_the_right_backend() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = format!("btree:{}/smtpd_scache", tmp.path().display());
+    let loc: StoreLocation = parse_database(&db, "hash").unwrap();
+    let mut s = loc.open(keep(Duration::ZERO)).unwrap();
+    s.put(b"a", &entry(1, b"x")).unwrap();
+    assert!(tmp.path().join("smtpd_scache.fjall").is_dir());
+    assert!(!tmp.path().join("smtpd_scache.db").exists());
+    drop(s);
+    let s = loc.open(keep(Duration::ZERO)).unwrap();
+    assert_eq!(s.len(), 1);
+    drop(s);
+    // The default options empty the cache, as Postfix does at start.
+    let s = loc.open(OpenOptions::default()).unwrap();
+    assert_eq!(s.len(), 0);
+
+    let mem = parse_database("memory:", "hash").unwrap();
+    let mut m = mem.open(keep(Duration::ZERO)).unwrap();
+    m.put(b"a", &entry(1, b"x")).unwrap();
+    // Each open of a memory location is a new, empty store.
+    assert_eq!(mem.open(keep(Duration::ZERO)).unwrap().len(), 0);
+}
