@@ -136,18 +136,7 @@ pub enum ClientCommand {
 }
 
 fn parse_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect()
-}
-
-/// Lowercase hex of `b`.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::decode(s).ok()
 }
 
 impl ClientCommand {
@@ -190,9 +179,9 @@ impl ClientCommand {
             ClientCommand::Tktkey { name_hex } => Request::TktKey {
                 keyname: match name_hex {
                     None => Bytes::new(),
-                    Some(h) => Bytes::from(
-                        parse_hex(h).ok_or_else(|| format!("bad hex key name: {h}"))?,
-                    ),
+                    Some(h) => {
+                        Bytes::from(parse_hex(h).ok_or_else(|| format!("bad hex key name: {h}"))?)
+                    }
                 },
             },
         })
@@ -206,7 +195,7 @@ pub fn render(reply: &Reply, raw: bool) -> Vec<u8> {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         if is_data && !raw {
-            out.extend_from_slice(hex(value).as_bytes());
+            out.extend_from_slice(hex::encode(value).as_bytes());
         } else {
             out.extend_from_slice(value);
         }

@@ -9,7 +9,11 @@ use tlsmgr::config::Config;
 use tlsmgr::logging::stderr_logger;
 
 #[derive(Parser)]
-#[command(name = "tlsmgr", version, about = "Drop-in replacement for Postfix tlsmgr(8)")]
+#[command(
+    name = "tlsmgr",
+    version,
+    about = "Drop-in replacement for Postfix tlsmgr(8)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -40,14 +40,10 @@ impl std::fmt::Debug for TicketKey {
     // Never print key material.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TicketKey")
-            .field("name", &hex(&self.name))
+            .field("name", &hex::encode_upper(self.name))
             .field("tout", &self.tout)
             .finish_non_exhaustive()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 impl TicketKey {

@@ -26,7 +26,7 @@ impl Serve {
             ),
         )
         .unwrap();
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(["serve", "-c"])
             .arg(dir)
             .stderr(Stdio::piped())
@@ -40,7 +40,12 @@ impl Serve {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("tlsmgr serve did not start");
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "tlsmgr serve did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn client(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
@@ -61,7 +66,7 @@ impl Serve {
     }
 
     /// SIGTERM, as `postfix stop` sends; the daemon must flush and exit 0.
-    fn stop(mut self) -> String {
+    fn stop(self) -> String {
         // SAFETY: kill(2) on our own child's pid with a valid signal number;
         // no memory is shared or touched.
         let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };

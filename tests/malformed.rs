@@ -193,7 +193,11 @@ fn garbage_never_stops_the_daemon() {
             seed ^= seed << 13;
             seed ^= seed >> 17;
             seed ^= seed << 5;
-            junk.push(if seed % 7 == 0 { 0 } else { (seed >> 8) as u8 });
+            junk.push(if seed.is_multiple_of(7) {
+                0
+            } else {
+                (seed >> 8) as u8
+            });
         }
         let _ = s.write_all(&junk);
     }

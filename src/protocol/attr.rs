@@ -172,18 +172,30 @@ mod tests {
         let l = Limits::default();
         let (attrs, used) = decode_list(b"a\0b\0\0rest", &l).unwrap().unwrap();
         assert_eq!(used, 5);
-        assert_eq!(attrs, vec![(Bytes::from_static(b"a"), Bytes::from_static(b"b"))]);
+        assert_eq!(
+            attrs,
+            vec![(Bytes::from_static(b"a"), Bytes::from_static(b"b"))]
+        );
         for cut in 0..5 {
             assert_eq!(decode_list(&b"a\0b\0\0"[..cut], &l).unwrap(), None);
         }
         assert_eq!(decode_list(b"\0", &l).unwrap(), Some((vec![], 1)));
-        assert!(matches!(decode_list(&[b'n'; 65], &l), Err(FrameError::NameTooLong { .. })));
+        assert!(matches!(
+            decode_list(&[b'n'; 65], &l),
+            Err(FrameError::NameTooLong { .. })
+        ));
         assert_eq!(decode_list(&[b'n'; 64], &l).unwrap(), None);
         let mut big = b"n\0".to_vec();
         big.extend(std::iter::repeat_n(b'v', (1 << 20) + 1));
-        assert!(matches!(decode_list(&big, &l), Err(FrameError::ValueTooLong { .. })));
+        assert!(matches!(
+            decode_list(&big, &l),
+            Err(FrameError::ValueTooLong { .. })
+        ));
         let many: Vec<u8> = b"a\0b\0".repeat(17);
-        assert!(matches!(decode_list(&many, &l), Err(FrameError::TooManyAttributes { .. })));
+        assert!(matches!(
+            decode_list(&many, &l),
+            Err(FrameError::TooManyAttributes { .. })
+        ));
     }
 
     #[test]

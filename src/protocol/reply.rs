@@ -120,9 +120,8 @@ impl Reply {
             }
         };
         let int = |v: &Bytes| {
-            attr::int_value(v).ok_or_else(|| {
-                format!("malformed numerical data: {}", String::from_utf8_lossy(v))
-            })
+            attr::int_value(v)
+                .ok_or_else(|| format!("malformed numerical data: {}", String::from_utf8_lossy(v)))
         };
         let data = |v: &Bytes| {
             attr::data_value(v)

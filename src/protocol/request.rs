@@ -196,7 +196,9 @@ pub fn decode(list: &[Attr]) -> Incoming {
     let mut rest = list.iter().skip(1);
     for (want, ty) in schema {
         let Some((name, value)) = rest.next() else {
-            return bad(format!("missing attribute {want} in input from tlsmgr socket"));
+            return bad(format!(
+                "missing attribute {want} in input from tlsmgr socket"
+            ));
         };
         if name.as_ref() != want.as_bytes() {
             return bad(format!(

@@ -41,7 +41,10 @@ pub async fn apply(req: Request, svc: &Services) -> Reply {
     match req {
         Request::Seed { size } => {
             if !(1..=255).contains(&size) {
-                warn!(svc.log, "bogus seed length \"{}\" in \"seed\" request", size);
+                warn!(
+                    svc.log,
+                    "bogus seed length \"{}\" in \"seed\" request", size
+                );
                 return Reply::Seed {
                     status: Status::Fail,
                     seed: Bytes::new(),
@@ -87,7 +90,11 @@ pub async fn apply(req: Request, svc: &Services) -> Reply {
             let Some(addr) = cache_for(svc, &cache_type, "lookup") else {
                 return miss(Status::Fail);
             };
-            match addr.send(cache::Lookup(cache_id)).timeout(ACTOR_DEADLINE).await {
+            match addr
+                .send(cache::Lookup(cache_id))
+                .timeout(ACTOR_DEADLINE)
+                .await
+            {
                 Ok(Ok(Some(session))) => Reply::Lookup {
                     status: Status::Ok,
                     session,
@@ -119,7 +126,11 @@ pub async fn apply(req: Request, svc: &Services) -> Reply {
             let Some(addr) = cache_for(svc, &cache_type, "delete") else {
                 return Reply::Status(Status::Fail);
             };
-            match addr.send(cache::Delete(cache_id)).timeout(ACTOR_DEADLINE).await {
+            match addr
+                .send(cache::Delete(cache_id))
+                .timeout(ACTOR_DEADLINE)
+                .await
+            {
                 Ok(Ok(true)) => Reply::Status(Status::Ok),
                 _ => Reply::Status(Status::Err),
             }

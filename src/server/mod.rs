@@ -61,15 +61,14 @@ pub struct Options {
     pub fault_injection: Option<[Arc<AtomicBool>; 3]>,
 }
 
-fn start_caches(
-    cfg: &Config,
-    opts: &Options,
-) -> (CacheSet, Vec<Arbiter>) {
+fn start_caches(cfg: &Config, opts: &Options) -> (CacheSet, Vec<Arbiter>) {
     let mut set = CacheSet::default();
     let mut arbiters = Vec::new();
     for ct in CacheType::ALL {
         let cc = cfg.cache(ct);
-        let Some(location) = cc.location.clone() else { continue };
+        let Some(location) = cc.location.clone() else {
+            continue;
+        };
         let limits = CacheLimits {
             timeout: cc.timeout,
             max_entries: cfg.max_entries,
@@ -79,7 +78,14 @@ fn start_caches(
             empty_on_start: !cfg.persistent_state,
             lock_wait: cfg.store_lock_wait,
         };
-        let mut actor = CacheActor::new(ct, location, open, limits, opts.clock.clone(), opts.log.clone());
+        let mut actor = CacheActor::new(
+            ct,
+            location,
+            open,
+            limits,
+            opts.clock.clone(),
+            opts.log.clone(),
+        );
         if let Some(flags) = &opts.fault_injection {
             actor = actor.with_fault_injection(flags[ct.index()].clone());
         }
@@ -212,7 +218,10 @@ impl DaemonHandle {
         }
         match self.thread.take().map(|t| t.join()) {
             Some(Ok(r)) => r,
-            Some(Err(_)) => Err(Error::io("stop daemon", std::io::Error::other("daemon thread panicked"))),
+            Some(Err(_)) => Err(Error::io(
+                "stop daemon",
+                std::io::Error::other("daemon thread panicked"),
+            )),
             None => Ok(()),
         }
     }
@@ -234,19 +243,25 @@ pub fn standalone(config: Config, socket: &std::path::Path, log: Logger) -> Resu
         .flatten()
         .filter(|d| !d.as_os_str().is_empty() && !d.exists())
     {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         info!(log, "created directory {}", dir.display());
     }
     if socket.exists() {
         if UnixStream::connect(socket).is_ok() {
             return Err(Error::io(
                 format!("bind {}", socket.display()),
-                std::io::Error::new(std::io::ErrorKind::AddrInUse, "another tlsmgr is serving this socket"),
+                std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another tlsmgr is serving this socket",
+                ),
             ));
         }
-        std::fs::remove_file(socket).map_err(|e| Error::io(format!("remove stale socket {}", socket.display()), e))?;
+        std::fs::remove_file(socket)
+            .map_err(|e| Error::io(format!("remove stale socket {}", socket.display()), e))?;
     }
-    let listener = UnixListener::bind(socket).map_err(|e| Error::io(format!("bind {}", socket.display()), e))?;
+    let listener = UnixListener::bind(socket)
+        .map_err(|e| Error::io(format!("bind {}", socket.display()), e))?;
     info!(log, "listening on {}", socket.display());
     let opts = Options {
         config,
@@ -257,7 +272,10 @@ pub fn standalone(config: Config, socket: &std::path::Path, log: Logger) -> Resu
     };
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}

@@ -108,8 +108,7 @@ impl StockTlsmgr {
     /// Closes the status channel, as master does on reload: stock exits 0.
     pub fn stop(mut self) -> String {
         self.status.take();
-        let out = self.child.wait_with_output_ref();
-        out
+        self.child.wait_with_output_ref()
     }
 }
 
