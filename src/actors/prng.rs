@@ -1,23 +1,377 @@
-//! The PRNG actor: serves `seed` requests from a [`Pool`], mixing in the time
-//! of day at each request as Postfix does. Entropy sources and the exchange
-//! file are added by the PRNG-manager work (they feed [`Pool::mix`]).
+//! The PRNG actor: serves `seed` requests from a [`Pool`] (mixing in the time
+//! of day at each request, as Postfix does) and manages what feeds the pool
+//! (spec §2.5): the `tls_random_source` reseeds and the exchange file.
+//!
+//! Timing comes from [`Schedule`] with `now` from the injected clock; a
+//! one-second timer (and the [`Tick`] message, for tests) asks it what is
+//! due. Source reads and exchange-file updates run off the actor (async
+//! socket I/O, or tokio's blocking pool), so a stalled EGD server or a slow
+//! disk never delays a seed: until a source answers, seeds come from the
+//! OS-keyed pool. A source that fails is logged with Postfix's words and
+//! reopened in place with backoff, where stock tlsmgr exits to reopen it.
+//! [`SaveExchange`] writes the exchange file once more; the server's
+//! shutdown path sends it.
 
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::prng::exchange::ExchangeFile;
+use crate::prng::schedule::{Job, Schedule};
+use crate::prng::source::{self, Entropy, Failure, Handle, RandomSource, IO_TIMEOUT};
 use crate::prng::{Pool, MAX_SEED};
 use actix::prelude::*;
+use arc_swap::ArcSwap;
+use slog::{debug, info, warn, Level, Logger};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often the actor asks the schedule what is due.
+pub const TICK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the actor is wired to when it manages sources.
+struct Managed {
+    config: Arc<ArcSwap<Config>>,
+    clock: SharedClock,
+    log: Logger,
+}
+
+/// Counters and state, for tests and `tlsmgr check`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrngStatus {
+    /// The source in use.
+    pub source: String,
+    /// Whether it is open now.
+    pub source_open: bool,
+    /// Successful source reads.
+    pub reseeds: u64,
+    /// Bytes those reads delivered.
+    pub source_bytes: u64,
+    /// Failed opens and reads.
+    pub source_failures: u64,
+    /// Whether the plain-file source has been read (it is read once).
+    pub source_spent: bool,
+    /// Successful exchange-file updates.
+    pub exchange_updates: u64,
+    /// Failed ones.
+    pub exchange_failures: u64,
+    /// Bytes read from the exchange file and mixed in, in total.
+    pub exchange_bytes_mixed: u64,
+    /// Seeds served.
+    pub seeds: u64,
+    /// When the next reseed is due (clock seconds), if scheduled.
+    pub next_reseed: Option<u64>,
+    /// When the next exchange update is due, if scheduled.
+    pub next_exchange: Option<u64>,
+}
 
 /// The actor.
-#[derive(Debug)]
 pub struct PrngActor {
     pool: Pool,
+    managed: Option<Managed>,
+    schedule: Schedule,
+    source: RandomSource,
+    /// Bumped when the configured source changes, so a read started for the
+    /// old source is discarded.
+    source_generation: u64,
+    handle: Option<Handle>,
+    exchange: Option<(PathBuf, PathBuf, Arc<Mutex<ExchangeFile>>)>,
+    /// Whether [`PrngActor::reconcile`] has applied a configuration yet.
+    configured: bool,
+    status: PrngStatus,
+}
+
+impl std::fmt::Debug for PrngActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrngActor")
+            .field("source", &self.source)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PrngActor {
-    /// An actor with a pool keyed from the operating system.
+    /// A bare pool keyed from the operating system: no sources, no
+    /// exchange file (benches, unit tests).
     pub fn new() -> Self {
         PrngActor {
             pool: Pool::from_os(),
+            managed: None,
+            schedule: Schedule::default(),
+            source: RandomSource::None,
+            source_generation: 0,
+            handle: None,
+            exchange: None,
+            configured: false,
+            status: PrngStatus::default(),
         }
     }
+
+    /// The daemon's PRNG manager: sources and exchange file as `config`
+    /// says (read again at every tick, so a reload takes effect), time
+    /// from `clock`.
+    pub fn managed(config: Arc<ArcSwap<Config>>, clock: SharedClock, log: Logger) -> Self {
+        PrngActor {
+            managed: Some(Managed { config, clock, log }),
+            ..PrngActor::new()
+        }
+    }
+
+    fn log_at(log: &Logger, level: Level, msg: &str) {
+        match level {
+            Level::Critical | Level::Error | Level::Warning => warn!(log, "{}", msg),
+            Level::Info => info!(log, "{}", msg),
+            Level::Debug | Level::Trace => debug!(log, "{}", msg),
+        }
+    }
+
+    /// Picks up configuration changes (and the initial configuration).
+    fn reconcile(&mut self, now: u64) {
+        let Some(m) = &self.managed else { return };
+        let cfg = m.config.load();
+        let want = cfg.random_source();
+        let first = !self.configured;
+        self.configured = true;
+        if first || want != self.source {
+            self.source_generation += 1;
+            self.handle = None;
+            self.status.source = want.to_string();
+            self.status.source_open = false;
+            self.status.source_spent = false;
+            if want == RandomSource::None {
+                warn!(
+                    m.log,
+                    "no entropy source specified with parameter tls_random_source"
+                );
+                warn!(m.log, "encryption keys etc. may be predictable");
+                self.schedule.disable(Job::Reseed);
+            } else {
+                self.schedule.arm_now(Job::Reseed, now);
+            }
+            self.source = want;
+        }
+        let want_exchange = cfg
+            .tls_random_exchange_name
+            .clone()
+            .map(|p| (p, cfg.data_directory.clone()));
+        let have = self
+            .exchange
+            .as_ref()
+            .map(|(p, d, _)| (p.clone(), d.clone()));
+        if first || want_exchange != have {
+            match want_exchange {
+                Some((p, d)) => {
+                    let file = ExchangeFile::new(p.clone(), d.clone());
+                    self.exchange = Some((p, d, Arc::new(Mutex::new(file))));
+                    self.schedule.arm_now(Job::Exchange, now);
+                }
+                None => {
+                    self.exchange = None;
+                    self.schedule.disable(Job::Exchange);
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let Some(m) = &self.managed else { return };
+        let now = m.clock.now();
+        self.reconcile(now);
+        for job in self.schedule.due(now) {
+            match job {
+                Job::Reseed => self.start_reseed(ctx),
+                Job::Exchange => self.start_exchange(ctx),
+            }
+        }
+        self.status.next_reseed = self.schedule.reseed.at;
+        self.status.next_exchange = self.schedule.exchange.at;
+    }
+
+    fn start_reseed(&mut self, ctx: &mut Context<Self>) {
+        let Some(m) = &self.managed else { return };
+        let bytes = m.config.load().tls_random_bytes;
+        let src = self.source.clone();
+        let generation = self.source_generation;
+        let handle = self.handle.take();
+        let fut = async move {
+            let (handle, opened) = match handle {
+                Some(h) => (h, false),
+                None => match source::open(&src, IO_TIMEOUT).await {
+                    Ok(Some(h)) => (h, true),
+                    Ok(None) => return ReseedOutcome::NoSource,
+                    Err(f) => return ReseedOutcome::OpenFailed(f),
+                },
+            };
+            let (handle, result) = source::read(handle, bytes, IO_TIMEOUT).await;
+            ReseedOutcome::Read {
+                handle,
+                result,
+                opened,
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(move |outcome, act, _ctx| {
+            if act.source_generation == generation {
+                act.reseed_done(outcome);
+            }
+        }));
+    }
+
+    fn reseed_done(&mut self, outcome: ReseedOutcome) {
+        let Some(m) = &self.managed else { return };
+        let log = m.log.clone();
+        let now = m.clock.now();
+        let period = m.config.load().tls_random_reseed_period;
+        let what = self.source.describe();
+        let failures_before = self.schedule.reseed.failures;
+        let failure = match outcome {
+            ReseedOutcome::NoSource => {
+                self.schedule.disable(Job::Reseed);
+                return;
+            }
+            ReseedOutcome::OpenFailed(f) => f,
+            ReseedOutcome::Read {
+                handle,
+                result: Ok(entropy),
+                opened,
+            } => {
+                self.reseeded(&log, &what, &entropy, opened, failures_before);
+                if matches!(self.source, RandomSource::File(_)) {
+                    // Postfix reads a plain file once and then forgets it.
+                    self.status.source_spent = true;
+                    self.status.source_open = false;
+                    self.schedule.disable(Job::Reseed);
+                } else {
+                    self.handle = handle;
+                    self.status.source_open = self.handle.is_some();
+                    let b = self.pool.byte();
+                    self.schedule.succeeded(Job::Reseed, now, period, b);
+                }
+                return;
+            }
+            ReseedOutcome::Read { result: Err(f), .. } => f,
+        };
+        // Failure: drop the handle, log Postfix's line, then ours.
+        self.handle = None;
+        self.status.source_open = false;
+        self.status.source_failures += 1;
+        Self::log_at(&log, failure.level, &failure.message);
+        let delay = self.schedule.failed(Job::Reseed, now, period);
+        let retry = match &self.source {
+            RandomSource::Egd(p) => format!(
+                "lost connection to EGD server {} -- reconnecting in {delay}s",
+                p.display()
+            ),
+            src => format!("reopening external entropy source {src} in {delay}s"),
+        };
+        info!(log, "{}; seeds keep coming from the pool", retry);
+    }
+
+    fn reseeded(
+        &mut self,
+        log: &Logger,
+        what: &str,
+        entropy: &Entropy,
+        opened: bool,
+        failures_before: u32,
+    ) {
+        self.pool.mix(&entropy.material);
+        self.status.reseeds += 1;
+        self.status.source_bytes += entropy.count as u64;
+        if failures_before > 0 {
+            info!(
+                log,
+                "{what} is back after {failures_before} failed attempt(s)"
+            );
+        } else if opened {
+            debug!(log, "opened {what}");
+        }
+        if entropy.count == 0 {
+            warn!(log, "{what} is empty: nothing to mix in");
+        } else if entropy.count < entropy.requested && !matches!(self.source, RandomSource::File(_))
+        {
+            info!(
+                log,
+                "{what} returned {} of {} bytes (short read)", entropy.count, entropy.requested
+            );
+        }
+        debug!(log, "read {} bytes from {what}", entropy.count);
+    }
+
+    fn exchange_job(
+        &mut self,
+    ) -> Option<impl std::future::Future<Output = Result<crate::prng::exchange::Report, Failure>>>
+    {
+        let (_, _, file) = self.exchange.as_ref()?;
+        let file = file.clone();
+        let child = self.pool.fork();
+        Some(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+                f.update(child)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(Failure {
+                    level: Level::Warning,
+                    message: format!("PRNG exchange file update failed: {e}"),
+                })
+            })
+        })
+    }
+
+    fn start_exchange(&mut self, ctx: &mut Context<Self>) {
+        let Some(job) = self.exchange_job() else {
+            return;
+        };
+        ctx.spawn(job.into_actor(self).map(|r, act, _ctx| {
+            act.exchange_done(r, true);
+        }));
+    }
+
+    fn exchange_done(
+        &mut self,
+        r: Result<crate::prng::exchange::Report, Failure>,
+        reschedule: bool,
+    ) {
+        let Some(m) = &self.managed else { return };
+        let log = m.log.clone();
+        let now = m.clock.now();
+        let period = m.config.load().tls_random_prng_update_period;
+        match r {
+            Ok(report) => {
+                self.pool.mix(&report.read);
+                self.status.exchange_updates += 1;
+                self.status.exchange_bytes_mixed += report.read.len() as u64;
+                for (level, note) in &report.notes {
+                    Self::log_at(&log, *level, note);
+                }
+                if reschedule {
+                    let b = self.pool.byte();
+                    self.schedule.succeeded(Job::Exchange, now, period, b);
+                }
+            }
+            Err(f) => {
+                self.status.exchange_failures += 1;
+                Self::log_at(&log, f.level, &f.message);
+                if reschedule {
+                    let delay = self.schedule.failed(Job::Exchange, now, period);
+                    info!(
+                        log,
+                        "retrying the PRNG exchange file in {delay}s; seeds keep coming from the pool"
+                    );
+                }
+            }
+        }
+    }
+}
+
+enum ReseedOutcome {
+    NoSource,
+    OpenFailed(Failure),
+    Read {
+        handle: Option<Handle>,
+        result: Result<Entropy, Failure>,
+        opened: bool,
+    },
 }
 
 impl Default for PrngActor {
@@ -28,6 +382,13 @@ impl Default for PrngActor {
 
 impl Actor for PrngActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.managed.is_some() {
+            self.tick(ctx);
+            ctx.run_interval(TICK_INTERVAL, |act, ctx| act.tick(ctx));
+        }
+    }
 }
 
 /// `size` bytes of seed (1..=255; the server checks the range first).
@@ -41,6 +402,54 @@ impl Handler<Seed> for PrngActor {
         self.pool.mix_time_of_day();
         let mut out = vec![0u8; msg.0.min(MAX_SEED)];
         self.pool.fill(&mut out);
+        self.status.seeds += 1;
         MessageResult(out)
+    }
+}
+
+/// Asks the schedule what is due now (the timer does this every second;
+/// tests send it after stepping the clock).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Tick;
+
+impl Handler<Tick> for PrngActor {
+    type Result = ();
+    fn handle(&mut self, _msg: Tick, ctx: &mut Context<Self>) {
+        self.tick(ctx);
+    }
+}
+
+/// The counters and schedule.
+#[derive(Message)]
+#[rtype(result = "PrngStatus")]
+pub struct Status;
+
+impl Handler<Status> for PrngActor {
+    type Result = MessageResult<Status>;
+    fn handle(&mut self, _msg: Status, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut s = self.status.clone();
+        s.next_reseed = self.schedule.reseed.at;
+        s.next_exchange = self.schedule.exchange.at;
+        MessageResult(s)
+    }
+}
+
+/// Updates the exchange file now and answers when it is written (the exit
+/// path: stock tlsmgr does this in its exit hook). Does nothing without an
+/// exchange file.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SaveExchange;
+
+impl Handler<SaveExchange> for PrngActor {
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, _msg: SaveExchange, _ctx: &mut Context<Self>) -> Self::Result {
+        match self.exchange_job() {
+            Some(job) => Box::pin(job.into_actor(self).map(|r, act, _ctx| {
+                act.exchange_done(r, false);
+            })),
+            None => Box::pin(fut::ready(())),
+        }
     }
 }

@@ -13,7 +13,7 @@ pub mod connection;
 
 use crate::actors::cache::{CacheActor, CacheLimits, Flush};
 use crate::actors::expiry::ExpiryActor;
-use crate::actors::prng::PrngActor;
+use crate::actors::prng::{PrngActor, SaveExchange};
 use crate::actors::ticket::TicketActor;
 use crate::actors::{CacheSet, RunningCache};
 use crate::clock::SharedClock;
@@ -116,7 +116,7 @@ pub fn run(
         let caches = Arc::new(ArcSwap::from_pointee(set));
         let svc = Services {
             tickets: TicketActor::new(config.clone(), opts.clock.clone(), opts.log.clone()).start(),
-            prng: PrngActor::new().start(),
+            prng: PrngActor::managed(config.clone(), opts.clock.clone(), opts.log.clone()).start(),
             expiry: ExpiryActor::new(caches.clone(), opts.log.clone()).start(),
             config,
             caches,
@@ -151,6 +151,8 @@ pub fn run(
         for rc in svc.caches.load().0.iter().flatten() {
             let _ = rc.addr.send(Flush).await;
         }
+        // Stock tlsmgr's exit hook: leave fresh bytes in the exchange file.
+        let _ = svc.prng.send(SaveExchange).await;
         Ok::<_, Error>(arbiters)
     });
     let arbiters = result?;
