@@ -41,8 +41,16 @@ pub fn main_cf(dir: &Path, extra: &str) -> String {
 
 impl TestDaemon {
     pub fn start(extra: &str) -> TestDaemon {
+        Self::start_with(extra, |_| {})
+    }
+
+    /// Like [`TestDaemon::start`], but `setup` runs on the fresh directory
+    /// (its `data` subdirectory already made) before the daemon starts.
+    pub fn start_with(extra: &str, setup: impl FnOnce(&Path)) -> TestDaemon {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        setup(&dir);
         let mut d = TestDaemon {
             socket: dir.join("tlsmgr.sock"),
             dir,
