@@ -6,7 +6,8 @@
 //! - [`config`]: main.cf reading and the typed, immutable [`config::Config`].
 //! - [`store`]: the session-cache storage trait and its backends (fjall, memory).
 //! - [`ticket`]: RFC 5077 session-ticket keys: the 88-byte wire struct and rotation.
-//! - [`prng`]: the seed generator behind the `seed` request.
+//! - [`prng`]: the seed pool behind the `seed` request, entropy sources, the
+//!   exchange file and their schedule.
 //! - [`actors`]: the actix actors that own caches, keys, the PRNG and expiry.
 //! - [`server`]: the listening socket and the per-connection request loop.
 //! - [`client`]: the client side of the protocol (`tlsmgr client`, tests, benches).

@@ -294,3 +294,45 @@ fn plain_file_is_read_once_up_to_tls_random_bytes_without_the_255_cap() {
     let s = status(&d);
     assert_eq!((s.reseeds, s.source_bytes), (1, 9000), "read once only");
 }
+
+#[test]
+fn silent_device_times_out_after_10s_without_holding_up_seeds() {
+    // A FIFO whose writer never writes: the read must give up after
+    // Postfix's 10 s, not hang (nor hang the open, which has no writer yet).
+    let src = source_dir();
+    let fifo = src.path().join("silent");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let p = fifo.display().to_string();
+    let started = Instant::now();
+    let d = TestDaemon::start(&format!("tls_random_source = dev:{p}"));
+    // Open the writer end only once the daemon holds the read end.
+    std::thread::sleep(Duration::from_millis(300));
+    let _writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let mut c = d.client();
+    let t = Instant::now();
+    seed(&mut c, 32);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    let needle = format!("cannot read from entropy device {p}: Connection timed out");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !d.log.text().contains(&needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no timeout; log:\n{}",
+            d.log.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(10),
+        "timed out early"
+    );
+    wait_log(
+        &d,
+        &format!("reopening external entropy source dev:{p} in 1s"),
+    );
+    seed(&mut c, 32);
+}

@@ -3,7 +3,8 @@
 //! - [`cache`]: one [`cache::CacheActor`] per enabled cache, each on its own
 //!   arbiter thread (store I/O blocks), supervised.
 //! - [`ticket`]: the session-ticket keys.
-//! - [`prng`]: the seed pool.
+//! - [`prng`]: the seed pool and what feeds it (entropy source, exchange
+//!   file), off the actor where I/O blocks.
 //! - [`expiry`]: periodic, stepwise removal of stale cache entries.
 //!
 //! Connections are tokio tasks on the main arbiter (see [`crate::server`]);

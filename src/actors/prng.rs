@@ -423,11 +423,11 @@ impl Handler<Tick> for PrngActor {
 /// The counters and schedule.
 #[derive(Message)]
 #[rtype(result = "PrngStatus")]
-pub struct Status;
+pub struct GetStatus;
 
-impl Handler<Status> for PrngActor {
-    type Result = MessageResult<Status>;
-    fn handle(&mut self, _msg: Status, _ctx: &mut Context<Self>) -> Self::Result {
+impl Handler<GetStatus> for PrngActor {
+    type Result = MessageResult<GetStatus>;
+    fn handle(&mut self, _msg: GetStatus, _ctx: &mut Context<Self>) -> Self::Result {
         let mut s = self.status.clone();
         s.next_reseed = self.schedule.reseed.at;
         s.next_exchange = self.schedule.exchange.at;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tlsmgr::actors::prng::{PrngStatus, Status, Tick};
+use tlsmgr::actors::prng::{GetStatus, PrngStatus, Tick};
 use tlsmgr::client::Client;
 use tlsmgr::clock::Clock;
 use tlsmgr::protocol::{Reply, Request, Status as WireStatus};
@@ -31,7 +31,7 @@ pub fn seed(c: &mut Client, n: i32) -> Vec<u8> {
 
 /// The PRNG actor's counters and schedule.
 pub fn status(d: &TestDaemon) -> PrngStatus {
-    futures::executor::block_on(d.services().prng.send(Status)).unwrap()
+    futures::executor::block_on(d.services().prng.send(GetStatus)).unwrap()
 }
 
 /// Makes the actor consult its schedule now (instead of at its next
