@@ -453,3 +453,97 @@ impl Handler<SaveExchange> for PrngActor {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::logging::MemoryLog;
+    use crate::prng::exchange::Report;
+    use std::collections::HashMap;
+
+    /// A managed actor on a fixed key (predictable on purpose), no I/O.
+    fn actor() -> PrngActor {
+        let map: HashMap<String, String> =
+            [("tls_random_source", ""), ("tls_random_exchange_name", "")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let cfg = Config::from_source(&map).unwrap();
+        let mut a = PrngActor::managed(
+            Arc::new(ArcSwap::from_pointee(cfg)),
+            ManualClock::new(1000),
+            MemoryLog::default().logger("postfix/tlsmgr"),
+        );
+        a.pool = Pool::from_key([3; 32]);
+        a
+    }
+
+    fn output(a: &mut PrngActor) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        a.pool.fill(&mut out);
+        out
+    }
+
+    fn reseed(a: &mut PrngActor, bytes: &[u8]) {
+        a.reseed_done(ReseedOutcome::Read {
+            handle: None,
+            result: Ok(Entropy {
+                material: bytes.to_vec(),
+                count: bytes.len(),
+                requested: 32,
+            }),
+            opened: false,
+        });
+    }
+
+    fn exchange(a: &mut PrngActor, bytes: &[u8]) {
+        a.exchange_done(
+            Ok(Report {
+                read: bytes.to_vec(),
+                old_size: bytes.len() as u64,
+                opened: false,
+                notes: Vec::new(),
+            }),
+            false,
+        );
+    }
+
+    #[test]
+    fn source_bytes_are_mixed_into_the_pool() {
+        let (mut x, mut y, mut none) = (actor(), actor(), actor());
+        reseed(&mut x, b"entropy x");
+        reseed(&mut y, b"entropy y");
+        let (ox, oy, on) = (output(&mut x), output(&mut y), output(&mut none));
+        assert_ne!(ox, oy, "the input decides the new key");
+        assert_ne!(ox, on);
+        assert_eq!(x.status.reseeds, 1);
+        assert_eq!(x.status.source_bytes, 9);
+    }
+
+    #[test]
+    fn exchange_bytes_are_mixed_into_the_pool() {
+        let (mut x, mut y) = (actor(), actor());
+        exchange(&mut x, &[1; 1024]);
+        exchange(&mut y, &[2; 1024]);
+        assert_ne!(output(&mut x), output(&mut y));
+        assert_eq!(x.status.exchange_bytes_mixed, 1024);
+    }
+
+    #[test]
+    fn a_failed_read_mixes_nothing_and_schedules_a_retry() {
+        let (mut x, mut same) = (actor(), actor());
+        x.reseed_done(ReseedOutcome::Read {
+            handle: None,
+            result: Err(Failure {
+                level: Level::Info,
+                message: "cannot read from entropy device /x: end of file".into(),
+            }),
+            opened: false,
+        });
+        assert_eq!(x.status.source_failures, 1);
+        assert_eq!(x.schedule.reseed.at, Some(1001));
+        assert_eq!(output(&mut x), output(&mut same));
+    }
+}
