@@ -131,6 +131,11 @@ impl PrngActor {
         let want = cfg.random_source();
         let first = !self.configured;
         self.configured = true;
+        let mut pre = if first {
+            crate::prng::take_preopened()
+        } else {
+            None
+        };
         if first || want != self.source {
             self.source_generation += 1;
             self.handle = None;
@@ -147,6 +152,16 @@ impl PrngActor {
             } else {
                 self.schedule.arm_now(Job::Reseed, now);
             }
+            if let Some((src, h)) = pre.as_mut().and_then(|p| p.source.take()) {
+                if src == want {
+                    match h.into_handle() {
+                        Ok(h) => self.handle = Some(h),
+                        Err(e) => {
+                            warn!(m.log, "cannot use the pre-opened {}: {}", src.describe(), e)
+                        }
+                    }
+                }
+            }
             self.source = want;
         }
         let want_exchange = cfg
@@ -160,7 +175,11 @@ impl PrngActor {
         if first || want_exchange != have {
             match want_exchange {
                 Some((p, d)) => {
-                    let file = ExchangeFile::new(p.clone(), d.clone());
+                    let adopted = pre
+                        .as_mut()
+                        .and_then(|x| x.exchange.take())
+                        .filter(|f| f.path() == p && f.data_directory() == d);
+                    let file = adopted.unwrap_or_else(|| ExchangeFile::new(p.clone(), d.clone()));
                     self.exchange = Some((p, d, Arc::new(Mutex::new(file))));
                     self.schedule.arm_now(Job::Exchange, now);
                 }

@@ -178,6 +178,20 @@ impl ExchangeFile {
         Ok(file)
     }
 
+    /// Opens (or creates) the file now, e.g. before a chroot makes its path
+    /// unreachable; later updates use this descriptor while it stays valid.
+    pub fn open_now(&mut self) -> Result<(), Failure> {
+        if self.file.is_none() {
+            self.file = Some(self.open()?);
+        }
+        Ok(())
+    }
+
+    /// The configured data directory.
+    pub fn data_directory(&self) -> &Path {
+        &self.data_directory
+    }
+
     /// Closes the file; the next update reopens it.
     pub fn close(&mut self) {
         self.file = None;

@@ -30,6 +30,57 @@ pub mod exchange;
 pub mod schedule;
 pub mod source;
 
+use crate::config::Config;
+use std::sync::Mutex;
+
+/// The entropy source and exchange file opened by [`preopen`], waiting for
+/// the PRNG actor to adopt them.
+#[derive(Debug)]
+pub struct Preopened {
+    /// The source as configured, and its open handle.
+    pub source: Option<(source::RandomSource, source::PreHandle)>,
+    /// The exchange file, opened.
+    pub exchange: Option<exchange::ExchangeFile>,
+}
+
+static PREOPENED: Mutex<Option<Preopened>> = Mutex::new(None);
+
+/// Opens `tls_random_source` and the exchange file now, as stock tlsmgr
+/// does in pre_init: before the chroot into `queue_directory` hides
+/// `/dev/urandom` and `data_directory`. The daemon's PRNG actor adopts
+/// them when it starts with the same configuration; later reopens (after
+/// a failure) use the paths as seen from wherever the process then is.
+/// Returns what could not be opened (to log; the actor retries it).
+pub fn preopen(config: &Config) -> Vec<source::Failure> {
+    let mut failures = Vec::new();
+    let want = config.random_source();
+    let source = match source::open_blocking(&want) {
+        Ok(Some(h)) => Some((want, h)),
+        Ok(None) => None,
+        Err(f) => {
+            failures.push(f);
+            None
+        }
+    };
+    let exchange = config.tls_random_exchange_name.as_ref().and_then(|path| {
+        let mut f = exchange::ExchangeFile::new(path.clone(), config.data_directory.clone());
+        match f.open_now() {
+            Ok(()) => Some(f),
+            Err(e) => {
+                failures.push(e);
+                None
+            }
+        }
+    });
+    *PREOPENED.lock().unwrap_or_else(|p| p.into_inner()) = Some(Preopened { source, exchange });
+    failures
+}
+
+/// Takes what [`preopen`] left (once).
+pub fn take_preopened() -> Option<Preopened> {
+    PREOPENED.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};

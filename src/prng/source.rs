@@ -133,6 +133,66 @@ pub enum Handle {
     File(PathBuf, File),
 }
 
+/// A source opened without a runtime (see [`crate::prng::preopen`]).
+#[derive(Debug)]
+pub enum PreHandle {
+    /// A device or plain file.
+    File(Handle),
+    /// A connected EGD server, still a std socket.
+    Egd(PathBuf, std::os::unix::net::UnixStream),
+}
+
+impl PreHandle {
+    /// The async handle. Must run inside the tokio runtime (EGD sockets are
+    /// registered with it).
+    pub fn into_handle(self) -> std::io::Result<Handle> {
+        match self {
+            PreHandle::File(h) => Ok(h),
+            PreHandle::Egd(p, s) => {
+                s.set_nonblocking(true)?;
+                Ok(Handle::Egd(p, UnixStream::from_std(s)?))
+            }
+        }
+    }
+}
+
+/// Opens `source` with blocking calls, before the daemon's runtime exists
+/// (and before a chroot hides the path). Same log lines as [`open`].
+pub fn open_blocking(source: &RandomSource) -> Result<Option<PreHandle>, Failure> {
+    match source {
+        RandomSource::None => Ok(None),
+        RandomSource::Dev(p) => open_nonblocking(p)
+            .map(|f| Some(PreHandle::File(Handle::Dev(p.clone(), f))))
+            .map_err(|e| {
+                Failure::warn(format!(
+                    "cannot open entropy device {}: {}",
+                    p.display(),
+                    err_text(&e)
+                ))
+            }),
+        RandomSource::File(p) => open_nonblocking(p)
+            .map(|f| Some(PreHandle::File(Handle::File(p.clone(), f))))
+            .map_err(|e| {
+                Failure::warn(format!(
+                    "cannot open entropy file {}: {}",
+                    p.display(),
+                    err_text(&e)
+                ))
+            }),
+        // A UNIX-domain connect does not wait for the server to accept;
+        // it fails at once when nobody listens.
+        RandomSource::Egd(p) => std::os::unix::net::UnixStream::connect(p)
+            .map(|s| Some(PreHandle::Egd(p.clone(), s)))
+            .map_err(|e| {
+                Failure::warn(format!(
+                    "cannot connect to EGD server {}: {}",
+                    p.display(),
+                    err_text(&e)
+                ))
+            }),
+    }
+}
+
 /// Bytes read from a source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entropy {
