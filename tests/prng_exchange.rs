@@ -324,3 +324,42 @@ fn unreadable_exchange_file_unprivileged() {
         },
     );
 }
+
+#[test]
+fn the_real_binary_saves_the_exchange_file_on_sigterm() {
+    // Stock tlsmgr dies on SIGTERM without saving; ours saves on the way out.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(dir.join("main.cf"), main_cf(dir, "")).unwrap();
+    let sock = dir.join("tlsmgr.sock");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
+        .arg("serve")
+        .arg("-c")
+        .arg(dir)
+        .arg("--socket")
+        .arg(&sock)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let path = exch(dir);
+    let written = || {
+        std::fs::metadata(&path)
+            .map(|m| m.len() == 1024)
+            .unwrap_or(false)
+    };
+    assert!(eventually(|| sock.exists() && written()));
+    let before = std::fs::read(&path).unwrap();
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid; no memory is touched.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = std::fs::read(&path).unwrap();
+    assert_eq!(after.len(), 1024);
+    assert_ne!(before, after, "fresh bytes written at exit");
+}
