@@ -36,6 +36,16 @@ enum Command {
         #[arg(short = 'v')]
         verbose: bool,
     },
+    /// Check main.cf: print the effective value of every parameter tlsmgr
+    /// uses (like `postconf -x`), or the errors, exiting non-zero.
+    Check {
+        /// Configuration directory (default: $MAIL_CONFIG, else /etc/postfix).
+        #[arg(short = 'c', value_name = "CONFIG_DIR")]
+        config_dir: Option<PathBuf>,
+        /// Override a main.cf parameter (name=value), as master.cf's -o does.
+        #[arg(short = 'o', value_name = "NAME=VALUE")]
+        overrides: Vec<String>,
+    },
     /// Send one request to a running tlsmgr and print the reply.
     Client {
         /// The tlsmgr socket.
@@ -63,6 +73,29 @@ fn main() -> ExitCode {
             raw,
             request,
         } => client::run_command(&socket, &request, raw),
+        Command::Check {
+            config_dir,
+            overrides,
+        } => check(config_dir, &overrides),
+    }
+}
+
+fn check(dir: Option<PathBuf>, overrides: &[String]) -> ExitCode {
+    let dir = tlsmgr::config::config_directory(dir);
+    match Config::load(&dir, overrides) {
+        Ok(config) => {
+            for w in &config.warnings {
+                eprintln!("tlsmgr: warning: {w}");
+            }
+            for (name, value) in &config.effective {
+                println!("{name} = {value}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tlsmgr: fatal: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
