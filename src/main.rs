@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tlsmgr::actors::watcher::WatchOptions;
 use tlsmgr::client::{self, ClientCommand};
 use tlsmgr::config::Config;
 use tlsmgr::logging::stderr_logger;
@@ -113,7 +114,19 @@ fn serve(dir: &Path, socket: Option<PathBuf>, overrides: &[String], verbose: boo
         slog::warn!(log, "{}", w);
     }
     let socket = socket.unwrap_or_else(|| config.default_socket());
-    match tlsmgr::server::standalone(config, &socket, log.clone()) {
+    // Opened now, before any chroot, so that live reload keeps reading it.
+    let watch = match tlsmgr::config::dir::ConfigDir::open(dir) {
+        Ok(handle) => {
+            let mut w = WatchOptions::new(handle, overrides.to_vec());
+            w.sighup = true;
+            Some(w)
+        }
+        Err(e) => {
+            slog::warn!(log, "open {}: {} -- live reload disabled", dir.display(), e);
+            None
+        }
+    };
+    match tlsmgr::server::standalone(config, &socket, log.clone(), watch) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             slog::crit!(log, "{}", e);

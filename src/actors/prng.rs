@@ -44,3 +44,10 @@ impl Handler<Seed> for PrngActor {
         MessageResult(out)
     }
 }
+
+/// Live reload hook: the PRNG work (entropy source, exchange file, periods)
+/// applies `tls_random_*` changes here; until then the pool needs nothing.
+impl Handler<super::ConfigChanged> for PrngActor {
+    type Result = ();
+    fn handle(&mut self, _msg: super::ConfigChanged, _ctx: &mut Context<Self>) {}
+}

@@ -311,13 +311,11 @@ fn compare(l: &str, r: &str) -> Result<Ordering, String> {
 fn compat_level(s: &str) -> Result<(u64, u64, u64), String> {
     let bad = || format!("macro processing error: malformed compatibility level syntax: \"{s}\"");
     let mut parts = [0u64; 3];
-    let mut n = 0;
-    for part in s.split('.') {
+    for (n, part) in s.split('.').enumerate() {
         if n == 3 || !all_digits(part) {
             return Err(bad());
         }
         parts[n] = part.parse().map_err(|_| bad())?;
-        n += 1;
     }
     Ok((parts[0], parts[1], parts[2]))
 }

@@ -26,6 +26,8 @@ pub struct TestDaemon {
     pub faults: [Arc<AtomicBool>; 3],
     pub handle: Option<DaemonHandle>,
     extra: String,
+    /// Watch main.cf and apply edits live.
+    pub watch: bool,
 }
 
 /// main.cf for a test directory: both server and client caches on fjall.
@@ -41,6 +43,15 @@ pub fn main_cf(dir: &Path, extra: &str) -> String {
 
 impl TestDaemon {
     pub fn start(extra: &str) -> TestDaemon {
+        Self::start_opts(extra, false)
+    }
+
+    /// A daemon that watches its main.cf (live reload).
+    pub fn start_watched(extra: &str) -> TestDaemon {
+        Self::start_opts(extra, true)
+    }
+
+    fn start_opts(extra: &str, watch: bool) -> TestDaemon {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let mut d = TestDaemon {
@@ -52,6 +63,7 @@ impl TestDaemon {
             faults: Default::default(),
             handle: None,
             extra: extra.to_string(),
+            watch,
         };
         d.boot();
         d
@@ -73,6 +85,10 @@ impl TestDaemon {
             clock: self.clock.clone(),
             log: self.log.logger("postfix/tlsmgr"),
             fault_injection: Some(self.faults.clone()),
+            watch: self.watch.then(|| {
+                let dir = tlsmgr::config::dir::ConfigDir::open(&self.dir).unwrap();
+                tlsmgr::actors::watcher::WatchOptions::new(dir, Vec::new())
+            }),
         })
         .unwrap();
         self.handle = Some(handle);
@@ -95,6 +111,11 @@ impl TestDaemon {
         if let Some(h) = self.handle.take() {
             h.stop().unwrap();
         }
+    }
+
+    /// The main.cf text this daemon was started with plus `extra`.
+    pub fn main_cf_with(&self, extra: &str) -> String {
+        main_cf(&self.dir, extra)
     }
 
     pub fn client(&self) -> Client {
