@@ -243,7 +243,7 @@ impl WatcherActor {
             async move {
                 let changes = reload::apply(&svc, cfg).await;
                 if changes.is_empty() {
-                    debug!(log, "reload: no change");
+                    debug!(log, "main.cf changed, but no parameter that tlsmgr uses");
                 } else {
                     for w in warnings {
                         warn!(log, "{}", w);
