@@ -197,7 +197,7 @@ fn lower_max_entries_evicts_down_to_the_bound() {
 }
 
 #[test]
-fn sighup_style_forced_reload_and_comment_only_edits() {
+fn comment_only_edits_are_not_reloads_and_log_levels_follow() {
     let d = TestDaemon::start_watched("");
     // A comment-only edit changes nothing tlsmgr reads: not a reload.
     save(&d, "# just a comment");
@@ -208,6 +208,16 @@ fn sighup_style_forced_reload_and_comment_only_edits() {
         d.log.text()
     );
     assert!(reload_lines(&d)[0].ends_with("reload: smtpd_tls_loglevel 0 -> 2"));
+    // Cache logging follows the new level at once.
+    assert!(!d.log.text().contains("put smtpd session id=after"));
+    assert_eq!(
+        update(&mut d.client(), "smtpd", "after", b"s"),
+        Reply::Status(Status::Ok)
+    );
+    assert!(eventually(|| d
+        .log
+        .text()
+        .contains("put smtpd session id=after")));
 }
 
 /// Clients run continuously while main.cf goes through every kind of change;

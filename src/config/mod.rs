@@ -561,6 +561,38 @@ mod tests {
     }
 
     #[test]
+    fn changes_list_effective_values() {
+        let old = from(&[("smtpd_tls_session_cache_timeout", "3600")]).unwrap();
+        let new = from(&[
+            ("smtpd_tls_session_cache_timeout", "7200"),
+            ("data_directory", "/d"),
+            ("unrelated_parameter", "x"),
+        ])
+        .unwrap();
+        assert_eq!(
+            new.changes_from(&old),
+            vec![
+                "data_directory /var/lib/postfix -> /d",
+                "tls_random_exchange_name /var/lib/postfix/prng_exch -> /d/prng_exch",
+                "smtpd_tls_session_cache_timeout 3600 -> 7200",
+                "tlsmgr_ticket_key_file /var/lib/postfix/tlsmgr_ticket_keys -> /d/tlsmgr_ticket_keys",
+            ]
+        );
+        assert!(new.changes_from(&new.clone()).is_empty());
+    }
+
+    #[test]
+    fn effective_values_cover_every_default() {
+        let c = from(&[("compatibility_level", "3.6")]).unwrap();
+        let names: Vec<&str> = c.effective.iter().map(|(n, _)| *n).collect();
+        let defaults: Vec<&str> = DEFAULTS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, defaults);
+        assert!(c
+            .effective
+            .contains(&("compatibility_level", "3.6".to_string())));
+    }
+
+    #[test]
     fn periods_clamped() {
         let c = from(&[("tls_random_reseed_period", "52w")]).unwrap();
         assert_eq!(c.tls_random_reseed_period, MAX_RANDOM_PERIOD);
