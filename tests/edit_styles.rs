@@ -197,3 +197,39 @@ fn symlink_switched_and_target_edited() {
     );
     assert_eq!(reload_lines(&d).len(), 2);
 }
+
+#[test]
+fn a_last_line_still_being_written_is_not_applied() {
+    let d = TestDaemon::start_watched(LINE);
+    let main_cf = d.dir.join("main.cf");
+    let full = std::fs::read_to_string(&main_cf)
+        .unwrap()
+        .replace("= 3600s", "= 7200");
+    // The writer stops mid-line ("= 72" of "= 7200") for longer than the
+    // debounce: the daemon sees a file without its final newline and waits.
+    let cut = full.find("= 7200").unwrap() + "= 72".len();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&main_cf)
+        .unwrap();
+    f.write_all(&full.as_bytes()[..cut]).unwrap();
+    assert!(eventually(|| d.log.text().contains("no final newline yet")));
+    f.write_all(&full.as_bytes()[cut..]).unwrap();
+    drop(f);
+    // Never 72 (sanitized to 120): one reload, straight to the final value.
+    exactly_one_reload_to(&d, 7200);
+}
+
+#[test]
+fn a_complete_file_without_final_newline_is_applied() {
+    let d = TestDaemon::start_watched(LINE);
+    let main_cf = d.dir.join("main.cf");
+    let text = std::fs::read_to_string(&main_cf)
+        .unwrap()
+        .replace("= 3600s", "= 600");
+    let tmp = d.dir.join("main.cf.tmp");
+    std::fs::write(&tmp, text.trim_end()).unwrap();
+    std::fs::rename(&tmp, &main_cf).unwrap();
+    exactly_one_reload_to(&d, 600);
+}

@@ -4,6 +4,8 @@
 //! - [`maincf`]: main.cf text to raw definitions (logical lines, overrides).
 //! - [`expand`]: `$name` expansion when a value is read.
 //! - [`values`]: Postfix's int/time/bool syntax and messages.
+//! - [`dir`]: the configuration directory held open, so main.cf stays
+//!   readable after a chroot (live reload).
 //!
 //! [`Config::from_source`] builds a snapshot from any [`Source`] of raw strings
 //! (a parsed main.cf, or a plain map in unit tests), applying Postfix's
