@@ -24,9 +24,10 @@ struct Cli {
 enum Command {
     /// Run the daemon in the foreground, logging to stderr.
     Serve {
-        /// Configuration directory holding main.cf.
+        /// Configuration directory holding main.cf (default: $MAIL_CONFIG,
+        /// else /etc/postfix). Edits to its main.cf apply live.
         #[arg(short = 'c', value_name = "CONFIG_DIR")]
-        config_dir: PathBuf,
+        config_dir: Option<PathBuf>,
         /// Listen here instead of $queue_directory/private/tlsmgr.
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
@@ -68,7 +69,12 @@ fn main() -> ExitCode {
             socket,
             overrides,
             verbose,
-        } => serve(&config_dir, socket, &overrides, verbose),
+        } => serve(
+            &tlsmgr::config::config_directory(config_dir),
+            socket,
+            &overrides,
+            verbose,
+        ),
         Command::Client {
             socket,
             raw,
