@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tlsmgr::actors::watcher::WatchOptions;
 use tlsmgr::client::{self, ClientCommand};
 use tlsmgr::config::Config;
 use tlsmgr::logging::stderr_logger;
@@ -23,9 +24,10 @@ struct Cli {
 enum Command {
     /// Run the daemon in the foreground, logging to stderr.
     Serve {
-        /// Configuration directory holding main.cf.
+        /// Configuration directory holding main.cf (default: $MAIL_CONFIG,
+        /// else /etc/postfix). Edits to its main.cf apply live.
         #[arg(short = 'c', value_name = "CONFIG_DIR")]
-        config_dir: PathBuf,
+        config_dir: Option<PathBuf>,
         /// Listen here instead of $queue_directory/private/tlsmgr.
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
@@ -35,6 +37,16 @@ enum Command {
         /// Verbose logging.
         #[arg(short = 'v')]
         verbose: bool,
+    },
+    /// Check main.cf: print the effective value of every parameter tlsmgr
+    /// uses (like `postconf -x`), or the errors, exiting non-zero.
+    Check {
+        /// Configuration directory (default: $MAIL_CONFIG, else /etc/postfix).
+        #[arg(short = 'c', value_name = "CONFIG_DIR")]
+        config_dir: Option<PathBuf>,
+        /// Override a main.cf parameter (name=value), as master.cf's -o does.
+        #[arg(short = 'o', value_name = "NAME=VALUE")]
+        overrides: Vec<String>,
     },
     /// Send one request to a running tlsmgr and print the reply.
     Client {
@@ -57,12 +69,40 @@ fn main() -> ExitCode {
             socket,
             overrides,
             verbose,
-        } => serve(&config_dir, socket, &overrides, verbose),
+        } => serve(
+            &tlsmgr::config::config_directory(config_dir),
+            socket,
+            &overrides,
+            verbose,
+        ),
         Command::Client {
             socket,
             raw,
             request,
         } => client::run_command(&socket, &request, raw),
+        Command::Check {
+            config_dir,
+            overrides,
+        } => check(config_dir, &overrides),
+    }
+}
+
+fn check(dir: Option<PathBuf>, overrides: &[String]) -> ExitCode {
+    let dir = tlsmgr::config::config_directory(dir);
+    match Config::load(&dir, overrides) {
+        Ok(config) => {
+            for w in &config.warnings {
+                eprintln!("tlsmgr: warning: {w}");
+            }
+            for (name, value) in &config.effective {
+                println!("{name} = {value}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tlsmgr: fatal: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -80,7 +120,19 @@ fn serve(dir: &Path, socket: Option<PathBuf>, overrides: &[String], verbose: boo
         slog::warn!(log, "{}", w);
     }
     let socket = socket.unwrap_or_else(|| config.default_socket());
-    match tlsmgr::server::standalone(config, &socket, log.clone()) {
+    // Opened now, before any chroot, so that live reload keeps reading it.
+    let watch = match tlsmgr::config::dir::ConfigDir::open(dir) {
+        Ok(handle) => {
+            let mut w = WatchOptions::new(handle, overrides.to_vec());
+            w.sighup = true;
+            Some(w)
+        }
+        Err(e) => {
+            slog::warn!(log, "open {}: {} -- live reload disabled", dir.display(), e);
+            None
+        }
+    };
+    match tlsmgr::server::standalone(config, &socket, log.clone(), watch) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             slog::crit!(log, "{}", e);

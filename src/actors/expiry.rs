@@ -19,13 +19,34 @@ pub const STEP: usize = 64;
 pub struct ExpiryActor {
     caches: Arc<ArcSwap<CacheSet>>,
     log: Logger,
+    timers: Vec<SpawnHandle>,
 }
 
 impl ExpiryActor {
     /// An actor sweeping the caches of `caches` (read at each run, so a
     /// reload that adds or removes a cache is followed).
     pub fn new(caches: Arc<ArcSwap<CacheSet>>, log: Logger) -> Self {
-        ExpiryActor { caches, log }
+        ExpiryActor {
+            caches,
+            log,
+            timers: Vec::new(),
+        }
+    }
+
+    /// (Re)starts one timer per enabled cache, every `timeout` seconds, and
+    /// sweeps each cache once now.
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        for timer in self.timers.drain(..) {
+            ctx.cancel_future(timer);
+        }
+        let set = self.caches.load();
+        for ct in CacheType::ALL {
+            let Some(cache) = set.get(ct) else { continue };
+            let period = Duration::from_secs(u64::from(cache.timeout.max(1)));
+            ctx.notify(SweepNow(ct));
+            self.timers
+                .push(ctx.run_interval(period, move |_, ctx| ctx.notify(SweepNow(ct))));
+        }
     }
 }
 
@@ -49,14 +70,20 @@ impl Actor for ExpiryActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        for ct in CacheType::ALL {
-            let set = self.caches.load();
-            let Some(cache) = set.get(ct) else { continue };
-            let period = Duration::from_secs(u64::from(cache.timeout.max(1)));
-            // Once now, as Postfix does in post_init, then every `timeout`.
-            ctx.notify(SweepNow(ct));
-            ctx.run_interval(period, move |_, ctx| ctx.notify(SweepNow(ct)));
-        }
+        // Once now, as Postfix does in post_init, then every `timeout`.
+        self.schedule(ctx);
+    }
+}
+
+/// The caches or their timeouts changed (live reload): restart the timers.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reschedule;
+
+impl Handler<Reschedule> for ExpiryActor {
+    type Result = ();
+    fn handle(&mut self, _: Reschedule, ctx: &mut Context<Self>) {
+        self.schedule(ctx);
     }
 }
 

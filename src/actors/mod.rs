@@ -6,6 +6,7 @@
 //! - [`prng`]: the seed pool and what feeds it (entropy source, exchange
 //!   file), off the actor where I/O blocks.
 //! - [`expiry`]: periodic, stepwise removal of stale cache entries.
+//! - [`watcher`]: watches main.cf and reloads the configuration live.
 //!
 //! Connections are tokio tasks on the main arbiter (see [`crate::server`]);
 //! they reach the actors through [`CacheSet`] and the addresses in
@@ -15,9 +16,18 @@ pub mod cache;
 pub mod expiry;
 pub mod prng;
 pub mod ticket;
+pub mod watcher;
 
+use crate::config::Config;
 use crate::protocol::CacheType;
-use actix::Addr;
+use actix::{Addr, Message};
+use std::sync::Arc;
+
+/// A new configuration snapshot is in force (sent after a live reload to
+/// actors that keep settings of their own, e.g. the PRNG actor).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct ConfigChanged(pub Arc<Config>);
 
 /// A running cache: its actor and the timeout it was started with.
 #[derive(Clone)]

@@ -473,6 +473,15 @@ impl Handler<SaveExchange> for PrngActor {
     }
 }
 
+/// Live reload: the new configuration is already in the shared snapshot;
+/// reconcile with it now rather than at the next one-second tick.
+impl Handler<super::ConfigChanged> for PrngActor {
+    type Result = ();
+    fn handle(&mut self, _msg: super::ConfigChanged, ctx: &mut Context<Self>) {
+        self.tick(ctx);
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

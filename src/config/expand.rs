@@ -1,10 +1,23 @@
-//! `$name` expansion of main.cf values (spec §5.3), done when a value is read.
+//! `$name` expansion of main.cf values (spec §5.3), done when a value is read,
+//! following Postfix 3.7's grammar (`mac_parse`/`mac_expand`):
 //!
-//! Supported: `$name`, `${name}`, `$(name)`, `$$`, `${name?value}`,
-//! `${name:value}`, `${name?{v1}:{v2}}` and `${name?{v1}:v2}`; undefined names
-//! expand to nothing; recursion is limited to [`MAX_DEPTH`] levels.
-//! The comparison form `${{a} == {b} ? {x} : {y}}` is reported as an error
-//! (not silently mis-expanded); full support arrives with the main.cf issue.
+//! - `$name`, `${name}`, `$(name)`; `$$` is a literal `$`; a `$` followed by
+//!   anything else is an error ("empty macro name"), as in Postfix.
+//! - `${name?value}`, `${name:value}`, `${name?{v1}:{v2}}`, `${name?{v1}:v2}`.
+//!   The `?`/`:` test looks at the *raw* value (so `x = $empty` counts as
+//!   set), exactly as Postfix does; a bare (unbraced) operand takes the rest
+//!   of the text, `:` included.
+//! - `${{a} OP {b}}` with `==`, `!=`, `<`, `<=`, `>`, `>=` (numeric when both
+//!   sides are all digits, else byte-wise), and the `level` variants
+//!   (`<level` ...) that compare `compatibility_level` values; the result is
+//!   `true` or empty and may be followed by `?`/`:` operands.
+//! - Whitespace around `{...}` operands and around a name is ignored, not
+//!   inside the braces. Undefined names expand to nothing. Nesting deeper
+//!   than [`MAX_DEPTH`] is an error.
+//!
+//! Errors are returned in Postfix's words; the caller adds the parameter.
+
+use std::cmp::Ordering;
 
 /// Postfix's nesting limit for macro expansion.
 pub const MAX_DEPTH: usize = 100;
@@ -15,18 +28,28 @@ pub trait Lookup {
     fn raw(&self, name: &str) -> Option<String>;
 }
 
+const WS: &[char] = &[' ', '\t', '\r', '\n'];
+
 /// Expands `text`, resolving names through `lookup`. Errors are messages in
 /// Postfix's words, without the parameter name (the caller adds it).
 pub fn expand(text: &str, lookup: &dyn Lookup) -> Result<String, String> {
-    expand_at(text, lookup, 0)
+    let mut out = String::with_capacity(text.len());
+    expand_into(text, lookup, 0, &mut out)?;
+    Ok(out)
 }
 
-fn expand_at(text: &str, lookup: &dyn Lookup, depth: usize) -> Result<String, String> {
+fn expand_into(
+    text: &str,
+    lookup: &dyn Lookup,
+    depth: usize,
+    out: &mut String,
+) -> Result<(), String> {
     if depth > MAX_DEPTH {
-        return Err("macro processing error: nesting too deep".to_string());
+        return Err(format!(
+            "macro processing error: unreasonable macro call nesting: \"{text}\""
+        ));
     }
     let bytes = text.as_bytes();
-    let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while i < bytes.len() {
         let Some(off) = text[i..].find('$') else {
@@ -43,22 +66,26 @@ fn expand_at(text: &str, lookup: &dyn Lookup, depth: usize) -> Result<String, St
             Some(&open @ (b'{' | b'(')) => {
                 let close = if open == b'{' { b'}' } else { b')' };
                 let end = matching(bytes, i, open, close).ok_or_else(|| {
-                    format!("macro processing error: unbalanced '{}'", open as char)
+                    format!("macro processing error: truncated macro reference: \"{text}\"")
                 })?;
-                let inner = &text[i + 1..end];
-                out.push_str(&expand_braced(inner, lookup, depth)?);
+                eval_expr(&text[i + 1..end], text, lookup, depth, out)?;
                 i = end + 1;
             }
             Some(c) if is_name_byte(*c) => {
                 let len = bytes[i..].iter().take_while(|c| is_name_byte(**c)).count();
-                out.push_str(&value_of(&text[i..i + len], lookup, depth)?);
+                if let Some(raw) = lookup.raw(&text[i..i + len]) {
+                    expand_into(&raw, lookup, depth + 1, out)?;
+                }
                 i += len;
             }
-            // A lone `$` (end of text or followed by punctuation) stays as is.
-            _ => out.push('$'),
+            _ => {
+                return Err(format!(
+                    "macro processing error: empty macro name: \"{text}\""
+                ))
+            }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn is_name_byte(c: u8) -> bool {
@@ -72,7 +99,7 @@ fn matching(bytes: &[u8], start: usize, open: u8, close: u8) -> Option<usize> {
         if c == open {
             level += 1;
         } else if c == close {
-            level -= 1;
+            level = level.saturating_sub(1);
             if level == 0 {
                 return Some(k);
             }
@@ -81,75 +108,216 @@ fn matching(bytes: &[u8], start: usize, open: u8, close: u8) -> Option<usize> {
     None
 }
 
-fn value_of(name: &str, lookup: &dyn Lookup, depth: usize) -> Result<String, String> {
-    match lookup.raw(name) {
-        Some(raw) => expand_at(&raw, lookup, depth + 1),
-        None => Ok(String::new()),
-    }
+/// Splits `{payload}rest` (text starting at `{`) into the payload and the
+/// rest with leading whitespace skipped.
+fn curly(text: &str) -> Result<(&str, &str), String> {
+    let end = matching(text.as_bytes(), 0, b'{', b'}').ok_or_else(|| {
+        format!("macro processing error: unbalanced {{}} in attribute expression: \"{text}\"")
+    })?;
+    Ok((&text[1..end], text[end + 1..].trim_start_matches(WS)))
 }
 
-fn expand_braced(inner: &str, lookup: &dyn Lookup, depth: usize) -> Result<String, String> {
-    let trimmed = inner.trim_start();
-    if trimmed.starts_with('{') {
-        return Err(format!(
-            "macro processing error: unsupported expression \"${{{inner}}}\""
-        ));
-    }
-    let len = inner.bytes().take_while(|c| is_name_byte(*c)).count();
-    if len == 0 {
-        return Err(format!(
-            "macro processing error: bad macro name \"{inner}\""
-        ));
-    }
-    let (name, rest) = inner.split_at(len);
-    let value = value_of(name, lookup, depth)?;
-    let Some(op) = rest.chars().next() else {
-        return Ok(value);
-    };
-    let rest = &rest[1..];
-    let (then_part, else_part) = split_alternatives(rest)?;
-    let chosen = match op {
-        '?' if !value.is_empty() => Some(then_part),
-        '?' => else_part,
-        ':' if else_part.is_some() => {
+/// Text starting at `{` after optional whitespace, if any.
+fn at_curly(text: &str) -> Option<&str> {
+    let t = text.trim_start_matches(WS);
+    t.starts_with('{').then_some(t)
+}
+
+/// Evaluates the inside of `${...}` / `$(...)`, appending to `out`.
+fn eval_expr(
+    inner: &str,
+    whole: &str,
+    lookup: &dyn Lookup,
+    depth: usize,
+    out: &mut String,
+) -> Result<(), String> {
+    // The test value (Some non-empty = true) and what follows it.
+    let (test, rest): (Option<String>, &str);
+    if let Some(t) = at_curly(inner) {
+        let (result, after) = logical(t, lookup, depth)?;
+        let truth = if result { "true" } else { "" };
+        match after.chars().next() {
+            None => {
+                out.push_str(truth);
+                return Ok(());
+            }
+            Some('?' | ':') => {}
+            Some(_) => {
+                return Err(format!(
+                    "macro processing error: \"?\" or \":\" expected at: \"...}}>>>{after}\""
+                ))
+            }
+        }
+        test = Some(truth.to_string());
+        rest = after;
+    } else {
+        let split = inner.find(['?', ':']).unwrap_or(inner.len());
+        let name = inner[..split].trim_matches(WS);
+        if let Some(pos) = name.bytes().position(|c| !is_name_byte(c)) {
             return Err(format!(
-                "macro processing error: bad conditional \"{inner}\""
+                "macro processing error: attribute name syntax error at: \"...{}>>>{}\"",
+                &name[..pos],
+                &name[pos..]
+            ));
+        }
+        if split == inner.len() {
+            if name.is_empty() {
+                return Err(format!(
+                    "macro processing error: empty macro name: \"{whole}\""
+                ));
+            }
+            if let Some(raw) = lookup.raw(name) {
+                expand_into(&raw, lookup, depth + 1, out)?;
+            }
+            return Ok(());
+        }
+        test = lookup.raw(name);
+        rest = &inner[split..];
+    }
+    conditional(
+        test.is_some_and(|v| !v.is_empty()),
+        rest,
+        lookup,
+        depth,
+        out,
+    )
+}
+
+/// Applies `?iftrue[:iffalse]` or `:iffalse` (`rest` starts at `?` or `:`).
+fn conditional(
+    truth: bool,
+    rest: &str,
+    lookup: &dyn Lookup,
+    depth: usize,
+    out: &mut String,
+) -> Result<(), String> {
+    // One operand: `{text}` (then the rest continues) or bare text to the end.
+    fn operand(text: &str) -> Result<(&str, &str), String> {
+        match at_curly(text) {
+            Some(t) => curly(t),
+            None => Ok((text, "")),
+        }
+    }
+    let mut rest = rest;
+    if let Some(r) = rest.strip_prefix('?') {
+        let (iftrue, after) = operand(r)?;
+        if truth {
+            expand_into(iftrue, lookup, depth + 1, out)?;
+        }
+        if after.is_empty() {
+            return Ok(());
+        }
+        let Some(after) = after.strip_prefix(':') else {
+            return Err(format!(
+                "macro processing error: \":\" expected at: \"...{iftrue}}}>>>{after}\""
+            ));
+        };
+        rest = after;
+    } else if let Some(r) = rest.strip_prefix(':') {
+        rest = r;
+    }
+    let (iffalse, after) = operand(rest)?;
+    if !truth {
+        expand_into(iffalse, lookup, depth + 1, out)?;
+    }
+    if !after.is_empty() {
+        return Err(format!(
+            "macro processing error: unexpected input at: \"...{iffalse}}}>>>{after}\""
+        ));
+    }
+    Ok(())
+}
+
+/// Parses and evaluates `{a} OP {b}` (text starting at `{`); returns the
+/// result and the text after the right operand (leading whitespace skipped).
+fn logical<'a>(
+    text: &'a str,
+    lookup: &dyn Lookup,
+    depth: usize,
+) -> Result<(bool, &'a str), String> {
+    const ANY_OP: &str = "\"==\" or \"!=\" or \"<\" or \"<=\" or \">=\" or \">\"";
+    let (left, after) = curly(text)?;
+    let op_len = after
+        .bytes()
+        .take_while(|c| b"<>!=?+-*/~&|%".contains(c))
+        .count();
+    let op = &after[..op_len];
+    if !matches!(op, "==" | "!=" | "<" | "<=" | ">" | ">=") {
+        return Err(format!(
+            "macro processing error: {ANY_OP} expected at: \"...{left}}}>>>{after}\""
+        ));
+    }
+    let after = &after[op_len..];
+    let suffix_len = after.bytes().take_while(|c| is_name_byte(*c)).count();
+    let level = match &after[..suffix_len] {
+        "" => false,
+        "level" => true,
+        _ => {
+            return Err(format!(
+                "macro processing error: bad operator suffix at: \"...{op}>>>{after}\""
             ))
         }
-        ':' if value.is_empty() => Some(then_part),
-        ':' => None,
-        _ => return Err(format!("macro processing error: bad macro \"{inner}\"")),
     };
-    match chosen {
-        Some(text) => expand_at(text, lookup, depth + 1),
-        None => Ok(String::new()),
-    }
-}
-
-/// Splits `value`, `{value}` or `{v1}:{v2}` / `{v1}:v2` into its alternatives.
-fn split_alternatives(rest: &str) -> Result<(&str, Option<&str>), String> {
-    let t = rest.trim();
-    if !t.starts_with('{') {
-        return Ok((rest, None));
-    }
-    let end = matching(t.as_bytes(), 0, b'{', b'}')
-        .ok_or_else(|| "macro processing error: unbalanced '{'".to_string())?;
-    let first = &t[1..end];
-    let after = t[end + 1..].trim_start();
-    if after.is_empty() {
-        return Ok((first, None));
-    }
-    let Some(second) = after.strip_prefix(':') else {
+    let after = &after[suffix_len..];
+    let Some(right_text) = at_curly(after) else {
         return Err(format!(
-            "macro processing error: unexpected text \"{after}\""
+            "macro processing error: \"{{expression}}\" expected at: \"...{{{left}}} {op}>>>{after}\""
         ));
     };
-    let second = second.trim();
-    let second = match second.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-        Some(inner) => inner,
-        None => second,
+    let (right, after) = curly(right_text)?;
+    let l = {
+        let mut s = String::new();
+        expand_into(left, lookup, depth + 1, &mut s)?;
+        s
     };
-    Ok((first, Some(second)))
+    let r = {
+        let mut s = String::new();
+        expand_into(right, lookup, depth + 1, &mut s)?;
+        s
+    };
+    let ord = if level {
+        compat_level(&l)?.cmp(&compat_level(&r)?)
+    } else {
+        compare(&l, &r)?
+    };
+    let result = match op {
+        "==" => ord == Ordering::Equal,
+        "!=" => ord != Ordering::Equal,
+        "<" => ord == Ordering::Less,
+        "<=" => ord != Ordering::Greater,
+        ">" => ord == Ordering::Greater,
+        _ => ord != Ordering::Less,
+    };
+    Ok((result, after))
+}
+
+fn all_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())
+}
+
+/// Numeric when both sides are all digits, else byte-wise (`strcmp`).
+fn compare(l: &str, r: &str) -> Result<Ordering, String> {
+    if all_digits(l) && all_digits(r) {
+        let num = |s: &str| {
+            s.parse::<i64>()
+                .map_err(|_| format!("macro processing error: bad conversion: {s}"))
+        };
+        return Ok(num(l)?.cmp(&num(r)?));
+    }
+    Ok(l.as_bytes().cmp(r.as_bytes()))
+}
+
+/// A `compatibility_level` value: `major[.minor[.patch]]`.
+fn compat_level(s: &str) -> Result<(u64, u64, u64), String> {
+    let bad = || format!("macro processing error: malformed compatibility level syntax: \"{s}\"");
+    let mut parts = [0u64; 3];
+    for (n, part) in s.split('.').enumerate() {
+        if n == 3 || !all_digits(part) {
+            return Err(bad());
+        }
+        parts[n] = part.parse().map_err(|_| bad())?;
+    }
+    Ok((parts[0], parts[1], parts[2]))
 }
 
 #[cfg(test)]
@@ -169,59 +337,107 @@ mod tests {
             ("data_directory", "/var/lib/postfix"),
             ("nested", "$data_directory/x"),
             ("empty", ""),
+            ("refers_to_empty", "$empty"),
             ("loop", "$loop"),
+            ("a", "5"),
+            ("b", "10"),
         ]))
+    }
+    fn x(text: &str) -> String {
+        expand(text, &map()).unwrap()
     }
 
     #[test]
     fn plain_forms() {
-        let m = map();
-        assert_eq!(
-            expand("$data_directory/a", &m).unwrap(),
-            "/var/lib/postfix/a"
-        );
-        assert_eq!(
-            expand("${data_directory}b", &m).unwrap(),
-            "/var/lib/postfixb"
-        );
-        assert_eq!(expand("$(data_directory)", &m).unwrap(), "/var/lib/postfix");
-        assert_eq!(expand("$nested", &m).unwrap(), "/var/lib/postfix/x");
-        assert_eq!(expand("a$$b", &m).unwrap(), "a$b");
-        assert_eq!(expand("[$undefined]", &m).unwrap(), "[]");
+        assert_eq!(x("$data_directory/a"), "/var/lib/postfix/a");
+        assert_eq!(x("${data_directory}b"), "/var/lib/postfixb");
+        assert_eq!(x("$(data_directory)"), "/var/lib/postfix");
+        assert_eq!(x("${ data_directory }"), "/var/lib/postfix");
+        assert_eq!(x("$nested"), "/var/lib/postfix/x");
+        assert_eq!(x("a$$b"), "a$b");
+        assert_eq!(x("$$$a"), "$5");
+        assert_eq!(x("[$undefined]"), "[]");
+        assert_eq!(x("${a}}"), "5}");
+        assert_eq!(x("$(a)(b)"), "5(b)");
     }
 
     #[test]
     fn conditionals() {
-        let m = map();
-        assert_eq!(expand("${data_directory?yes}", &m).unwrap(), "yes");
-        assert_eq!(expand("${empty?yes}", &m).unwrap(), "");
-        assert_eq!(expand("${empty:dflt}", &m).unwrap(), "dflt");
-        assert_eq!(expand("${data_directory:dflt}", &m).unwrap(), "");
-        assert_eq!(expand("${empty?{a}:{b}}", &m).unwrap(), "b");
+        assert_eq!(x("${data_directory?yes}"), "yes");
+        assert_eq!(x("${empty?yes}"), "");
+        assert_eq!(x("${empty:dflt}"), "dflt");
+        assert_eq!(x("${data_directory:dflt}"), "");
+        assert_eq!(x("${empty?{a}:{b}}"), "b");
+        assert_eq!(x("${nested?{$nested}:{b}}"), "/var/lib/postfix/x");
+        assert_eq!(x("${undefined?{a}:b}"), "b");
+        assert_eq!(x("${a?{x}:y}"), "x");
+        // Bare operands take the rest of the text, ':' included.
+        assert_eq!(x("${a?x:y}"), "x:y");
+        assert_eq!(x("${a ?x}"), "x");
+        assert_eq!(x("${:x}"), "x");
+        assert_eq!(x("${a?{x}}{y}"), "x{y}");
+        // Postfix tests the raw value: "$empty" is not empty.
+        assert_eq!(x("${refers_to_empty?{set}:{unset}}"), "set");
+        assert_eq!(x("$refers_to_empty"), "");
         assert_eq!(
-            expand("${nested?{$nested}:{b}}", &m).unwrap(),
-            "/var/lib/postfix/x"
-        );
-        assert_eq!(expand("${undefined?{a}:b}", &m).unwrap(), "b");
-        assert_eq!(
-            expand(
-                "${multi_instance_name?{$multi_instance_name}:{postfix}}",
-                &m
-            )
-            .unwrap(),
+            x("${multi_instance_name?{$multi_instance_name}:{postfix}}"),
             "postfix"
         );
     }
 
     #[test]
+    fn comparisons() {
+        assert_eq!(x("${{$a} < {$b} ? {lt} : {ge}}"), "lt");
+        assert_eq!(x("${{$a} == {5}}"), "true");
+        assert_eq!(x("${{$a} != {5}}"), "");
+        assert_eq!(x("${{abc} < {abd} ? {yes}}"), "yes");
+        assert_eq!(x("${{10} > {9} ? {num} : {str}}"), "num");
+        assert_eq!(x("${{10} > {9a} ? {num} : {str}}"), "str");
+        assert_eq!(x("${{007} == {7} ? {num}:{str}}"), "num");
+        assert_eq!(x("${{ x } == {x}?{same}:{diff}}"), "diff");
+        assert_eq!(x("${{$a}=={5}?x:y}"), "x:y");
+        assert_eq!(x("${{1}<={1}?le}"), "le");
+        assert_eq!(x("${{2}>={3}?ge:{no}}"), "");
+        assert_eq!(x("${{a}=={a}:{x}}"), "");
+        assert_eq!(x("${{a} == {a} ? {x} : {y} }"), "x");
+        assert_eq!(x("${{} == {} ? {e}:{ne}}"), "e");
+        assert_eq!(x("${{$undefined} == {} ? {e}:{ne}}"), "e");
+        assert_eq!(x("${{1}<{2}}{rest}"), "true{rest}");
+        assert_eq!(x("${{${{1}=={1}}} == {true}?ok}"), "ok");
+        assert_eq!(x("${{a} ==  {b} :  {neq} }"), "neq");
+        assert_eq!(x("${{$refers_to_empty} == {}?empty}"), "empty");
+    }
+
+    #[test]
+    fn level_comparisons() {
+        assert_eq!(x("${{3.6} <level {3.10} ? {lvl} : {no}}"), "lvl");
+        assert_eq!(x("${{3.6} <level {3.6.1}?y}"), "y");
+        assert_eq!(x("${{3.6} <level {2}?y}"), "");
+        assert_eq!(x("${{3} ==level {3.0}?y}"), "y");
+        assert_eq!(x("${{0} <level {1} ? {no} : {yes}}"), "no");
+        assert!(expand("${{x} <level {1} ? y : n}", &map())
+            .unwrap_err()
+            .contains("malformed compatibility level syntax: \"x\""));
+    }
+
+    #[test]
     fn errors_are_reported_not_guessed() {
-        let m = map();
-        assert!(expand("$loop", &m).unwrap_err().contains("nesting"));
-        assert!(expand("${data_directory", &m)
-            .unwrap_err()
-            .contains("unbalanced"));
-        assert!(expand("${{a} == {b} ? {x} : {y}}", &m)
-            .unwrap_err()
-            .contains("unsupported"));
+        let e = |t: &str| expand(t, &map()).unwrap_err();
+        assert!(e("$loop").contains("nesting"));
+        assert!(e("x${a").contains("truncated macro reference"));
+        assert!(e("$(a}").contains("truncated macro reference"));
+        assert!(e("a$-b").contains("empty macro name"));
+        assert!(e("a$").contains("empty macro name"));
+        assert!(e("${}").contains("empty macro name"));
+        assert!(e("${a x}").contains("attribute name syntax error"));
+        assert!(e("${{a}==b?x}").contains("bad operator suffix"));
+        assert!(e("${{a} === {a}?x}").contains("expected at"));
+        assert!(e("${{a}<>{b}?x}").contains("expected at"));
+        assert!(e("${{$a}?x}").contains("expected at"));
+        assert!(e("${a?{x} junk}").contains("\":\" expected"));
+        assert!(e("${a?{x}:{y} junk}").contains("unexpected input"));
+        assert!(e("${empty:{x}:{y}}").contains("unexpected input"));
+        assert!(e("${{99999999999999999999} > {1}?y:n}").contains("bad conversion"));
+        assert!(e("${{a} == {b").contains("truncated"));
     }
 }

@@ -114,15 +114,28 @@ impl RawConfig {
         Ok(())
     }
 
-    /// Applies a `-o name=value` override (split at the first `=`, trimmed).
+    /// Applies a `-o name=value` override (split at the first `=`, trimmed),
+    /// also in master.cf's `-o { name = value }` form (Postfix 3.0+), whose
+    /// value may contain spaces.
     pub fn apply_override(&mut self, assignment: &str) -> Result<(), ConfigError> {
-        let Some((name, value)) = assignment.split_once('=') else {
+        let t = assignment.trim();
+        let t = match t.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(inner) => inner,
+            None => t,
+        };
+        let Some((name, value)) = t.split_once('=') else {
             return Err(ConfigError::new(format!(
                 "-o: missing '=' in \"{assignment}\""
             )));
         };
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(ConfigError::new(format!(
+                "-o: missing parameter name in \"{assignment}\""
+            )));
+        }
         self.entries.insert(
-            name.trim().to_string(),
+            name.to_string(),
             RawValue {
                 value: value.trim().to_string(),
                 line: None,
@@ -180,5 +193,9 @@ mod tests {
         cfg.apply_override(" x = a=b ").unwrap();
         assert_eq!(cfg.entries["x"].value, "a=b");
         assert_eq!(cfg.entries["x"].line, None);
+        cfg.apply_override("{ y = with spaces = ok }").unwrap();
+        assert_eq!(cfg.entries["y"].value, "with spaces = ok");
+        assert!(cfg.apply_override("{ novalue }").is_err());
+        assert!(cfg.apply_override(" = v").is_err());
     }
 }

@@ -4,12 +4,15 @@
 //! - [`maincf`]: main.cf text to raw definitions (logical lines, overrides).
 //! - [`expand`]: `$name` expansion when a value is read.
 //! - [`values`]: Postfix's int/time/bool syntax and messages.
+//! - [`dir`]: the configuration directory held open, so main.cf stays
+//!   readable after a chroot (live reload).
 //!
 //! [`Config::from_source`] builds a snapshot from any [`Source`] of raw strings
 //! (a parsed main.cf, or a plain map in unit tests), applying Postfix's
 //! defaults (spec §5.1) and validation. Errors name the file, the line and the
 //! parameter.
 
+pub mod dir;
 pub mod expand;
 pub mod maincf;
 pub mod values;
@@ -116,6 +119,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("daemon_directory", "/usr/lib/postfix/sbin"),
     ("mail_owner", "postfix"),
     ("default_database_type", "hash"),
+    ("compatibility_level", "0"),
     ("multi_instance_name", ""),
     (
         "syslog_name",
@@ -226,6 +230,9 @@ pub struct Config {
     pub store_lock_wait: Duration,
     /// Warnings to log (e.g. overridden entries).
     pub warnings: Vec<String>,
+    /// The expanded value of every parameter in [`DEFAULTS`], in that order:
+    /// what `tlsmgr check` prints and what a reload compares.
+    pub effective: Vec<(&'static str, String)>,
 }
 
 struct Resolver<'a> {
@@ -275,6 +282,48 @@ impl Resolver<'_> {
         let v = self.string(name)?;
         Ok((!v.is_empty()).then(|| PathBuf::from(v)))
     }
+}
+
+/// The configuration directory: `-c DIR` if given, else `$MAIL_CONFIG`, else
+/// `/etc/postfix` (Postfix's order).
+pub fn config_directory(cli: Option<PathBuf>) -> PathBuf {
+    cli.or_else(|| {
+        std::env::var_os("MAIL_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+    .unwrap_or_else(|| PathBuf::from("/etc/postfix"))
+}
+
+/// Reads main.cf through `dir`, sets `config_directory` from the directory
+/// (as Postfix does from `-c`/`MAIL_CONFIG`) and applies `-o` overrides.
+pub fn read_raw(dir: &dir::ConfigDir, overrides: &[String]) -> Result<RawConfig, ConfigError> {
+    let path = dir.display_path("main.cf");
+    let text = dir
+        .read("main.cf")
+        .map_err(|e| ConfigError::new(format!("open {}: {}", path.display(), e)))?;
+    let mut raw = RawConfig::parse(&String::from_utf8_lossy(&text), Some(&path))?;
+    raw.entries.insert(
+        "config_directory".to_string(),
+        maincf::RawValue {
+            value: dir.path().display().to_string(),
+            line: None,
+        },
+    );
+    for o in overrides {
+        raw.apply_override(o)?;
+    }
+    Ok(raw)
+}
+
+/// The expanded value of every parameter in [`DEFAULTS`], as `postconf -x`
+/// would print it; an expansion error names the file, line and parameter.
+pub fn effective_values(source: &dyn Source) -> Result<Vec<(&'static str, String)>, ConfigError> {
+    let r = Resolver { source };
+    DEFAULTS
+        .iter()
+        .map(|(name, _)| Ok((*name, r.string(name)?)))
+        .collect()
 }
 
 /// Sanitizes a cache timeout as tlsmgr does: 0 stays 0 (disabled), 1..119
@@ -366,27 +415,35 @@ impl Config {
             ticket_key_file: r.path("tlsmgr_ticket_key_file")?,
             store_lock_wait: Duration::from_secs(r.time("tlsmgr_store_lock_wait", 0, 3600)?),
             warnings: Vec::new(),
+            effective: effective_values(source)?,
         })
     }
 
     /// Reads `DIR/main.cf`, applies `-o` overrides, and builds the snapshot.
     /// `config_directory` is set from `dir`, as Postfix sets it from `-c`.
     pub fn load(dir: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
-        let path = dir.join("main.cf");
-        let mut raw = RawConfig::read(&path)?;
-        raw.entries.insert(
-            "config_directory".to_string(),
-            maincf::RawValue {
-                value: dir.display().to_string(),
-                line: None,
-            },
-        );
-        for o in overrides {
-            raw.apply_override(o)?;
-        }
+        let handle = dir::ConfigDir::open(dir)
+            .map_err(|e| ConfigError::new(format!("open {}: {}", dir.display(), e)))?;
+        Config::load_from(&handle, overrides)
+    }
+
+    /// Like [`Config::load`], reading main.cf through an open directory
+    /// handle (which keeps working after a chroot).
+    pub fn load_from(dir: &dir::ConfigDir, overrides: &[String]) -> Result<Config, ConfigError> {
+        let raw = read_raw(dir, overrides)?;
         let mut cfg = Config::from_source(&raw)?;
         cfg.warnings = raw.warnings;
         Ok(cfg)
+    }
+
+    /// What differs from `old`, one `name old -> new` item per parameter.
+    pub fn changes_from(&self, old: &Config) -> Vec<String> {
+        self.effective
+            .iter()
+            .zip(old.effective.iter())
+            .filter(|((_, new), (_, old))| new != old)
+            .map(|((name, new), (_, old))| format!("{name} {old} -> {new}"))
+            .collect()
     }
 
     /// The settings of one cache.
@@ -503,6 +560,38 @@ mod tests {
         assert!(!c.cache(CacheType::Smtp).log_cache());
         c.caches[1].loglevel = "Cache, ssl".into();
         assert!(c.cache(CacheType::Smtp).log_cache());
+    }
+
+    #[test]
+    fn changes_list_effective_values() {
+        let old = from(&[("smtpd_tls_session_cache_timeout", "3600")]).unwrap();
+        let new = from(&[
+            ("smtpd_tls_session_cache_timeout", "7200"),
+            ("data_directory", "/d"),
+            ("unrelated_parameter", "x"),
+        ])
+        .unwrap();
+        assert_eq!(
+            new.changes_from(&old),
+            vec![
+                "data_directory /var/lib/postfix -> /d",
+                "tls_random_exchange_name /var/lib/postfix/prng_exch -> /d/prng_exch",
+                "smtpd_tls_session_cache_timeout 3600 -> 7200",
+                "tlsmgr_ticket_key_file /var/lib/postfix/tlsmgr_ticket_keys -> /d/tlsmgr_ticket_keys",
+            ]
+        );
+        assert!(new.changes_from(&new.clone()).is_empty());
+    }
+
+    #[test]
+    fn effective_values_cover_every_default() {
+        let c = from(&[("compatibility_level", "3.6")]).unwrap();
+        let names: Vec<&str> = c.effective.iter().map(|(n, _)| *n).collect();
+        let defaults: Vec<&str> = DEFAULTS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, defaults);
+        assert!(c
+            .effective
+            .contains(&("compatibility_level", "3.6".to_string())));
     }
 
     #[test]

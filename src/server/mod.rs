@@ -2,6 +2,7 @@
 //!
 //! - [`connection`]: the per-connection request loop.
 //! - [`apply`]: what each request does.
+//! - [`reload`]: applying a new configuration snapshot to the running actors.
 //!
 //! [`run`] drives everything on the calling thread (an actix System) until
 //! its `shutdown` future resolves; then every cache is flushed and every
@@ -10,19 +11,21 @@
 
 pub mod apply;
 pub mod connection;
+pub mod reload;
 
-use crate::actors::cache::{CacheActor, CacheLimits, Flush};
+use crate::actors::cache::Flush;
 use crate::actors::expiry::ExpiryActor;
 use crate::actors::prng::{PrngActor, SaveExchange};
 use crate::actors::ticket::TicketActor;
-use crate::actors::{CacheSet, RunningCache};
+use crate::actors::watcher::{WatchOptions, WatcherActor};
+use crate::actors::CacheSet;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::error::Error;
 use crate::protocol::CacheType;
-use crate::store::fjall::OpenOptions;
 use actix::prelude::*;
 use arc_swap::ArcSwap;
+use reload::CacheRuntime;
 use slog::{error, info, Logger};
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -44,6 +47,8 @@ pub struct Services {
     pub expiry: Addr<ExpiryActor>,
     /// The logger.
     pub log: Logger,
+    /// What starting and stopping caches needs (live reconfiguration).
+    pub runtime: Arc<CacheRuntime>,
 }
 
 /// What [`run`] needs.
@@ -59,46 +64,16 @@ pub struct Options {
     /// Test hook: per-cache flags that make store calls fail (see
     /// [`CacheActor::with_fault_injection`]).
     pub fault_injection: Option<[Arc<AtomicBool>; 3]>,
+    /// Watch main.cf and apply edits live (`None`: configuration fixed).
+    pub watch: Option<WatchOptions>,
 }
 
-fn start_caches(cfg: &Config, opts: &Options) -> (CacheSet, Vec<Arbiter>) {
+fn start_caches(cfg: &Config, runtime: &CacheRuntime) -> CacheSet {
     let mut set = CacheSet::default();
-    let mut arbiters = Vec::new();
     for ct in CacheType::ALL {
-        let cc = cfg.cache(ct);
-        let Some(location) = cc.location.clone() else {
-            continue;
-        };
-        let limits = CacheLimits {
-            timeout: cc.timeout,
-            max_entries: cfg.max_entries,
-            log_cache: cc.log_cache(),
-        };
-        let open = OpenOptions {
-            empty_on_start: !cfg.persistent_state,
-            lock_wait: cfg.store_lock_wait,
-        };
-        let mut actor = CacheActor::new(
-            ct,
-            location,
-            open,
-            limits,
-            opts.clock.clone(),
-            opts.log.clone(),
-        );
-        if let Some(flags) = &opts.fault_injection {
-            actor = actor.with_fault_injection(flags[ct.index()].clone());
-        }
-        // Store I/O blocks: each cache gets its own thread.
-        let arbiter = Arbiter::new();
-        let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| actor);
-        set.0[ct.index()] = Some(RunningCache {
-            addr,
-            timeout: cc.timeout,
-        });
-        arbiters.push(arbiter);
+        set.0[ct.index()] = runtime.start_cache(ct, cfg);
     }
-    (set, arbiters)
+    set
 }
 
 /// Runs the daemon on this thread until `shutdown` resolves. `ready` is
@@ -112,7 +87,12 @@ pub fn run(
     let log = opts.log.clone();
     let result = system.block_on(async move {
         let config = Arc::new(ArcSwap::from_pointee(opts.config.clone()));
-        let (set, arbiters) = start_caches(&opts.config, &opts);
+        let runtime = Arc::new(CacheRuntime::new(
+            opts.clock.clone(),
+            opts.log.clone(),
+            opts.fault_injection.clone(),
+        ));
+        let set = start_caches(&opts.config, &runtime);
         let caches = Arc::new(ArcSwap::from_pointee(set));
         let svc = Services {
             tickets: TicketActor::new(config.clone(), opts.clock.clone(), opts.log.clone()).start(),
@@ -121,7 +101,10 @@ pub fn run(
             config,
             caches,
             log: opts.log.clone(),
+            runtime,
         };
+        // Kept alive until shutdown: dropping the watcher's address stops it.
+        let _watcher = opts.watch.map(|w| WatcherActor::launch(w, svc.clone()));
         opts.listener
             .set_nonblocking(true)
             .map_err(|e| Error::io("set listening socket non-blocking", e))?;
@@ -153,7 +136,7 @@ pub fn run(
         }
         // Stock tlsmgr's exit hook: leave fresh bytes in the exchange file.
         let _ = svc.prng.send(SaveExchange).await;
-        Ok::<_, Error>(arbiters)
+        Ok::<_, Error>(svc.runtime.take_arbiters())
     });
     let arbiters = result?;
     // Stopping an arbiter drops its actor and so closes its store; joining
@@ -238,7 +221,12 @@ impl Drop for DaemonHandle {
 /// `tlsmgr serve`: binds `socket` (creating its directory and the data
 /// directory when missing, replacing a stale socket file), runs until SIGINT
 /// or SIGTERM, then flushes the stores and returns.
-pub fn standalone(config: Config, socket: &std::path::Path, log: Logger) -> Result<(), Error> {
+pub fn standalone(
+    config: Config,
+    socket: &std::path::Path,
+    log: Logger,
+    watch: Option<WatchOptions>,
+) -> Result<(), Error> {
     use std::os::unix::net::{UnixListener, UnixStream};
     for dir in [socket.parent(), Some(config.data_directory.as_path())]
         .into_iter()
@@ -271,6 +259,7 @@ pub fn standalone(config: Config, socket: &std::path::Path, log: Logger) -> Resu
         clock: crate::clock::system(),
         log: log.clone(),
         fault_injection: None,
+        watch,
     };
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};

@@ -26,6 +26,8 @@ pub struct TestDaemon {
     pub faults: [Arc<AtomicBool>; 3],
     pub handle: Option<DaemonHandle>,
     extra: String,
+    /// Watch main.cf and apply edits live.
+    pub watch: bool,
 }
 
 /// main.cf for a test directory: both server and client caches on fjall.
@@ -41,12 +43,21 @@ pub fn main_cf(dir: &Path, extra: &str) -> String {
 
 impl TestDaemon {
     pub fn start(extra: &str) -> TestDaemon {
-        Self::start_with(extra, |_| {})
+        Self::start_opts(extra, false, |_| {})
     }
 
     /// Like [`TestDaemon::start`], but `setup` runs on the fresh directory
     /// (its `data` subdirectory already made) before the daemon starts.
     pub fn start_with(extra: &str, setup: impl FnOnce(&Path)) -> TestDaemon {
+        Self::start_opts(extra, false, setup)
+    }
+
+    /// A daemon that watches its main.cf (live reload).
+    pub fn start_watched(extra: &str) -> TestDaemon {
+        Self::start_opts(extra, true, |_| {})
+    }
+
+    fn start_opts(extra: &str, watch: bool, setup: impl FnOnce(&Path)) -> TestDaemon {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -60,6 +71,7 @@ impl TestDaemon {
             faults: Default::default(),
             handle: None,
             extra: extra.to_string(),
+            watch,
         };
         d.boot();
         d
@@ -81,6 +93,10 @@ impl TestDaemon {
             clock: self.clock.clone(),
             log: self.log.logger("postfix/tlsmgr"),
             fault_injection: Some(self.faults.clone()),
+            watch: self.watch.then(|| {
+                let dir = tlsmgr::config::dir::ConfigDir::open(&self.dir).unwrap();
+                tlsmgr::actors::watcher::WatchOptions::new(dir, Vec::new())
+            }),
         })
         .unwrap();
         self.handle = Some(handle);
@@ -103,6 +119,11 @@ impl TestDaemon {
         if let Some(h) = self.handle.take() {
             h.stop().unwrap();
         }
+    }
+
+    /// The main.cf text this daemon was started with plus `extra`.
+    pub fn main_cf_with(&self, extra: &str) -> String {
+        main_cf(&self.dir, extra)
     }
 
     pub fn client(&self) -> Client {

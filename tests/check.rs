@@ -1,0 +1,102 @@
+//! `tlsmgr check`: prints every parameter's effective value like postconf,
+//! and fails with `file, line N: ...` on a bad configuration.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+fn check(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
+        .arg("check")
+        .arg("-c")
+        .arg(dir)
+        .args(args)
+        .env_remove("MAIL_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn prints_effective_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("main.cf"),
+        "data_directory = /srv/pf\nsmtpd_tls_session_cache_timeout = 2h\n\
+         smtpd_tls_session_cache_database = btree:${data_directory}/s\n\
+         smtpd_tls_session_cache_timeout = 7200\n",
+    )
+    .unwrap();
+    let (ok, out, err) = check(
+        tmp.path(),
+        &["-o", "smtp_tls_loglevel=${{1} < {2}?{cache}}"],
+    );
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    for want in [
+        format!("config_directory = {}", tmp.path().display()),
+        "tls_random_exchange_name = /srv/pf/prng_exch".to_string(),
+        "smtpd_tls_session_cache_database = btree:/srv/pf/s".to_string(),
+        "smtpd_tls_session_cache_timeout = 7200".to_string(),
+        "smtp_tls_loglevel = cache".to_string(),
+        "tlsmgr_ticket_key_file = /srv/pf/tlsmgr_ticket_keys".to_string(),
+    ] {
+        assert!(lines.contains(&want.as_str()), "missing {want:?} in\n{out}");
+    }
+    assert!(
+        err.contains(
+            "main.cf, line 4: overriding earlier entry: smtpd_tls_session_cache_timeout=2h"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_values_fail_with_file_line_and_parameter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let main_cf = tmp.path().join("main.cf");
+    for (text, msg) in [
+        (
+            "a = 1\nsmtpd_tls_session_cache_timeout = 1y\n",
+            "line 2: parameter smtpd_tls_session_cache_timeout: bad time value or unit: 1y",
+        ),
+        (
+            "tls_random_bytes = 0\n",
+            "line 1: invalid tls_random_bytes parameter value 0 < 1",
+        ),
+        (
+            "\n\nnot an assignment\n",
+            "line 3: missing '=' after attribute name",
+        ),
+        (
+            "x = 1\nsyslog_name = ${x?{a} junk}\n",
+            "line 2: parameter syslog_name: macro processing error",
+        ),
+    ] {
+        std::fs::write(&main_cf, text).unwrap();
+        let (ok, out, err) = check(tmp.path(), &[]);
+        assert!(!ok, "accepted {text:?}: {out}");
+        assert!(
+            err.contains(&format!("tlsmgr: fatal: {}, {msg}", main_cf.display())),
+            "{text:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn mail_config_locates_the_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("main.cf"), "mail_owner = someone\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
+        .arg("check")
+        .env("MAIL_CONFIG", tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .contains("mail_owner = someone\n"));
+}

@@ -1,0 +1,381 @@
+//! Live reconfiguration by editing main.cf (no restart): new timeouts reach
+//! `policy` replies, caches are disabled, enabled and moved, the bound is
+//! lowered, and an invalid edit leaves the old configuration in force, all
+//! while clients keep being served over the real socket.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+
+use common::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tlsmgr::protocol::{Reply, Request, Status};
+
+/// Replaces main.cf the way `postconf -e` does: new file, then rename.
+fn save(d: &TestDaemon, extra: &str) {
+    let tmp = d.dir.join("main.cf.tmp");
+    std::fs::write(&tmp, d.main_cf_with(extra)).unwrap();
+    std::fs::rename(&tmp, d.dir.join("main.cf")).unwrap();
+}
+
+fn policy(c: &mut tlsmgr::client::Client, ct: &str) -> Reply {
+    c.request(&Request::Policy { cache_type: b(ct) }).unwrap()
+}
+
+fn policy_is(d: &TestDaemon, ct: &str, cachable: bool, timeout: u32) -> bool {
+    eventually(|| {
+        policy(&mut d.client(), ct)
+            == Reply::Policy {
+                status: Status::Ok,
+                cachable,
+                timeout,
+            }
+    })
+}
+
+/// Whether the store for `btree:$data_directory/NAME` exists on disk.
+fn store_exists(d: &TestDaemon, name: &str) -> bool {
+    std::fs::read_dir(d.dir.join("data")).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{name}."))
+    })
+}
+
+fn reload_lines(d: &TestDaemon) -> Vec<String> {
+    d.log
+        .text()
+        .lines()
+        .filter(|l| l.contains("]: reload: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn timeout_change_reaches_policy_and_expiry() {
+    let d = TestDaemon::start_watched("");
+    let mut c = d.client();
+    assert!(policy_is(&d, "smtpd", true, 3600));
+    assert_eq!(
+        update(&mut c, "smtpd", "id", b"s"),
+        Reply::Status(Status::Ok)
+    );
+    save(&d, "smtpd_tls_session_cache_timeout = 7200");
+    assert!(policy_is(&d, "smtpd", true, 7200), "{}", d.log.text());
+    assert!(
+        reload_lines(&d)
+            .iter()
+            .any(|l| l.ends_with("reload: smtpd_tls_session_cache_timeout 3600s -> 7200")),
+        "{}",
+        d.log.text()
+    );
+    // Expiry uses the new timeout: stale after 7200 s, not 3600 s.
+    d.clock.advance(3601);
+    assert_eq!(lookup(&mut c, "smtpd", "id"), hit(b"s"));
+    d.clock.advance(3600);
+    assert_eq!(lookup(&mut c, "smtpd", "id"), miss());
+    // The same connection kept working throughout.
+    assert_eq!(
+        policy(&mut c, "smtpd"),
+        Reply::Policy {
+            status: Status::Ok,
+            cachable: true,
+            timeout: 7200
+        }
+    );
+}
+
+#[test]
+fn invalid_edit_keeps_the_old_configuration_until_fixed() {
+    let d = TestDaemon::start_watched("smtpd_tls_session_cache_timeout = 600");
+    assert!(policy_is(&d, "smtpd", true, 600));
+    save(
+        &d,
+        "smtpd_tls_session_cache_timeout = 900\nsmtp_tls_session_cache_timeout = 1y",
+    );
+    let main_cf = d.dir.join("main.cf");
+    let want = format!(
+        "warning: {}, line 7: parameter smtp_tls_session_cache_timeout: bad time value or unit: 1y -- keeping the current configuration",
+        main_cf.display()
+    );
+    assert!(
+        eventually(|| d.log.text().contains(&want)),
+        "{}",
+        d.log.text()
+    );
+    // Nothing of the bad file applied, not even its valid line.
+    assert!(policy_is(&d, "smtpd", true, 600));
+    assert!(reload_lines(&d).is_empty());
+    save(&d, "smtpd_tls_session_cache_timeout = 900");
+    assert!(policy_is(&d, "smtpd", true, 900));
+    assert_eq!(reload_lines(&d).len(), 1, "{}", d.log.text());
+}
+
+#[test]
+fn cache_disabled_then_enabled_live() {
+    let d = TestDaemon::start_watched("");
+    let mut c = d.client();
+    assert_eq!(
+        update(&mut c, "smtp", "kept", b"v"),
+        Reply::Status(Status::Ok)
+    );
+    save(&d, "smtp_tls_session_cache_database =");
+    assert!(policy_is(&d, "smtp", false, 3600));
+    assert_eq!(
+        update(&mut c, "smtp", "x", b"v"),
+        Reply::Status(Status::Fail)
+    );
+    assert_eq!(
+        lookup(&mut c, "smtp", "kept"),
+        Reply::Lookup {
+            status: Status::Fail,
+            session: bytes::Bytes::new()
+        }
+    );
+    // Back on the same store: the persistent entry is still there.
+    save(&d, "");
+    assert!(policy_is(&d, "smtp", true, 3600));
+    assert!(eventually(
+        || lookup(&mut d.client(), "smtp", "kept") == hit(b"v")
+    ));
+    // A zero timeout disables it too.
+    save(&d, "smtp_tls_session_cache_timeout = 0");
+    assert!(policy_is(&d, "smtp", false, 0));
+}
+
+#[test]
+fn database_moved_opens_the_new_store_and_closes_the_old() {
+    let d = TestDaemon::start_watched("");
+    let mut c = d.client();
+    assert_eq!(
+        update(&mut c, "smtpd", "old", b"1"),
+        Reply::Status(Status::Ok)
+    );
+    save(
+        &d,
+        "smtpd_tls_session_cache_database = btree:${data_directory}/moved_scache",
+    );
+    assert!(eventually(|| d
+        .log
+        .text()
+        .contains("reload: smtpd_tls_session_cache_database")));
+    assert!(eventually(|| store_exists(&d, "moved_scache")));
+    let mut c = d.client();
+    assert_eq!(lookup(&mut c, "smtpd", "old"), miss());
+    assert_eq!(
+        update(&mut c, "smtpd", "new", b"2"),
+        Reply::Status(Status::Ok)
+    );
+    assert_eq!(lookup(&mut c, "smtpd", "new"), hit(b"2"));
+    // Moving back reopens the first store (its lock was released) with its data.
+    save(&d, "");
+    assert!(eventually(
+        || lookup(&mut d.client(), "smtpd", "old") == hit(b"1")
+    ));
+}
+
+#[test]
+fn lower_max_entries_evicts_down_to_the_bound() {
+    let d = TestDaemon::start_watched("");
+    let mut c = d.client();
+    for i in 0..20 {
+        d.clock.advance(1);
+        assert_eq!(
+            update(&mut c, "smtpd", &format!("id{i:02}"), b"s"),
+            Reply::Status(Status::Ok)
+        );
+    }
+    save(&d, "tlsmgr_session_cache_max_entries = 5");
+    assert!(eventually(
+        || lookup(&mut d.client(), "smtpd", "id00") == miss()
+    ));
+    let kept = (0..20)
+        .filter(|i| lookup(&mut c, "smtpd", &format!("id{i:02}")) == hit(b"s"))
+        .count();
+    assert_eq!(kept, 5);
+    assert_eq!(lookup(&mut c, "smtpd", "id19"), hit(b"s"), "newest kept");
+}
+
+#[test]
+fn comment_only_edits_are_not_reloads_and_log_levels_follow() {
+    let d = TestDaemon::start_watched("");
+    // A comment-only edit changes nothing tlsmgr reads: not a reload.
+    save(&d, "# just a comment");
+    save(&d, "smtpd_tls_loglevel = 2");
+    assert!(
+        eventually(|| reload_lines(&d).len() == 1),
+        "{}",
+        d.log.text()
+    );
+    assert!(reload_lines(&d)[0].ends_with("reload: smtpd_tls_loglevel 0 -> 2"));
+    // Cache logging follows the new level at once.
+    assert!(!d.log.text().contains("put smtpd session id=after"));
+    assert_eq!(
+        update(&mut d.client(), "smtpd", "after", b"s"),
+        Reply::Status(Status::Ok)
+    );
+    assert!(eventually(|| d
+        .log
+        .text()
+        .contains("put smtpd session id=after")));
+}
+
+/// Clients run continuously while main.cf goes through every kind of change;
+/// no request that should succeed fails, and no connection breaks.
+#[test]
+fn continuous_clients_see_no_failures_across_edits() {
+    let d = TestDaemon::start_watched("");
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for w in 0..3 {
+        let (socket, stop, done, failures) = (
+            d.socket.clone(),
+            stop.clone(),
+            done.clone(),
+            failures.clone(),
+        );
+        workers.push(std::thread::spawn(move || {
+            let mut c =
+                tlsmgr::client::Client::connect(&socket, std::time::Duration::from_secs(30))
+                    .unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let id = format!("w{w}-{n}");
+                let fail = |what: String| failures.lock().unwrap().push(what);
+                // smtpd is never disabled (only retimed and moved): every
+                // update must succeed, every lookup must be answered OK/ERR.
+                match c.request(&Request::Update {
+                    cache_type: b("smtpd"),
+                    cache_id: b(&id),
+                    session: b("sess"),
+                }) {
+                    Ok(Reply::Status(Status::Ok)) => {}
+                    other => fail(format!("update {id}: {other:?}")),
+                }
+                match c.request(&Request::Lookup {
+                    cache_type: b("smtpd"),
+                    cache_id: b(&id),
+                }) {
+                    Ok(Reply::Lookup {
+                        status: Status::Ok | Status::Err,
+                        ..
+                    }) => {}
+                    other => fail(format!("lookup {id}: {other:?}")),
+                }
+                match c.request(&Request::Policy {
+                    cache_type: b("smtpd"),
+                }) {
+                    Ok(Reply::Policy {
+                        status: Status::Ok,
+                        cachable: true,
+                        timeout: 3600 | 7200,
+                    }) => {}
+                    other => fail(format!("policy: {other:?}")),
+                }
+                // smtp is disabled for a while: OK, or FAIL while disabled.
+                match c.request(&Request::Update {
+                    cache_type: b("smtp"),
+                    cache_id: b(&id),
+                    session: b("sess"),
+                }) {
+                    Ok(Reply::Status(Status::Ok | Status::Fail)) => {}
+                    other => fail(format!("smtp update {id}: {other:?}")),
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    let progress = |d: &TestDaemon| {
+        let before = done.load(Ordering::SeqCst);
+        assert!(
+            eventually(|| done.load(Ordering::SeqCst) > before + 20),
+            "{}",
+            d.log.text()
+        );
+    };
+    progress(&d);
+    save(&d, "smtpd_tls_session_cache_timeout = 7200");
+    assert!(policy_is(&d, "smtpd", true, 7200));
+    progress(&d);
+    save(
+        &d,
+        "smtpd_tls_session_cache_timeout = 7200\nsmtp_tls_session_cache_database =",
+    );
+    assert!(policy_is(&d, "smtp", false, 3600));
+    progress(&d);
+    save(&d, "smtpd_tls_session_cache_timeout = 7200");
+    assert!(policy_is(&d, "smtp", true, 3600));
+    progress(&d);
+    save(
+        &d,
+        "smtpd_tls_session_cache_timeout = 7200\n\
+         smtpd_tls_session_cache_database = btree:${data_directory}/moved",
+    );
+    assert!(eventually(|| store_exists(&d, "moved")));
+    progress(&d);
+    save(&d, "smtpd_tls_session_cache_timeout = 3600\nbroken line");
+    assert!(eventually(|| d
+        .log
+        .text()
+        .contains("missing '=' after attribute name")));
+    progress(&d);
+    assert!(
+        policy_is(&d, "smtpd", true, 7200),
+        "invalid edit not applied"
+    );
+    save(&d, "smtpd_tls_session_cache_timeout = 3600");
+    assert!(policy_is(&d, "smtpd", true, 3600));
+    progress(&d);
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests out of {} rounds, first: {:?}\n{}",
+        failures.len(),
+        done.load(Ordering::SeqCst),
+        &failures[..failures.len().min(5)],
+        d.log.text()
+    );
+    assert_eq!(reload_lines(&d).len(), 5, "{:#?}", reload_lines(&d));
+}
+
+#[test]
+fn prng_source_follows_a_reload() {
+    let d = TestDaemon::start_watched("");
+    let status = || {
+        futures::executor::block_on(d.services().prng.send(tlsmgr::actors::prng::GetStatus))
+            .unwrap()
+    };
+    assert!(eventually(|| status().source == "dev:/dev/urandom"));
+    let missing = d.dir.join("no-such-device");
+    save(
+        &d,
+        &format!("tls_random_source = dev:{}", missing.display()),
+    );
+    assert!(eventually(
+        || status().source == format!("dev:{}", missing.display())
+    ));
+    let want = format!("cannot open entropy device {}", missing.display());
+    assert!(
+        eventually(|| d.log.text().contains(&want)),
+        "{}",
+        d.log.text()
+    );
+    // Seeds keep flowing from the pool while the new source is unusable.
+    let mut c = d.client();
+    let reply = c.request(&Request::Seed { size: 32 }).unwrap();
+    assert_eq!(reply.status(), Status::Ok);
+    // Back to a working device: it is opened again without a restart.
+    save(&d, "tls_random_source = dev:/dev/urandom");
+    let before = status().reseeds;
+    assert!(eventually(|| {
+        let s = status();
+        s.source == "dev:/dev/urandom" && s.source_open && s.reseeds > before
+    }));
+}

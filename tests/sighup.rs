@@ -1,0 +1,89 @@
+//! `tlsmgr serve` reloads on SIGHUP (instead of dying, SIGHUP's default) and
+//! follows main.cf edits live, as a real process on a real socket.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tlsmgr::client::Client;
+use tlsmgr::protocol::{Reply, Request, Status};
+
+fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn policy_timeout(socket: &std::path::Path) -> Option<u32> {
+    let mut c = Client::connect(socket, Duration::from_secs(5)).ok()?;
+    match c
+        .request(&Request::Policy {
+            cache_type: bytes::Bytes::from_static(b"smtpd"),
+        })
+        .ok()?
+    {
+        Reply::Policy {
+            status: Status::Ok,
+            timeout,
+            ..
+        } => Some(timeout),
+        _ => None,
+    }
+}
+
+#[test]
+fn sighup_reloads_and_edits_apply_live() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let main_cf = |timeout: u32| {
+        format!(
+            "queue_directory = {d}\ndata_directory = {d}/data\n\
+             smtpd_tls_session_cache_database = btree:${{data_directory}}/smtpd_scache\n\
+             smtpd_tls_session_cache_timeout = {timeout}\n",
+            d = dir.display()
+        )
+    };
+    std::fs::write(dir.join("main.cf"), main_cf(600)).unwrap();
+    let socket = dir.join("tlsmgr.sock");
+    let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
+        .arg("serve")
+        .arg("-c")
+        .arg(dir)
+        .arg("--socket")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.join("stderr")).unwrap();
+    assert!(
+        eventually(|| policy_timeout(&socket) == Some(600)),
+        "{}",
+        log()
+    );
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill(2) with a pid we spawned and still own (not yet waited).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    assert!(
+        eventually(|| log().contains("reload requested")),
+        "{}",
+        log()
+    );
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP killed it");
+    // An edit by rename reaches new clients.
+    std::fs::write(dir.join("main.cf.tmp"), main_cf(1200)).unwrap();
+    std::fs::rename(dir.join("main.cf.tmp"), dir.join("main.cf")).unwrap();
+    assert!(
+        eventually(|| policy_timeout(&socket) == Some(1200)),
+        "{}",
+        log()
+    );
+    assert!(log().contains("reload: smtpd_tls_session_cache_timeout 600 -> 1200"));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
+}
