@@ -1,0 +1,497 @@
+//! Running as a child of Postfix's master(8) (spec §4): what `tlsmgr -l -t
+//! unix -u -c` does when master.cf starts it.
+//!
+//! - [`args`]: the generic daemon options.
+//! - [`status`]: the fd-5 status channel (TAKEN/AVAIL records, EOF = exit).
+//! - [`privileges`]: mail_owner file creation, chroot, privilege drop, the
+//!   data_directory redirection.
+//! - [`watchdog`]: `fatal: watchdog timeout` after `daemon_timeout` without progress.
+//! - [`exchange`]: the PRNG exchange file saved at start and exit.
+//!
+//! Order of start-up (multi_server's, spec §2.1): parse options, read main.cf
+//! (`$MAIL_CONFIG`) with `-o` overrides and the read-only `process_id`,
+//! `process_name`, `service_name`, open the log (syslog or postlogd, `-V`
+//! adds stderr), refuse a terminal on stdin, chdir to `queue_directory`; as
+//! root with mail_owner's effective ids open the exchange file and the
+//! stores; then chroot (`-c`) and drop to mail_owner (`-u`); then serve the
+//! listening sockets on fds 6.. until fd 5 reports end of file (reload or
+//! master exit) or SIGTERM (`postfix stop`). Either way the exchange file is
+//! saved and the stores are flushed and closed before exit 0 (stock tlsmgr
+//! loses its state on SIGTERM). We never fork and never call setsid(): the
+//! pid must stay master's child and `postfix stop` signals our process group.
+
+pub mod args;
+pub mod exchange;
+pub mod privileges;
+pub mod status;
+pub mod watchdog;
+
+use crate::config::Config;
+use crate::logging::{PostfixDrain, PostlogDrain, SyslogDrain};
+use crate::prng::Pool;
+use crate::server::{Options, RequestObserver, RunExtras, Services};
+use crate::store::location::Backend;
+use args::MasterArgs;
+use exchange::ExchangeFile;
+use privileges::MailOwner;
+use slog::{crit, debug, info, warn, Drain, Logger};
+use status::StatusChannel;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use watchdog::Watchdog;
+
+/// Environment variable that (in debug builds only) makes the daemon block
+/// its event loop on a `seed` request, so tests can prove the watchdog.
+pub const TEST_STALL_ENV: &str = "TLSMGR_TEST_STALL_SEED";
+
+fn basename(p: &str) -> String {
+    Path::new(p)
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "tlsmgr".to_string())
+}
+
+/// Builds a logger from drains (any of them may be absent).
+fn build_logger(
+    syslog: Option<SyslogDrain>,
+    postlog: Option<PostlogDrain>,
+    stderr_tag: Option<(String, bool)>,
+) -> Logger {
+    type BoxedDrain = Box<
+        dyn Drain<Ok = (), Err = slog::Never>
+            + Send
+            + Sync
+            + std::panic::RefUnwindSafe
+            + std::panic::UnwindSafe,
+    >;
+    let main: BoxedDrain =
+        match (syslog, postlog) {
+            (_, Some(p)) => Box::new(p.ignore_res()),
+            (Some(s), None) => Box::new(s.ignore_res()),
+            (None, None) => Box::new(slog::Discard),
+        };
+    match stderr_tag {
+        Some((tag, verbose)) => {
+            let err = PostfixDrain::new(tag, std::io::stderr(), verbose)
+                .without_pid()
+                .ignore_res();
+            Logger::root(slog::Duplicate::new(main, err).ignore_res(), slog::o!())
+        }
+        None => Logger::root(main, slog::o!()),
+    }
+}
+
+/// Dies the Postfix way: `fatal: TEXT` and exit status 1.
+fn fatal(log: &Logger, text: impl std::fmt::Display) -> ExitCode {
+    crit!(log, "{}", text);
+    ExitCode::from(1)
+}
+
+struct MasterObserver {
+    status: StatusChannel,
+    watchdog: Arc<Watchdog>,
+    lost_master: Arc<tokio::sync::Notify>,
+}
+
+impl RequestObserver for MasterObserver {
+    fn request_started(&self) {
+        self.watchdog.request_started();
+        if self.status.taken().is_err() {
+            self.lost_master.notify_one();
+        }
+    }
+    fn request_finished(&self) {
+        self.watchdog.request_finished();
+        // multi_server: failing to report AVAIL is treated like master death.
+        if self.status.avail().is_err() {
+            self.lost_master.notify_one();
+        }
+    }
+}
+
+/// Under `-c`, the stores and the ticket key file must be reachable from
+/// inside `queue_directory`: paths below it become relative (our working
+/// directory is `queue_directory` before and `/` after the chroot, so they
+/// name the same files). Returns the paths that lie outside.
+fn relocate_into_chroot(cfg: &mut Config) -> Vec<PathBuf> {
+    let root = cfg.queue_directory.clone();
+    let mut outside = Vec::new();
+    let mut inside = |p: &Path| -> Option<PathBuf> {
+        match p.strip_prefix(&root) {
+            Ok(rel) if p.is_absolute() => Some(rel.to_path_buf()),
+            _ if p.is_relative() => Some(p.to_path_buf()),
+            _ => {
+                outside.push(p.to_path_buf());
+                None
+            }
+        }
+    };
+    let mut new_dirs = Vec::new();
+    for cc in cfg.caches.iter() {
+        let new = match cc.location.as_ref().map(|l| &l.backend) {
+            Some(Backend::Fjall { dir }) => inside(dir),
+            _ => None,
+        };
+        new_dirs.push(new);
+    }
+    let key_file = if cfg.persistent_state {
+        cfg.ticket_key_file.as_deref().map(&mut inside)
+    } else {
+        None
+    };
+    if !outside.is_empty() {
+        return outside;
+    }
+    for (cc, new) in cfg.caches.iter_mut().zip(new_dirs) {
+        if let (Some(loc), Some(dir)) = (cc.location.as_mut(), new) {
+            loc.backend = Backend::Fjall { dir };
+        }
+    }
+    if let Some(Some(k)) = key_file {
+        cfg.ticket_key_file = Some(k);
+    }
+    outside
+}
+
+/// Applies spec §2.9 to the store directories (the check is on the
+/// directory that holds `PATH.fjall`).
+fn redirect_stores(cfg: &mut Config, owner: &MailOwner, log: &Logger) {
+    let data_dir = cfg.data_directory.clone();
+    for cc in cfg.caches.iter_mut() {
+        let Some(loc) = cc.location.as_mut() else {
+            continue;
+        };
+        if let Backend::Fjall { dir } = &loc.backend {
+            let (new, warnings) = privileges::data_redirect(dir, "table", owner, &data_dir);
+            for w in warnings {
+                warn!(log, "{}", w);
+            }
+            loc.backend = Backend::Fjall { dir: new };
+        }
+    }
+}
+
+/// Takes ownership of a descriptor master passed us, if it is open.
+fn inherited_fd(fd: i32) -> Option<OwnedFd> {
+    // F_GETFD only asks whether `fd` is open.
+    nix::fcntl::fcntl(
+        // SAFETY: borrowing a raw fd for one fcntl call; an unopened fd
+        // yields EBADF and no side effects.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )
+    .ok()?;
+    // SAFETY: master(8) opened this descriptor for us and nothing else in
+    // this process owns it; we take it over exactly once.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_cloexec(fd: &OwnedFd) {
+    let _ = nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+}
+
+/// Entry point when master(8) runs us: `argv0` and the arguments after it.
+pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
+    let process_name = basename(argv0);
+    // SIGPIPE is already ignored by the Rust runtime; SIGXFSZ as Postfix does.
+    // SAFETY: installing SIG_IGN runs no handler code.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGXFSZ,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    };
+    let early_name = std::env::var("MAIL_LOGTAG").unwrap_or_else(|_| "postfix".into());
+    let early_tag = format!("{early_name}/{process_name}");
+    let early_log = build_logger(
+        Some(SyslogDrain::open(&early_tag, libc::LOG_MAIL, false)),
+        None,
+        Some((early_tag.clone(), false)),
+    );
+    let mut args = match MasterArgs::parse(argv) {
+        Ok(a) => a,
+        Err(e) => return fatal(&early_log, e),
+    };
+    if std::env::var_os("MAIL_VERBOSE").is_some() {
+        args.verbose += 1;
+    }
+    let verbose = args.verbose > 0;
+    let service_name = args
+        .service_name
+        .clone()
+        .unwrap_or_else(|| process_name.clone());
+    let config_dir =
+        PathBuf::from(std::env::var("MAIL_CONFIG").unwrap_or_else(|_| "/etc/postfix".into()));
+    let mut overrides = args.overrides.clone();
+    // Read-only parameters: set by the process, ours win over `-o`.
+    overrides.push(format!("process_id={}", std::process::id()));
+    overrides.push(format!("process_name={process_name}"));
+    overrides.push(format!("service_name={service_name}"));
+    let mut cfg = match Config::load(&config_dir, &overrides) {
+        Ok(c) => c,
+        Err(e) => return fatal(&early_log, e),
+    };
+    let tag = format!("{}/{}", cfg.syslog_name, process_name);
+    let Some(facility) = crate::logging::syslog_facility(&cfg.syslog_facility) else {
+        return fatal(
+            &early_log,
+            format!("unknown syslog_facility value: {}", cfg.syslog_facility),
+        );
+    };
+    let postlog = if cfg.maillog_file.is_empty() {
+        None
+    } else {
+        let rel = Path::new("public").join(&cfg.postlog_service_name);
+        let mut paths: Vec<PathBuf> = std::env::var_os("POSTLOG_SERVICE")
+            .map(PathBuf::from)
+            .into_iter()
+            .collect();
+        paths.push(cfg.queue_directory.join(&rel));
+        if args.chroot {
+            paths.push(Path::new("/").join(&rel));
+        }
+        let host = std::env::var("POSTLOG_HOSTNAME").unwrap_or_else(|_| {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "localhost".into())
+        });
+        match PostlogDrain::connect(paths, &tag, &host, verbose) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                warn!(early_log, "cannot connect to postlogd: {} -- using syslog", e);
+                None
+            }
+        }
+    };
+    let syslog = postlog
+        .is_none()
+        .then(|| SyslogDrain::open(&tag, facility, verbose));
+    let log = build_logger(
+        syslog,
+        postlog,
+        args.stderr.then(|| (tag.clone(), verbose)),
+    );
+    if let Err(e) = args.validate() {
+        return fatal(&log, e);
+    }
+    if args.debugger {
+        info!(log, "-D: debugger_command is not supported; continuing");
+    }
+    if !args.debug_no_detach && nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
+        return fatal(&log, "do not run this command by hand");
+    }
+    for w in &cfg.warnings {
+        warn!(log, "{}", w);
+    }
+    let generation = status::generation_from_env(std::env::var("GENERATION").ok().as_deref());
+    if let Err(e) = std::env::set_current_dir(&cfg.queue_directory) {
+        return fatal(
+            &log,
+            format!("chdir(\"{}\"): {e}", cfg.queue_directory.display()),
+        );
+    }
+
+    // Descriptors from master: 5 = status, 6.. = listeners. 3/4 (flow
+    // control) stay open and unused, as in stock.
+    let Some(status_fd) = inherited_fd(status::STATUS_FD) else {
+        return fatal(&log, "no status channel on file descriptor 5 (not started by master?)");
+    };
+    set_cloexec(&status_fd);
+    let mut listeners = Vec::new();
+    for i in 0..args.socket_count {
+        let fd = status::LISTEN_FD + i as i32;
+        match inherited_fd(fd) {
+            Some(fd) => {
+                set_cloexec(&fd);
+                listeners.push(UnixListener::from(fd));
+            }
+            None => return fatal(&log, format!("no listening socket on file descriptor {fd}")),
+        }
+    }
+    let status_stream = UnixStream::from(status_fd);
+    let status_reader = match status_stream.try_clone() {
+        Ok(s) => s,
+        Err(e) => return fatal(&log, format!("dup status channel: {e}")),
+    };
+
+    // pre_init: as root, with mail_owner's effective ids for file creation.
+    let root = privileges::is_root();
+    let owner = match MailOwner::lookup(&cfg.mail_owner) {
+        Ok(o) => Some(o),
+        Err(e) if root => return fatal(&log, e),
+        Err(_) => None,
+    };
+    if root {
+        if let Some(o) = &owner {
+            if let Err(e) = privileges::set_effective(o) {
+                return fatal(&log, e);
+            }
+            debug!(log, "set_eugid: euid {} egid {}", o.uid, o.gid);
+        }
+    }
+    let mut exchange = None;
+    if let Some(path) = cfg.tls_random_exchange_name.clone() {
+        let path = match &owner {
+            Some(o) => {
+                let (p, warnings) =
+                    privileges::data_redirect(&path, "file", o, &cfg.data_directory);
+                for w in warnings {
+                    warn!(log, "{}", w);
+                }
+                p
+            }
+            None => path,
+        };
+        match ExchangeFile::open(&path) {
+            Ok(x) => exchange = Some(x),
+            Err(e) => {
+                return fatal(
+                    &log,
+                    format!("cannot open PRNG exchange file {}: {e}", path.display()),
+                )
+            }
+        }
+    }
+    if let Some(o) = &owner {
+        redirect_stores(&mut cfg, o, &log);
+    }
+    let mut chroot_dir = args.chroot.then(|| cfg.queue_directory.clone());
+    if args.chroot {
+        let outside = relocate_into_chroot(&mut cfg);
+        if !outside.is_empty() {
+            let list: Vec<String> = outside.iter().map(|p| p.display().to_string()).collect();
+            warn!(
+                log,
+                "not chrooting to {}: {} outside it (the stores keep creating files there); \
+                 set chroot to n for tlsmgr in master.cf, or keep the session caches and \
+                 tlsmgr_ticket_key_file below queue_directory",
+                cfg.queue_directory.display(),
+                list.join(", ")
+            );
+            chroot_dir = None;
+        }
+    }
+
+    let watchdog = Watchdog::new(cfg.daemon_timeout);
+    let lost_master = Arc::new(tokio::sync::Notify::new());
+    let observer = Arc::new(MasterObserver {
+        status: StatusChannel::new(status_stream, generation),
+        watchdog: watchdog.clone(),
+        lost_master: lost_master.clone(),
+    });
+    let mut pool = Pool::from_os();
+    let drop_to = if args.unprivileged { owner.clone() } else { None };
+    let hook_log = log.clone();
+    let hook_watchdog = watchdog.clone();
+    let after_start: crate::server::AfterStart = Box::new(move |svc: Services| {
+        Box::pin(async move {
+            // The stores open in their actors' started(): wait for that,
+            // so they are created with mail_owner's ids and outside the chroot.
+            for rc in svc.caches.load().0.iter().flatten() {
+                let _ = rc.addr.send(crate::actors::cache::Flush).await;
+            }
+            if root {
+                privileges::restore_root().map_err(startup_error)?;
+            }
+            privileges::chroot_and_drop(chroot_dir.as_deref(), drop_to.as_ref())
+                .map_err(startup_error)?;
+            if let Some(dir) = &chroot_dir {
+                debug!(hook_log, "chroot {}", dir.display());
+            }
+            let beat = hook_watchdog.clone();
+            actix_rt::spawn(async move {
+                let mut tick = tokio::time::interval(beat.beat_interval());
+                loop {
+                    tick.tick().await;
+                    beat.beat();
+                }
+            });
+            hook_watchdog
+                .start_thread(hook_log.clone())
+                .map_err(|e| crate::Error::io("start watchdog", e))?;
+            Ok(())
+        })
+    });
+    if let Some(x) = exchange.as_mut() {
+        if let Err(e) = x.update(&mut pool) {
+            return fatal(&log, e);
+        }
+    }
+
+    let (eof_tx, eof_rx) = futures::channel::oneshot::channel::<()>();
+    let eof_log = log.clone();
+    let spawned = std::thread::Builder::new()
+        .name("tlsmgr-master-status".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut r = status_reader;
+            let mut b = [0u8; 1];
+            // Anything readable on fd 5, EOF above all, means: exit now.
+            let _ = r.read(&mut b);
+            debug!(eof_log, "master disconnect -- exiting");
+            let _ = eof_tx.send(());
+        });
+    if let Err(e) = spawned {
+        return fatal(&log, format!("start status reader: {e}"));
+    }
+    let term_log = log.clone();
+    let shutdown = async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let sigterm = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = eof_rx => {}
+            _ = lost_master.notified() => {
+                debug!(term_log, "cannot report to master -- exiting");
+            }
+            _ = sigterm => {
+                info!(term_log, "terminating on signal 15, saving state");
+            }
+        }
+    };
+    let mut listeners = listeners.into_iter();
+    let Some(first) = listeners.next() else {
+        return fatal(&log, "no listening socket");
+    };
+    let opts = Options {
+        config: cfg,
+        listener: first,
+        clock: crate::clock::system(),
+        log: log.clone(),
+        fault_injection: None,
+    };
+    let extras = RunExtras {
+        more_listeners: listeners.collect(),
+        observer: Some(observer),
+        after_start: Some(after_start),
+    };
+    let result = crate::server::run_with(opts, extras, shutdown, |_| {});
+    // The exit hook (tlsmgr_before_exit): save the exchange file.
+    if let Some(x) = exchange.as_mut() {
+        if let Err(e) = x.update(&mut pool) {
+            return fatal(&log, e);
+        }
+        debug!(log, "saved PRNG exchange file {}", x.path().display());
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fatal(&log, e),
+    }
+}
+
+fn startup_error(msg: String) -> crate::Error {
+    crate::Error::io("start", std::io::Error::other(msg))
+}
