@@ -47,10 +47,7 @@ pub struct ArgError(pub String);
 pub fn looks_like_master_child(args: &[String]) -> bool {
     match args.first() {
         Some(first) => {
-            first.len() >= 2
-                && first.starts_with('-')
-                && !first.starts_with("--")
-                && first != "-h"
+            first.len() >= 2 && first.starts_with('-') && !first.starts_with("--") && first != "-h"
         }
         None => false,
     }
@@ -103,9 +100,7 @@ impl MasterArgs {
                                 .parse::<usize>()
                                 .ok()
                                 .filter(|n| (1..=1000).contains(n))
-                                .ok_or_else(|| {
-                                    ArgError(format!("invalid socket_count: {value}"))
-                                })?
+                                .ok_or_else(|| ArgError(format!("invalid socket_count: {value}")))?
                         }
                         't' => out.transport = Some(value),
                         // -i / -m: max_idle / max_use; tlsmgr forces both to 0.

@@ -52,11 +52,10 @@ impl ExchangeFile {
             .file
             .take()
             .ok_or_else(|| format!("cannot lock PRNG exchange file {path}: not open"))?;
-        let mut locked = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(f, e)| {
-                self.file = Some(f);
-                format!("cannot lock PRNG exchange file {path}: {e}")
-            })?;
+        let mut locked = Flock::lock(file, FlockArg::LockExclusive).map_err(|(f, e)| {
+            self.file = Some(f);
+            format!("cannot lock PRNG exchange file {path}: {e}")
+        })?;
         let result = (|| {
             locked
                 .seek(SeekFrom::Start(0))
@@ -97,7 +96,10 @@ mod tests {
         let mut pool = Pool::from_os();
         x.update(&mut pool).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let first = std::fs::read(&p).unwrap();
         assert_eq!(first.len(), EXCHANGE_SIZE);
         x.update(&mut pool).unwrap();

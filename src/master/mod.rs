@@ -67,12 +67,11 @@ fn build_logger(
             + std::panic::RefUnwindSafe
             + std::panic::UnwindSafe,
     >;
-    let main: BoxedDrain =
-        match (syslog, postlog) {
-            (_, Some(p)) => Box::new(p.ignore_res()),
-            (Some(s), None) => Box::new(s.ignore_res()),
-            (None, None) => Box::new(slog::Discard),
-        };
+    let main: BoxedDrain = match (syslog, postlog) {
+        (_, Some(p)) => Box::new(p.ignore_res()),
+        (Some(s), None) => Box::new(s.ignore_res()),
+        (None, None) => Box::new(slog::Discard),
+    };
     match stderr_tag {
         Some((tag, verbose)) => {
             let err = PostfixDrain::new(tag, std::io::stderr(), verbose)
@@ -264,7 +263,10 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
         match PostlogDrain::connect(paths, &tag, &host, verbose) {
             Ok(d) => Some(d),
             Err(e) => {
-                warn!(early_log, "cannot connect to postlogd: {} -- using syslog", e);
+                warn!(
+                    early_log,
+                    "cannot connect to postlogd: {} -- using syslog", e
+                );
                 None
             }
         }
@@ -272,11 +274,7 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
     let syslog = postlog
         .is_none()
         .then(|| SyslogDrain::open(&tag, facility, verbose));
-    let log = build_logger(
-        syslog,
-        postlog,
-        args.stderr.then(|| (tag.clone(), verbose)),
-    );
+    let log = build_logger(syslog, postlog, args.stderr.then(|| (tag.clone(), verbose)));
     if let Err(e) = args.validate() {
         return fatal(&log, e);
     }
@@ -300,7 +298,10 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
     // Descriptors from master: 5 = status, 6.. = listeners. 3/4 (flow
     // control) stay open and unused, as in stock.
     let Some(status_fd) = inherited_fd(status::STATUS_FD) else {
-        return fatal(&log, "no status channel on file descriptor 5 (not started by master?)");
+        return fatal(
+            &log,
+            "no status channel on file descriptor 5 (not started by master?)",
+        );
     };
     set_cloexec(&status_fd);
     let mut listeners = Vec::new();
@@ -386,7 +387,11 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
         lost_master: lost_master.clone(),
     });
     let mut pool = Pool::from_os();
-    let drop_to = if args.unprivileged { owner.clone() } else { None };
+    let drop_to = if args.unprivileged {
+        owner.clone()
+    } else {
+        None
+    };
     let hook_log = log.clone();
     let hook_watchdog = watchdog.clone();
     let after_start: crate::server::AfterStart = Box::new(move |svc: Services| {

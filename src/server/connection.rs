@@ -62,13 +62,16 @@ pub async fn serve(mut stream: UnixStream, svc: Services) {
             }
             Ok(None) => return,
             Ok(Some(Err(e))) => {
+                // Stock serves (and reports to master) a truncated request too.
+                let _observed = ObservedRequest::start(&svc);
                 warn!(svc.log, "{} -- closing connection", e);
                 return;
             }
             Ok(Some(Ok(incoming))) => incoming,
         };
-        // Master counts a request from TAKEN to AVAIL; a wakeup is no request.
-        let _observed = (!matches!(incoming, Incoming::Wakeup)).then(|| ObservedRequest::start(&svc));
+        // master counts one use from TAKEN to AVAIL; stock reports the
+        // wakeup as one too (tests/master_child.rs compares).
+        let _observed = ObservedRequest::start(&svc);
         let reply = match incoming {
             Incoming::Wakeup => {
                 debug!(svc.log, "received master trigger");
