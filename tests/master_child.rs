@@ -351,7 +351,7 @@ fn a_terminal_on_stdin_is_refused_unless_d() {
     let out = Command::new(OURS)
         .args(["-l", "-t", "unix", "-V"])
         .env("MAIL_CONFIG", dir.path().join("config"))
-        .stdin(Stdio::from(std::os::fd::OwnedFd::from(pty.slave)))
+        .stdin(Stdio::from(pty.slave))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -391,7 +391,7 @@ fn watchdog_kills_a_stalled_daemon_but_not_an_idle_one() {
         }
     ));
     // The injected stall: a seed request blocks the event loop.
-    c.send_raw(b"request\0seed\0size\032\0\0").unwrap();
+    c.send_raw(b"request\0seed\0size\x0032\0\0").unwrap();
     let (st, err) = d.wait(Duration::from_secs(20));
     assert_eq!(st.code(), Some(1), "{err}");
     assert!(

@@ -81,12 +81,23 @@ impl Instance {
             install(&e.path(), &root.join("libexec").join(e.file_name()));
         }
         install(Path::new(OURS), &root.join("libexec/tlsmgr"));
-        run(Command::new("openssl").args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", "/CN=e2e.localdomain",
-            "-keyout", &root.join("conf/key.pem").display().to_string(),
-            "-out", &root.join("conf/cert.pem").display().to_string(),
-        ]).stderr(Stdio::null()));
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=e2e.localdomain",
+                "-keyout",
+                &root.join("conf/key.pem").display().to_string(),
+                "-out",
+                &root.join("conf/cert.pem").display().to_string(),
+            ])
+            .stderr(Stdio::null()));
         let inst = Instance {
             _dir: dir,
             root,
@@ -183,7 +194,10 @@ impl Instance {
                 return l.to_string();
             }
             if start.elapsed() > Duration::from_secs(30) {
-                panic!("no log line for {what} within 30 s; log:\n{}", &log[from.min(log.len())..]);
+                panic!(
+                    "no log line for {what} within 30 s; log:\n{}",
+                    &log[from.min(log.len())..]
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -205,8 +219,14 @@ impl Instance {
 
     fn wait_gone(&self, pids: &[u32]) {
         let start = Instant::now();
-        while pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists()) {
-            assert!(start.elapsed() < Duration::from_secs(30), "processes {pids:?} did not exit");
+        while pids
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "processes {pids:?} did not exit"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -218,21 +238,36 @@ impl Instance {
         old.extend(self.pids("smtpd"));
         let from = self.log().len();
         self.postfix("reload");
-        self.wait_log(from, "master reload", |l| l.contains("postfix/master[") && l.contains("reload -- version"));
+        self.wait_log(from, "master reload", |l| {
+            l.contains("postfix/master[") && l.contains("reload -- version")
+        });
         self.wait_gone(&old);
     }
 
     /// One `openssl s_client -starttls smtp` session; returns its output.
     fn s_client(&self, tls: &str, sess_out: Option<&Path>, sess_in: Option<&Path>) -> String {
         let mut cmd = Command::new("openssl");
-        cmd.args(["s_client", "-connect", &format!("127.0.0.1:{}", self.port), "-starttls", "smtp", "-ign_eof", tls]);
+        cmd.args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{}", self.port),
+            "-starttls",
+            "smtp",
+            "-ign_eof",
+            tls,
+        ]);
         if let Some(p) = sess_out {
             cmd.arg("-sess_out").arg(p);
         }
         if let Some(p) = sess_in {
             cmd.arg("-sess_in").arg(p);
         }
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         child.stdin.take().unwrap().write_all(b"QUIT\r\n").unwrap();
         let start = Instant::now();
         while child.try_wait().unwrap().is_none() {
@@ -243,7 +278,12 @@ impl Instance {
             std::thread::sleep(Duration::from_millis(20));
         }
         let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         out
     }
 
@@ -274,7 +314,7 @@ impl Instance {
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut r = BufReader::new(s.try_clone().unwrap());
         let mut w = s;
-        let mut expect = |code: &str, r: &mut BufReader<TcpStream>| loop {
+        let expect = |code: &str, r: &mut BufReader<TcpStream>| loop {
             let mut line = String::new();
             r.read_line(&mut line).unwrap();
             assert!(line.starts_with(code), "expected {code}, got {line:?}");
@@ -292,7 +332,8 @@ impl Instance {
             w.write_all(cmd.as_bytes()).unwrap();
             expect(code, &mut r);
         }
-        w.write_all(format!("Subject: {subject}\r\n\r\nhello\r\n.\r\n").as_bytes()).unwrap();
+        w.write_all(format!("Subject: {subject}\r\n\r\nhello\r\n.\r\n").as_bytes())
+            .unwrap();
         expect("250", &mut r);
         w.write_all(b"QUIT\r\n").unwrap();
         expect("221", &mut r);
@@ -324,7 +365,10 @@ fn proc_uid(pid: u32) -> Vec<u32> {
 }
 
 fn postfix_uid() -> u32 {
-    run(Command::new("id").args(["-u", "postfix"])).trim().parse().unwrap()
+    run(Command::new("id").args(["-u", "postfix"]))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -336,18 +380,30 @@ fn real_postfix_resumes_sessions_through_our_tlsmgr() {
     let started = Instant::now();
 
     // 1. Stock tlsmgr: state is lost on reload.
-    install(Path::new(stock::STOCK_TLSMGR), &pf.root.join("libexec/tlsmgr"));
+    install(
+        Path::new(stock::STOCK_TLSMGR),
+        &pf.root.join("libexec/tlsmgr"),
+    );
     pf.write_main_cf("tls_ssl_options = NO_TICKET");
     pf.postfix("start");
     pf.wait_log(0, "master start", |l| l.contains("daemon started"));
     let l = pf.resume("-tls1_2", &pf.session_file("stock-cache.pem"), false);
-    assert!(l.starts_with("Reused, TLSv1.2"), "stock resumes without reload: {l}");
+    assert!(
+        l.starts_with("Reused, TLSv1.2"),
+        "stock resumes without reload: {l}"
+    );
     let l = pf.resume("-tls1_2", &pf.session_file("stock-cache2.pem"), true);
-    assert!(l.starts_with("New, TLSv1.2"), "stock loses its cache on reload: {l}");
+    assert!(
+        l.starts_with("New, TLSv1.2"),
+        "stock loses its cache on reload: {l}"
+    );
     pf.write_main_cf("");
     pf.reload();
     let l = pf.resume("-tls1_3", &pf.session_file("stock-ticket.pem"), true);
-    assert!(l.starts_with("New, TLSv1.3"), "stock loses its ticket keys on reload: {l}");
+    assert!(
+        l.starts_with("New, TLSv1.3"),
+        "stock loses its ticket keys on reload: {l}"
+    );
 
     // 2. Ours, tickets on.
     install(Path::new(OURS), &pf.root.join("libexec/tlsmgr"));
@@ -355,7 +411,10 @@ fn real_postfix_resumes_sessions_through_our_tlsmgr() {
     let ours_from = pf.log().len();
     for tls in ["-tls1_2", "-tls1_3"] {
         let l = pf.resume(tls, &pf.session_file(&format!("ticket{tls}.pem")), false);
-        assert!(l.starts_with(&format!("Reused, TLSv1.{}", &tls[6..])), "{tls} ticket: {l}");
+        assert!(
+            l.starts_with(&format!("Reused, TLSv1.{}", &tls[6..])),
+            "{tls} ticket: {l}"
+        );
     }
     pf.wait_log(ours_from, "smtpd ticket reuse", |l| {
         l.contains("postfix/smtpd[") && l.contains("Reusing old session (RFC 5077 session ticket)")
@@ -373,10 +432,14 @@ fn real_postfix_resumes_sessions_through_our_tlsmgr() {
     // 3. The smtp(8) client cache: the second relayed message reuses.
     let from = pf.log().len();
     pf.submit("first");
-    pf.wait_log(from, "first relayed", |l| l.contains("postfix/smtp[") && l.contains("status=sent"));
+    pf.wait_log(from, "first relayed", |l| {
+        l.contains("postfix/smtp[") && l.contains("status=sent")
+    });
     let from = pf.log().len();
     pf.submit("second");
-    pf.wait_log(from, "second relayed", |l| l.contains("postfix/smtp[") && l.contains("status=sent"));
+    pf.wait_log(from, "second relayed", |l| {
+        l.contains("postfix/smtp[") && l.contains("status=sent")
+    });
     let reuse = pf.wait_log(from, "smtp session reuse", |l| {
         l.contains("postfix/smtp[")
             && (l.contains("from smtp cache") || l.contains("Reusing old session"))
@@ -389,8 +452,15 @@ fn real_postfix_resumes_sessions_through_our_tlsmgr() {
     let before = std::fs::read(&exch).unwrap();
     let old = pf.pids("tlsmgr");
     let l = pf.resume("-tls1_3", &pf.session_file("reload-ticket.pem"), true);
-    assert!(l.starts_with("Reused, TLSv1.3"), "ticket survives reload: {l}");
-    assert_ne!(std::fs::read(&exch).unwrap(), before, "exchange file saved at reload");
+    assert!(
+        l.starts_with("Reused, TLSv1.3"),
+        "ticket survives reload: {l}"
+    );
+    assert_ne!(
+        std::fs::read(&exch).unwrap(),
+        before,
+        "exchange file saved at reload"
+    );
     let new = pf.pids("tlsmgr");
     assert_eq!(new.len(), 1);
     assert_ne!(new, old, "a new tlsmgr serves after reload");
@@ -400,11 +470,17 @@ fn real_postfix_resumes_sessions_through_our_tlsmgr() {
     pf.reload();
     for tls in ["-tls1_2", "-tls1_3"] {
         let l = pf.resume(tls, &pf.session_file(&format!("cache{tls}.pem")), false);
-        assert!(l.starts_with(&format!("Reused, TLSv1.{}", &tls[6..])), "{tls} cache: {l}");
+        assert!(
+            l.starts_with(&format!("Reused, TLSv1.{}", &tls[6..])),
+            "{tls} cache: {l}"
+        );
     }
     let from = pf.log().len();
     let l = pf.resume("-tls1_2", &pf.session_file("reload-cache.pem"), true);
-    assert!(l.starts_with("Reused, TLSv1.2"), "cached session survives reload: {l}");
+    assert!(
+        l.starts_with("Reused, TLSv1.2"),
+        "cached session survives reload: {l}"
+    );
     pf.wait_log(from, "smtpd cache reuse", |l| {
         l.contains("postfix/smtpd[") && l.contains("from smtpd cache")
     });
@@ -414,7 +490,10 @@ fn real_postfix_resumes_sessions_through_our_tlsmgr() {
     pf.postfix("stop");
     let start = Instant::now();
     while !pf.pids("master").is_empty() || !pf.pids("tlsmgr").is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(30), "postfix stop left processes");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "postfix stop left processes"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     pf.wait_gone(&ours);
@@ -425,8 +504,14 @@ fn real_postfix_resumes_sessions_through_our_tlsmgr() {
     }
     for l in ours_log.lines() {
         let about_tlsmgr = l.contains("tlsmgr") || l.contains("tls_mgr");
-        assert!(!(l.contains("warning:") && about_tlsmgr), "warning about tlsmgr: {l}");
-        assert!(!(l.contains("postfix/tlsmgr[") && l.contains("error:")), "{l}");
+        assert!(
+            !(l.contains("warning:") && about_tlsmgr),
+            "warning about tlsmgr: {l}"
+        );
+        assert!(
+            !(l.contains("postfix/tlsmgr[") && l.contains("error:")),
+            "{l}"
+        );
     }
     eprintln!(
         "--- key mail log lines ({} s) ---",
