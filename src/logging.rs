@@ -6,9 +6,11 @@
 //! verbose lines (shown only when verbose logging is on).
 //!
 //! Destinations: stderr (`tlsmgr serve`, and `-V` under master(8), where
-//! Postfix leaves out the pid), a buffer (tests), syslog ([`SyslogDrain`],
-//! ident `<syslog_name>/<process_name>`, `LOG_PID`, the `syslog_facility`),
-//! or postlogd ([`PostlogDrain`], when `maillog_file` is set), spec §6.
+//! Postfix leaves out the pid), a buffer (tests), syslog or postlogd (when
+//! `maillog_file` is set), spec §6: both are datagrams on a local socket
+//! ([`DatagramDrain`]), framed as glibc's syslog(3) and Postfix's
+//! msg_logger frame them, so the tag is `<syslog_name>/<process_name>`, the
+//! pid follows it, and the facility is `syslog_facility`.
 
 use slog::{Drain, Level, OwnedKVList, Record, KV};
 use std::io::Write;
@@ -135,88 +137,90 @@ pub fn syslog_facility(name: &str) -> Option<libc::c_int> {
     })
 }
 
-/// Lines to syslog(3). There is one syslog connection per process, so
-/// [`SyslogDrain::open`] replaces any earlier ident and facility.
-pub struct SyslogDrain {
-    verbose: bool,
-}
-
-impl SyslogDrain {
-    /// `openlog(tag, LOG_PID | LOG_NDELAY, facility)`: LOG_NDELAY connects
-    /// to /dev/log now, before a chroot hides it.
-    pub fn open(tag: &str, facility: libc::c_int, verbose: bool) -> SyslogDrain {
-        let ident = std::ffi::CString::new(tag.replace('\0', ""))
-            .unwrap_or_else(|_| c"postfix/tlsmgr".to_owned());
-        // openlog keeps the pointer, so the ident must live for the process.
-        let ident: &'static std::ffi::CStr = Box::leak(ident.into_boxed_c_str());
-        // SAFETY: `ident` is a valid NUL-terminated string that is never
-        // freed; openlog has no other preconditions.
-        unsafe { libc::openlog(ident.as_ptr(), libc::LOG_PID | libc::LOG_NDELAY, facility) };
-        SyslogDrain { verbose }
+/// Where syslog listens. Debug builds (tests) may point it elsewhere with
+/// `TLSMGR_TEST_SYSLOG_PATH`.
+pub fn syslog_socket_path() -> std::path::PathBuf {
+    #[cfg(debug_assertions)]
+    if let Some(p) = std::env::var_os("TLSMGR_TEST_SYSLOG_PATH") {
+        return p.into();
     }
+    std::path::PathBuf::from("/dev/log")
 }
 
-impl Drain for SyslogDrain {
-    type Ok = ();
-    type Err = std::io::Error;
-
-    fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), std::io::Error> {
-        if !shown(record, self.verbose) {
-            return Ok(());
-        }
-        let priority = match record.level() {
-            Level::Critical => libc::LOG_CRIT,
-            Level::Error => libc::LOG_ERR,
-            Level::Warning => libc::LOG_WARNING,
-            Level::Info => libc::LOG_INFO,
-            Level::Debug | Level::Trace => libc::LOG_DEBUG,
-        };
-        let text = std::ffi::CString::new(message_text(record, values).replace('\0', ""))
-            .unwrap_or_default();
-        // SAFETY: the format is a literal "%s" and its one argument is a
-        // valid NUL-terminated string that outlives the call; syslog(3) is
-        // thread-safe in glibc.
-        unsafe { libc::syslog(priority, c"%s".as_ptr(), text.as_ptr()) };
-        Ok(())
-    }
+/// How a [`DatagramDrain`] frames a line.
+#[derive(Debug, Clone)]
+pub enum Framing {
+    /// syslog(3) on `/dev/log`, as glibc writes it (`openlog(tag,
+    /// LOG_PID|LOG_NDELAY, facility)`): `<PRI>Mon DD HH:MM:SS tag[pid]: text`,
+    /// with PRI = facility | severity (info, warning, err, crit; debug for
+    /// the verbose lines).
+    Syslog {
+        /// `LOG_MAIL` etc.
+        facility: libc::c_int,
+    },
+    /// postlogd(8) (`maillog_file`, Postfix 3.4+), as Postfix's msg_logger
+    /// writes it: `Mon DD HH:MM:SS host tag[pid]: text`.
+    Postlog {
+        /// The first label of the host name.
+        host: String,
+    },
 }
 
-/// Lines to postlogd(8) (`maillog_file`, Postfix 3.4+): one datagram per
-/// line on the `public/postlog` socket, formatted as Postfix's
-/// msg_logger does: `Mon DD HH:MM:SS host tag[pid]: text`.
-pub struct PostlogDrain {
-    socket: Mutex<std::os::unix::net::UnixDatagram>,
+/// Lines as datagrams on a local socket: syslog or postlogd. The socket is
+/// connected at creation (before a chroot hides the path); after a failed
+/// send it is reconnected through the same list of paths (the absolute
+/// path, then the path as seen from inside the chroot). Lines that cannot
+/// be sent are dropped, as syslog(3) drops them.
+pub struct DatagramDrain {
+    socket: Mutex<Option<std::os::unix::net::UnixDatagram>>,
     paths: Vec<std::path::PathBuf>,
     tag: String,
-    host: String,
+    framing: Framing,
     verbose: bool,
 }
 
-impl PostlogDrain {
-    /// Connects to the first of `paths` that answers (the absolute socket
-    /// path, then the path as seen from inside a chroot); reconnects the
-    /// same way after a send fails.
-    pub fn connect(
+/// syslog drain (see [`Framing::Syslog`]).
+pub type SyslogDrain = DatagramDrain;
+/// postlogd drain (see [`Framing::Postlog`]).
+pub type PostlogDrain = DatagramDrain;
+
+impl DatagramDrain {
+    /// A drain for `tag` (e.g. `postfix/tlsmgr`) sending to the first of
+    /// `paths` that accepts a connection.
+    pub fn new(
         paths: Vec<std::path::PathBuf>,
         tag: &str,
-        host: &str,
+        framing: Framing,
         verbose: bool,
-    ) -> std::io::Result<PostlogDrain> {
-        let socket = Self::open(&paths)?;
+    ) -> DatagramDrain {
         // glibc's localtime_r loads the zone once: do it before a chroot
         // hides /etc/localtime.
         let _ = syslog_timestamp();
-        Ok(PostlogDrain {
-            socket: Mutex::new(socket),
+        let framing = match framing {
+            Framing::Postlog { host } => Framing::Postlog {
+                host: host.split('.').next().unwrap_or(&host).to_string(),
+            },
+            f => f,
+        };
+        DatagramDrain {
+            socket: Mutex::new(Self::open(&paths).ok()),
             paths,
             tag: tag.to_string(),
-            host: host.split('.').next().unwrap_or(host).to_string(),
+            framing,
             verbose,
-        })
+        }
+    }
+
+    /// Whether the socket is connected now.
+    pub fn connected(&self) -> bool {
+        self.socket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     fn open(paths: &[std::path::PathBuf]) -> std::io::Result<std::os::unix::net::UnixDatagram> {
-        let mut last = std::io::Error::other("no postlog socket configured");
+        let mut last = std::io::Error::other("no log socket configured");
         for p in paths {
             let s = std::os::unix::net::UnixDatagram::unbound()?;
             match s.connect(p) {
@@ -225,6 +229,40 @@ impl PostlogDrain {
             }
         }
         Err(last)
+    }
+
+    /// The datagram for one record.
+    fn frame(&self, level: Level, text: &str) -> String {
+        let pid = std::process::id();
+        match &self.framing {
+            Framing::Syslog { facility } => {
+                let severity = match level {
+                    Level::Critical => libc::LOG_CRIT,
+                    Level::Error => libc::LOG_ERR,
+                    Level::Warning => libc::LOG_WARNING,
+                    Level::Info => libc::LOG_INFO,
+                    Level::Debug | Level::Trace => libc::LOG_DEBUG,
+                };
+                format!(
+                    "<{}>{} {}[{}]: {}",
+                    facility | severity,
+                    syslog_timestamp(),
+                    self.tag,
+                    pid,
+                    text
+                )
+            }
+            Framing::Postlog { host } => {
+                format!(
+                    "{} {} {}[{}]: {}",
+                    syslog_timestamp(),
+                    host,
+                    self.tag,
+                    pid,
+                    text
+                )
+            }
+        }
     }
 }
 
@@ -253,7 +291,7 @@ fn syslog_timestamp() -> String {
     }
 }
 
-impl Drain for PostlogDrain {
+impl Drain for DatagramDrain {
     type Ok = ();
     type Err = std::io::Error;
 
@@ -261,18 +299,16 @@ impl Drain for PostlogDrain {
         if !shown(record, self.verbose) {
             return Ok(());
         }
-        let line = format!(
-            "{} {} {}[{}]: {}",
-            syslog_timestamp(),
-            self.host,
-            self.tag,
-            std::process::id(),
-            message_text(record, values)
-        );
+        let line = self.frame(record.level(), &message_text(record, values));
         let mut sock = self.socket.lock().unwrap_or_else(|p| p.into_inner());
-        if sock.send(line.as_bytes()).is_err() {
-            *sock = Self::open(&self.paths)?;
-            sock.send(line.as_bytes())?;
+        let sent = sock
+            .as_ref()
+            .is_some_and(|s| s.send(line.as_bytes()).is_ok());
+        if !sent {
+            *sock = Self::open(&self.paths).ok();
+            if let Some(s) = sock.as_ref() {
+                s.send(line.as_bytes())?;
+            }
         }
         Ok(())
     }

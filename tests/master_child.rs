@@ -399,3 +399,55 @@ fn watchdog_kills_a_stalled_daemon_but_not_an_idle_one() {
         "{err}"
     );
 }
+
+#[test]
+fn logs_to_syslog_with_ident_pid_facility_and_postfix_prefixes() {
+    if !stock::available() {
+        return;
+    }
+    let logdir = tempfile::tempdir().unwrap();
+    let sock_path = logdir.path().join("log");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    let extra = "syslog_facility = local3\nsyslog_name = postfix-test";
+    let env = [("TLSMGR_TEST_SYSLOG_PATH", sock_path.to_str().unwrap())];
+    let mut d = MasterChild::start_env(OURS, &["-l", "-t", "unix", "-v"], extra, &env);
+    let pid = d.pid();
+    let mut c = connect(&d);
+    c.send_raw(b"request\0bogus\0\0").unwrap();
+    let _ = c.read_list().unwrap();
+    drop(c);
+    let (st, err) = d.close_status();
+    assert_eq!(st.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "nothing on stderr without -V: {err}");
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = sock.recv(&mut buf) {
+        lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let tag = format!("postfix-test/tlsmgr[{pid}]: ");
+    // PRI = facility | severity: local3 (19 << 3) with warning (4), debug (7).
+    let warning = format!("<{}>", (19 << 3) | 4);
+    let debug = format!("<{}>", (19 << 3) | 7);
+    let find = |pri: &str, text: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(pri) && l.contains(&format!("{tag}{text}")))
+    };
+    let w = find(
+        &warning,
+        "warning: unknown request \"bogus\" from tlsmgr socket",
+    )
+    .unwrap_or_else(|| panic!("{lines:#?}"));
+    // `<PRI>Mon DD HH:MM:SS tag[pid]: text`, as glibc's syslog(3) sends it.
+    let stamp = &w[warning.len()..warning.len() + 16];
+    assert!(
+        stamp.as_bytes()[3] == b' ' && stamp.as_bytes()[6] == b' ' && stamp.ends_with(' '),
+        "{w}"
+    );
+    assert!(
+        find(&debug, "master disconnect -- exiting").is_some(),
+        "-v: {lines:#?}"
+    );
+}

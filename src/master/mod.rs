@@ -27,7 +27,7 @@ pub mod status;
 pub mod watchdog;
 
 use crate::config::Config;
-use crate::logging::{PostfixDrain, PostlogDrain, SyslogDrain};
+use crate::logging::{syslog_socket_path, DatagramDrain, Framing, PostfixDrain};
 use crate::prng::Pool;
 use crate::server::{Options, RequestObserver, RunExtras, Services};
 use crate::store::location::Backend;
@@ -56,8 +56,8 @@ fn basename(p: &str) -> String {
 
 /// Builds a logger from drains (any of them may be absent).
 fn build_logger(
-    syslog: Option<SyslogDrain>,
-    postlog: Option<PostlogDrain>,
+    syslog: Option<DatagramDrain>,
+    postlog: Option<DatagramDrain>,
     stderr_tag: Option<(String, bool)>,
 ) -> Logger {
     type BoxedDrain = Box<
@@ -209,7 +209,14 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
     let early_name = std::env::var("MAIL_LOGTAG").unwrap_or_else(|_| "postfix".into());
     let early_tag = format!("{early_name}/{process_name}");
     let early_log = build_logger(
-        Some(SyslogDrain::open(&early_tag, libc::LOG_MAIL, false)),
+        Some(DatagramDrain::new(
+            vec![syslog_socket_path()],
+            &early_tag,
+            Framing::Syslog {
+                facility: libc::LOG_MAIL,
+            },
+            false,
+        )),
         None,
         Some((early_tag.clone(), false)),
     );
@@ -260,20 +267,20 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_else(|_| "localhost".into())
         });
-        match PostlogDrain::connect(paths, &tag, &host, verbose) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                warn!(
-                    early_log,
-                    "cannot connect to postlogd: {} -- using syslog", e
-                );
-                None
-            }
+        let d = DatagramDrain::new(paths, &tag, Framing::Postlog { host }, verbose);
+        if d.connected() {
+            Some(d)
+        } else {
+            warn!(early_log, "cannot connect to postlogd -- logging to syslog");
+            None
         }
     };
-    let syslog = postlog
-        .is_none()
-        .then(|| SyslogDrain::open(&tag, facility, verbose));
+    let syslog = postlog.is_none().then(|| {
+        // Inside the chroot, /dev/log is $queue_directory/dev/log (Debian's
+        // rsyslog setup provides it) once the first connection is lost.
+        let path = syslog_socket_path();
+        DatagramDrain::new(vec![path], &tag, Framing::Syslog { facility }, verbose)
+    });
     let log = build_logger(syslog, postlog, args.stderr.then(|| (tag.clone(), verbose)));
     if let Err(e) = args.validate() {
         return fatal(&log, e);
