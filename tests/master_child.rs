@@ -368,12 +368,12 @@ fn watchdog_kills_a_stalled_daemon_but_not_an_idle_one() {
     if !stock::available() {
         return;
     }
-    let args = ["-l", "-t", "unix", "-V", "-o", "daemon_timeout=1s"];
+    let args = ["-l", "-t", "unix", "-V", "-o", "daemon_timeout=2s"];
     let env = [(tlsmgr::master::TEST_STALL_ENV, "1")];
     let mut d = MasterChild::start_env(OURS, &args, "", &env);
     // Idle for well over daemon_timeout: the heartbeat keeps it alive.
     let mut c = connect(&d);
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(4500));
     assert!(
         d.child.try_wait().unwrap().is_none(),
         "idle daemon must live"
@@ -450,4 +450,50 @@ fn logs_to_syslog_with_ident_pid_facility_and_postfix_prefixes() {
         find(&debug, "master disconnect -- exiting").is_some(),
         "-v: {lines:#?}"
     );
+}
+
+/// Spec §2.9: a file in a directory not owned by mail_owner is created in
+/// data_directory instead, with the same two warnings stock logs.
+#[test]
+fn exchange_file_in_a_root_owned_directory_is_redirected_like_stock() {
+    if !stock::available() {
+        return;
+    }
+    let extra = "tls_random_exchange_name = $config_directory/prng_exch";
+    let mut warnings = Vec::new();
+    for program in [stock::STOCK_TLSMGR, OURS] {
+        let mut d = MasterChild::start(program, &["-l", "-t", "unix", "-V"], extra);
+        let mut c = connect(&d);
+        assert!(matches!(
+            seed(&mut c),
+            Reply::Seed {
+                status: Status::Ok,
+                ..
+            }
+        ));
+        drop(c);
+        let (st, err) = d.close_status();
+        assert_eq!(st.code(), Some(0), "{program}: {err}");
+        assert!(!d.path("config/prng_exch").exists(), "{program}");
+        assert_eq!(
+            owner_mode(&d.path("data/prng_exch")),
+            (postfix_uid(), 0o600),
+            "{program}"
+        );
+        let root = d.root.display().to_string();
+        warnings.push(
+            err.lines()
+                .filter(|l| l.contains("warning:"))
+                .map(|l| l.replace(&root, "ROOT"))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(
+        warnings[1],
+        vec![
+            "postfix/tlsmgr: warning: request to update file ROOT/config/prng_exch in non-postfix directory ROOT/config".to_string(),
+            "postfix/tlsmgr: warning: redirecting the request to postfix-owned data_directory ROOT/data".to_string(),
+        ]
+    );
+    assert_eq!(warnings[1], warnings[0], "same words as stock");
 }

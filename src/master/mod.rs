@@ -416,12 +416,25 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
             if let Some(dir) = &chroot_dir {
                 debug!(hook_log, "chroot {}", dir.display());
             }
+            // The heartbeat proves the main event loop runs; the flush sent
+            // to each cache actor proves its thread answers. An unanswered
+            // one counts as work in flight for the watchdog.
             let beat = hook_watchdog.clone();
+            let caches = svc.caches.clone();
             actix_rt::spawn(async move {
                 let mut tick = tokio::time::interval(beat.beat_interval());
                 loop {
                     tick.tick().await;
                     beat.beat();
+                    for rc in caches.load().0.iter().flatten() {
+                        let addr = rc.addr.clone();
+                        let w = beat.clone();
+                        w.request_started();
+                        actix_rt::spawn(async move {
+                            let _ = addr.send(crate::actors::cache::Flush).await;
+                            w.request_finished();
+                        });
+                    }
                 }
             });
             hook_watchdog

@@ -6,7 +6,8 @@
 //! event loop cannot stop: the main event loop beats a heartbeat several
 //! times per period (a blocked actor on the main thread stops it), and a
 //! request in flight must start or finish something within the period (a
-//! request waiting forever on a cache actor's thread stops that).
+//! request waiting forever on a cache actor's thread stops that; so does a
+//! cache actor that does not answer the periodic flush the heartbeat sends).
 
 use slog::{crit, Logger};
 use std::sync::{Arc, Mutex};
