@@ -297,11 +297,21 @@ impl Instance {
             self.reload();
         }
         let second = self.s_client(tls, None, Some(file));
-        second
+        let line = second
             .lines()
             .find(|l| l.starts_with("New, ") || l.starts_with("Reused, "))
             .unwrap_or_else(|| panic!("no session line: {second}"))
-            .to_string()
+            .to_string();
+        eprintln!(
+            "s_client {tls} {} ({}): {line}",
+            file.file_name().unwrap_or_default().to_string_lossy(),
+            if reload_between {
+                "reload between"
+            } else {
+                "no reload"
+            }
+        );
+        line
     }
 
     fn session_file(&self, name: &str) -> PathBuf {
@@ -487,6 +497,8 @@ fn real_postfix_resumes_sessions_through_our_tlsmgr() {
 
     // 6. Stop: nothing of ours is left; the log is clean.
     let ours = pf.pids("tlsmgr");
+    assert_eq!(ours.len(), 1);
+    let before_stop = std::fs::read(&exch).unwrap();
     pf.postfix("stop");
     let start = Instant::now();
     while !pf.pids("master").is_empty() || !pf.pids("tlsmgr").is_empty() {
@@ -497,6 +509,11 @@ fn real_postfix_resumes_sessions_through_our_tlsmgr() {
         std::thread::sleep(Duration::from_millis(50));
     }
     pf.wait_gone(&ours);
+    assert_ne!(
+        std::fs::read(&exch).unwrap(),
+        before_stop,
+        "postfix stop (SIGTERM): exchange file saved"
+    );
     let log = pf.log();
     let ours_log = &log[ours_from..];
     for bad in ["bad command startup -- throttling", "panic:", "fatal:"] {
@@ -524,6 +541,7 @@ fn real_postfix_resumes_sessions_through_our_tlsmgr() {
             || l.contains("from smtpd cache")
             || l.contains("from smtp cache")
             || l.contains("terminating on signal")
+            || l.contains("stopping the Postfix mail system")
     }) {
         eprintln!("{l}");
     }
