@@ -408,9 +408,15 @@ fn logs_to_syslog_with_ident_pid_facility_and_postfix_prefixes() {
     let logdir = tempfile::tempdir().unwrap();
     let sock_path = logdir.path().join("log");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    let extra = "syslog_facility = local3\nsyslog_name = postfix-test";
+    // service_name is a read-only parameter set from -n.
+    let extra = "syslog_facility = local3\nsyslog_name = pf-${service_name}";
     let env = [("TLSMGR_TEST_SYSLOG_PATH", sock_path.to_str().unwrap())];
-    let mut d = MasterChild::start_env(OURS, &["-l", "-t", "unix", "-v"], extra, &env);
+    let mut d = MasterChild::start_env(
+        OURS,
+        &["-l", "-t", "unix", "-v", "-n", "mysvc"],
+        extra,
+        &env,
+    );
     let pid = d.pid();
     let mut c = connect(&d);
     c.send_raw(b"request\0bogus\0\0").unwrap();
@@ -426,7 +432,7 @@ fn logs_to_syslog_with_ident_pid_facility_and_postfix_prefixes() {
     while let Ok(n) = sock.recv(&mut buf) {
         lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
-    let tag = format!("postfix-test/tlsmgr[{pid}]: ");
+    let tag = format!("pf-mysvc/tlsmgr[{pid}]: ");
     // PRI = facility | severity: local3 (19 << 3) with warning (4), debug (7).
     let warning = format!("<{}>", (19 << 3) | 4);
     let debug = format!("<{}>", (19 << 3) | 7);

@@ -7,6 +7,7 @@
 //!   data_directory redirection.
 //! - [`watchdog`]: `fatal: watchdog timeout` after `daemon_timeout` without progress.
 //! - [`exchange`]: the PRNG exchange file saved at start and exit.
+//! - [`confdir`]: the configuration directory handle that outlives the chroot.
 //!
 //! Order of start-up (multi_server's, spec §2.1): parse options, read main.cf
 //! (`$MAIL_CONFIG`) with `-o` overrides and the read-only `process_id`,
@@ -21,6 +22,7 @@
 //! pid must stay master's child and `postfix stop` signals our process group.
 
 pub mod args;
+pub mod confdir;
 pub mod exchange;
 pub mod privileges;
 pub mod status;
@@ -293,6 +295,14 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
     }
     for w in &cfg.warnings {
         warn!(log, "{}", w);
+    }
+    if let Err(e) = confdir::open(&config_dir) {
+        warn!(
+            log,
+            "cannot open {}: {} -- live reload needs the path",
+            config_dir.display(),
+            e
+        );
     }
     let generation = status::generation_from_env(std::env::var("GENERATION").ok().as_deref());
     if let Err(e) = std::env::set_current_dir(&cfg.queue_directory) {
