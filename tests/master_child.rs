@@ -338,6 +338,21 @@ fn bad_command_lines_are_fatal_the_postfix_way() {
         assert_eq!(st.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
     }
+    // main.cf errors are fatal too, naming file and parameter.
+    {
+        let mut d = MasterChild::start(
+            OURS,
+            &["-l", "-t", "unix", "-V"],
+            "syslog_facility = nosuch",
+        );
+        let want = format!(
+            "postfix/tlsmgr: fatal: file {}/main.cf: parameter syslog_facility: unrecognized value: nosuch",
+            d.path("config").display()
+        );
+        let (st, err) = d.wait(Duration::from_secs(20));
+        assert_eq!(st.code(), Some(1), "{err}");
+        assert!(err.contains(&want), "{err}");
+    }
 }
 
 #[test]

@@ -249,7 +249,11 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
     let Some(facility) = crate::logging::syslog_facility(&cfg.syslog_facility) else {
         return fatal(
             &early_log,
-            format!("unknown syslog_facility value: {}", cfg.syslog_facility),
+            format!(
+                "file {}/main.cf: parameter syslog_facility: unrecognized value: {}",
+                config_dir.display(),
+                cfg.syslog_facility
+            ),
         );
     };
     let postlog = if cfg.maillog_file.is_empty() {
