@@ -516,6 +516,9 @@ fn real_postfix_resumes_sessions_through_our_tlsmgr() {
     );
     let log = pf.log();
     let ours_log = &log[ours_from..];
+    if std::env::var_os("E2E_DUMP_LOG").is_some() {
+        std::fs::write("/tmp/e2e-maillog.txt", &log).unwrap();
+    }
     for bad in ["bad command startup -- throttling", "panic:", "fatal:"] {
         assert!(!log.contains(bad), "{bad} in log:\n{log}");
     }
