@@ -144,6 +144,34 @@ fn closing_fd5_saves_exchange_file_and_exits_0() {
         !err.contains("warning:") && !err.contains("fatal:"),
         "{err}"
     );
+    assert!(
+        !err.contains("master disconnect"),
+        "verbose line without -v: {err}"
+    );
+}
+
+#[test]
+fn mail_verbose_turns_on_verbose_logging() {
+    if !stock::available() {
+        return;
+    }
+    let env = [("MAIL_VERBOSE", "")];
+    let mut d = MasterChild::start_env(OURS, &["-l", "-t", "unix", "-V"], "", &env);
+    let mut c = connect(&d);
+    assert!(matches!(
+        seed(&mut c),
+        Reply::Seed {
+            status: Status::Ok,
+            ..
+        }
+    ));
+    drop(c);
+    let (st, err) = d.close_status();
+    assert_eq!(st.code(), Some(0), "{err}");
+    assert!(
+        err.contains("postfix/tlsmgr: master disconnect -- exiting"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -375,7 +403,20 @@ fn a_terminal_on_stdin_is_refused_unless_d() {
         err.contains("postfix/tlsmgr: fatal: do not run this command by hand"),
         "{err}"
     );
+    // With -d the terminal is fine; this run then stops at the missing fd 5.
+    let pty2 = nix::pty::openpty(None, None).unwrap();
+    let out = Command::new(OURS)
+        .args(["-l", "-t", "unix", "-V", "-d"])
+        .env("MAIL_CONFIG", dir.path().join("config"))
+        .stdin(Stdio::from(pty2.slave))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("do not run this command by hand"), "{err}");
+    // Past the terminal check, it finds no descriptors from master.
+    assert!(err.contains("(not started by master?)"), "{err}");
     drop(pty.master);
+    drop(pty2.master);
 }
 
 #[test]

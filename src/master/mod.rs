@@ -175,16 +175,22 @@ fn redirect_stores(cfg: &mut Config, owner: &MailOwner, log: &Logger) {
     }
 }
 
-/// Takes ownership of a descriptor master passed us, if it is open.
-fn inherited_fd(fd: i32) -> Option<OwnedFd> {
-    // F_GETFD only asks whether `fd` is open.
-    nix::fcntl::fcntl(
-        // SAFETY: borrowing a raw fd for one fcntl call; an unopened fd
-        // yields EBADF and no side effects.
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
-        nix::fcntl::FcntlArg::F_GETFD,
-    )
-    .ok()?;
+/// Takes ownership of a descriptor master passed us, if it is an open
+/// socket (a listening one when `listening`).
+fn inherited_fd(fd: i32, listening: bool) -> Option<OwnedFd> {
+    // SAFETY: borrowing a raw fd for two queries; an unopened fd yields
+    // EBADF and no side effects.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let st = nix::sys::stat::fstat(borrowed).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return None;
+    }
+    if listening
+        && !nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::AcceptConn)
+            .unwrap_or(false)
+    {
+        return None;
+    }
     // SAFETY: master(8) opened this descriptor for us and nothing else in
     // this process owns it; we take it over exactly once.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -318,7 +324,7 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
 
     // Descriptors from master: 5 = status, 6.. = listeners. 3/4 (flow
     // control) stay open and unused, as in stock.
-    let Some(status_fd) = inherited_fd(status::STATUS_FD) else {
+    let Some(status_fd) = inherited_fd(status::STATUS_FD, false) else {
         return fatal(
             &log,
             "no status channel on file descriptor 5 (not started by master?)",
@@ -328,12 +334,17 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
     let mut listeners = Vec::new();
     for i in 0..args.socket_count {
         let fd = status::LISTEN_FD + i as i32;
-        match inherited_fd(fd) {
+        match inherited_fd(fd, true) {
             Some(fd) => {
                 set_cloexec(&fd);
                 listeners.push(UnixListener::from(fd));
             }
-            None => return fatal(&log, format!("no listening socket on file descriptor {fd}")),
+            None => {
+                return fatal(
+                    &log,
+                    format!("no listening socket on file descriptor {fd} (not started by master?)"),
+                )
+            }
         }
     }
     let status_stream = UnixStream::from(status_fd);
