@@ -98,11 +98,15 @@ impl Instance {
                 &root.join("conf/cert.pem").display().to_string(),
             ])
             .stderr(Stdio::null()));
+        let port = free_port();
+        let relay_port = std::iter::repeat_with(free_port)
+            .find(|p| *p != port)
+            .unwrap();
         let inst = Instance {
             _dir: dir,
             root,
-            port: free_port(),
-            relay_port: free_port(),
+            port,
+            relay_port,
         };
         inst.write_main_cf("");
         let master_cf = format!(
