@@ -8,6 +8,9 @@
 //! - [`watchdog`]: `fatal: watchdog timeout` after `daemon_timeout` without progress.
 //! - [`exchange`]: the PRNG exchange file saved at start and exit.
 //! - [`confdir`]: the configuration directory handle that outlives the chroot.
+//! - `descriptors`: taking over fds 5 and 6.. from master.
+//! - `log`: the loggers before and after main.cf is read.
+//! - `paths`: the §2.9 redirection for stores, and paths inside the chroot.
 //!
 //! Order of start-up (multi_server's, spec §2.1): parse options, read main.cf
 //! (`$MAIL_CONFIG`) with `-o` overrides and the read-only `process_id`,
@@ -23,22 +26,24 @@
 
 pub mod args;
 pub mod confdir;
+mod descriptors;
 pub mod exchange;
+mod log;
+mod paths;
 pub mod privileges;
 pub mod status;
 pub mod watchdog;
 
 use crate::config::Config;
-use crate::logging::{syslog_socket_path, DatagramDrain, Framing, PostfixDrain};
 use crate::prng::Pool;
 use crate::server::{Options, RequestObserver, RunExtras, Services};
-use crate::store::location::Backend;
 use args::MasterArgs;
+use descriptors::{inherited_fd, set_cloexec};
 use exchange::ExchangeFile;
+use paths::{redirect_stores, relocate_into_chroot};
 use privileges::MailOwner;
-use slog::{crit, debug, info, warn, Drain, Logger};
+use slog::{crit, debug, info, warn, Logger};
 use status::StatusChannel;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -54,35 +59,6 @@ fn basename(p: &str) -> String {
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "tlsmgr".to_string())
-}
-
-/// Builds a logger from drains (any of them may be absent).
-fn build_logger(
-    syslog: Option<DatagramDrain>,
-    postlog: Option<DatagramDrain>,
-    stderr_tag: Option<(String, bool)>,
-) -> Logger {
-    type BoxedDrain = Box<
-        dyn Drain<Ok = (), Err = slog::Never>
-            + Send
-            + Sync
-            + std::panic::RefUnwindSafe
-            + std::panic::UnwindSafe,
-    >;
-    let main: BoxedDrain = match (syslog, postlog) {
-        (_, Some(p)) => Box::new(p.ignore_res()),
-        (Some(s), None) => Box::new(s.ignore_res()),
-        (None, None) => Box::new(slog::Discard),
-    };
-    match stderr_tag {
-        Some((tag, verbose)) => {
-            let err = PostfixDrain::new(tag, std::io::stderr(), verbose)
-                .without_pid()
-                .ignore_res();
-            Logger::root(slog::Duplicate::new(main, err).ignore_res(), slog::o!())
-        }
-        None => Logger::root(main, slog::o!()),
-    }
 }
 
 /// Dies the Postfix way: `fatal: TEXT` and exit status 1.
@@ -113,96 +89,6 @@ impl RequestObserver for MasterObserver {
     }
 }
 
-/// Under `-c`, the stores and the ticket key file must be reachable from
-/// inside `queue_directory`: paths below it become relative (our working
-/// directory is `queue_directory` before and `/` after the chroot, so they
-/// name the same files). Returns the paths that lie outside.
-fn relocate_into_chroot(cfg: &mut Config) -> Vec<PathBuf> {
-    let root = cfg.queue_directory.clone();
-    let mut outside = Vec::new();
-    let mut inside = |p: &Path| -> Option<PathBuf> {
-        match p.strip_prefix(&root) {
-            Ok(rel) if p.is_absolute() => Some(rel.to_path_buf()),
-            _ if p.is_relative() => Some(p.to_path_buf()),
-            _ => {
-                outside.push(p.to_path_buf());
-                None
-            }
-        }
-    };
-    let mut new_dirs = Vec::new();
-    for cc in cfg.caches.iter() {
-        let new = match cc.location.as_ref().map(|l| &l.backend) {
-            Some(Backend::Fjall { dir }) => inside(dir),
-            _ => None,
-        };
-        new_dirs.push(new);
-    }
-    let key_file = if cfg.persistent_state {
-        cfg.ticket_key_file.as_deref().map(&mut inside)
-    } else {
-        None
-    };
-    if !outside.is_empty() {
-        return outside;
-    }
-    for (cc, new) in cfg.caches.iter_mut().zip(new_dirs) {
-        if let (Some(loc), Some(dir)) = (cc.location.as_mut(), new) {
-            loc.backend = Backend::Fjall { dir };
-        }
-    }
-    if let Some(Some(k)) = key_file {
-        cfg.ticket_key_file = Some(k);
-    }
-    outside
-}
-
-/// Applies spec §2.9 to the store directories (the check is on the
-/// directory that holds `PATH.fjall`).
-fn redirect_stores(cfg: &mut Config, owner: &MailOwner, log: &Logger) {
-    let data_dir = cfg.data_directory.clone();
-    for cc in cfg.caches.iter_mut() {
-        let Some(loc) = cc.location.as_mut() else {
-            continue;
-        };
-        if let Backend::Fjall { dir } = &loc.backend {
-            let (new, warnings) = privileges::data_redirect(dir, "table", owner, &data_dir);
-            for w in warnings {
-                warn!(log, "{}", w);
-            }
-            loc.backend = Backend::Fjall { dir: new };
-        }
-    }
-}
-
-/// Takes ownership of a descriptor master passed us, if it is an open
-/// socket (a listening one when `listening`).
-fn inherited_fd(fd: i32, listening: bool) -> Option<OwnedFd> {
-    // SAFETY: borrowing a raw fd for two queries; an unopened fd yields
-    // EBADF and no side effects.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let st = nix::sys::stat::fstat(borrowed).ok()?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return None;
-    }
-    if listening
-        && !nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::AcceptConn)
-            .unwrap_or(false)
-    {
-        return None;
-    }
-    // SAFETY: master(8) opened this descriptor for us and nothing else in
-    // this process owns it; we take it over exactly once.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn set_cloexec(fd: &OwnedFd) {
-    let _ = nix::fcntl::fcntl(
-        fd,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
-}
-
 /// Entry point when master(8) runs us: `argv0` and the arguments after it.
 pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
     let process_name = basename(argv0);
@@ -214,20 +100,7 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
             nix::sys::signal::SigHandler::SigIgn,
         )
     };
-    let early_name = std::env::var("MAIL_LOGTAG").unwrap_or_else(|_| "postfix".into());
-    let early_tag = format!("{early_name}/{process_name}");
-    let early_log = build_logger(
-        Some(DatagramDrain::new(
-            vec![syslog_socket_path()],
-            &early_tag,
-            Framing::Syslog {
-                facility: libc::LOG_MAIL,
-            },
-            false,
-        )),
-        None,
-        Some((early_tag.clone(), false)),
-    );
+    let early_log = log::early_logger(&process_name);
     let mut args = match MasterArgs::parse(argv) {
         Ok(a) => a,
         Err(e) => return fatal(&early_log, e),
@@ -235,7 +108,6 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
     if std::env::var_os("MAIL_VERBOSE").is_some() {
         args.verbose += 1;
     }
-    let verbose = args.verbose > 0;
     let service_name = args
         .service_name
         .clone()
@@ -251,49 +123,10 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fatal(&early_log, e),
     };
-    let tag = format!("{}/{}", cfg.syslog_name, process_name);
-    let Some(facility) = crate::logging::syslog_facility(&cfg.syslog_facility) else {
-        return fatal(
-            &early_log,
-            format!(
-                "file {}/main.cf: parameter syslog_facility: unrecognized value: {}",
-                config_dir.display(),
-                cfg.syslog_facility
-            ),
-        );
+    let log = match log::daemon_logger(&cfg, &config_dir, &args, &process_name, &early_log) {
+        Ok(l) => l,
+        Err(text) => return fatal(&early_log, text),
     };
-    let postlog = if cfg.maillog_file.is_empty() {
-        None
-    } else {
-        let rel = Path::new("public").join(&cfg.postlog_service_name);
-        let mut paths: Vec<PathBuf> = std::env::var_os("POSTLOG_SERVICE")
-            .map(PathBuf::from)
-            .into_iter()
-            .collect();
-        paths.push(cfg.queue_directory.join(&rel));
-        if args.chroot {
-            paths.push(Path::new("/").join(&rel));
-        }
-        let host = std::env::var("POSTLOG_HOSTNAME").unwrap_or_else(|_| {
-            nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "localhost".into())
-        });
-        let d = DatagramDrain::new(paths, &tag, Framing::Postlog { host }, verbose);
-        if d.connected() {
-            Some(d)
-        } else {
-            warn!(early_log, "cannot connect to postlogd -- logging to syslog");
-            None
-        }
-    };
-    let syslog = postlog.is_none().then(|| {
-        // Inside the chroot, /dev/log is $queue_directory/dev/log (Debian's
-        // rsyslog setup provides it) once the first connection is lost.
-        let path = syslog_socket_path();
-        DatagramDrain::new(vec![path], &tag, Framing::Syslog { facility }, verbose)
-    });
-    let log = build_logger(syslog, postlog, args.stderr.then(|| (tag.clone(), verbose)));
     if let Err(e) = args.validate() {
         return fatal(&log, e);
     }
