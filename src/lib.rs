@@ -13,6 +13,7 @@
 //! - [`client`]: the client side of the protocol (`tlsmgr client`, tests, benches).
 //! - [`clock`]: injected time, so expiry and rotation are tested by stepping a clock.
 //! - [`logging`]: slog drains that format lines the way Postfix does.
+//! - [`master`]: running as a child of Postfix's master(8).
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![deny(rust_2018_idioms, unused_must_use)]
 #![warn(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -23,6 +24,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod logging;
+pub mod master;
 pub mod prng;
 pub mod protocol;
 pub mod server;

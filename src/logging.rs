@@ -4,8 +4,13 @@
 //! slog levels map to Postfix's prefixes: Info → none, Warning → `warning: `,
 //! Error → `error: `, Critical → `fatal: `. Debug and Trace are the `-v`
 //! verbose lines (shown only when verbose logging is on).
-//! The syslog and postlogd drains arrive with the master(8) integration;
-//! here lines go to stderr (`tlsmgr serve`) or to a buffer (tests).
+//!
+//! Destinations: stderr (`tlsmgr serve`, and `-V` under master(8), where
+//! Postfix leaves out the pid), a buffer (tests), syslog or postlogd (when
+//! `maillog_file` is set), spec §6: both are datagrams on a local socket
+//! ([`DatagramDrain`]), framed as glibc's syslog(3) and Postfix's
+//! msg_logger frame them, so the tag is `<syslog_name>/<process_name>`, the
+//! pid follows it, and the facility is `syslog_facility`.
 
 use slog::{Drain, Level, OwnedKVList, Record, KV};
 use std::io::Write;
@@ -26,6 +31,7 @@ pub struct PostfixDrain<W: Write + Send> {
     tag: String,
     out: Mutex<W>,
     verbose: bool,
+    with_pid: bool,
 }
 
 impl<W: Write + Send> PostfixDrain<W> {
@@ -35,8 +41,36 @@ impl<W: Write + Send> PostfixDrain<W> {
             tag: tag.into(),
             out: Mutex::new(out),
             verbose,
+            with_pid: true,
         }
     }
+
+    /// Lines without `[pid]`, as Postfix writes them to stderr (`-V`).
+    pub fn without_pid(mut self) -> Self {
+        self.with_pid = false;
+        self
+    }
+}
+
+/// The text after the tag: prefix, message and key=value pairs, cut at
+/// Postfix's 2000 characters without splitting a UTF-8 sequence.
+fn message_text(record: &Record<'_>, values: &OwnedKVList) -> String {
+    let mut kv = KvText(String::new());
+    let _ = record.kv().serialize(record, &mut kv);
+    let _ = values.serialize(record, &mut kv);
+    let mut text = format!("{}{}{}", prefix(record.level()), record.msg(), kv.0);
+    if text.len() > 2000 {
+        let mut cut = 2000;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+fn shown(record: &Record<'_>, verbose: bool) -> bool {
+    verbose || !matches!(record.level(), Level::Debug | Level::Trace)
 }
 
 struct KvText(String);
@@ -54,29 +88,15 @@ impl<W: Write + Send> Drain for PostfixDrain<W> {
     type Err = std::io::Error;
 
     fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), std::io::Error> {
-        if !self.verbose && matches!(record.level(), Level::Debug | Level::Trace) {
+        if !shown(record, self.verbose) {
             return Ok(());
         }
-        let mut kv = KvText(String::new());
-        let _ = record.kv().serialize(record, &mut kv);
-        let _ = values.serialize(record, &mut kv);
-        let mut line = format!(
-            "{}[{}]: {}{}{}",
-            self.tag,
-            std::process::id(),
-            prefix(record.level()),
-            record.msg(),
-            kv.0
-        );
-        // Postfix truncates at 2000 characters; never split a UTF-8 sequence.
-        if line.len() > 2000 {
-            let mut cut = 2000;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
-        }
-        line.push('\n');
+        let text = message_text(record, values);
+        let line = if self.with_pid {
+            format!("{}[{}]: {}\n", self.tag, std::process::id(), text)
+        } else {
+            format!("{}: {}\n", self.tag, text)
+        };
         // A poisoned lock only means another thread panicked mid-write: keep logging.
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         out.write_all(line.as_bytes())?;
@@ -88,6 +108,210 @@ impl<W: Write + Send> Drain for PostfixDrain<W> {
 pub fn stderr_logger(tag: &str, verbose: bool) -> slog::Logger {
     let drain = PostfixDrain::new(tag, std::io::stderr(), verbose).ignore_res();
     slog::Logger::root(drain, slog::o!())
+}
+
+/// The syslog facility named like syslog.conf does (`mail`, `local0`, ...).
+pub fn syslog_facility(name: &str) -> Option<libc::c_int> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "auth" => libc::LOG_AUTH,
+        "authpriv" => libc::LOG_AUTHPRIV,
+        "cron" => libc::LOG_CRON,
+        "daemon" => libc::LOG_DAEMON,
+        "ftp" => libc::LOG_FTP,
+        "kern" => libc::LOG_KERN,
+        "lpr" => libc::LOG_LPR,
+        "mail" => libc::LOG_MAIL,
+        "news" => libc::LOG_NEWS,
+        "syslog" => libc::LOG_SYSLOG,
+        "user" => libc::LOG_USER,
+        "uucp" => libc::LOG_UUCP,
+        "local0" => libc::LOG_LOCAL0,
+        "local1" => libc::LOG_LOCAL1,
+        "local2" => libc::LOG_LOCAL2,
+        "local3" => libc::LOG_LOCAL3,
+        "local4" => libc::LOG_LOCAL4,
+        "local5" => libc::LOG_LOCAL5,
+        "local6" => libc::LOG_LOCAL6,
+        "local7" => libc::LOG_LOCAL7,
+        _ => return None,
+    })
+}
+
+/// Where syslog listens. Debug builds (tests) may point it elsewhere with
+/// `TLSMGR_TEST_SYSLOG_PATH`.
+pub fn syslog_socket_path() -> std::path::PathBuf {
+    #[cfg(debug_assertions)]
+    if let Some(p) = std::env::var_os("TLSMGR_TEST_SYSLOG_PATH") {
+        return p.into();
+    }
+    std::path::PathBuf::from("/dev/log")
+}
+
+/// How a [`DatagramDrain`] frames a line.
+#[derive(Debug, Clone)]
+pub enum Framing {
+    /// syslog(3) on `/dev/log`, as glibc writes it (`openlog(tag,
+    /// LOG_PID|LOG_NDELAY, facility)`): `<PRI>Mon DD HH:MM:SS tag[pid]: text`,
+    /// with PRI = facility | severity (info, warning, err, crit; debug for
+    /// the verbose lines).
+    Syslog {
+        /// `LOG_MAIL` etc.
+        facility: libc::c_int,
+    },
+    /// postlogd(8) (`maillog_file`, Postfix 3.4+), as Postfix's msg_logger
+    /// writes it: `Mon DD HH:MM:SS host tag[pid]: text`.
+    Postlog {
+        /// The first label of the host name.
+        host: String,
+    },
+}
+
+/// Lines as datagrams on a local socket: syslog or postlogd. The socket is
+/// connected at creation (before a chroot hides the path); after a failed
+/// send it is reconnected through the same list of paths (the absolute
+/// path, then the path as seen from inside the chroot). Lines that cannot
+/// be sent are dropped, as syslog(3) drops them.
+pub struct DatagramDrain {
+    socket: Mutex<Option<std::os::unix::net::UnixDatagram>>,
+    paths: Vec<std::path::PathBuf>,
+    tag: String,
+    framing: Framing,
+    verbose: bool,
+}
+
+/// syslog drain (see [`Framing::Syslog`]).
+pub type SyslogDrain = DatagramDrain;
+/// postlogd drain (see [`Framing::Postlog`]).
+pub type PostlogDrain = DatagramDrain;
+
+impl DatagramDrain {
+    /// A drain for `tag` (e.g. `postfix/tlsmgr`) sending to the first of
+    /// `paths` that accepts a connection.
+    pub fn new(
+        paths: Vec<std::path::PathBuf>,
+        tag: &str,
+        framing: Framing,
+        verbose: bool,
+    ) -> DatagramDrain {
+        // glibc's localtime_r loads the zone once: do it before a chroot
+        // hides /etc/localtime.
+        let _ = syslog_timestamp();
+        let framing = match framing {
+            Framing::Postlog { host } => Framing::Postlog {
+                host: host.split('.').next().unwrap_or(&host).to_string(),
+            },
+            f => f,
+        };
+        DatagramDrain {
+            socket: Mutex::new(Self::open(&paths).ok()),
+            paths,
+            tag: tag.to_string(),
+            framing,
+            verbose,
+        }
+    }
+
+    /// Whether the socket is connected now.
+    pub fn connected(&self) -> bool {
+        self.socket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    fn open(paths: &[std::path::PathBuf]) -> std::io::Result<std::os::unix::net::UnixDatagram> {
+        let mut last = std::io::Error::other("no log socket configured");
+        for p in paths {
+            let s = std::os::unix::net::UnixDatagram::unbound()?;
+            match s.connect(p) {
+                Ok(()) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The datagram for one record.
+    fn frame(&self, level: Level, text: &str) -> String {
+        let pid = std::process::id();
+        match &self.framing {
+            Framing::Syslog { facility } => {
+                let severity = match level {
+                    Level::Critical => libc::LOG_CRIT,
+                    Level::Error => libc::LOG_ERR,
+                    Level::Warning => libc::LOG_WARNING,
+                    Level::Info => libc::LOG_INFO,
+                    Level::Debug | Level::Trace => libc::LOG_DEBUG,
+                };
+                format!(
+                    "<{}>{} {}[{}]: {}",
+                    facility | severity,
+                    syslog_timestamp(),
+                    self.tag,
+                    pid,
+                    text
+                )
+            }
+            Framing::Postlog { host } => {
+                format!(
+                    "{} {} {}[{}]: {}",
+                    syslog_timestamp(),
+                    host,
+                    self.tag,
+                    pid,
+                    text
+                )
+            }
+        }
+    }
+}
+
+/// `%b %d %H:%M:%S` in local time.
+fn syslog_timestamp() -> String {
+    let now: libc::time_t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as libc::time_t)
+        .unwrap_or(0);
+    // SAFETY: `tm` is plain old data, fully written by localtime_r before
+    // strftime reads it; the output buffer's size is passed to strftime,
+    // which returns how many bytes it wrote (0 on overflow).
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return String::new();
+        }
+        let mut buf = [0u8; 64];
+        let n = libc::strftime(
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            c"%b %d %H:%M:%S".as_ptr(),
+            &tm,
+        );
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+impl Drain for DatagramDrain {
+    type Ok = ();
+    type Err = std::io::Error;
+
+    fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), std::io::Error> {
+        if !shown(record, self.verbose) {
+            return Ok(());
+        }
+        let line = self.frame(record.level(), &message_text(record, values));
+        let mut sock = self.socket.lock().unwrap_or_else(|p| p.into_inner());
+        let sent = sock
+            .as_ref()
+            .is_some_and(|s| s.send(line.as_bytes()).is_ok());
+        if !sent {
+            *sock = Self::open(&self.paths).ok();
+            if let Some(s) = sock.as_ref() {
+                s.send(line.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A shared in-memory buffer that collects log lines (tests, `tlsmgr check`).

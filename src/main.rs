@@ -1,5 +1,6 @@
-//! The `tlsmgr` command: `serve` (the standalone daemon) and `client` (the
-//! protocol probe). The master(8) child interface arrives with its own issue.
+//! The `tlsmgr` command: `serve` (the standalone daemon), `client` (the
+//! protocol probe), and, when the first argument is an option such as
+//! master(8)'s `-l -t unix -u -c`, the master(8) child ([`tlsmgr::master`]).
 
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -62,6 +63,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if tlsmgr::master::args::looks_like_master_child(&argv[1.min(argv.len())..]) {
+        let argv0 = argv.first().map(String::as_str).unwrap_or("tlsmgr");
+        return tlsmgr::master::main(argv0, &argv[1..]);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Serve {

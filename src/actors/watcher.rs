@@ -43,7 +43,14 @@ pub struct WatchOptions {
     pub debounce: Duration,
     /// Reload on SIGHUP (the standalone daemon; not in-process tests).
     pub sighup: bool,
+    /// Applied to every configuration read, before it is used: under
+    /// master(8), the path decisions of start-up (redirection, chroot).
+    /// `Err` refuses the configuration with that reason.
+    pub adjust: Option<ConfigAdjust>,
 }
+
+/// See [`WatchOptions::adjust`].
+pub type ConfigAdjust = Box<dyn Fn(&mut Config) -> Result<(), String> + Send>;
 
 impl WatchOptions {
     /// Options for `dir` with the default debounce and no SIGHUP handling.
@@ -53,6 +60,7 @@ impl WatchOptions {
             overrides,
             debounce: DEFAULT_DEBOUNCE,
             sighup: false,
+            adjust: None,
         }
     }
 }
@@ -228,13 +236,24 @@ impl WatcherActor {
                 cfg.warnings = raw.warnings;
                 Ok(cfg)
             });
-        let cfg = match parsed {
+        let mut cfg = match parsed {
             Ok(cfg) => cfg,
             Err(e) => {
                 warn!(self.log, "{} -- keeping the current configuration", e);
                 return;
             }
         };
+        if let Some(adjust) = &self.opts.adjust {
+            if let Err(why) = adjust(&mut cfg) {
+                warn!(
+                    self.log,
+                    "{}: {} -- keeping the current configuration",
+                    path.display(),
+                    why
+                );
+                return;
+            }
+        }
         let svc = self.svc.clone();
         let log = self.log.clone();
         let warnings = cfg.warnings.clone();

@@ -126,6 +126,8 @@ pub const DEFAULTS: &[(&str, &str)] = &[
         "${multi_instance_name?{$multi_instance_name}:{postfix}}",
     ),
     ("syslog_facility", "mail"),
+    ("maillog_file", ""),
+    ("postlog_service_name", "postlog"),
     ("ipc_timeout", "3600s"),
     ("daemon_timeout", "18000s"),
     ("tls_random_source", "dev:/dev/urandom"),
@@ -202,6 +204,12 @@ pub struct Config {
     pub mail_owner: String,
     /// `syslog_name`.
     pub syslog_name: String,
+    /// `syslog_facility` (a syslog.conf facility name).
+    pub syslog_facility: String,
+    /// `maillog_file`: when non-empty, log through postlogd instead of syslog.
+    pub maillog_file: String,
+    /// `postlog_service_name`: postlogd's socket is `$queue_directory/public/<this>`.
+    pub postlog_service_name: String,
     /// `ipc_timeout`: bound on one request's read.
     pub ipc_timeout: Duration,
     /// `daemon_timeout`.
@@ -391,6 +399,9 @@ impl Config {
             data_directory: PathBuf::from(r.string("data_directory")?),
             mail_owner: r.string("mail_owner")?,
             syslog_name: r.string("syslog_name")?,
+            syslog_facility: r.string("syslog_facility")?,
+            maillog_file: r.string("maillog_file")?,
+            postlog_service_name: r.string("postlog_service_name")?,
             ipc_timeout: Duration::from_secs(r.time("ipc_timeout", 1, 0)?),
             daemon_timeout: Duration::from_secs(r.time("daemon_timeout", 1, 0)?),
             tls_random_source: r.string("tls_random_source")?,

@@ -36,6 +36,9 @@ pub struct ExchangeFile {
     path: PathBuf,
     data_directory: PathBuf,
     file: Option<File>,
+    /// Opened by [`ExchangeFile::open_now`] and not updated since: the next
+    /// update counts as the one that opened it (a new file is no surprise).
+    preopened: bool,
 }
 
 /// What one update did.
@@ -88,6 +91,7 @@ impl ExchangeFile {
             path: path.into(),
             data_directory: data_directory.into(),
             file: None,
+            preopened: false,
         }
     }
 
@@ -183,6 +187,7 @@ impl ExchangeFile {
     pub fn open_now(&mut self) -> Result<(), Failure> {
         if self.file.is_none() {
             self.file = Some(self.open()?);
+            self.preopened = true;
         }
         Ok(())
     }
@@ -226,8 +231,8 @@ impl ExchangeFile {
                 }
             }
         }
-        let opened = self.file.is_none();
-        if opened {
+        let opened = self.file.is_none() || std::mem::take(&mut self.preopened);
+        if self.file.is_none() {
             self.file = Some(self.open()?);
         }
         let Some(file) = self.file.as_ref() else {

@@ -13,6 +13,38 @@ use tokio::net::UnixStream;
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
 
+/// Debug builds only: with `TLSMGR_TEST_STALL_SEED` set, a `seed` request
+/// blocks the event loop for an hour, so tests can prove the watchdog.
+#[cfg(debug_assertions)]
+fn test_stall(req: &crate::protocol::Request) {
+    if matches!(req, crate::protocol::Request::Seed { .. })
+        && std::env::var_os(crate::master::TEST_STALL_ENV).is_some()
+    {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// Tells the observer (if any) that a request started, and that it ended
+/// when dropped, however the request ends.
+struct ObservedRequest<'a>(&'a Services);
+
+impl<'a> ObservedRequest<'a> {
+    fn start(svc: &'a Services) -> Self {
+        if let Some(o) = &svc.observer {
+            o.request_started();
+        }
+        ObservedRequest(svc)
+    }
+}
+
+impl Drop for ObservedRequest<'_> {
+    fn drop(&mut self) {
+        if let Some(o) = &self.0.observer {
+            o.request_finished();
+        }
+    }
+}
+
 /// Serves one connection until the peer closes, errs, or times out.
 pub async fn serve(mut stream: UnixStream, svc: Services) {
     let ipc_timeout = svc.config.load().ipc_timeout;
@@ -30,17 +62,26 @@ pub async fn serve(mut stream: UnixStream, svc: Services) {
             }
             Ok(None) => return,
             Ok(Some(Err(e))) => {
+                // Stock serves (and reports to master) a truncated request too.
+                let _observed = ObservedRequest::start(&svc);
                 warn!(svc.log, "{} -- closing connection", e);
                 return;
             }
             Ok(Some(Ok(incoming))) => incoming,
         };
+        // master counts one use from TAKEN to AVAIL; stock reports the
+        // wakeup as one too (tests/master_child.rs compares).
+        let _observed = ObservedRequest::start(&svc);
         let reply = match incoming {
             Incoming::Wakeup => {
                 debug!(svc.log, "received master trigger");
                 return;
             }
-            Incoming::Request(req) => apply(req, &svc).await,
+            Incoming::Request(req) => {
+                #[cfg(debug_assertions)]
+                test_stall(&req);
+                apply(req, &svc).await
+            }
             Incoming::Malformed(m) => {
                 match &m {
                     Malformed::NoRequestName { warning } => warn!(svc.log, "{}", warning),

@@ -49,6 +49,34 @@ pub struct Services {
     pub log: Logger,
     /// What starting and stopping caches needs (live reconfiguration).
     pub runtime: Arc<CacheRuntime>,
+    /// Told when a request starts and ends (master(8)'s status channel).
+    pub observer: Option<Arc<dyn RequestObserver>>,
+}
+
+/// Watches requests come and go: the master(8) child interface reports
+/// TAKEN/AVAIL around each one and its watchdog times them.
+pub trait RequestObserver: Send + Sync {
+    /// A request was read and is about to be served.
+    fn request_started(&self);
+    /// Its reply was written (or the connection gave up).
+    fn request_finished(&self);
+}
+
+/// See [`RunExtras::after_start`].
+pub type AfterStart =
+    Box<dyn FnOnce(Services) -> futures::future::LocalBoxFuture<'static, Result<(), Error>>>;
+
+/// What [`run_with`] adds to [`Options`] for a master(8) child.
+#[derive(Default)]
+pub struct RunExtras {
+    /// More listening sockets (master passes `-s N` sockets on fds 6..).
+    pub more_listeners: Vec<std::os::unix::net::UnixListener>,
+    /// Told about every request.
+    pub observer: Option<Arc<dyn RequestObserver>>,
+    /// Run on the daemon thread once the actors are started, before the
+    /// first connection is accepted. The master(8) child waits here for the
+    /// stores to open, then chroots and drops privileges.
+    pub after_start: Option<AfterStart>,
 }
 
 /// What [`run`] needs.
@@ -83,6 +111,16 @@ pub fn run(
     shutdown: impl Future<Output = ()> + 'static,
     ready: impl FnOnce(Services) + 'static,
 ) -> Result<(), Error> {
+    run_with(opts, RunExtras::default(), shutdown, ready)
+}
+
+/// [`run`] with more listeners, a request observer and a start hook.
+pub fn run_with(
+    opts: Options,
+    extras: RunExtras,
+    shutdown: impl Future<Output = ()> + 'static,
+    ready: impl FnOnce(Services) + 'static,
+) -> Result<(), Error> {
     let system = actix_rt::System::new();
     let log = opts.log.clone();
     let result = system.block_on(async move {
@@ -102,32 +140,26 @@ pub fn run(
             caches,
             log: opts.log.clone(),
             runtime,
+            observer: extras.observer,
         };
         // Kept alive until shutdown: dropping the watcher's address stops it.
+        // Launched before `after_start`, so its watches exist before a chroot.
         let _watcher = opts.watch.map(|w| WatcherActor::launch(w, svc.clone()));
-        opts.listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("set listening socket non-blocking", e))?;
-        let listener = tokio::net::UnixListener::from_std(opts.listener)
-            .map_err(|e| Error::io("register listening socket", e))?;
+        if let Some(hook) = extras.after_start {
+            hook(svc.clone()).await?;
+        }
+        let mut accepts = Vec::new();
+        for std_listener in std::iter::once(opts.listener).chain(extras.more_listeners) {
+            std_listener
+                .set_nonblocking(true)
+                .map_err(|e| Error::io("set listening socket non-blocking", e))?;
+            let listener = tokio::net::UnixListener::from_std(std_listener)
+                .map_err(|e| Error::io("register listening socket", e))?;
+            accepts.push(accept_loop(listener, svc.clone()));
+        }
         ready(svc.clone());
-        let accept_svc = svc.clone();
-        let accept = async move {
-            loop {
-                match listener.accept().await {
-                    Ok((stream, _)) => {
-                        actix_rt::spawn(connection::serve(stream, accept_svc.clone()));
-                    }
-                    Err(e) => {
-                        error!(accept_svc.log, "accept connection: {}", e);
-                        // EMFILE and friends: back off instead of spinning.
-                        actix_rt::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        };
         tokio::select! {
-            _ = accept => {}
+            _ = futures::future::join_all(accepts) => {}
             _ = shutdown => {}
         }
         // Flush every store before the arbiters go away.
@@ -147,6 +179,21 @@ pub fn run(
     }
     info!(log, "stopped");
     Ok(())
+}
+
+async fn accept_loop(listener: tokio::net::UnixListener, svc: Services) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                actix_rt::spawn(connection::serve(stream, svc.clone()));
+            }
+            Err(e) => {
+                error!(svc.log, "accept connection: {}", e);
+                // EMFILE and friends: back off instead of spinning.
+                actix_rt::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// A daemon running on a background thread (tests, benches).

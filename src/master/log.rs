@@ -1,0 +1,109 @@
+//! The master(8) child's loggers (spec §6): before main.cf is read, syslog
+//! with the `MAIL_LOGTAG` tag and the mail facility plus stderr; after it,
+//! syslog with `<syslog_name>/<process_name>` and `syslog_facility`, or
+//! postlogd when `maillog_file` is set, plus stderr with `-V`.
+
+use super::args::MasterArgs;
+use crate::config::Config;
+use crate::logging::{syslog_socket_path, DatagramDrain, Framing, PostfixDrain};
+use slog::{warn, Drain, Logger};
+use std::path::{Path, PathBuf};
+
+/// Builds a logger from drains (any of them may be absent).
+pub(super) fn build_logger(
+    syslog: Option<DatagramDrain>,
+    postlog: Option<DatagramDrain>,
+    stderr_tag: Option<(String, bool)>,
+) -> Logger {
+    type BoxedDrain = Box<
+        dyn Drain<Ok = (), Err = slog::Never>
+            + Send
+            + Sync
+            + std::panic::RefUnwindSafe
+            + std::panic::UnwindSafe,
+    >;
+    let main: BoxedDrain = match (syslog, postlog) {
+        (_, Some(p)) => Box::new(p.ignore_res()),
+        (Some(s), None) => Box::new(s.ignore_res()),
+        (None, None) => Box::new(slog::Discard),
+    };
+    match stderr_tag {
+        Some((tag, verbose)) => {
+            let err = PostfixDrain::new(tag, std::io::stderr(), verbose)
+                .without_pid()
+                .ignore_res();
+            Logger::root(slog::Duplicate::new(main, err).ignore_res(), slog::o!())
+        }
+        None => Logger::root(main, slog::o!()),
+    }
+}
+
+/// The logger used until main.cf is read.
+pub(super) fn early_logger(process_name: &str) -> Logger {
+    let name = std::env::var("MAIL_LOGTAG").unwrap_or_else(|_| "postfix".into());
+    let tag = format!("{name}/{process_name}");
+    build_logger(
+        Some(DatagramDrain::new(
+            vec![syslog_socket_path()],
+            &tag,
+            Framing::Syslog {
+                facility: libc::LOG_MAIL,
+            },
+            false,
+        )),
+        None,
+        Some((tag.clone(), false)),
+    )
+}
+
+/// The daemon's logger; `Err` is the text of a fatal configuration error.
+pub(super) fn daemon_logger(
+    cfg: &Config,
+    config_dir: &Path,
+    args: &MasterArgs,
+    process_name: &str,
+    early_log: &Logger,
+) -> Result<Logger, String> {
+    let verbose = args.verbose > 0;
+    let tag = format!("{}/{}", cfg.syslog_name, process_name);
+    let Some(facility) = crate::logging::syslog_facility(&cfg.syslog_facility) else {
+        return Err(format!(
+            "file {}/main.cf: parameter syslog_facility: unrecognized value: {}",
+            config_dir.display(),
+            cfg.syslog_facility
+        ));
+    };
+    let postlog = if cfg.maillog_file.is_empty() {
+        None
+    } else {
+        let rel = Path::new("public").join(&cfg.postlog_service_name);
+        let mut paths: Vec<PathBuf> = std::env::var_os("POSTLOG_SERVICE")
+            .map(PathBuf::from)
+            .into_iter()
+            .collect();
+        paths.push(cfg.queue_directory.join(&rel));
+        if args.chroot {
+            paths.push(Path::new("/").join(&rel));
+        }
+        let host = std::env::var("POSTLOG_HOSTNAME").unwrap_or_else(|_| {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "localhost".into())
+        });
+        let d = DatagramDrain::new(paths, &tag, Framing::Postlog { host }, verbose);
+        if d.connected() {
+            Some(d)
+        } else {
+            warn!(early_log, "cannot connect to postlogd -- logging to syslog");
+            None
+        }
+    };
+    let syslog = postlog.is_none().then(|| {
+        // Inside the chroot, /dev/log is $queue_directory/dev/log (Debian's
+        // rsyslog setup provides it) once the first connection is lost.
+        let path = syslog_socket_path();
+        DatagramDrain::new(vec![path], &tag, Framing::Syslog { facility }, verbose)
+    });
+    let log = build_logger(syslog, postlog, args.stderr.then(|| (tag.clone(), verbose)));
+    Ok(log)
+}
