@@ -2,6 +2,8 @@
 //! Postfix tlsmgr and to ours; the replies must be identical attribute for
 //! attribute (random payloads compared by status and length).
 #![allow(clippy::unwrap_used)]
+#[path = "common/child.rs"]
+mod child;
 mod common;
 #[path = "common/stock.rs"]
 mod stock;
@@ -109,7 +111,7 @@ fn replies_match_stock_tlsmgr() {
     if !stock::available() {
         return;
     }
-    let stock = stock::StockTlsmgr::start("");
+    let mut stock = child::MasterChild::start(stock::STOCK_TLSMGR, &["-l", "-t", "unix", "-V"], "");
     let ours = TestDaemon::start("");
     let mut s = connect(&stock.socket);
     let mut o = ours.client();
@@ -133,6 +135,7 @@ fn replies_match_stock_tlsmgr() {
         }
     }
     drop(s);
-    let log = stock.stop();
+    let (status, log) = stock.close_status();
+    assert!(status.success(), "stock tlsmgr exit {status:?}: {log}");
     assert!(!log.contains("fatal"), "{log}");
 }
