@@ -26,15 +26,6 @@ fn smtpd_timeout(d: &TestDaemon) -> Option<u32> {
     }
 }
 
-fn reload_lines(d: &TestDaemon) -> Vec<String> {
-    d.log
-        .text()
-        .lines()
-        .filter(|l| l.contains("]: reload: "))
-        .map(str::to_string)
-        .collect()
-}
-
 /// Waits for the timeout to reach `want`, then for things to settle, and
 /// checks that exactly one reload happened, changing exactly that.
 fn exactly_one_reload_to(d: &TestDaemon, want: u32) {

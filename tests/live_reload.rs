@@ -42,15 +42,6 @@ fn store_exists(d: &TestDaemon, name: &str) -> bool {
     })
 }
 
-fn reload_lines(d: &TestDaemon) -> Vec<String> {
-    d.log
-        .text()
-        .lines()
-        .filter(|l| l.contains("]: reload: "))
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn timeout_change_reaches_policy_and_expiry() {
     let d = TestDaemon::start_watched("");

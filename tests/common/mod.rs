@@ -135,6 +135,16 @@ impl TestDaemon {
     }
 }
 
+/// The `reload: ...` lines the daemon has logged.
+pub fn reload_lines(d: &TestDaemon) -> Vec<String> {
+    d.log
+        .text()
+        .lines()
+        .filter(|l| l.contains("]: reload: "))
+        .map(str::to_string)
+        .collect()
+}
+
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         self.stop();
