@@ -231,7 +231,11 @@ impl Server {
     pub fn stop(mut self) -> String {
         match self.kind {
             Kind::Stock => {
-                self.status.take();
+                // The drainer holds a clone of the socket, so dropping ours
+                // is not enough: shut it down, which stock reads as EOF.
+                if let Some(st) = self.status.take() {
+                    let _ = st.shutdown(std::net::Shutdown::Both);
+                }
             }
             Kind::OursFjall | Kind::OursMemory => {
                 // SAFETY: kill(2) on our own child's pid; no memory involved.
