@@ -56,7 +56,9 @@ fn backends() -> [Backend; 2] {
         },
         Backend {
             name: "fjall",
-            open: |dir| Box::new(FjallStore::open(&dir.join("db"), OpenOptions::default()).unwrap()),
+            open: |dir| {
+                Box::new(FjallStore::open(&dir.join("db"), OpenOptions::default()).unwrap())
+            },
         },
     ]
 }

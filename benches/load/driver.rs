@@ -165,7 +165,12 @@ fn cache_id(smtpd: bool, conn: usize, n: u64) -> Vec<u8> {
     // Shaped like Postfix's ids: smtpd's is the hex session id plus the
     // service and OpenSSL version; smtp's names the next hop and a digest.
     if smtpd {
-        format!("smtpd&{:016X}{:016X}{:032X}&0x30000b0&", conn, n, n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        format!(
+            "smtpd&{:016X}{:016X}{:032X}&0x30000b0&",
+            conn,
+            n,
+            n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        )
     } else {
         format!(
             "smtp&mx{conn}.example.net&192.0.2.{}:25&{:064X}",
@@ -182,7 +187,7 @@ async fn conn_task(
     conn: usize,
     shared: Arc<Shared>,
 ) -> Result<ConnStats, String> {
-    let smtpd = conn % 2 == 0;
+    let smtpd = conn.is_multiple_of(2);
     let ct = if smtpd { "smtpd" } else { "smtp" };
     let mut rng = Rng::new(conn as u64 + 1);
     let mut st = ConnStats::default();

@@ -130,7 +130,11 @@ fn machine() -> String {
         .to_string();
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
         .and_then(|kb| kb.parse::<u64>().ok())
         .map(|kb| kb / 1024 / 1024)
         .unwrap_or(0);
@@ -210,10 +214,10 @@ fn run(args: &Args) -> Result<(), String> {
         println!("{table}");
         out.push_str(&table);
         if args.bench {
-            std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+            std::fs::create_dir_all(&args.out)
+                .map_err(|e| format!("{}: {e}", args.out.display()))?;
             let write = |name: &str, text: &str| {
-                std::fs::write(args.out.join(name), text)
-                    .map_err(|e| format!("write {name}: {e}"))
+                std::fs::write(args.out.join(name), text).map_err(|e| format!("write {name}: {e}"))
             };
             write("runs.csv", &report::csv(&runs))?;
             write(
@@ -226,7 +230,11 @@ fn run(args: &Args) -> Result<(), String> {
         let mut rows = Vec::new();
         for kind in servers.iter().copied().filter(|k| *k != Kind::Ceiling) {
             let f = footprint::measure(&rt, kind, args.footprint, &args.start)?;
-            eprintln!("footprint {} done in {:.1} s", kind.name(), f.fill_time.as_secs_f64());
+            eprintln!(
+                "footprint {} done in {:.1} s",
+                kind.name(),
+                f.fill_time.as_secs_f64()
+            );
             if f.sample_hits != f.sample {
                 return Err(format!(
                     "{}: only {}/{} sampled sessions found after the fill",
@@ -239,7 +247,7 @@ fn run(args: &Args) -> Result<(), String> {
         }
         let t = report::footprint_table(&rows);
         println!("\n{t}");
-        out.push_str("\n");
+        out.push('\n');
         out.push_str(&t);
     }
     if args.bench {

@@ -81,7 +81,10 @@ pub fn table(points: &BTreeMap<(Kind, usize), Point>, conns: &[usize]) -> String
         s,
         "| server | conns | req/s | × stock | × ceiling | p50 µs | p99 µs | p99.9 µs | p99 × stock | server CPU µs/req | server cores | generator cores | peak RSS MiB | hit rate | errors | lost | runs |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for &c in conns {
         let stock = points.get(&(Kind::Stock, c));
         let ceiling = points.get(&(Kind::Ceiling, c));
@@ -186,7 +189,7 @@ fn color(k: Kind) -> &'static str {
 
 /// Upper bound of a "nice" axis: 1, 2 or 5 times a power of ten.
 fn nice_max(v: f64) -> f64 {
-    if !(v > 0.0) || !v.is_finite() {
+    if v.is_nan() || v <= 0.0 || !v.is_finite() {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
@@ -236,7 +239,11 @@ fn panel(
             x0 + left + w,
             x0 + left - 4.0,
             y + 4.0,
-            if ymax >= 10.0 { format!("{v:.0}") } else { format!("{v:.1}") }
+            if ymax >= 10.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            }
         );
     }
     let _ = writeln!(
@@ -275,7 +282,11 @@ fn panel(
         );
         for p in &pts {
             let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
-            let _ = writeln!(s, r#"<circle cx="{x}" cy="{y}" r="3" fill="{}"/>"#, color(*kind));
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{x}" cy="{y}" r="3" fill="{}"/>"#,
+                color(*kind)
+            );
         }
     }
 }
@@ -306,8 +317,22 @@ pub fn svg(points: &BTreeMap<(Kind, usize), Point>, conns: &[usize], caption: &s
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="1000" height="380" font-family="sans-serif">"#
     );
     let _ = writeln!(s, r#"<rect width="1000" height="380" fill="white"/>"#);
-    panel(&mut s, 0.0, "Throughput", "requests/s", conns, &series(&|p| p.rps));
-    panel(&mut s, 500.0, "p99 latency", "µs", conns, &series(&|p| p.p99));
+    panel(
+        &mut s,
+        0.0,
+        "Throughput",
+        "requests/s",
+        conns,
+        &series(&|p| p.rps),
+    );
+    panel(
+        &mut s,
+        500.0,
+        "p99 latency",
+        "µs",
+        conns,
+        &series(&|p| p.p99),
+    );
     for (i, k) in kinds.iter().enumerate() {
         let x = 80.0 + i as f64 * 200.0;
         let _ = writeln!(

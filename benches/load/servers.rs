@@ -36,7 +36,12 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::OursFjall, Kind::OursMemory, Kind::Stock, Kind::Ceiling];
+    pub const ALL: [Kind; 4] = [
+        Kind::OursFjall,
+        Kind::OursMemory,
+        Kind::Stock,
+        Kind::Ceiling,
+    ];
 
     /// Short name, used on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -93,7 +98,9 @@ pub struct StartOptions {
 
 fn tempdir(opts: &StartOptions) -> Result<tempfile::TempDir, String> {
     let r = match &opts.base_dir {
-        Some(b) => tempfile::Builder::new().prefix("tlsmgr-bench").tempdir_in(b),
+        Some(b) => tempfile::Builder::new()
+            .prefix("tlsmgr-bench")
+            .tempdir_in(b),
         None => tempfile::Builder::new().prefix("tlsmgr-bench").tempdir(),
     };
     r.map_err(|e| format!("temporary directory: {e}"))
