@@ -14,7 +14,7 @@
 //! Only requests that start and end inside the measuring window count;
 //! the server's CPU time and our own are read at the window's edges.
 
-use super::servers::{cpu_time, status_kb, Server};
+use super::servers::{busiest_thread, cpu_time, status_kb, thread_cpu_times, Server};
 use super::wire::{self, Rng};
 use bytes::BytesMut;
 use std::path::PathBuf;
@@ -58,6 +58,9 @@ pub struct Measure {
     /// Latencies of the counted requests, sorted, in nanoseconds.
     pub latencies: Vec<u64>,
     pub server_cpu: Duration,
+    /// CPU time of the server's busiest thread (a saturated thread is
+    /// near the window's length).
+    pub server_busiest_thread: Duration,
     pub client_cpu: Duration,
     pub server_peak_rss: u64,
 }
@@ -81,6 +84,10 @@ impl Measure {
     /// Share of one core the process used during the window.
     pub fn server_cores(&self) -> f64 {
         self.server_cpu.as_secs_f64() / self.window.as_secs_f64().max(1e-9)
+    }
+    /// Share of one core the server's busiest thread used.
+    pub fn busiest_thread_cores(&self) -> f64 {
+        self.server_busiest_thread.as_secs_f64() / self.window.as_secs_f64().max(1e-9)
     }
     pub fn client_cores(&self) -> f64 {
         self.client_cpu.as_secs_f64() / self.window.as_secs_f64().max(1e-9)
@@ -305,13 +312,14 @@ pub fn run(
             .collect();
         tokio::time::sleep_until(t0.into()).await;
         let me = std::process::id();
-        let (s0, c0) = (cpu_time(pid), cpu_time(me));
+        let (s0, c0, th0) = (cpu_time(pid), cpu_time(me), thread_cpu_times(pid));
         tokio::time::sleep_until(shared.t1.into()).await;
-        let (s1, c1) = (cpu_time(pid), cpu_time(me));
+        let (s1, c1, th1) = (cpu_time(pid), cpu_time(me), thread_cpu_times(pid));
         let peak = status_kb(pid, "VmHWM").unwrap_or(0);
         let mut m = Measure {
             window,
             server_peak_rss: peak,
+            server_busiest_thread: busiest_thread(&th0, &th1),
             ..Measure::default()
         };
         if let (Some(a), Some(b), Some(c), Some(d)) = (s0, s1, c0, c1) {

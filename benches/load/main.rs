@@ -193,11 +193,12 @@ fn run(args: &Args) -> Result<(), String> {
                     let log = server.stop();
                     let m = m.map_err(|e| format!("{} at {c}: {e}\n{log}", kind.name()))?;
                     eprintln!(
-                        "round {round} {:>11} c={c:<3} {:>8.0} req/s p99 {:>8.0} µs cpu {:.2} gen {:.2} errors {} lost {}",
+                        "round {round} {:>11} c={c:<3} {:>8.0} req/s p99 {:>8.0} µs cpu {:.2} (busiest thread {:.2}) gen {:.2} errors {} lost {}",
                         kind.name(),
                         m.throughput(),
                         m.percentile_us(99.0),
                         m.server_cores(),
+                        m.busiest_thread_cores(),
                         m.client_cores(),
                         m.errors,
                         m.lost

@@ -18,6 +18,7 @@ pub struct Point {
     pub p999: f64,
     pub cpu_us_per_req: f64,
     pub server_cores: f64,
+    pub busiest_thread: f64,
     pub client_cores: f64,
     pub peak_rss_mib: f64,
     pub hit_rate: f64,
@@ -56,6 +57,7 @@ pub fn summarize(runs: &Runs) -> BTreeMap<(Kind, usize), Point> {
                     p999: f(&|m| m.percentile_us(99.9)),
                     cpu_us_per_req: f(&|m| m.server_cpu_per_req_us()),
                     server_cores: f(&|m| m.server_cores()),
+                    busiest_thread: f(&|m| m.busiest_thread_cores()),
                     client_cores: f(&|m| m.client_cores()),
                     peak_rss_mib: f(&|m| m.server_peak_rss as f64 / 1048576.0),
                     hit_rate: f(&|m| m.hits as f64 / (m.hits + m.misses).max(1) as f64),
@@ -79,7 +81,7 @@ pub fn table(points: &BTreeMap<(Kind, usize), Point>, conns: &[usize]) -> String
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| server | conns | req/s | × stock | × ceiling | p50 µs | p99 µs | p99.9 µs | p99 × stock | server CPU µs/req | server cores | generator cores | peak RSS MiB | hit rate | errors | lost | runs |"
+        "| server | conns | req/s | × stock | × ceiling | p50 µs | p99 µs | p99.9 µs | p99 × stock | server CPU µs/req | server cores | busiest thread | generator cores | peak RSS MiB | hit rate | errors | lost | runs |"
     );
     let _ = writeln!(
         s,
@@ -94,7 +96,7 @@ pub fn table(points: &BTreeMap<(Kind, usize), Point>, conns: &[usize]) -> String
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {:.2} | {:.2} | {:.1} | {:.2} | {} | {} | {} |",
+                "| {} | {} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {} | {} | {} |",
                 kind.name(),
                 c,
                 p.rps,
@@ -106,6 +108,7 @@ pub fn table(points: &BTreeMap<(Kind, usize), Point>, conns: &[usize]) -> String
                 ratio(p.p99, stock.map(|x| x.p99)),
                 p.cpu_us_per_req,
                 p.server_cores,
+                p.busiest_thread,
                 p.client_cores,
                 p.peak_rss_mib,
                 p.hit_rate,
@@ -121,13 +124,13 @@ pub fn table(points: &BTreeMap<(Kind, usize), Point>, conns: &[usize]) -> String
 /// Every run, one CSV line each.
 pub fn csv(runs: &Runs) -> String {
     let mut s = String::from(
-        "server,conns,round,requests,window_s,rps,p50_us,p99_us,p999_us,server_cpu_s,client_cpu_s,peak_rss_bytes,hits,misses,lost,errors\n",
+        "server,conns,round,requests,window_s,rps,p50_us,p99_us,p999_us,server_cpu_s,busiest_thread_cpu_s,client_cpu_s,peak_rss_bytes,hits,misses,lost,errors\n",
     );
     for ((kind, c), ms) in runs {
         for (i, m) in ms.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "{},{},{},{},{:.3},{:.1},{:.1},{:.1},{:.1},{:.3},{:.3},{},{},{},{},{}",
+                "{},{},{},{},{:.3},{:.1},{:.1},{:.1},{:.1},{:.3},{:.3},{:.3},{},{},{},{},{}",
                 kind.name(),
                 c,
                 i,
@@ -138,6 +141,7 @@ pub fn csv(runs: &Runs) -> String {
                 m.percentile_us(99.0),
                 m.percentile_us(99.9),
                 m.server_cpu.as_secs_f64(),
+                m.server_busiest_thread.as_secs_f64(),
                 m.client_cpu.as_secs_f64(),
                 m.server_peak_rss,
                 m.hits,

@@ -372,7 +372,39 @@ fn start_stock(
 
 /// CPU time (user + system) of a process, from /proc/PID/stat.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time of each thread of a process, by thread id.
+pub fn thread_cpu_times(pid: u32) -> std::collections::HashMap<u32, Duration> {
+    let mut m = std::collections::HashMap::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(cpu) = stat_cpu(&format!("/proc/{pid}/task/{tid}/stat")) {
+                m.insert(tid, cpu);
+            }
+        }
+    }
+    m
+}
+
+/// The busiest thread's CPU time between two [`thread_cpu_times`] snapshots.
+pub fn busiest_thread(
+    before: &std::collections::HashMap<u32, Duration>,
+    after: &std::collections::HashMap<u32, Duration>,
+) -> Duration {
+    after
+        .iter()
+        .map(|(tid, a)| a.saturating_sub(before.get(tid).copied().unwrap_or_default()))
+        .max()
+        .unwrap_or_default()
+}
+
+fn stat_cpu(path: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
