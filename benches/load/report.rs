@@ -85,7 +85,7 @@ pub fn table(points: &BTreeMap<(Kind, usize), Point>, conns: &[usize]) -> String
     );
     let _ = writeln!(
         s,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for &c in conns {
         let stock = points.get(&(Kind::Stock, c));
