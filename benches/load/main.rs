@@ -13,7 +13,8 @@
 //! - `--rounds N` (3), `--secs S` (3), `--warmup S` (0.5);
 //! - `--footprint N` (100000; 0 skips it), `--no-load` (footprint only);
 //! - `--hit-ratio P` (0.5), `--gen-threads N` (2), `--base-dir DIR` (where
-//!   the servers' directories go; default $TMPDIR), `--out DIR`.
+//!   the servers' directories go; default $TMPDIR), `--out DIR`;
+//! - `--replot RUNS.CSV`: no run; the table and plot again from a saved CSV.
 //!
 //! Without `--bench` (that is, under `cargo test --all-targets`) it is a
 //! smoke run: every available server at 1 and 8 connections for 0.3 s and a
@@ -46,6 +47,7 @@ struct Args {
     mix: driver::Mix,
     start: StartOptions,
     out: PathBuf,
+    replot: Option<PathBuf>,
 }
 
 fn parse_list<T>(v: &str, f: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, String> {
@@ -71,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
         mix: driver::Mix::default(),
         start: StartOptions::default(),
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/load-bench"),
+        replot: None,
     };
     if !bench {
         a.conns = vec![1, 8];
@@ -102,6 +105,7 @@ fn parse_args() -> Result<Args, String> {
             "--gen-threads" => a.gen_threads = num(val()?)?.max(1.0) as usize,
             "--base-dir" => a.start.base_dir = Some(PathBuf::from(val()?)),
             "--out" => a.out = PathBuf::from(val()?),
+            "--replot" => a.replot = Some(PathBuf::from(val()?)),
             // libtest-style flags cargo may pass to a harness-less target.
             s if s.starts_with("--") && !bench => eprintln!("load: ignoring {s}"),
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
@@ -141,7 +145,23 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, {mem} GiB RAM, Linux {kernel}")
 }
 
+/// `--replot`: the table and the SVG again from a saved `runs.csv`.
+fn replot(csv: &std::path::Path, out: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(csv).map_err(|e| format!("{}: {e}", csv.display()))?;
+    let (points, conns) = report::summarize_csv(&text)?;
+    let table = report::table(&points, &conns);
+    println!("{table}");
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let caption = format!("replotted from {}", csv.display());
+    std::fs::write(out.join("load.svg"), report::svg(&points, &conns, &caption))
+        .map_err(|e| format!("write load.svg: {e}"))?;
+    std::fs::write(out.join("table.md"), table).map_err(|e| format!("write table.md: {e}"))
+}
+
 fn run(args: &Args) -> Result<(), String> {
+    if let Some(csv) = &args.replot {
+        return replot(csv, &args.out);
+    }
     let mut servers = args.servers.clone();
     if servers.contains(&Kind::Stock) && !servers::stock_available()? {
         eprintln!(

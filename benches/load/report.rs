@@ -43,7 +43,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Results keyed by server and concurrency.
 pub type Runs = BTreeMap<(Kind, usize), Vec<Measure>>;
 
-pub fn summarize(runs: &Runs) -> BTreeMap<(Kind, usize), Point> {
+/// Median figures keyed by server and concurrency.
+pub type Points = BTreeMap<(Kind, usize), Point>;
+
+pub fn summarize(runs: &Runs) -> Points {
     runs.iter()
         .map(|(k, ms)| {
             let f = |g: &dyn Fn(&Measure) -> f64| median(ms.iter().map(g).collect());
@@ -77,7 +80,7 @@ fn ratio(a: f64, b: Option<f64>) -> String {
 }
 
 /// The markdown table.
-pub fn table(points: &BTreeMap<(Kind, usize), Point>, conns: &[usize]) -> String {
+pub fn table(points: &Points, conns: &[usize]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -211,18 +214,28 @@ fn panel(
     x0: f64,
     title: &str,
     unit: &str,
+    log_scale: bool,
     conns: &[usize],
     series: &[(Kind, Vec<Option<f64>>)],
 ) {
-    let (w, h, top, left, bottom) = (420.0, 260.0, 40.0, 60.0, 40.0);
-    let ymax = nice_max(
-        series
-            .iter()
-            .flat_map(|(_, v)| v.iter().flatten())
-            .fold(0.0, |a: f64, b| a.max(*b)),
-    );
+    let (w, h, top, left, bottom) = (410.0, 260.0, 40.0, 70.0, 40.0);
+    let values = || series.iter().flat_map(|(_, v)| v.iter().flatten().copied());
+    let vmax = values().fold(0.0, f64::max);
+    // Linear from 0 to a round maximum, or log10 across whole decades.
+    let (lo, hi) = if log_scale {
+        let vmin = values().filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
+        let lo = if vmin.is_finite() {
+            vmin.log10().floor()
+        } else {
+            0.0
+        };
+        (lo, vmax.max(1.0).log10().ceil().max(lo + 1.0))
+    } else {
+        (0.0, nice_max(vmax))
+    };
+    let scale = move |v: f64| if log_scale { v.max(1e-9).log10() } else { v };
     let px = |i: usize| x0 + left + (i as f64 + 0.5) * (w / conns.len() as f64);
-    let py = |v: f64| top + h - v / ymax * h;
+    let py = move |v: f64| top + h - (scale(v) - lo) / (hi - lo) * h;
     let _ = writeln!(
         s,
         r#"<text x="{}" y="24" font-size="15" text-anchor="middle">{title}</text>"#,
@@ -233,8 +246,12 @@ fn panel(
         r##"<rect x="{}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#999"/>"##,
         x0 + left
     );
-    for t in 0..=5 {
-        let v = ymax * t as f64 / 5.0;
+    let ticks: Vec<f64> = if log_scale {
+        (lo as i32..=hi as i32).map(|e| 10f64.powi(e)).collect()
+    } else {
+        (0..=5).map(|t| hi * t as f64 / 5.0).collect()
+    };
+    for v in ticks {
         let y = py(v);
         let _ = writeln!(
             s,
@@ -243,10 +260,10 @@ fn panel(
             x0 + left + w,
             x0 + left - 4.0,
             y + 4.0,
-            if ymax >= 10.0 {
+            if v >= 10.0 || v == 0.0 {
                 format!("{v:.0}")
             } else {
-                format!("{v:.1}")
+                format!("{v}")
             }
         );
     }
@@ -296,7 +313,7 @@ fn panel(
 }
 
 /// The SVG: throughput (left) and p99 latency (right) against concurrency.
-pub fn svg(points: &BTreeMap<(Kind, usize), Point>, conns: &[usize], caption: &str) -> String {
+pub fn svg(points: &Points, conns: &[usize], caption: &str) -> String {
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
         .filter(|k| conns.iter().any(|c| points.contains_key(&(*k, *c))))
@@ -326,14 +343,16 @@ pub fn svg(points: &BTreeMap<(Kind, usize), Point>, conns: &[usize], caption: &s
         0.0,
         "Throughput",
         "requests/s",
+        false,
         conns,
         &series(&|p| p.rps),
     );
     panel(
         &mut s,
         500.0,
-        "p99 latency",
+        "p99 latency (log scale)",
         "µs",
+        true,
         conns,
         &series(&|p| p.p99),
     );
@@ -355,4 +374,76 @@ pub fn svg(points: &BTreeMap<(Kind, usize), Point>, conns: &[usize], caption: &s
     );
     s.push_str("</svg>\n");
     s
+}
+
+/// Medians from a saved `runs.csv` (for `--replot`): the same figures as
+/// [`summarize`], computed from each run's recorded percentiles.
+pub fn summarize_csv(text: &str) -> Result<(Points, Vec<usize>), String> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().ok_or("empty CSV")?.split(',').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .ok_or_else(|| format!("CSV has no column {name}"))
+    };
+    let names = [
+        "server",
+        "conns",
+        "window_s",
+        "rps",
+        "p50_us",
+        "p99_us",
+        "p999_us",
+        "server_cpu_s",
+        "busiest_thread_cpu_s",
+        "client_cpu_s",
+        "peak_rss_bytes",
+        "hits",
+        "misses",
+        "lost",
+        "errors",
+        "requests",
+    ];
+    let idx: Vec<usize> = names.iter().map(|n| col(n)).collect::<Result<_, _>>()?;
+    let mut rows: BTreeMap<(Kind, usize), Vec<Vec<f64>>> = BTreeMap::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = line.split(',').collect();
+        let get = |i: usize| f.get(idx[i]).copied().unwrap_or("");
+        let kind = Kind::from_name(get(0)).ok_or_else(|| format!("bad server in {line}"))?;
+        let conns: usize = get(1).parse().map_err(|_| format!("bad conns in {line}"))?;
+        let nums: Vec<f64> = (2..names.len())
+            .map(|i| get(i).parse::<f64>().unwrap_or(f64::NAN))
+            .collect();
+        rows.entry((kind, conns)).or_default().push(nums);
+    }
+    let mut conns: Vec<usize> = rows.keys().map(|(_, c)| *c).collect();
+    conns.sort_unstable();
+    conns.dedup();
+    // Offsets into `nums` (names[2..]).
+    let [window, rps, p50, p99, p999, cpu, busiest, client, rss, hits, misses, lost, errors, requests] =
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
+    let points = rows
+        .into_iter()
+        .map(|(k, runs)| {
+            let f = |g: &dyn Fn(&[f64]) -> f64| median(runs.iter().map(|r| g(r)).collect());
+            let point = Point {
+                runs: runs.len(),
+                rps: f(&|r| r[rps]),
+                p50: f(&|r| r[p50]),
+                p99: f(&|r| r[p99]),
+                p999: f(&|r| r[p999]),
+                cpu_us_per_req: f(&|r| r[cpu] * 1e6 / r[requests].max(1.0)),
+                server_cores: f(&|r| r[cpu] / r[window]),
+                busiest_thread: f(&|r| r[busiest] / r[window]),
+                client_cores: f(&|r| r[client] / r[window]),
+                peak_rss_mib: f(&|r| r[rss] / 1048576.0),
+                hit_rate: f(&|r| r[hits] / (r[hits] + r[misses]).max(1.0)),
+                errors: runs.iter().map(|r| r[errors] as u64).sum(),
+                lost: runs.iter().map(|r| r[lost] as u64).sum(),
+            };
+            (k, point)
+        })
+        .collect();
+    Ok((points, conns))
 }
