@@ -14,7 +14,8 @@
 //! - `--footprint N` (100000; 0 skips it), `--no-load` (footprint only);
 //! - `--hit-ratio P` (0.5), `--gen-threads N` (2), `--base-dir DIR` (where
 //!   the servers' directories go; default $TMPDIR), `--out DIR`;
-//! - `--replot RUNS.CSV`: no run; the table and plot again from a saved CSV.
+//! - `--replot RUNS.CSV`: no run; the table and plot again from a saved CSV
+//!   (`--caption TEXT` sets the plot's caption).
 //!
 //! Without `--bench` (that is, under `cargo test --all-targets`) it is a
 //! smoke run: every available server at 1 and 8 connections for 0.3 s and a
@@ -48,6 +49,7 @@ struct Args {
     start: StartOptions,
     out: PathBuf,
     replot: Option<PathBuf>,
+    caption: Option<String>,
 }
 
 fn parse_list<T>(v: &str, f: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, String> {
@@ -74,6 +76,7 @@ fn parse_args() -> Result<Args, String> {
         start: StartOptions::default(),
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/load-bench"),
         replot: None,
+        caption: None,
     };
     if !bench {
         a.conns = vec![1, 8];
@@ -106,6 +109,7 @@ fn parse_args() -> Result<Args, String> {
             "--base-dir" => a.start.base_dir = Some(PathBuf::from(val()?)),
             "--out" => a.out = PathBuf::from(val()?),
             "--replot" => a.replot = Some(PathBuf::from(val()?)),
+            "--caption" => a.caption = Some(val()?),
             // libtest-style flags cargo may pass to a harness-less target.
             s if s.starts_with("--") && !bench => eprintln!("load: ignoring {s}"),
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
@@ -146,13 +150,19 @@ fn machine() -> String {
 }
 
 /// `--replot`: the table and the SVG again from a saved `runs.csv`.
-fn replot(csv: &std::path::Path, out: &std::path::Path) -> Result<(), String> {
+fn replot(
+    csv: &std::path::Path,
+    out: &std::path::Path,
+    caption: Option<&str>,
+) -> Result<(), String> {
     let text = std::fs::read_to_string(csv).map_err(|e| format!("{}: {e}", csv.display()))?;
     let (points, conns) = report::summarize_csv(&text)?;
     let table = report::table(&points, &conns);
     println!("{table}");
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let caption = format!("replotted from {}", csv.display());
+    let caption = caption
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("replotted from {}", csv.display()));
     std::fs::write(out.join("load.svg"), report::svg(&points, &conns, &caption))
         .map_err(|e| format!("write load.svg: {e}"))?;
     std::fs::write(out.join("table.md"), table).map_err(|e| format!("write table.md: {e}"))
@@ -160,7 +170,7 @@ fn replot(csv: &std::path::Path, out: &std::path::Path) -> Result<(), String> {
 
 fn run(args: &Args) -> Result<(), String> {
     if let Some(csv) = &args.replot {
-        return replot(csv, &args.out);
+        return replot(csv, &args.out, args.caption.as_deref());
     }
     let mut servers = args.servers.clone();
     if servers.contains(&Kind::Stock) && !servers::stock_available()? {
