@@ -57,6 +57,8 @@ pub struct Measure {
     pub errors: u64,
     /// Latencies of the counted requests, sorted, in nanoseconds.
     pub latencies: Vec<u64>,
+    /// The same per request kind ([`KINDS`] order), sorted.
+    pub by_kind: [Vec<u64>; 4],
     pub server_cpu: Duration,
     /// CPU time of the server's busiest thread (a saturated thread is
     /// near the window's length).
@@ -77,6 +79,21 @@ impl Measure {
         let i = ((p / 100.0) * (self.latencies.len() - 1) as f64).round() as usize;
         self.latencies[i.min(self.latencies.len() - 1)] as f64 / 1000.0
     }
+    /// p99 in microseconds per request kind, as `seed=…` text for logs.
+    pub fn p99_by_kind(&self) -> String {
+        KINDS
+            .iter()
+            .zip(&self.by_kind)
+            .map(|(k, v)| match v.len() {
+                0 => format!("{k}=–"),
+                n => format!(
+                    "{k}={:.0}",
+                    v[((n - 1) as f64 * 0.99).round() as usize] as f64 / 1000.0
+                ),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
     /// Server CPU per request, microseconds.
     pub fn server_cpu_per_req_us(&self) -> f64 {
         self.server_cpu.as_secs_f64() * 1e6 / (self.requests.max(1) as f64)
@@ -94,6 +111,10 @@ impl Measure {
     }
 }
 
+/// Request kinds whose latencies are kept apart: `lookup` and `update` go
+/// through our cache actors, `seed` and `tktkey` do not.
+pub const KINDS: [&str; 4] = ["seed", "lookup", "update", "tktkey"];
+
 #[derive(Default)]
 struct ConnStats {
     requests: u64,
@@ -103,6 +124,7 @@ struct ConnStats {
     lost: u64,
     errors: u64,
     latencies: Vec<u64>,
+    by_kind: [Vec<u64>; 4],
 }
 
 /// Connects and reads the announcement; retries while the backlog is full.
@@ -207,10 +229,11 @@ async fn conn_task(
     // Ids this connection stored, most recent last (bounded).
     let mut stored: Vec<u64> = Vec::new();
     let mut next_id = 0u64;
-    let record = |st: &mut ConnStats, start: Instant, lat: Duration| {
+    let record = |st: &mut ConnStats, kind: usize, start: Instant, lat: Duration| {
         if start >= shared.t0 && start + lat <= shared.t1 {
             st.requests += 1;
             st.latencies.push(lat.as_nanos() as u64);
+            st.by_kind[kind].push(lat.as_nanos() as u64);
         }
     };
     loop {
@@ -222,7 +245,7 @@ async fn conn_task(
         if status != Some(0) || !nonempty {
             st.errors += 1;
         }
-        record(&mut st, start, lat);
+        record(&mut st, 0, start, lat);
 
         let resume = !stored.is_empty() && rng.chance(shared.mix.hit_ratio);
         let n = if resume {
@@ -234,7 +257,7 @@ async fn conn_task(
         let id = cache_id(smtpd, conn, n);
         let start = Instant::now();
         let (status, nonempty, lat) = exchange(&mut s, &mut buf, &wire::lookup(ct, &id)).await?;
-        record(&mut st, start, lat);
+        record(&mut st, 1, start, lat);
         let hit = match status {
             Some(0) if nonempty => true,
             Some(-1) => false,
@@ -257,7 +280,7 @@ async fn conn_task(
             if status != Some(0) {
                 st.errors += 1;
             }
-            record(&mut st, start, lat);
+            record(&mut st, 2, start, lat);
             if !resume {
                 if stored.len() >= 1024 {
                     stored.swap_remove(rng.below(1024) as usize);
@@ -271,7 +294,7 @@ async fn conn_task(
             if status != Some(0) || !nonempty {
                 st.errors += 1;
             }
-            record(&mut st, start, lat);
+            record(&mut st, 3, start, lat);
         }
         if start >= shared.t0 && Instant::now() <= shared.t1 {
             st.handshakes += 1;
@@ -335,8 +358,14 @@ pub fn run(
             m.lost += st.lost;
             m.errors += st.errors;
             m.latencies.extend(st.latencies);
+            for (all, mine) in m.by_kind.iter_mut().zip(st.by_kind) {
+                all.extend(mine);
+            }
         }
         m.latencies.sort_unstable();
+        for v in &mut m.by_kind {
+            v.sort_unstable();
+        }
         Ok(m)
     })
 }

@@ -111,9 +111,12 @@ fn io<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
 }
 
 /// The path of our daemon: the `tlsmgr` binary cargo built for this bench
-/// (release with `cargo bench`, debug under `cargo test`).
+/// (release with `cargo bench`, debug under `cargo test`), unless
+/// `TLSMGR_BENCH_OURS_BIN` names another build (for A/B experiments).
 pub fn ours_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tlsmgr"))
+    std::env::var_os("TLSMGR_BENCH_OURS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tlsmgr")))
 }
 
 impl Server {
