@@ -17,6 +17,10 @@
 //! - `--replot RUNS.CSV`: no run; the table and plot again from a saved CSV
 //!   (`--caption TEXT` sets the plot's caption).
 //!
+//! Environment: `TLSMGR_BENCH_OURS_BIN` runs another build of ours (A/B
+//! experiments); `TLSMGR_BENCH_CEILING_THREADS` gives the ceiling a
+//! multi-thread runtime (default: one thread).
+//!
 //! Without `--bench` (that is, under `cargo test --all-targets`) it is a
 //! smoke run: every available server at 1 and 8 connections for 0.3 s and a
 //! footprint of 300 sessions, failing on any error; nothing is written.
