@@ -1,0 +1,454 @@
+//! The servers under test, each a separate process so that its CPU time and
+//! peak RSS can be read from /proc:
+//!
+//! - ours (`tlsmgr serve`, the binary cargo built with this bench) with the
+//!   fjall store, and with the memory store;
+//! - Debian's stock tlsmgr, started the way master(8) starts it (spec §4.1:
+//!   flow pipe on fds 3/4, status socket on fd 5, listen socket on fd 6,
+//!   `-l -t unix`, `GENERATION`, a `MAIL_CONFIG` with btree caches);
+//! - the ceiling: this bench binary re-executed in its minimal-server mode.
+
+use command_fds::{CommandFdExt, FdMapping};
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where Debian installs the stock daemon.
+pub const STOCK_TLSMGR: &str = "/usr/lib/postfix/sbin/tlsmgr";
+
+/// Environment variable that turns this binary into the ceiling server.
+pub const CEILING_ENV: &str = "TLSMGR_BENCH_CEILING_SOCKET";
+
+/// The kinds of server in one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Ours, fjall store.
+    OursFjall,
+    /// Ours, memory store.
+    OursMemory,
+    /// Debian's tlsmgr.
+    Stock,
+    /// The fixed-reply server.
+    Ceiling,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [
+        Kind::OursFjall,
+        Kind::OursMemory,
+        Kind::Stock,
+        Kind::Ceiling,
+    ];
+
+    /// Short name, used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::OursFjall => "ours-fjall",
+            Kind::OursMemory => "ours-memory",
+            Kind::Stock => "stock",
+            Kind::Ceiling => "ceiling",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// Whether the stock daemon can run here: installed, and we are root (as
+/// master is). Under `CI` its absence is an error, as in the tests.
+pub fn stock_available() -> Result<bool, String> {
+    // SAFETY: geteuid(2) has no preconditions and touches no memory.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ok = Path::new(STOCK_TLSMGR).exists() && root;
+    if !ok && std::env::var_os("CI").is_some() {
+        return Err(format!(
+            "CI must install Debian's postfix package ({STOCK_TLSMGR}) and run as root"
+        ));
+    }
+    Ok(ok)
+}
+
+/// A running server process.
+pub struct Server {
+    pub kind: Kind,
+    pub child: Child,
+    pub socket: PathBuf,
+    /// Where the caches live (for on-disk bytes).
+    pub data_dir: PathBuf,
+    /// Stock only: our end of the status channel (closing it stops stock),
+    /// drained by a thread so that stock never blocks writing to it.
+    status: Option<UnixStream>,
+    drainer: Option<std::thread::JoinHandle<()>>,
+    log_path: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+/// Knobs for starting a server.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Parent directory of the server's temporary directory (default: $TMPDIR).
+    pub base_dir: Option<PathBuf>,
+    /// Extra main.cf lines.
+    pub main_cf_extra: String,
+}
+
+fn tempdir(opts: &StartOptions) -> Result<tempfile::TempDir, String> {
+    let r = match &opts.base_dir {
+        Some(b) => tempfile::Builder::new()
+            .prefix("tlsmgr-bench")
+            .tempdir_in(b),
+        None => tempfile::Builder::new().prefix("tlsmgr-bench").tempdir(),
+    };
+    r.map_err(|e| format!("temporary directory: {e}"))
+}
+
+fn io<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// The path of our daemon: the `tlsmgr` binary cargo built for this bench
+/// (release with `cargo bench`, debug under `cargo test`), unless
+/// `TLSMGR_BENCH_OURS_BIN` names another build (for A/B experiments).
+pub fn ours_binary() -> PathBuf {
+    std::env::var_os("TLSMGR_BENCH_OURS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tlsmgr")))
+}
+
+impl Server {
+    pub fn start(kind: Kind, opts: &StartOptions) -> Result<Server, String> {
+        let tmp = tempdir(opts)?;
+        let root = tmp.path().to_path_buf();
+        let log_path = root.join("server.log");
+        let log = || {
+            std::fs::File::create(&log_path)
+                .map(Stdio::from)
+                .map_err(io("create log file"))
+        };
+        let data_dir = root.join("data");
+        std::fs::create_dir_all(&data_dir).map_err(io("create data directory"))?;
+        let mut server = match kind {
+            Kind::OursFjall | Kind::OursMemory => {
+                let db = |name: &str| match kind {
+                    Kind::OursFjall => format!("btree:{}/{name}", data_dir.display()),
+                    _ => format!("memory:{name}"),
+                };
+                std::fs::write(
+                    root.join("main.cf"),
+                    format!(
+                        "queue_directory = {r}\ndata_directory = {d}\n\
+                         smtpd_tls_session_cache_database = {smtpd}\n\
+                         smtp_tls_session_cache_database = {smtp}\n{extra}\n",
+                        r = root.display(),
+                        d = data_dir.display(),
+                        smtpd = db("smtpd_scache"),
+                        smtp = db("smtp_scache"),
+                        extra = opts.main_cf_extra,
+                    ),
+                )
+                .map_err(io("write main.cf"))?;
+                let socket = root.join("tlsmgr.sock");
+                let child = Command::new(ours_binary())
+                    .arg("serve")
+                    .arg("-c")
+                    .arg(&root)
+                    .arg("--socket")
+                    .arg(&socket)
+                    .stdin(Stdio::null())
+                    .stdout(log()?)
+                    .stderr(log()?)
+                    .spawn()
+                    .map_err(io("start tlsmgr serve"))?;
+                Server {
+                    kind,
+                    child,
+                    socket,
+                    data_dir,
+                    status: None,
+                    drainer: None,
+                    log_path,
+                    _tmp: tmp,
+                }
+            }
+            Kind::Ceiling => {
+                let socket = root.join("ceiling.sock");
+                let exe = std::env::current_exe().map_err(io("own executable"))?;
+                let child = Command::new(exe)
+                    .env(CEILING_ENV, &socket)
+                    .stdin(Stdio::null())
+                    .stdout(log()?)
+                    .stderr(log()?)
+                    .spawn()
+                    .map_err(io("start ceiling server"))?;
+                Server {
+                    kind,
+                    child,
+                    socket,
+                    data_dir,
+                    status: None,
+                    drainer: None,
+                    log_path,
+                    _tmp: tmp,
+                }
+            }
+            Kind::Stock => start_stock(tmp, &root, data_dir, log_path.clone(), opts)?,
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the socket answers with the announcement.
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Err(format!(
+                    "{} exited at startup ({st}): {}",
+                    self.kind.name(),
+                    self.log()
+                ));
+            }
+            if let Ok(mut s) = UnixStream::connect(&self.socket) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut ann = [0u8; 26];
+                if s.read_exact(&mut ann).is_ok() && ann[..] == *b"protocol\0tlsmgr_protocol\0\0" {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{} not ready: {}", self.kind.name(), self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Stops the server the way its supervisor would: SIGTERM for ours,
+    /// closing the status channel for stock (master reload), SIGKILL for
+    /// the ceiling. Returns the server's log.
+    pub fn stop(mut self) -> String {
+        match self.kind {
+            Kind::Stock => {
+                // The drainer holds a clone of the socket, so dropping ours
+                // is not enough: shut it down, which stock reads as EOF.
+                if let Some(st) = self.status.take() {
+                    let _ = st.shutdown(std::net::Shutdown::Both);
+                }
+            }
+            Kind::OursFjall | Kind::OursMemory => {
+                // SAFETY: kill(2) on our own child's pid; no memory involved.
+                unsafe {
+                    libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+                }
+            }
+            Kind::Ceiling => {
+                let _ = self.child.kill();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(d) = self.drainer.take() {
+            let _ = d.join();
+        }
+        self.log()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chown_postfix(path: &Path) -> Result<(), String> {
+    let st = Command::new("chown")
+        .arg("postfix:postfix")
+        .arg(path)
+        .status()
+        .map_err(io("chown"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("chown postfix {} failed", path.display()))
+    }
+}
+
+/// Starts stock tlsmgr as master(8) does (see tests/common/stock.rs).
+fn start_stock(
+    tmp: tempfile::TempDir,
+    root: &Path,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    opts: &StartOptions,
+) -> Result<Server, String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))
+        .map_err(io("chmod temp dir"))?;
+    for sub in ["config", "queue", "queue/private"] {
+        std::fs::create_dir_all(root.join(sub)).map_err(io("create stock directories"))?;
+    }
+    chown_postfix(&data_dir)?;
+    std::fs::write(
+        root.join("config/main.cf"),
+        format!(
+            "compatibility_level = 3.6\nqueue_directory = {r}/queue\ndata_directory = {d}\n\
+             smtpd_tls_session_cache_database = btree:{d}/smtpd_scache\n\
+             smtp_tls_session_cache_database = btree:{d}/smtp_scache\n{extra}\n",
+            r = root.display(),
+            d = data_dir.display(),
+            extra = opts.main_cf_extra,
+        ),
+    )
+    .map_err(io("write stock main.cf"))?;
+    let socket = root.join("queue/private/tlsmgr");
+    let listener = UnixListener::bind(&socket).map_err(io("bind stock socket"))?;
+    let (status_ours, status_child) = UnixStream::pair().map_err(io("status socketpair"))?;
+    let (flow_r, flow_w) = std::io::pipe().map_err(io("flow pipe"))?;
+    let log = std::fs::File::create(&log_path).map_err(io("create log"))?;
+    let mut cmd = Command::new(STOCK_TLSMGR);
+    cmd.args(["-l", "-t", "unix", "-V"])
+        .env_clear()
+        .env("MAIL_CONFIG", root.join("config"))
+        .env("GENERATION", "17")
+        .env("LANG", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    cmd.fd_mappings(vec![
+        FdMapping {
+            parent_fd: OwnedFd::from(flow_r),
+            child_fd: 3,
+        },
+        FdMapping {
+            parent_fd: OwnedFd::from(flow_w),
+            child_fd: 4,
+        },
+        FdMapping {
+            parent_fd: OwnedFd::from(status_child),
+            child_fd: 5,
+        },
+        FdMapping {
+            parent_fd: OwnedFd::from(listener),
+            child_fd: 6,
+        },
+    ])
+    .map_err(io("map stock fds"))?;
+    let child = cmd.spawn().map_err(io("start stock tlsmgr"))?;
+    // multi_server writes a 12-byte TAKEN and AVAIL record per request;
+    // master reads them, and so must we, or stock blocks on a full socket.
+    let mut reader = status_ours.try_clone().map_err(io("clone status socket"))?;
+    let drainer = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    Ok(Server {
+        kind: Kind::Stock,
+        child,
+        socket,
+        data_dir,
+        status: Some(status_ours),
+        drainer: Some(drainer),
+        log_path,
+        _tmp: tmp,
+    })
+}
+
+/// CPU time (user + system) of a process, from /proc/PID/stat.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    stat_cpu(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time of each thread of a process, by thread id.
+pub fn thread_cpu_times(pid: u32) -> std::collections::HashMap<u32, Duration> {
+    let mut m = std::collections::HashMap::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(cpu) = stat_cpu(&format!("/proc/{pid}/task/{tid}/stat")) {
+                m.insert(tid, cpu);
+            }
+        }
+    }
+    m
+}
+
+/// The busiest thread's CPU time between two [`thread_cpu_times`] snapshots.
+pub fn busiest_thread(
+    before: &std::collections::HashMap<u32, Duration>,
+    after: &std::collections::HashMap<u32, Duration>,
+) -> Duration {
+    after
+        .iter()
+        .map(|(tid, a)| a.saturating_sub(before.get(tid).copied().unwrap_or_default()))
+        .max()
+        .unwrap_or_default()
+}
+
+fn stat_cpu(path: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf(3) has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
+/// A `kB` field of /proc/PID/status (VmHWM, VmRSS), in bytes.
+pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
+/// Bytes allocated on disk (st_blocks) and apparent bytes under `dir`.
+pub fn disk_usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut alloc = 0u64;
+    let mut apparent = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                alloc += md.blocks() * 512;
+                apparent += md.len();
+            }
+        }
+    }
+    (alloc, apparent)
+}
