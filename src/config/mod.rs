@@ -371,10 +371,14 @@ impl Config {
                 loglevel: r.string(&format!("{ct}_tls_loglevel"))?,
             });
         }
-        // Postfix: the same database for two cache types is fatal.
+        // Postfix: the same database for two cache types is fatal. A
+        // memory store is private to its cache, so `memory:` never collides.
+        fn shared_file(c: &CacheConfig) -> Option<&StoreLocation> {
+            c.location.as_ref().filter(|l| l.path().is_some())
+        }
         for (i, a) in caches.iter().enumerate() {
             for b in caches.iter().skip(i + 1) {
-                if let (Some(la), Some(lb)) = (&a.location, &b.location) {
+                if let (Some(la), Some(lb)) = (shared_file(a), shared_file(b)) {
                     if a.database == b.database || same_store(la, lb) {
                         return Err(r.err(
                             &format!("{}_tls_session_cache_database", b.cache_type),
@@ -539,6 +543,16 @@ mod tests {
             e.message,
             "do not use the same TLS cache file btree:/d/scache for smtpd and smtp"
         );
+    }
+
+    #[test]
+    fn memory_caches_never_collide() {
+        let cfg = from(&[
+            ("smtpd_tls_session_cache_database", "memory:"),
+            ("smtp_tls_session_cache_database", "memory:"),
+        ])
+        .unwrap();
+        assert!(cfg.caches[0].enabled() && cfg.caches[1].enabled());
     }
 
     #[test]
