@@ -16,6 +16,40 @@ use slog::{Drain, Level, OwnedKVList, Record, KV};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+/// A boxed drain that can live in a [`SwitchDrain`] or a [`slog::Logger`].
+pub type BoxedDrain = Box<
+    dyn Drain<Ok = (), Err = slog::Never>
+        + Send
+        + Sync
+        + std::panic::RefUnwindSafe
+        + std::panic::UnwindSafe,
+>;
+
+/// A drain whose destination can be replaced while every logger built over
+/// it (cloned into actors and connections) lives on: a live reload that
+/// changes `syslog_name` or `syslog_facility` switches it.
+#[derive(Clone)]
+pub struct SwitchDrain(Arc<arc_swap::ArcSwap<BoxedDrain>>);
+
+impl SwitchDrain {
+    /// A switch sending to `drain`.
+    pub fn new(drain: BoxedDrain) -> Self {
+        SwitchDrain(Arc::new(arc_swap::ArcSwap::from_pointee(drain)))
+    }
+    /// Sends every later record to `drain`.
+    pub fn switch(&self, drain: BoxedDrain) {
+        self.0.store(Arc::new(drain));
+    }
+}
+
+impl Drain for SwitchDrain {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), slog::Never> {
+        self.0.load().log(record, values)
+    }
+}
+
 /// The Postfix prefix for a level.
 pub fn prefix(level: Level) -> &'static str {
     match level {

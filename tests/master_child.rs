@@ -653,3 +653,70 @@ fn live_reload_inside_the_chroot() {
     assert!(err.contains(&refused), "{err}");
     assert!(!outside.with_extension("fjall").exists());
 }
+
+/// A reload that changes `syslog_name` and `syslog_facility` re-points
+/// logging at once, without a restart.
+#[test]
+fn logging_follows_a_reload_of_syslog_name_and_facility() {
+    if !stock::available() {
+        return;
+    }
+    let logdir = tempfile::tempdir().unwrap();
+    let sock_path = logdir.path().join("log");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let dir = child::instance("syslog_name = before\nsyslog_facility = local3");
+    let main_cf = dir.path().join("config/main.cf");
+    let env = [("TLSMGR_TEST_SYSLOG_PATH", sock_path.to_str().unwrap())];
+    let mut d = MasterChild::start_in(dir, OURS, &["-l", "-t", "unix"], &env);
+    let pid = d.pid();
+    let mut lines = Vec::new();
+    let mut wait_for = |needle: &str, lines: &mut Vec<String>| {
+        let mut buf = [0u8; 4096];
+        for _ in 0..100 {
+            if lines.iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            if let Ok(n) = sock.recv(&mut buf) {
+                lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        false
+    };
+    let mut c = connect(&d);
+    c.send_raw(b"request\0bogus\0\0").unwrap();
+    let _ = c.read_list().unwrap();
+    let before = format!("<{}>", (19 << 3) | 4);
+    assert!(wait_for(
+        &format!("before/tlsmgr[{pid}]: warning: unknown request"),
+        &mut lines
+    ));
+    assert!(lines.iter().any(|l| l.starts_with(&before)), "{lines:#?}");
+
+    let text = std::fs::read_to_string(&main_cf)
+        .unwrap()
+        .replace("syslog_name = before", "syslog_name = after")
+        .replace("syslog_facility = local3", "syslog_facility = local4");
+    let tmp = main_cf.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &main_cf).unwrap();
+    assert!(
+        wait_for(&format!("after/tlsmgr[{pid}]: reload: "), &mut lines),
+        "{lines:#?}"
+    );
+    c.send_raw(b"request\0bogus\0\0").unwrap();
+    let _ = c.read_list().unwrap();
+    let needle = format!("after/tlsmgr[{pid}]: warning: unknown request");
+    assert!(wait_for(&needle, &mut lines), "{lines:#?}");
+    let after = format!("<{}>", (20 << 3) | 4);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&after) && l.contains(&needle)),
+        "facility local4: {lines:#?}"
+    );
+    drop(c);
+    let (st, err) = d.close_status();
+    assert_eq!(st.code(), Some(0), "{err}");
+}

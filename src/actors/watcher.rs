@@ -47,7 +47,13 @@ pub struct WatchOptions {
     /// master(8), the path decisions of start-up (redirection, chroot).
     /// `Err` refuses the configuration with that reason.
     pub adjust: Option<ConfigAdjust>,
+    /// Called with each configuration once it is in force (under master(8):
+    /// logging follows `syslog_name` and `syslog_facility`).
+    pub applied: Option<ConfigApplied>,
 }
+
+/// See [`WatchOptions::applied`].
+pub type ConfigApplied = std::sync::Arc<dyn Fn(&Config) + Send + Sync>;
 
 /// See [`WatchOptions::adjust`].
 pub type ConfigAdjust = Box<dyn Fn(&mut Config) -> Result<(), String> + Send>;
@@ -61,6 +67,7 @@ impl WatchOptions {
             debounce: DEFAULT_DEBOUNCE,
             sighup: false,
             adjust: None,
+            applied: None,
         }
     }
 }
@@ -257,10 +264,14 @@ impl WatcherActor {
         let svc = self.svc.clone();
         let log = self.log.clone();
         let warnings = cfg.warnings.clone();
+        let applied = self.opts.applied.clone();
         // ctx.wait: no other reload starts until this one is applied.
         ctx.wait(
             async move {
                 let changes = reload::apply(&svc, cfg).await;
+                if let Some(hook) = applied {
+                    hook(&svc.config.load());
+                }
                 if changes.is_empty() {
                     debug!(log, "main.cf changed, but no parameter that tlsmgr uses");
                 } else {

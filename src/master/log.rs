@@ -5,9 +5,12 @@
 
 use super::args::MasterArgs;
 use crate::config::Config;
-use crate::logging::{syslog_socket_path, DatagramDrain, Framing, PostfixDrain};
-use slog::{warn, Drain, Logger};
+use crate::logging::{
+    syslog_socket_path, BoxedDrain, DatagramDrain, Framing, PostfixDrain, SwitchDrain,
+};
+use slog::{info, warn, Drain, Logger};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Builds a logger from drains (any of them may be absent).
 pub(super) fn build_logger(
@@ -15,13 +18,15 @@ pub(super) fn build_logger(
     postlog: Option<DatagramDrain>,
     stderr_tag: Option<(String, bool)>,
 ) -> Logger {
-    type BoxedDrain = Box<
-        dyn Drain<Ok = (), Err = slog::Never>
-            + Send
-            + Sync
-            + std::panic::RefUnwindSafe
-            + std::panic::UnwindSafe,
-    >;
+    Logger::root(build_drain(syslog, postlog, stderr_tag), slog::o!())
+}
+
+/// The drain of [`build_logger`].
+fn build_drain(
+    syslog: Option<DatagramDrain>,
+    postlog: Option<DatagramDrain>,
+    stderr_tag: Option<(String, bool)>,
+) -> BoxedDrain {
     let main: BoxedDrain = match (syslog, postlog) {
         (_, Some(p)) => Box::new(p.ignore_res()),
         (Some(s), None) => Box::new(s.ignore_res()),
@@ -32,9 +37,9 @@ pub(super) fn build_logger(
             let err = PostfixDrain::new(tag, std::io::stderr(), verbose)
                 .without_pid()
                 .ignore_res();
-            Logger::root(slog::Duplicate::new(main, err).ignore_res(), slog::o!())
+            Box::new(slog::Duplicate::new(main, err).ignore_res())
         }
-        None => Logger::root(main, slog::o!()),
+        None => main,
     }
 }
 
@@ -56,14 +61,101 @@ pub(super) fn early_logger(process_name: &str) -> Logger {
     )
 }
 
-/// The daemon's logger; `Err` is the text of a fatal configuration error.
+/// The daemon's logger, built over a [`SwitchDrain`] that [`LogFollower`]
+/// re-points when a reload changes the log settings; `Err` is the text of
+/// a fatal configuration error.
 pub(super) fn daemon_logger(
     cfg: &Config,
     config_dir: &Path,
     args: &MasterArgs,
     process_name: &str,
     early_log: &Logger,
-) -> Result<Logger, String> {
+) -> Result<(Logger, SwitchDrain), String> {
+    let switch = SwitchDrain::new(daemon_drain(
+        cfg,
+        config_dir,
+        args,
+        process_name,
+        early_log,
+    )?);
+    Ok((Logger::root(switch.clone(), slog::o!()), switch))
+}
+
+/// The settings that decide where and under which tag lines go.
+fn log_settings(cfg: &Config) -> [String; 4] {
+    [
+        cfg.syslog_name.clone(),
+        cfg.syslog_facility.clone(),
+        cfg.maillog_file.clone(),
+        cfg.postlog_service_name.clone(),
+    ]
+}
+
+/// Makes logging follow live reloads of `syslog_name`, `syslog_facility`,
+/// `maillog_file` and `postlog_service_name`.
+pub(super) struct LogFollower {
+    switch: SwitchDrain,
+    log: Logger,
+    config_dir: PathBuf,
+    args: MasterArgs,
+    process_name: String,
+    current: Mutex<[String; 4]>,
+}
+
+impl LogFollower {
+    pub(super) fn new(
+        switch: SwitchDrain,
+        log: Logger,
+        cfg: &Config,
+        config_dir: &Path,
+        args: &MasterArgs,
+        process_name: &str,
+    ) -> Self {
+        LogFollower {
+            switch,
+            log,
+            config_dir: config_dir.to_path_buf(),
+            args: args.clone(),
+            process_name: process_name.to_string(),
+            current: Mutex::new(log_settings(cfg)),
+        }
+    }
+
+    /// Called with each newly applied configuration.
+    pub(super) fn follow(&self, cfg: &Config) {
+        let want = log_settings(cfg);
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if *current == want {
+            return;
+        }
+        let drain = daemon_drain(
+            cfg,
+            &self.config_dir,
+            &self.args,
+            &self.process_name,
+            &self.log,
+        );
+        match drain {
+            Ok(d) => {
+                info!(
+                    self.log,
+                    "logging as {}/{} from now on", cfg.syslog_name, self.process_name
+                );
+                self.switch.switch(d);
+                *current = want;
+            }
+            Err(text) => warn!(self.log, "{} -- logging as before", text),
+        }
+    }
+}
+
+fn daemon_drain(
+    cfg: &Config,
+    config_dir: &Path,
+    args: &MasterArgs,
+    process_name: &str,
+    early_log: &Logger,
+) -> Result<BoxedDrain, String> {
     let verbose = args.verbose > 0;
     let tag = format!("{}/{}", cfg.syslog_name, process_name);
     let Some(facility) = crate::logging::syslog_facility(&cfg.syslog_facility) else {
@@ -104,6 +196,9 @@ pub(super) fn daemon_logger(
         let path = syslog_socket_path();
         DatagramDrain::new(vec![path], &tag, Framing::Syslog { facility }, verbose)
     });
-    let log = build_logger(syslog, postlog, args.stderr.then(|| (tag.clone(), verbose)));
-    Ok(log)
+    Ok(build_drain(
+        syslog,
+        postlog,
+        args.stderr.then(|| (tag.clone(), verbose)),
+    ))
 }

@@ -129,10 +129,19 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fatal(&early_log, e),
     };
-    let log = match log::daemon_logger(&cfg, &config_dir, &args, &process_name, &early_log) {
-        Ok(l) => l,
-        Err(text) => return fatal(&early_log, text),
-    };
+    let (log, log_switch) =
+        match log::daemon_logger(&cfg, &config_dir, &args, &process_name, &early_log) {
+            Ok(l) => l,
+            Err(text) => return fatal(&early_log, text),
+        };
+    let log_follower = log::LogFollower::new(
+        log_switch,
+        log.clone(),
+        &cfg,
+        &config_dir,
+        &args,
+        &process_name,
+    );
     if let Err(e) = args.validate() {
         return fatal(&log, e);
     }
@@ -327,6 +336,7 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
         watch: Some(WatchOptions {
             sighup: true,
             adjust: Some(Box::new(move |c: &mut Config| policy.adjust(c))),
+            applied: Some(Arc::new(move |c: &Config| log_follower.follow(c))),
             ..WatchOptions::new(dir, overrides)
         }),
     };
