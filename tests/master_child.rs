@@ -672,7 +672,7 @@ fn logging_follows_a_reload_of_syslog_name_and_facility() {
     let mut d = MasterChild::start_in(dir, OURS, &["-l", "-t", "unix"], &env);
     let pid = d.pid();
     let mut lines = Vec::new();
-    let mut wait_for = |needle: &str, lines: &mut Vec<String>| {
+    let wait_for = |needle: &str, lines: &mut Vec<String>| {
         let mut buf = [0u8; 4096];
         for _ in 0..100 {
             if lines.iter().any(|l| l.contains(needle)) {
