@@ -21,7 +21,7 @@
 //! one more debounce period and applied only if it has not changed.
 
 use crate::config::dir::ConfigDir;
-use crate::config::{self, Config, RawConfig};
+use crate::config::{self, Config};
 use crate::server::{reload, Services};
 use actix::prelude::*;
 use notify::RecursiveMode;
@@ -228,17 +228,7 @@ impl WatcherActor {
             return;
         }
         let parsed =
-            RawConfig::parse(&String::from_utf8_lossy(&text), Some(&path)).and_then(|mut raw| {
-                raw.entries.insert(
-                    "config_directory".to_string(),
-                    config::maincf::RawValue {
-                        value: self.opts.dir.path().display().to_string(),
-                        line: None,
-                    },
-                );
-                for o in &self.opts.overrides {
-                    raw.apply_override(o)?;
-                }
+            config::parse_raw(&text, &self.opts.dir, &self.opts.overrides).and_then(|raw| {
                 let mut cfg = Config::from_source(&raw)?;
                 cfg.warnings = raw.warnings;
                 Ok(cfg)

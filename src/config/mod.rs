@@ -310,7 +310,19 @@ pub fn read_raw(dir: &dir::ConfigDir, overrides: &[String]) -> Result<RawConfig,
     let text = dir
         .read("main.cf")
         .map_err(|e| ConfigError::new(format!("open {}: {}", path.display(), e)))?;
-    let mut raw = RawConfig::parse(&String::from_utf8_lossy(&text), Some(&path))?;
+    parse_raw(&text, dir, overrides)
+}
+
+/// Parses main.cf text read from `dir`: sets `config_directory` from the
+/// directory (as Postfix does from `-c`/`MAIL_CONFIG`) and applies `-o`
+/// overrides.
+pub fn parse_raw(
+    text: &[u8],
+    dir: &dir::ConfigDir,
+    overrides: &[String],
+) -> Result<RawConfig, ConfigError> {
+    let path = dir.display_path("main.cf");
+    let mut raw = RawConfig::parse(&String::from_utf8_lossy(text), Some(&path))?;
     raw.entries.insert(
         "config_directory".to_string(),
         maincf::RawValue {
