@@ -5,8 +5,10 @@
 //! Two jobs (spec §2.5): the reseed from `tls_random_source` and the
 //! exchange-file update. Both run once at start. After a success the next run
 //! is `period * b / 255` seconds later, `b` a pool byte, exactly Postfix's
-//! integer formula (so uniformly in `[0, period]`, and 0 means "at the next
-//! tick"). After a failure the job is retried with backoff (1 s, 2 s, 4 s ...
+//! integer formula (so uniformly in `[0, period]`), but never less than one
+//! second: where Postfix's 0 re-runs the job at once, we wait a second, so
+//! a job never runs back to back (nothing is lost: the pool is mixed either
+//! way) and a stepped test clock that stands still sees it idle. After a failure the job is retried with backoff (1 s, 2 s, 4 s ...
 //! capped at [`MAX_BACKOFF`] and at the period): stock tlsmgr exits to reopen
 //! a lost source, we reopen in place.
 
@@ -39,7 +41,7 @@ pub struct Timer {
 impl Timer {
     fn succeeded(&mut self, now: u64, period: u64, b: u8) -> u64 {
         self.failures = 0;
-        let delay = random_delay(period, b);
+        let delay = random_delay(period, b).max(1);
         self.at = Some(now.saturating_add(delay));
         delay
     }
@@ -161,9 +163,10 @@ mod tests {
         assert_eq!(s.due(1000), vec![], "in flight: not started twice");
         assert_eq!(s.next_due(), None);
         assert_eq!(s.succeeded(Job::Reseed, 1000, 3600, 51), 720);
-        assert_eq!(s.succeeded(Job::Exchange, 1001, 60, 0), 0);
-        assert_eq!(s.next_due(), Some(1001));
-        assert_eq!(s.due(1001), vec![Job::Exchange]);
+        assert_eq!(s.succeeded(Job::Exchange, 1001, 60, 0), 1, "at least 1 s");
+        assert_eq!(s.next_due(), Some(1002));
+        assert_eq!(s.due(1001), vec![]);
+        assert_eq!(s.due(1002), vec![Job::Exchange]);
         assert_eq!(s.due(1719), vec![]);
         assert_eq!(s.due(1720), vec![Job::Reseed]);
     }
