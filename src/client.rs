@@ -34,7 +34,14 @@ pub struct Client {
 impl Client {
     /// Connects, and reads and checks the server's announcement.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path)?;
+        // A signal arriving in this process (tests spawn and signal
+        // children) must not fail the connection: retry on EINTR.
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        };
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         let mut c = Client {
@@ -69,7 +76,10 @@ impl Client {
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),
             }
             let mut chunk = [0u8; 8192];
-            let n = self.stream.read(&mut chunk)?;
+            let n = match self.stream.read(&mut chunk) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r?,
+            };
             if n == 0 {
                 return Err(ClientError::Closed);
             }
