@@ -5,9 +5,11 @@
 //! - [`io`]: the threads connections are served on (`tlsmgr_io_threads`).
 //! - [`reload`]: applying a new configuration snapshot to the running actors.
 //!
-//! [`run`] drives everything on the calling thread (an actix System) until
-//! its `shutdown` future resolves; then every cache is flushed and every
-//! store closed before it returns, so a restarted daemon finds its sessions.
+//! [`run`] drives everything from the calling thread (an actix System; the
+//! caches and the extra I/O threads are arbiters it starts) until its
+//! `shutdown` future resolves; then the I/O threads stop, every cache is
+//! flushed and every store closed before it returns, so a restarted daemon
+//! finds its sessions.
 //! [`spawn`] runs the same on a background thread for in-process tests.
 
 pub mod apply;
