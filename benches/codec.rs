@@ -181,6 +181,16 @@ fn bench_requests(c: &mut Criterion) {
                 BatchSize::SmallInput,
             )
         });
+        // The same from one long-lived read buffer, as `Framed` feeds the
+        // codec: the bytes arrive in the buffer, the codec takes the list.
+        g.bench_function(format!("decode_stream/{name}"), |bch| {
+            let mut codec = ServerCodec::default();
+            let mut buf = BytesMut::with_capacity(8192);
+            bch.iter(|| {
+                buf.extend_from_slice(black_box(&wire));
+                black_box(codec.decode(&mut buf).unwrap())
+            })
+        });
         // Framing alone, to split the decode cost.
         let limits = Limits::default();
         g.bench_function(format!("frame/{name}"), |bch| {

@@ -1,6 +1,8 @@
 //! Micro-benchmarks of the session stores (issue 7, part 1): `get`, `put`
 //! and `sweep_before` for the fjall and memory backends, with sessions of
-//! 1, 2 and 4 KiB in a store already holding 10 000 entries.
+//! 1, 2 and 4 KiB in a store already holding 10 000 entries; and, for
+//! 2 KiB, the sweep again after 1 000 earlier sweeps (expiry cost must not
+//! grow with what was removed before).
 //!
 //! Run: `cargo bench --bench store`. The fjall store lives in a temporary
 //! directory on the same file system as `$TMPDIR`.
@@ -20,6 +22,14 @@ fn prefill() -> u64 {
         10_000
     } else {
         500
+    }
+}
+/// Sweeps run (untimed) before the `sweep…_after…` case.
+fn aged_sweeps() -> usize {
+    if std::env::args().any(|a| a == "--bench") {
+        1_000
+    } else {
+        5
     }
 }
 /// Entries removed per measured sweep step.
@@ -122,6 +132,38 @@ fn bench_store(c: &mut Criterion) {
                     total
                 })
             });
+            // The same after many earlier sweeps have left their removals
+            // behind in the age index (tombstones until compaction): a sweep
+            // must not have to walk over them, so this should match the case
+            // above.
+            if kib == 2 {
+                for _ in 0..aged_sweeps() {
+                    for _ in 0..SWEEP_BATCH {
+                        store.put(&id(next), &stale).unwrap();
+                        next += 1;
+                    }
+                    store.sweep_before(NOW, SWEEP_BATCH).unwrap();
+                }
+                g.bench_function(
+                    format!("sweep{SWEEP_BATCH}_after{}/{kib}KiB", aged_sweeps()),
+                    |bch| {
+                        bch.iter_custom(|iters| {
+                            let mut total = Duration::ZERO;
+                            for _ in 0..iters {
+                                for _ in 0..SWEEP_BATCH {
+                                    store.put(&id(next), &stale).unwrap();
+                                    next += 1;
+                                }
+                                let t = Instant::now();
+                                let step = store.sweep_before(NOW, SWEEP_BATCH).unwrap();
+                                total += t.elapsed();
+                                assert_eq!(step.removed, SWEEP_BATCH);
+                            }
+                            total
+                        })
+                    },
+                );
+            }
             g.finish();
         }
     }

@@ -77,6 +77,8 @@ impl Client {
             }
             let mut chunk = [0u8; 8192];
             let n = match self.stream.read(&mut chunk) {
+                // A signal to this process (a test harness reaping a child)
+                // is no reason to give up on the reply.
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 r => r?,
             };

@@ -219,6 +219,73 @@ mod behaviour {
         assert!(s.get(b"max").unwrap().is_some());
     }
 
+    /// Sweeps and evictions may remember where the last one stopped; an
+    /// entry stored afterwards with an older time (the clock was set back)
+    /// must still be found, whether the earlier step ran to its cutoff or
+    /// stopped at its limit.
+    pub fn entries_older_than_earlier_sweeps_are_still_swept(s: &mut dyn Store) {
+        for i in 0..10u64 {
+            s.put(format!("a{i}").as_bytes(), &entry(100 + i, b""))
+                .unwrap();
+        }
+        // Ran to the cutoff: everything before 105 is gone.
+        let step = s.sweep_before(105, 100).unwrap();
+        assert_eq!(step.removed, 5);
+        // Stored earlier than that cutoff, and earlier than anything swept.
+        s.put(b"back", &entry(50, b"")).unwrap();
+        s.put(b"a7", &entry(104, b"re-put older")).unwrap();
+        assert_eq!(
+            s.sweep_before(105, 100).unwrap(),
+            SweepStep {
+                removed: 2,
+                more: false
+            }
+        );
+        assert_eq!(s.get(b"back").unwrap(), None);
+        assert_eq!(s.get(b"a7").unwrap(), None);
+        // Stopped at its limit inside a run of equal times: ties go by id.
+        for id in [b"m1", b"m3", b"m5"] {
+            s.put(id, &entry(200, b"")).unwrap();
+        }
+        let step = s.sweep_before(300, 5).unwrap();
+        assert_eq!(
+            step,
+            SweepStep {
+                removed: 5,
+                more: true
+            }
+        );
+        assert_eq!(s.get(b"m1").unwrap(), None);
+        assert!(s.get(b"m3").unwrap().is_some());
+        // Between ids already swept and those left, and before both.
+        s.put(b"m2", &entry(200, b"")).unwrap();
+        s.put(b"m0", &entry(200, b"")).unwrap();
+        s.put(b"early", &entry(1, b"")).unwrap();
+        assert_eq!(
+            s.sweep_before(300, 3).unwrap(),
+            SweepStep {
+                removed: 3,
+                more: true
+            }
+        );
+        for gone in [b"early".as_slice(), b"m0", b"m2"] {
+            assert_eq!(s.get(gone).unwrap(), None, "{gone:?}");
+        }
+        assert!(s.get(b"m3").unwrap().is_some());
+        // Eviction after sweeps: an older entry goes first.
+        s.put(b"older", &entry(2, b"")).unwrap();
+        oldest_first(s, &[b"older", b"m3", b"m5"]);
+        assert!(s.is_empty());
+        // And after eviction moved past everything, and after clear.
+        s.put(b"x", &entry(3, b"")).unwrap();
+        assert_eq!(s.sweep_before(4, 10).unwrap().removed, 1);
+        s.put(b"y", &entry(10, b"")).unwrap();
+        s.clear().unwrap();
+        s.put(b"z", &entry(0, b"")).unwrap();
+        assert_eq!(s.sweep_before(1, 10).unwrap().removed, 1);
+        assert!(s.is_empty());
+    }
+
     pub fn evict_oldest_removes_the_n_oldest(s: &mut dyn Store) {
         assert_eq!(s.evict_oldest(3).unwrap(), 0);
         let times = [7u64, 3, 9, 1, 5, 3, 8, 2, 6, 4];
@@ -349,6 +416,7 @@ for_each_backend!(
     large_sessions,
     replace_updates_the_age_index,
     sweep_removes_exactly_older_entries_oldest_first,
+    entries_older_than_earlier_sweeps_are_still_swept,
     evict_oldest_removes_the_n_oldest,
     clear_removes_everything,
     stats_follow_the_entries,

@@ -32,6 +32,9 @@ pub const SESSION_LIFEMAX: u64 = 8_640_000;
 /// Postfix clamps the PRNG periods to `INT_MAX / 255` seconds.
 pub const MAX_RANDOM_PERIOD: u64 = 8_421_504;
 
+/// Upper bound of `tlsmgr_io_threads`.
+pub const MAX_IO_THREADS: i64 = 256;
+
 /// A configuration error, shown as `FILE, line N: MESSAGE` where known.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
@@ -152,6 +155,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
         "${data_directory}/tlsmgr_ticket_keys",
     ),
     ("tlsmgr_store_lock_wait", "10s"),
+    ("tlsmgr_io_threads", "0"),
 ];
 
 /// One session cache's settings.
@@ -236,6 +240,9 @@ pub struct Config {
     /// `tlsmgr_store_lock_wait`: how long to wait for a store still held by
     /// an exiting tlsmgr.
     pub store_lock_wait: Duration,
+    /// `tlsmgr_io_threads`: threads serving client connections, read at
+    /// start; 0 = one per CPU.
+    pub io_threads: usize,
     /// Warnings to log (e.g. overridden entries).
     pub warnings: Vec<String>,
     /// The expanded value of every parameter in [`DEFAULTS`], in that order:
@@ -441,6 +448,16 @@ impl Config {
             persistent_state: r.bool("tlsmgr_persistent_state")?,
             ticket_key_file: r.path("tlsmgr_ticket_key_file")?,
             store_lock_wait: Duration::from_secs(r.time("tlsmgr_store_lock_wait", 0, 3600)?),
+            io_threads: r
+                .int("tlsmgr_io_threads", 0, MAX_IO_THREADS)
+                .and_then(|n| {
+                    usize::try_from(n).map_err(|_| {
+                        r.err(
+                            "tlsmgr_io_threads",
+                            format!("invalid tlsmgr_io_threads parameter value {n} < 0"),
+                        )
+                    })
+                })?,
             warnings: Vec::new(),
             effective: effective_values(source)?,
         })
@@ -629,6 +646,22 @@ mod tests {
         assert!(c
             .effective
             .contains(&("compatibility_level", "3.6".to_string())));
+    }
+
+    #[test]
+    fn io_threads_default_and_bounds() {
+        assert_eq!(from(&[]).unwrap().io_threads, 0);
+        assert_eq!(from(&[("tlsmgr_io_threads", "3")]).unwrap().io_threads, 3);
+        let e = from(&[("tlsmgr_io_threads", "-1")]).unwrap_err();
+        assert_eq!(
+            e.message,
+            "invalid tlsmgr_io_threads parameter value -1 < 0"
+        );
+        let e = from(&[("tlsmgr_io_threads", "257")]).unwrap_err();
+        assert_eq!(
+            e.message,
+            "invalid tlsmgr_io_threads parameter value 257 > 256"
+        );
     }
 
     #[test]

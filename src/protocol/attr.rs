@@ -74,13 +74,80 @@ fn field_end(buf: &[u8], from: usize, max: usize) -> Result<Option<usize>, usize
     }
 }
 
-/// Decodes one complete list from the start of `buf`.
+/// Where one attribute lies in a list: name `start..name_end`, value
+/// `name_end + 1..value_end`.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: usize,
+    name_end: usize,
+    value_end: usize,
+}
+
+impl Span {
+    fn name(&self) -> std::ops::Range<usize> {
+        self.start..self.name_end
+    }
+    fn value(&self) -> std::ops::Range<usize> {
+        self.name_end + 1..self.value_end
+    }
+}
+
+/// Decodes one complete list from the start of `buf`, copying each name and
+/// value.
 ///
 /// `Ok(None)`: incomplete, read more. `Ok(Some((attrs, used)))`: a list of
 /// `used` bytes. `Err`: a limit was broken (possibly before the list is
 /// complete).
 pub fn decode_list(buf: &[u8], limits: &Limits) -> Result<Option<(Vec<Attr>, usize)>, FrameError> {
-    let mut attrs = Vec::new();
+    let mut spans = Vec::new();
+    let Some(used) = scan_list(buf, limits, &mut spans)? else {
+        return Ok(None);
+    };
+    let attrs = spans
+        .iter()
+        .map(|s| {
+            (
+                Bytes::copy_from_slice(&buf[s.name()]),
+                Bytes::copy_from_slice(&buf[s.value()]),
+            )
+        })
+        .collect();
+    Ok(Some((attrs, used)))
+}
+
+/// Room for the positions [`split_list`] finds, kept by a reader between
+/// lists so that framing allocates nothing for them.
+#[derive(Debug, Default)]
+pub struct Scratch(Vec<Span>);
+
+/// [`decode_list`] for a read buffer: a complete list is split off the
+/// front of `buf`, and names and values are slices of it (no copies).
+pub fn split_list(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    scratch: &mut Scratch,
+) -> Result<Option<Vec<Attr>>, FrameError> {
+    let spans = &mut scratch.0;
+    spans.clear();
+    let Some(used) = scan_list(buf, limits, spans)? else {
+        return Ok(None);
+    };
+    let list = buf.split_to(used).freeze();
+    Ok(Some(
+        spans
+            .iter()
+            .map(|s| (list.slice(s.name()), list.slice(s.value())))
+            .collect(),
+    ))
+}
+
+/// Finds the attributes of one complete list at the start of `buf`, into
+/// `spans`; returns the list's length (see [`decode_list`]).
+fn scan_list(
+    buf: &[u8],
+    limits: &Limits,
+    spans: &mut Vec<Span>,
+) -> Result<Option<usize>, FrameError> {
     let mut pos = 0;
     loop {
         let name_end = match field_end(buf, pos, limits.max_name) {
@@ -93,9 +160,9 @@ pub fn decode_list(buf: &[u8], limits: &Limits) -> Result<Option<(Vec<Attr>, usi
             }
         };
         if name_end == pos {
-            return Ok(Some((attrs, pos + 1)));
+            return Ok(Some(pos + 1));
         }
-        if attrs.len() == limits.max_attrs {
+        if spans.len() == limits.max_attrs {
             return Err(FrameError::TooManyAttributes {
                 limit: limits.max_attrs,
             });
@@ -111,10 +178,11 @@ pub fn decode_list(buf: &[u8], limits: &Limits) -> Result<Option<(Vec<Attr>, usi
                 })
             }
         };
-        attrs.push((
-            Bytes::copy_from_slice(&buf[pos..name_end]),
-            Bytes::copy_from_slice(&buf[value_start..value_end]),
-        ));
+        spans.push(Span {
+            start: pos,
+            name_end,
+            value_end,
+        });
         pos = value_end + 1;
     }
 }
@@ -131,12 +199,29 @@ pub fn put_str(buf: &mut BytesMut, name: &str, value: &[u8]) {
 /// Appends an int attribute: the C int printed as unsigned (`-1` is
 /// `4294967295`), as Postfix's `%u` does.
 pub fn put_int(buf: &mut BytesMut, name: &str, value: i32) {
-    put_str(buf, name, (value as u32).to_string().as_bytes());
+    use std::fmt::Write;
+    buf.reserve(name.len() + 12);
+    buf.put_slice(name.as_bytes());
+    buf.put_u8(0);
+    // Writing to a BytesMut cannot fail (it grows).
+    let _ = write!(buf, "{}", value as u32);
+    buf.put_u8(0);
 }
 
-/// Appends a data attribute: padded standard base64, no line breaks.
+/// Appends a data attribute: padded standard base64, no line breaks,
+/// encoded straight into `buf`.
 pub fn put_data(buf: &mut BytesMut, name: &str, value: &[u8]) {
-    put_str(buf, name, STANDARD.encode(value).as_bytes());
+    let encoded_len = base64::encoded_len(value.len(), true).unwrap_or(usize::MAX);
+    buf.reserve(name.len() + encoded_len.saturating_add(2));
+    buf.put_slice(name.as_bytes());
+    buf.put_u8(0);
+    let start = buf.len();
+    buf.resize(start + encoded_len, 0);
+    let written = STANDARD
+        .encode_slice(value, &mut buf[start..])
+        .unwrap_or_default();
+    buf.truncate(start + written);
+    buf.put_u8(0);
 }
 
 /// Ends a list.
@@ -199,6 +284,31 @@ mod tests {
     }
 
     #[test]
+    fn split_list_matches_decode_list_and_leaves_the_rest() {
+        let l = Limits::default();
+        let wire = b"request\0update\0session\0QUJD\0\0next\0".to_vec();
+        let (copied, used) = decode_list(&wire, &l).unwrap().unwrap();
+        let mut buf = BytesMut::from(&wire[..]);
+        let split = split_list(&mut buf, &l, &mut Scratch::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(split, copied);
+        assert_eq!(&buf[..], &wire[used..]);
+        // Incomplete: nothing is taken.
+        let mut part = BytesMut::from(&wire[..used - 1]);
+        assert_eq!(
+            split_list(&mut part, &l, &mut Scratch::default()).unwrap(),
+            None
+        );
+        assert_eq!(part.len(), used - 1);
+        let mut long = BytesMut::from(&[b'n'; 65][..]);
+        assert!(matches!(
+            split_list(&mut long, &l, &mut Scratch::default()),
+            Err(FrameError::NameTooLong { .. })
+        ));
+    }
+
+    #[test]
     fn values() {
         assert_eq!(int_value(b"32"), Some(32));
         assert_eq!(int_value(b"4294967295"), Some(-1));
@@ -216,5 +326,14 @@ mod tests {
         put_data(&mut buf, "seed", b"");
         end_list(&mut buf);
         assert_eq!(&buf[..], b"status\x004294967294\x00seed\x00\x00\x00");
+        for (n, data) in (0..70u8).map(|n| (n, (0..n).collect::<Vec<u8>>())) {
+            let mut buf = BytesMut::new();
+            put_int(&mut buf, "n", i32::from(n));
+            put_data(&mut buf, "d", &data);
+            let mut want = format!("n\0{n}\0d\0").into_bytes();
+            want.extend_from_slice(STANDARD.encode(&data).as_bytes());
+            want.push(0);
+            assert_eq!(&buf[..], &want[..]);
+        }
     }
 }

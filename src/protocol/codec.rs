@@ -27,12 +27,16 @@ pub enum ProtocolError {
 #[derive(Debug, Default)]
 pub struct ServerCodec {
     limits: Limits,
+    scratch: attr::Scratch,
 }
 
 impl ServerCodec {
     /// A codec with the given limits.
     pub fn new(limits: Limits) -> Self {
-        ServerCodec { limits }
+        ServerCodec {
+            limits,
+            scratch: attr::Scratch::default(),
+        }
     }
 }
 
@@ -46,13 +50,8 @@ impl Decoder for ServerCodec {
             src.advance(2);
             return Ok(Some(Incoming::Wakeup));
         }
-        match attr::decode_list(src, &self.limits)? {
-            None => Ok(None),
-            Some((list, used)) => {
-                src.advance(used);
-                Ok(Some(request::decode(&list)))
-            }
-        }
+        Ok(attr::split_list(src, &self.limits, &mut self.scratch)?
+            .map(|list| request::decode(&list)))
     }
 }
 

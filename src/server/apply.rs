@@ -71,11 +71,14 @@ pub async fn apply(req: Request, svc: &Services) -> Reply {
                 }
             }
             Some(ct) => {
-                let cfg = svc.config.load();
+                // The running cache's own timeout: a reload applied on
+                // another I/O thread between the two loads below cannot pair
+                // an enabled cache with another configuration's timeout.
+                let running = svc.caches.load().get(ct).map(|rc| rc.timeout);
                 Reply::Policy {
                     status: Status::Ok,
-                    cachable: svc.caches.load().get(ct).is_some(),
-                    timeout: cfg.cache(ct).timeout,
+                    cachable: running.is_some(),
+                    timeout: running.unwrap_or_else(|| svc.config.load().cache(ct).timeout),
                 }
             }
         },

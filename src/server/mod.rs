@@ -2,15 +2,19 @@
 //!
 //! - [`connection`]: the per-connection request loop.
 //! - [`apply`]: what each request does.
+//! - [`io`]: the threads connections are served on (`tlsmgr_io_threads`).
 //! - [`reload`]: applying a new configuration snapshot to the running actors.
 //!
-//! [`run`] drives everything on the calling thread (an actix System) until
-//! its `shutdown` future resolves; then every cache is flushed and every
-//! store closed before it returns, so a restarted daemon finds its sessions.
+//! [`run`] drives everything from the calling thread (an actix System; the
+//! caches and the extra I/O threads are arbiters it starts) until its
+//! `shutdown` future resolves; then the I/O threads stop, every cache is
+//! flushed and every store closed before it returns, so a restarted daemon
+//! finds its sessions.
 //! [`spawn`] runs the same on a background thread for in-process tests.
 
 pub mod apply;
 pub mod connection;
+pub mod io;
 pub mod reload;
 
 use crate::actors::cache::Flush;
@@ -148,6 +152,9 @@ pub fn run_with(
         if let Some(hook) = extras.after_start {
             hook(svc.clone()).await?;
         }
+        // Started after the hook: no thread of ours predates the chroot
+        // that is not needed before it.
+        let io = std::rc::Rc::new(io::IoThreads::start(opts.config.io_threads));
         let mut accepts = Vec::new();
         for std_listener in std::iter::once(opts.listener).chain(extras.more_listeners) {
             std_listener
@@ -155,22 +162,27 @@ pub fn run_with(
                 .map_err(|e| Error::io("set listening socket non-blocking", e))?;
             let listener = tokio::net::UnixListener::from_std(std_listener)
                 .map_err(|e| Error::io("register listening socket", e))?;
-            accepts.push(accept_loop(listener, svc.clone()));
+            accepts.push(accept_loop(listener, svc.clone(), io.clone()));
         }
         ready(svc.clone());
         tokio::select! {
             _ = futures::future::join_all(accepts) => {}
             _ = shutdown => {}
         }
+        // Stop serving before the stores are flushed.
+        let io_arbiters = io.stop();
         // Flush every store before the arbiters go away.
         for rc in svc.caches.load().0.iter().flatten() {
             let _ = rc.addr.send(Flush).await;
         }
         // Stock tlsmgr's exit hook: leave fresh bytes in the exchange file.
         let _ = svc.prng.send(SaveExchange).await;
-        Ok::<_, Error>(svc.runtime.take_arbiters())
+        Ok::<_, Error>((io_arbiters, svc.runtime.take_arbiters()))
     });
-    let arbiters = result?;
+    let (io_arbiters, arbiters) = result?;
+    for arbiter in io_arbiters {
+        let _ = arbiter.join();
+    }
     // Stopping an arbiter drops its actor and so closes its store; joining
     // makes sure the store lock is released before we return.
     for arbiter in arbiters {
@@ -181,12 +193,14 @@ pub fn run_with(
     Ok(())
 }
 
-async fn accept_loop(listener: tokio::net::UnixListener, svc: Services) {
+async fn accept_loop(
+    listener: tokio::net::UnixListener,
+    svc: Services,
+    io: std::rc::Rc<io::IoThreads>,
+) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                actix_rt::spawn(connection::serve(stream, svc.clone()));
-            }
+            Ok((stream, _)) => io.serve(stream, svc.clone()),
             Err(e) => {
                 error!(svc.log, "accept connection: {}", e);
                 // EMFILE and friends: back off instead of spinning.

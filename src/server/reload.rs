@@ -1,8 +1,10 @@
 //! Applying a new configuration snapshot to the running daemon.
 //!
 //! [`apply`] swaps the [`Config`] snapshot and the [`CacheSet`] together, on
-//! the thread that serves connections, so a request sees either the old
-//! configuration and caches or the new ones, never a mix. Then, per cache:
+//! the daemon thread, so a request there sees either the old configuration
+//! and caches or the new ones, never a mix; requests on the other I/O
+//! threads (`tlsmgr_io_threads`) see one cache set or the other, and
+//! `policy` answers from the cache set alone. Then, per cache:
 //!
 //! - same database: the actor stays; new limits (timeout, maximum entries,
 //!   cache logging) are sent with [`SetLimits`] and apply from the next
@@ -158,7 +160,10 @@ pub async fn apply(svc: &Services, new: Config) -> Vec<String> {
             }
         }
     }
-    // One synchronous step on the serving thread: requests see old or new.
+    // One synchronous step: requests on this thread see old or new. A
+    // request on another I/O thread can fall between the two stores; what
+    // it reads of the caches (running cache and its timeout) is still
+    // one set or the other.
     let new = Arc::new(new);
     svc.config.store(new.clone());
     svc.caches.store(Arc::new(next));

@@ -22,6 +22,18 @@
 //! The reverse (a session without an index key) cannot arise, which matters
 //! because such an entry could never be expired or evicted.
 //!
+//! # Sweep cursor
+//!
+//! Removing a key leaves a tombstone in the LSM tree until compaction drops
+//! it, and a scan from the start of `by_age` walks over every one of them:
+//! sweeps would slow down with every entry earlier sweeps removed. So the
+//! store remembers a lower bound, `scan_from`: no index key sorts before it.
+//! Scans start there (a seek, which skips the tombstones before it), and
+//! move it past the keys they removed. It is only an optimisation and never
+//! hides a key: a `put` whose index key sorts before it (an entry stored
+//! with an older time, e.g. after the clock was set back) lowers it to that
+//! key, and it starts from nothing at open and after [`Store::clear`].
+//!
 //! # Malformed records
 //!
 //! [`Store::get`] of a malformed record returns [`StoreError::Malformed`] and
@@ -47,6 +59,7 @@ use super::location::MAX_CACHE_ID_LEN;
 use super::{Entry, Store, StoreError, StoreStats, SweepStep};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::collections::HashSet;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -113,6 +126,9 @@ pub struct FjallStore {
     by_age: Keyspace,
     /// Exact number of records in `sessions`.
     len: u64,
+    /// No `by_age` key sorts before this (see "Sweep cursor" above); empty:
+    /// no bound known.
+    scan_from: Vec<u8>,
 }
 
 impl std::fmt::Debug for FjallStore {
@@ -230,6 +246,7 @@ impl FjallStore {
             sessions,
             by_age,
             len: 0,
+            scan_from: Vec::new(),
         };
         if opts.empty_on_start {
             store.clear()?;
@@ -292,10 +309,18 @@ impl FjallStore {
         let mut stopped_early = false;
         // Two index keys can point at one malformed record; count it once.
         let mut removed_keys = HashSet::new();
-        let iter = match end {
-            Some(end) => self.by_age.range(..end),
-            None => self.by_age.iter(),
+        // Start at the cursor: every key before it is gone already.
+        let start = Bound::Included(self.scan_from.as_slice());
+        let iter = match &end {
+            Some(end) if end.as_slice() <= self.scan_from.as_slice() => {
+                return Ok((0, false));
+            }
+            Some(end) => self
+                .by_age
+                .range::<&[u8], _>((start, Bound::Excluded(end.as_slice()))),
+            None => self.by_age.range::<&[u8], _>((start, Bound::Unbounded)),
         };
+        let mut last_removed = None;
         for (examined, guard) in iter.enumerate() {
             if enough(removed, examined) {
                 stopped_early = true;
@@ -308,12 +333,36 @@ impl FjallStore {
                     removed += 1;
                 }
             }
-            batch.remove(&self.by_age, akey);
+            batch.remove(&self.by_age, akey.clone());
+            last_removed = Some(akey);
         }
         batch.commit().map_err(|e| self.err(e))?;
         self.len = self.len.saturating_sub(removed);
+        // Every key from the cursor up to the last one removed is gone; one
+        // that ran to `end` removed every key before it too.
+        if let Some(last) = last_removed {
+            self.advance_cursor(successor(&last));
+        }
+        if let (Some(end), false) = (end, stopped_early) {
+            self.advance_cursor(end.to_vec());
+        }
         Ok((removed, stopped_early))
     }
+
+    /// Moves the cursor forward to `to` (never back: see "Sweep cursor").
+    fn advance_cursor(&mut self, to: Vec<u8>) {
+        if to > self.scan_from {
+            self.scan_from = to;
+        }
+    }
+}
+
+/// The smallest byte string after `key`: `key` ++ 0.
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.extend_from_slice(key);
+    k.push(0);
+    k
 }
 
 /// Opens the database, retrying every [`LOCK_RETRY_INTERVAL`] while another
@@ -401,8 +450,14 @@ impl Store for FjallStore {
                 batch.remove(&self.by_age, age_key(old_ts, id));
             }
         }
+        let akey = age_key(entry.stored_at, id);
+        // An index key before the cursor (an older time than everything
+        // swept): scans must start at it again.
+        if akey < self.scan_from {
+            self.scan_from.clone_from(&akey);
+        }
         batch.insert(&self.sessions, skey, encode_record(entry));
-        batch.insert(&self.by_age, age_key(entry.stored_at, id), Vec::new());
+        batch.insert(&self.by_age, akey, Vec::new());
         batch.commit().map_err(|e| self.err(e))?;
         if old.is_none() {
             self.len += 1;
@@ -466,6 +521,7 @@ impl Store for FjallStore {
         self.sessions.clear().map_err(|e| self.err(e))?;
         self.len = 0;
         self.by_age.clear().map_err(|e| self.err(e))?;
+        self.scan_from.clear();
         Ok(())
     }
 
