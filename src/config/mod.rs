@@ -32,6 +32,15 @@ pub const SESSION_LIFEMAX: u64 = 8_640_000;
 /// Postfix clamps the PRNG periods to `INT_MAX / 255` seconds.
 pub const MAX_RANDOM_PERIOD: u64 = 8_421_504;
 
+/// Parameters a running daemon cannot change: they take effect when it
+/// next starts (a reload says so).
+pub const START_ONLY: &[&str] = &[
+    "queue_directory",
+    "tlsmgr_io_threads",
+    "tlsmgr_persistent_state",
+    "tlsmgr_ticket_key_file",
+];
+
 /// Upper bound of `tlsmgr_io_threads`.
 pub const MAX_IO_THREADS: i64 = 256;
 
@@ -486,7 +495,14 @@ impl Config {
             .iter()
             .zip(old.effective.iter())
             .filter(|((_, new), (_, old))| new != old)
-            .map(|((name, new), (_, old))| format!("{name} {old} -> {new}"))
+            .map(|((name, new), (_, old))| {
+                let later = if START_ONLY.contains(name) {
+                    " (at the next start)"
+                } else {
+                    ""
+                };
+                format!("{name} {old} -> {new}{later}")
+            })
             .collect()
     }
 
@@ -631,7 +647,7 @@ mod tests {
                 "data_directory /var/lib/postfix -> /d",
                 "tls_random_exchange_name /var/lib/postfix/prng_exch -> /d/prng_exch",
                 "smtpd_tls_session_cache_timeout 3600 -> 7200",
-                "tlsmgr_ticket_key_file /var/lib/postfix/tlsmgr_ticket_keys -> /d/tlsmgr_ticket_keys",
+                "tlsmgr_ticket_key_file /var/lib/postfix/tlsmgr_ticket_keys -> /d/tlsmgr_ticket_keys (at the next start)",
             ]
         );
         assert!(new.changes_from(&new.clone()).is_empty());
