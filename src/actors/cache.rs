@@ -260,6 +260,12 @@ pub struct SweepStale(pub usize);
 #[rtype(result = "Result<StoreStats, CacheDown>")]
 pub struct Stats;
 
+/// Answered as soon as the actor's thread gets to it, with no store work:
+/// the watchdog's proof that the thread is not stuck.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ping;
+
 /// Make completed writes durable.
 #[derive(Message)]
 #[rtype(result = "Result<(), CacheDown>")]
@@ -400,6 +406,11 @@ impl Handler<Stats> for CacheActor {
     fn handle(&mut self, _: Stats, _ctx: &mut Context<Self>) -> Self::Result {
         self.store.as_ref().map(|s| s.stats()).ok_or(CacheDown)
     }
+}
+
+impl Handler<Ping> for CacheActor {
+    type Result = ();
+    fn handle(&mut self, _: Ping, _ctx: &mut Context<Self>) {}
 }
 
 impl Handler<Flush> for CacheActor {

@@ -258,8 +258,9 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
             if let Some(dir) = &chroot_dir {
                 debug!(hook_log, "chroot {}", dir.display());
             }
-            // The heartbeat proves the main event loop runs; the flush sent
-            // to each cache actor proves its thread answers. An unanswered
+            // The heartbeat proves the main event loop runs; the ping sent
+            // to each cache actor proves its thread answers (a store stuck
+            // in I/O blocks that thread, so the ping waits too). An unanswered
             // one counts as work in flight for the watchdog.
             let beat = hook_watchdog.clone();
             let caches = svc.caches.clone();
@@ -273,7 +274,7 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
                         let w = beat.clone();
                         w.request_started();
                         actix_rt::spawn(async move {
-                            let _ = addr.send(crate::actors::cache::Flush).await;
+                            let _ = addr.send(crate::actors::cache::Ping).await;
                             w.request_finished();
                         });
                     }
