@@ -131,7 +131,12 @@ impl Server {
         };
         let data_dir = root.join("data");
         std::fs::create_dir_all(&data_dir).map_err(io("create data directory"))?;
-        let mut server = match kind {
+        let (child, socket) = match kind {
+            Kind::Stock => {
+                let mut server = start_stock(tmp, &root, data_dir, log_path.clone(), opts)?;
+                server.wait_ready()?;
+                return Ok(server);
+            }
             Kind::OursFjall | Kind::OursMemory => {
                 let db = |name: &str| match kind {
                     Kind::OursFjall => format!("btree:{}/{name}", data_dir.display()),
@@ -163,16 +168,7 @@ impl Server {
                     .stderr(log()?)
                     .spawn()
                     .map_err(io("start tlsmgr serve"))?;
-                Server {
-                    kind,
-                    child,
-                    socket,
-                    data_dir,
-                    status: None,
-                    drainer: None,
-                    log_path,
-                    _tmp: tmp,
-                }
+                (child, socket)
             }
             Kind::Ceiling => {
                 let socket = root.join("ceiling.sock");
@@ -184,18 +180,18 @@ impl Server {
                     .stderr(log()?)
                     .spawn()
                     .map_err(io("start ceiling server"))?;
-                Server {
-                    kind,
-                    child,
-                    socket,
-                    data_dir,
-                    status: None,
-                    drainer: None,
-                    log_path,
-                    _tmp: tmp,
-                }
+                (child, socket)
             }
-            Kind::Stock => start_stock(tmp, &root, data_dir, log_path.clone(), opts)?,
+        };
+        let mut server = Server {
+            kind,
+            child,
+            socket,
+            data_dir,
+            status: None,
+            drainer: None,
+            log_path,
+            _tmp: tmp,
         };
         server.wait_ready()?;
         Ok(server)
