@@ -56,6 +56,24 @@ pub fn wait_status(d: &TestDaemon, mut cond: impl FnMut(&PrngStatus) -> bool) ->
     last
 }
 
+/// Waits (up to 15 s) for the log line `needle` of a source I/O that timed
+/// out, and checks that it took the full 10-second timeout from `started`.
+pub fn wait_for_io_timeout(d: &TestDaemon, needle: &str, started: std::time::Instant) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !d.log.text().contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no timeout; log:\n{}",
+            d.log.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(10),
+        "timed out early"
+    );
+}
+
 /// Waits until the log contains `needle`.
 pub fn wait_log(d: &TestDaemon, needle: &str) {
     assert!(
