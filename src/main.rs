@@ -138,7 +138,7 @@ fn serve(dir: &Path, socket: Option<PathBuf>, overrides: &[String], verbose: boo
             None
         }
     };
-    match tlsmgr::server::standalone(config, &socket, log.clone(), watch) {
+    match tlsmgr::daemon::standalone(config, &socket, log.clone(), watch) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             slog::crit!(log, "{}", e);

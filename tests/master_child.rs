@@ -425,7 +425,7 @@ fn watchdog_kills_a_stalled_daemon_but_not_an_idle_one() {
         return;
     }
     let args = ["-l", "-t", "unix", "-V", "-o", "daemon_timeout=2s"];
-    let env = [(tlsmgr::master::TEST_STALL_ENV, "1")];
+    let env = [(tlsmgr::daemon::connection::TEST_STALL_ENV, "1")];
     let mut d = MasterChild::start_env(OURS, &args, "", &env);
     // Idle for well over daemon_timeout: the heartbeat keeps it alive.
     let mut c = connect(&d);

@@ -11,7 +11,7 @@
 //! A reload reads main.cf through the directory handle (works after a
 //! chroot, see [`crate::config::dir`]), parses and validates all of it, and
 //! then either logs a warning naming file, line and parameter and keeps the
-//! current snapshot, or applies the new one ([`crate::server::reload`]) and
+//! current snapshot, or applies the new one ([`crate::daemon::reload`]) and
 //! logs one line listing what changed. Content that changes nothing that
 //! tlsmgr reads (comments, unrelated parameters, an identical rewrite) is
 //! not a reload.
@@ -22,7 +22,7 @@
 
 use crate::config::dir::ConfigDir;
 use crate::config::{self, Config};
-use crate::server::{reload, Services};
+use crate::daemon::{reload, Services};
 use actix::prelude::*;
 use notify::RecursiveMode;
 use notify_debouncer_mini::{new_debouncer, DebounceEventResult, DebouncedEventKind, Debouncer};

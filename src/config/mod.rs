@@ -38,6 +38,8 @@ pub const START_ONLY: &[&str] = &[
     "queue_directory",
     "tlsmgr_io_threads",
     "tlsmgr_persistent_state",
+    "tlsmgr_store_block_cache_size",
+    "tlsmgr_store_write_buffer_size",
     "tlsmgr_ticket_key_file",
 ];
 
@@ -165,7 +167,16 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ),
     ("tlsmgr_store_lock_wait", "10s"),
     ("tlsmgr_io_threads", "0"),
+    ("tlsmgr_session_cache_sync_interval", "1s"),
+    ("tlsmgr_store_block_cache_size", "2097152"),
+    ("tlsmgr_store_write_buffer_size", "8388608"),
 ];
+
+/// Smallest `tlsmgr_store_block_cache_size` and
+/// `tlsmgr_store_write_buffer_size` (fjall needs some room to work).
+pub const MIN_STORE_BUFFER: i64 = 1024 * 1024;
+/// Largest of either (1 GiB: three caches must fit in a mail host's memory).
+pub const MAX_STORE_BUFFER: i64 = 1024 * 1024 * 1024;
 
 /// One session cache's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,6 +263,13 @@ pub struct Config {
     /// `tlsmgr_io_threads`: threads serving client connections, read at
     /// start; 0 = one per CPU.
     pub io_threads: usize,
+    /// `tlsmgr_session_cache_sync_interval`: how often the session caches
+    /// are fsynced (what a power loss can lose); zero = only at shutdown.
+    pub sync_interval: Duration,
+    /// `tlsmgr_store_block_cache_size`, bytes per on-disk cache.
+    pub store_block_cache: u64,
+    /// `tlsmgr_store_write_buffer_size`, bytes per on-disk cache.
+    pub store_write_buffer: u64,
     /// Warnings to log (e.g. overridden entries).
     pub warnings: Vec<String>,
     /// The expanded value of every parameter in [`DEFAULTS`], in that order:
@@ -467,6 +485,21 @@ impl Config {
                         )
                     })
                 })?,
+            sync_interval: Duration::from_secs(r.time(
+                "tlsmgr_session_cache_sync_interval",
+                0,
+                3600,
+            )?),
+            store_block_cache: r.int(
+                "tlsmgr_store_block_cache_size",
+                MIN_STORE_BUFFER,
+                MAX_STORE_BUFFER,
+            )? as u64,
+            store_write_buffer: r.int(
+                "tlsmgr_store_write_buffer_size",
+                MIN_STORE_BUFFER,
+                MAX_STORE_BUFFER,
+            )? as u64,
             warnings: Vec::new(),
             effective: effective_values(source)?,
         })
@@ -514,6 +547,16 @@ impl Config {
     /// The session-ticket key lifetime source: the sanitized smtpd timeout.
     pub fn ticket_timeout(&self) -> u32 {
         self.cache(CacheType::Smtpd).timeout
+    }
+
+    /// How the caches' stores are opened.
+    pub fn open_options(&self) -> crate::store::OpenOptions {
+        crate::store::OpenOptions {
+            empty_on_start: !self.persistent_state,
+            lock_wait: self.store_lock_wait,
+            block_cache_bytes: self.store_block_cache,
+            write_buffer_bytes: self.store_write_buffer,
+        }
     }
 
     /// Where Postfix clients look for us: `$queue_directory/private/tlsmgr`.

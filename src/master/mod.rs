@@ -39,7 +39,7 @@ pub mod watchdog;
 use crate::actors::watcher::WatchOptions;
 use crate::config::dir::ConfigDir;
 use crate::config::Config;
-use crate::server::{Options, RequestObserver, RunExtras, Services};
+use crate::daemon::{Options, RequestObserver, RunExtras, Services};
 use args::MasterArgs;
 use descriptors::{inherited_fd, set_cloexec};
 use paths::PathPolicy;
@@ -51,10 +51,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use watchdog::Watchdog;
-
-/// Environment variable that (in debug builds only) makes the daemon block
-/// its event loop on a `seed` request, so tests can prove the watchdog.
-pub const TEST_STALL_ENV: &str = "TLSMGR_TEST_STALL_SEED";
 
 fn basename(p: &str) -> String {
     Path::new(p)
@@ -88,6 +84,14 @@ impl RequestObserver for MasterObserver {
         if self.status.avail().is_err() {
             self.lost_master.notify_one();
         }
+    }
+    fn io_thread_beat(&self) -> Option<(std::time::Duration, crate::daemon::ThreadBeat)> {
+        let index = self.watchdog.register_thread();
+        let dog = self.watchdog.clone();
+        Some((
+            self.watchdog.beat_interval(),
+            Box::new(move || dog.thread_beat(index)),
+        ))
     }
 }
 
@@ -243,13 +247,11 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
     };
     let hook_log = log.clone();
     let hook_watchdog = watchdog.clone();
-    let after_start: crate::server::AfterStart = Box::new(move |svc: Services| {
+    let after_start: crate::daemon::AfterStart = Box::new(move |svc: Services| {
         Box::pin(async move {
-            // The stores open in their actors' started(): wait for that,
-            // so they are created with mail_owner's ids and outside the chroot.
-            for rc in svc.caches.load().0.iter().flatten() {
-                let _ = rc.addr.send(crate::actors::cache::Flush).await;
-            }
+            // The stores were opened (with mail_owner's ids, outside the
+            // chroot) before this hook runs: run_with waits for each first open.
+            let _ = &svc;
             if root {
                 privileges::restore_root().map_err(startup_error)?;
             }
@@ -260,8 +262,8 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
             }
             // The heartbeat proves the main event loop runs; the ping sent
             // to each cache actor proves its thread answers (a store stuck
-            // in I/O blocks that thread, so the ping waits too). An unanswered
-            // one counts as work in flight for the watchdog.
+            // in I/O blocks that thread, so the ping waits too). The I/O
+            // threads beat on their own (RequestObserver::io_thread_beat).
             let beat = hook_watchdog.clone();
             let caches = svc.caches.clone();
             actix_rt::spawn(async move {
@@ -272,10 +274,10 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
                     for rc in caches.load().0.iter().flatten() {
                         let addr = rc.addr.clone();
                         let w = beat.clone();
-                        w.request_started();
+                        let probe = w.probe_started();
                         actix_rt::spawn(async move {
                             let _ = addr.send(crate::actors::cache::Ping).await;
-                            w.request_finished();
+                            w.probe_finished(probe);
                         });
                     }
                 }
@@ -333,6 +335,7 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
         listener: first,
         clock: crate::clock::system(),
         log: log.clone(),
+        #[cfg(feature = "test-hooks")]
         fault_injection: None,
         watch: Some(WatchOptions {
             sighup: true,
@@ -348,7 +351,7 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
     };
     // The exit hook (tlsmgr_before_exit, saving the exchange file) runs in
     // the server's shutdown path, for fd 5 EOF and SIGTERM alike.
-    let result = crate::server::run_with(opts, extras, shutdown, |_| {});
+    let result = crate::daemon::run_with(opts, extras, shutdown, |_| {});
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fatal(&log, e),

@@ -1,8 +1,10 @@
 //! The seed generator behind the `seed` request (spec §2.5), and the PRNG
-//! manager's parts: [`source`] (the `tls_random_source` reader), [`exchange`]
-//! (the 1024-byte `tls_random_exchange_name` file) and [`schedule`] (when
-//! reseeds and exchange updates are due, sans I/O). The actor that drives
-//! them is [`crate::actors::prng`].
+//! manager's parts: [`threads`] (the central pool and the per-thread
+//! generators that serve seeds on the request's thread), [`source`] (the
+//! `tls_random_source` reader), [`exchange`] (the 1024-byte
+//! `tls_random_exchange_name` file) and [`schedule`] (when reseeds and
+//! exchange updates are due, sans I/O). The actor that drives them is
+//! [`crate::actors::prng`].
 //!
 //! # Pool design
 //!
@@ -29,6 +31,9 @@
 pub mod exchange;
 pub mod schedule;
 pub mod source;
+pub mod threads;
+
+pub use threads::SeedPool;
 
 use crate::config::Config;
 use std::sync::Mutex;

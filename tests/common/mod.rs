@@ -10,9 +10,9 @@ use std::time::Duration;
 use tlsmgr::client::Client;
 use tlsmgr::clock::ManualClock;
 use tlsmgr::config::Config;
+use tlsmgr::daemon::{self, DaemonHandle, Options};
 use tlsmgr::logging::MemoryLog;
 use tlsmgr::protocol::{Reply, Request, Status};
-use tlsmgr::server::{self, DaemonHandle, Options};
 
 /// A clock start well past the epoch, so `now - timeout` never saturates.
 pub const T0: u64 = 1_700_000_000;
@@ -87,7 +87,7 @@ impl TestDaemon {
         let config = self.config();
         let _ = std::fs::remove_file(&self.socket);
         let listener = std::os::unix::net::UnixListener::bind(&self.socket).unwrap();
-        let handle = server::spawn(Options {
+        let handle = daemon::spawn(Options {
             config,
             listener,
             clock: self.clock.clone(),
@@ -130,7 +130,7 @@ impl TestDaemon {
         Client::connect(&self.socket, Duration::from_secs(10)).unwrap()
     }
 
-    pub fn services(&self) -> &tlsmgr::server::Services {
+    pub fn services(&self) -> &tlsmgr::daemon::Services {
         &self.handle.as_ref().unwrap().services
     }
 }
