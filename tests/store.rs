@@ -800,3 +800,44 @@ fn location_opens_the_right_backend() {
     // Each open of a memory location is a new, empty store.
     assert_eq!(mem.open(keep(Duration::ZERO)).unwrap().len(), 0);
 }
+
+#[test]
+fn fjall_bound_holds_with_writers_on_several_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c.fjall");
+    let store = std::sync::Arc::new(FjallStore::open(&dir, keep(Duration::ZERO)).unwrap());
+    let writers: Vec<_> = (0..4u8)
+        .map(|t| {
+            let s = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..500u64 {
+                    let id = format!("t{t}-{i}");
+                    // Some ids are stored twice: replacements must not count.
+                    for _ in 0..(1 + i % 2) {
+                        s.put(id.as_bytes(), &entry(i, &[t; 64]), 100).unwrap();
+                        assert!(s.len() <= 100, "bound exceeded: {}", s.len());
+                    }
+                }
+            })
+        })
+        .collect();
+    let watcher = {
+        let s = store.clone();
+        std::thread::spawn(move || {
+            for _ in 0..2000 {
+                assert!(s.len() <= 100);
+                std::thread::yield_now();
+            }
+        })
+    };
+    for w in writers {
+        w.join().unwrap();
+    }
+    watcher.join().unwrap();
+    assert_eq!(store.len(), 100);
+    drop(store);
+    // Counted anew from the keys at open: the in-memory count was exact.
+    let reopened = FjallStore::open(&dir, keep(Duration::ZERO)).unwrap();
+    assert_eq!(reopened.len(), 100);
+    assert_eq!(reopened.sweep_before(u64::MAX, 1000).unwrap().removed, 100);
+}
