@@ -20,7 +20,7 @@ const SESSION_LEN: usize = 2048;
 const LOAD_TIME: Duration = Duration::from_secs(6);
 
 fn start(dir: &Path) -> (Child, PathBuf) {
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["serve", "-c"])
         .arg(dir)
         .stderr(Stdio::null())
@@ -33,6 +33,8 @@ fn start(dir: &Path) -> (Child, PathBuf) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("tlsmgr serve did not start");
 }
 

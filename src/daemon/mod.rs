@@ -94,11 +94,18 @@ pub struct RunExtras {
     pub more_listeners: Vec<std::os::unix::net::UnixListener>,
     /// Told about every request.
     pub observer: Option<Arc<dyn RequestObserver>>,
+    /// Run on the daemon thread after the PRNG actor and the config
+    /// watcher started (the exchange file and main.cf's watches are in
+    /// place) and before any store or the ticket key file is opened: the
+    /// master(8) child chroots and drops privileges here.
+    pub before_start: Option<BeforeStart>,
     /// Run on the daemon thread once the actors are started, before the
-    /// first connection is accepted. The master(8) child waits here for the
-    /// stores to open, then chroots and drops privileges.
+    /// first connection is accepted (the master(8) child's watchdog).
     pub after_start: Option<AfterStart>,
 }
+
+/// See [`RunExtras::before_start`].
+pub type BeforeStart = Box<dyn FnOnce() -> Result<(), Error>>;
 
 /// What [`run`] needs.
 pub struct Options {
@@ -146,6 +153,11 @@ pub fn run_with(
     let system = actix_rt::System::new();
     let log = opts.log.clone();
     let result = system.block_on(async move {
+        // Polled once now, so that a shutdown future that installs signal
+        // handlers (SIGTERM) has them in place from the start: a signal
+        // during start-up then stops the daemon cleanly, not by default.
+        let mut shutdown = Box::pin(shutdown);
+        let stopped_early = futures::poll!(&mut shutdown).is_ready();
         let config = Arc::new(ArcSwap::from_pointee(opts.config.clone()));
         #[allow(unused_mut)]
         let mut runtime = CacheRuntime::new(opts.clock.clone(), opts.log.clone());
@@ -154,33 +166,42 @@ pub fn run_with(
             runtime = runtime.with_faults(opts.fault_injection.clone());
         }
         let runtime = Arc::new(runtime);
-        let set = start_caches(&opts.config, &runtime).await;
-        let caches = Arc::new(ArcSwap::from_pointee(set));
         let ticket_keys: SharedRing = Arc::new(ArcSwap::from_pointee(KeyRing::new()));
-        let tickets = TicketActor::new(
-            config.clone(),
-            ticket_keys.clone(),
-            opts.clock.clone(),
-            opts.log.clone(),
-        );
+        // The ticket actor's address now, the actor itself once its key
+        // file can be opened (after `before_start`).
+        let ticket_ctx = actix::Context::<TicketActor>::new();
         let prng = PrngActor::managed(config.clone(), opts.clock.clone(), opts.log.clone());
         let svc = Services {
-            ticket_keys,
-            tickets: tickets.start(),
+            ticket_keys: ticket_keys.clone(),
+            tickets: ticket_ctx.address(),
             seeds: prng.seed_pool(),
             prng: prng.start(),
             clock: opts.clock.clone(),
-            config,
-            caches,
+            config: config.clone(),
+            caches: Arc::new(ArcSwap::from_pointee(CacheSet::default())),
             log: opts.log.clone(),
-            runtime,
+            runtime: runtime.clone(),
             observer: extras.observer,
         };
         // The exchange file is updated once before serving, as stock does.
         let _ = svc.prng.send(crate::actors::prng::GetStatus).await;
         // Kept alive until shutdown: dropping the watcher's address stops it.
-        // Launched before `after_start`, so its watches exist before a chroot.
+        // Launched before `before_start`, so its watches exist before a
+        // chroot. (A reload can only start after the debounce period, long
+        // after the caches below are in place.)
         let _watcher = opts.watch.map(|w| WatcherActor::launch(w, svc.clone()));
+        if let Some(hook) = extras.before_start {
+            hook()?;
+        }
+        // Everything that opens files by path, from where they are now.
+        svc.caches
+            .store(Arc::new(start_caches(&opts.config, &runtime).await));
+        ticket_ctx.run(TicketActor::new(
+            config,
+            ticket_keys,
+            opts.clock.clone(),
+            opts.log.clone(),
+        ));
         if let Some(hook) = extras.after_start {
             hook(svc.clone()).await?;
         }
@@ -200,9 +221,11 @@ pub fn run_with(
             accepts.push(accept_loop(listener, svc.clone(), io.clone()));
         }
         ready(svc.clone());
-        tokio::select! {
-            _ = futures::future::join_all(accepts) => {}
-            _ = shutdown => {}
+        if !stopped_early {
+            tokio::select! {
+                _ = futures::future::join_all(accepts) => {}
+                _ = &mut shutdown => {}
+            }
         }
         // Stop serving before the stores are flushed.
         let io_arbiters = io.stop();

@@ -212,20 +212,11 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
             debug!(log, "set_eugid: euid {} egid {}", o.uid, o.gid);
         }
     }
-    let (policy, outside) = PathPolicy::at_start(&mut cfg, owner.clone(), args.chroot, &log);
-    let mut chroot_dir = args.chroot.then(|| cfg.queue_directory.clone());
-    if !outside.is_empty() {
-        let list: Vec<String> = outside.iter().map(|p| p.display().to_string()).collect();
-        warn!(
-            log,
-            "not chrooting to {}: {} outside it (the stores keep creating files there); \
-             set chroot to n for tlsmgr in master.cf, or keep the session caches and \
-             tlsmgr_ticket_key_file below queue_directory",
-            cfg.queue_directory.display(),
-            list.join(", ")
-        );
-        chroot_dir = None;
-    }
+    let (policy, jailed) = match PathPolicy::at_start(&mut cfg, owner.clone(), args.chroot, &log) {
+        Ok(p) => p,
+        Err(e) => return fatal(&log, e),
+    };
+    let chroot_dir = args.chroot.then(|| cfg.queue_directory.clone());
     // stock pre_init: the entropy source and the exchange file are opened
     // now, as root with mail_owner's effective ids; the PRNG actor adopts
     // them. What fails is retried by the actor (stock exits instead).
@@ -246,19 +237,53 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
         None
     };
     let hook_log = log.clone();
+    let jail_owner = owner.clone();
+    // post_init, part 1: as root again, make the directories that hold the
+    // state inside the jail, chroot, drop privileges. The stores and the
+    // ticket key file are opened after this, by their inside paths.
+    let before_start: crate::daemon::BeforeStart = Box::new(move || {
+        if root {
+            privileges::restore_root().map_err(startup_error)?;
+        }
+        if let Some(dir) = &chroot_dir {
+            let first_start = jailed.iter().any(|jp| !jp.on_disk.exists());
+            paths::prepare_jail(dir, &jailed, jail_owner.as_ref()).map_err(startup_error)?;
+            if first_start && !jailed.is_empty() {
+                let list: Vec<String> = jailed
+                    .iter()
+                    .map(|jp| jp.on_disk.display().to_string())
+                    .collect();
+                info!(
+                    hook_log,
+                    "chroot {}: session caches and ticket keys are kept at {}",
+                    dir.display(),
+                    list.join(", ")
+                );
+            }
+        }
+        privileges::chroot_and_drop(chroot_dir.as_deref(), drop_to.as_ref())
+            .map_err(startup_error)?;
+        if let Some(dir) = &chroot_dir {
+            debug!(hook_log, "chroot {}", dir.display());
+        }
+        // Still root (no -u): the stores and key file are created with
+        // mail_owner's effective ids, as stock creates its cache files;
+        // root's come back in after_start, once they are open.
+        if root && drop_to.is_none() {
+            if let Some(o) = &jail_owner {
+                privileges::set_effective(o).map_err(startup_error)?;
+            }
+        }
+        Ok(())
+    });
+    let hook_log = log.clone();
     let hook_watchdog = watchdog.clone();
+    // post_init, part 2: once the actors run, the watchdog.
+    let still_root = root && !args.unprivileged;
     let after_start: crate::daemon::AfterStart = Box::new(move |svc: Services| {
         Box::pin(async move {
-            // The stores were opened (with mail_owner's ids, outside the
-            // chroot) before this hook runs: run_with waits for each first open.
-            let _ = &svc;
-            if root {
+            if still_root {
                 privileges::restore_root().map_err(startup_error)?;
-            }
-            privileges::chroot_and_drop(chroot_dir.as_deref(), drop_to.as_ref())
-                .map_err(startup_error)?;
-            if let Some(dir) = &chroot_dir {
-                debug!(hook_log, "chroot {}", dir.display());
             }
             // The heartbeat proves the main event loop runs; the ping sent
             // to each cache actor proves its thread answers (a store stuck
@@ -347,6 +372,7 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
     let extras = RunExtras {
         more_listeners: listeners.collect(),
         observer: Some(observer),
+        before_start: Some(before_start),
         after_start: Some(after_start),
     };
     // The exit hook (tlsmgr_before_exit, saving the exchange file) runs in
