@@ -51,9 +51,15 @@ enum Command {
     },
     /// Send one request to a running tlsmgr and print the reply.
     Client {
-        /// The tlsmgr socket.
+        /// Configuration directory whose main.cf gives the socket,
+        /// $queue_directory/private/tlsmgr (default: $MAIL_CONFIG, else
+        /// /etc/postfix).
+        #[arg(short = 'c', value_name = "CONFIG_DIR", conflicts_with = "socket")]
+        config_dir: Option<PathBuf>,
+        /// The tlsmgr socket (default: $queue_directory/private/tlsmgr of
+        /// main.cf).
         #[arg(long, value_name = "PATH")]
-        socket: PathBuf,
+        socket: Option<PathBuf>,
         /// Print data as raw bytes instead of hex.
         #[arg(long)]
         raw: bool,
@@ -82,14 +88,33 @@ fn main() -> ExitCode {
             verbose,
         ),
         Command::Client {
+            config_dir,
             socket,
             raw,
             request,
-        } => client::run_command(&socket, &request, raw),
+        } => match socket.map_or_else(|| main_cf_socket(config_dir), Ok) {
+            Ok(socket) => client::run_command(&socket, &request, raw),
+            Err(code) => code,
+        },
         Command::Check {
             config_dir,
             overrides,
         } => check(config_dir, &overrides),
+    }
+}
+
+/// The socket `tlsmgr serve` and master(8) use: `$queue_directory/private/tlsmgr`
+/// of the main.cf in `dir` (else `$MAIL_CONFIG`, else /etc/postfix). A
+/// main.cf that cannot be read or is invalid exits 2, as an unreachable
+/// server does.
+fn main_cf_socket(dir: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    let dir = tlsmgr::config::config_directory(dir);
+    match Config::load(&dir, &[]) {
+        Ok(config) => Ok(config.default_socket()),
+        Err(e) => {
+            eprintln!("tlsmgr client: fatal: {e}");
+            Err(ExitCode::from(2))
+        }
     }
 }
 
