@@ -282,3 +282,40 @@ fn client_finds_the_socket_through_main_cf() {
     assert_eq!(o.status.code(), Some(2));
     serve.stop();
 }
+
+/// `tlsmgr man` prints the tlsmgr-rs(8) page: the generated command
+/// reference and the hand-written sections.
+#[test]
+fn man_page_has_every_command_and_section() {
+    let o = Command::new(BIN).arg("man").output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let page = stdout(&o);
+    assert!(page.contains("\n.TH TLSMGR-RS 8 "), "{page}");
+    for want in [
+        ".SS \"tlsmgr serve\"",
+        ".SS \"tlsmgr check\"",
+        ".SS \"tlsmgr client\"",
+        ".SS \"tlsmgr client tktkey\"",
+        ".SH PARAMETERS",
+        ".SH \"LIVE RELOAD\"",
+        ".SH \"DIFFERENCES FROM STOCK\"",
+        ".SH FILES",
+        ".SH \"SEE ALSO\"",
+        "tlsmgr(8postfix)",
+    ] {
+        assert!(page.contains(want), "missing {want}");
+    }
+    // Every tlsmgr_* parameter has an entry.
+    for (name, _) in tlsmgr::config::DEFAULTS {
+        if name.starts_with("tlsmgr_") {
+            assert!(
+                page.contains(&format!(".BR {name} ")),
+                "{name} undocumented"
+            );
+        }
+    }
+    // The hidden command stays out of the help and the page.
+    assert!(!page.contains("\"tlsmgr man\""));
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(!stdout(&help).contains("  man "), "{}", stdout(&help));
+}
