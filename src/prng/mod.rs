@@ -13,8 +13,9 @@
 //! * **Output.** Seeds are ChaCha20 keystream. Recovering the key from
 //!   keystream would break ChaCha20, so no amount of output (the wire only
 //!   ever carries output) reveals the state.
-//! * **Mixing an input** (time of day at each request, entropy-source bytes,
-//!   exchange-file contents): the new key is
+//! * **Mixing an input** (entropy-source bytes, exchange-file contents; the
+//!   time of day of each request goes into the per-thread generators of
+//!   [`threads`] instead): the new key is
 //!   `SHA-256("tlsmgr pool mix v1" || 32 keystream bytes || len(input) || input)`.
 //!   The 32 keystream bytes stand for the old key, so the new key is at least
 //!   as unpredictable as the old one whatever the input is: hostile or

@@ -6,28 +6,37 @@
 //! * The central pool is a [`Pool`] (one ChaCha20 key, hash-based mixing;
 //!   see the parent module) behind a mutex, with a generation counter that
 //!   the PRNG actor bumps at every reseed (source bytes, exchange file).
-//! * Each thread that serves `seed` keeps its own [`Pool`], keyed with 32
-//!   bytes of the central pool's keystream ([`Pool::fork`]). It rekeys from
-//!   the central pool when the generation moved (so every reseed reaches
-//!   every thread before its next seed) and after [`REKEY_BYTES`] of output.
-//!   The mutex is taken only then, never per request.
-//! * Per request, the thread's pool mixes in the time of day and the pid as
-//!   Postfix does ([`Pool::mix_time_of_day`]: the key becomes a SHA-256 of
-//!   fresh keystream and the input), then serves the seed as keystream.
+//! * Each thread that serves `seed` keeps its own 256-bit key, taken from
+//!   32 bytes of the central pool's keystream. It rekeys from the central
+//!   pool when the generation moved (so every reseed reaches every thread
+//!   before its next seed) and after [`REKEY_BYTES`] of output. The mutex is
+//!   taken only then, never per request.
+//! * Per request the thread runs ChaCha20 under its key with the time of
+//!   day (seconds and nanoseconds, as Postfix mixes in before every request)
+//!   as the 64-bit stream number: the first 32 bytes of that keystream
+//!   replace the key, the next ones are the seed ("fast key erasure"). The
+//!   time makes every request's stream distinct even if a key were ever
+//!   reused; the erasure means the key held after a request never produced
+//!   any output already served. One ChaCha20 call per seed, no hash: the
+//!   central pool's SHA-256 mixing is for inputs that may be hostile
+//!   (sources, the exchange file), which the time of day is not.
 //!
 //! # What a compromise reveals
 //!
 //! * One thread's state (its key) at some moment: not the seeds it served
-//!   before, since every request replaced the key by a one-way hash of
-//!   keystream; not other threads' output, since their keys are other,
-//!   independent stretches of the central keystream, and ChaCha20 keystream
-//!   does not reveal its key (the central one) or other stretches; not its
-//!   own output after its next rekey from the central pool.
+//!   before, since every request replaced the key by keystream of the old
+//!   key, which does not reveal it; not other threads' output, since their
+//!   keys are other, independent stretches of the central keystream, and
+//!   ChaCha20 keystream does not reveal its key (the central one) or other
+//!   stretches; not its own output after its next rekey from the central
+//!   pool.
 //! * The central pool's state: the keys it hands out until its next reseed
 //!   (as for any PRNG); not earlier central keys (mixing is a one-way hash),
 //!   so not the seeds of earlier epochs either.
 
 use super::Pool;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -58,7 +67,27 @@ struct ThreadGenerator {
     pool_id: u64,
     generation: u64,
     since_rekey: u64,
-    pool: Pool,
+    key: [u8; 32],
+}
+
+impl ThreadGenerator {
+    /// One request's output (see "Construction").
+    fn fill(&mut self, out: &mut [u8]) {
+        let mut stream = ChaCha20Rng::from_seed(self.key);
+        stream.set_stream(time_of_day());
+        stream.fill_bytes(&mut self.key);
+        stream.fill_bytes(out);
+    }
+}
+
+/// Seconds and nanoseconds since the epoch in one word: distinct for
+/// every request a thread serves (the clock's resolution is far finer than
+/// a request).
+fn time_of_day() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (now.as_secs() << 30) ^ u64::from(now.subsec_nanos())
 }
 
 thread_local! {
@@ -126,16 +155,17 @@ impl SeedPool {
                 None => true,
             };
             if fresh {
+                let mut key = [0u8; 32];
+                self.lock().fill(&mut key);
                 *slot = Some(ThreadGenerator {
                     pool_id: self.id,
                     generation,
                     since_rekey: 0,
-                    pool: self.lock().fork(),
+                    key,
                 });
             }
             if let Some(g) = slot.as_mut() {
-                g.pool.mix_time_of_day();
-                g.pool.fill(out);
+                g.fill(out);
                 g.since_rekey = g.since_rekey.saturating_add(out.len() as u64);
             }
         });
@@ -185,6 +215,23 @@ mod tests {
         pool.seed(&mut o);
         assert_eq!(since_rekey(), 32, "rekeyed at the new generation");
         GENERATOR.with(|c| assert_eq!(c.borrow().as_ref().unwrap().generation, 1));
+    }
+
+    #[test]
+    fn every_request_erases_the_key_that_served_it() {
+        let pool = SeedPool::new(Pool::from_key([8; 32]));
+        let mut a = [0u8; 32];
+        pool.seed(&mut a);
+        let key_after = GENERATOR.with(|c| c.borrow().as_ref().unwrap().key);
+        // The key held now is not the one the seed came from: the same key
+        // under any stream gives other bytes than the seed just served.
+        let mut replay = ChaCha20Rng::from_seed(key_after);
+        let mut b = [0u8; 64];
+        replay.fill_bytes(&mut b);
+        assert_ne!(&b[32..], &a[..]);
+        let mut c = [0u8; 32];
+        pool.seed(&mut c);
+        assert_ne!(a, c);
     }
 
     #[test]
