@@ -841,3 +841,61 @@ fn fjall_bound_holds_with_writers_on_several_threads() {
     assert_eq!(reopened.len(), 100);
     assert_eq!(reopened.sweep_before(u64::MAX, 1000).unwrap().removed, 100);
 }
+
+/// Files of fjall tables below a store directory.
+fn table_files(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.parent().is_some_and(|q| q.ends_with("tables")) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn fjall_memtables_are_written_out_under_a_fast_write_load() {
+    // fjall-rs/fjall#323: past its memtable limit, every commit pokes fjall's
+    // only worker, and a full mailbox deadlocks it; nothing is flushed again.
+    // Four writers at full speed, 94 MiB of sessions, 8 MiB of write buffer.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c.fjall");
+    let store = std::sync::Arc::new(FjallStore::open(&dir, keep(Duration::ZERO)).unwrap());
+    let writers: Vec<_> = (0..4u8)
+        .map(|t| {
+            let s = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..60_000u64 {
+                    let id = format!("t{t}-{i}");
+                    s.put(id.as_bytes(), &entry(i, &[t; 400]), 0).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    // Let the worker catch up: what stays in memory must come down to
+    // a few times the write buffer (8 MiB), not the 94 MiB written.
+    let mut held = u64::MAX;
+    for _ in 0..100 {
+        held = store.memtable_bytes();
+        if held <= 24 << 20 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "{} MiB left in memtables, {} table files",
+        held >> 20,
+        table_files(&dir)
+    );
+    assert!(held <= 24 << 20, "memtables not written out: {held} bytes");
+    assert_eq!(store.len(), 240_000);
+}

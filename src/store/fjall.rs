@@ -60,6 +60,19 @@
 //! behind. The lock is held for a lookup and one batch commit (a `write(2)`
 //! to the journal), never across an fsync.
 //!
+//! # Memtable rotation
+//!
+//! fjall rotates a memtable (and queues its flush) when a commit finds it
+//! over its size limit, by sending a message to its worker on a bounded
+//! channel; every commit past the limit sends another until the worker has
+//! rotated. Under a fast write load that floods the channel, and the worker,
+//! which sends its own flush message on the same channel, then blocks on
+//! it for good (fjall-rs/fjall#323): no memtable is flushed any more, and
+//! memory and the journal grow without bound. So we rotate ourselves: the
+//! writer counts the bytes it committed to each keyspace and rotates it
+//! once past [`OpenOptions::write_buffer_bytes`]'s share, one request per
+//! memtable, and fjall's own limit is set far above ours as a backstop.
+//!
 //! # Durability
 //!
 //! Every committed batch is written to the journal file before the call
@@ -105,6 +118,9 @@ const MAX_CACHED_FILES: usize = 64;
 /// Journal size bound; fjall's minimum (default 512 MiB).
 const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 
+/// fjall's memtable limit, as a multiple of ours.
+const FJALL_ROTATION_BACKSTOP: u64 = 4;
+
 /// fjall's marker files; a non-empty directory with neither is not ours.
 const FJALL_MARKERS: [&str; 2] = ["version", "lock"];
 
@@ -127,6 +143,11 @@ struct Writer {
     /// No `by_age` key sorts before this (see "Sweep cursor" above); empty:
     /// no bound known.
     scan_from: Vec<u8>,
+    /// Bytes committed to `sessions` and `by_age` since their memtables
+    /// were last rotated (see "Memtable rotation").
+    unrotated: [u64; 2],
+    /// When to rotate each.
+    rotate_at: [u64; 2],
 }
 
 impl std::fmt::Debug for FjallStore {
@@ -232,14 +253,16 @@ impl FjallStore {
         // small keys and empty values.
         let sessions_memtable = (opts.write_buffer_bytes / 4 * 3).max(1024 * 1024);
         let by_age_memtable = (opts.write_buffer_bytes / 4).max(256 * 1024);
+        // fjall's own rotation is only a backstop (see "Memtable rotation").
+        let backstop = |ours: u64| ours.saturating_mul(FJALL_ROTATION_BACKSTOP);
         let sessions = db
             .keyspace("sessions", || {
-                KeyspaceCreateOptions::default().max_memtable_size(sessions_memtable)
+                KeyspaceCreateOptions::default().max_memtable_size(backstop(sessions_memtable))
             })
             .map_err(err)?;
         let by_age = db
             .keyspace("by_age", || {
-                KeyspaceCreateOptions::default().max_memtable_size(by_age_memtable)
+                KeyspaceCreateOptions::default().max_memtable_size(backstop(by_age_memtable))
             })
             .map_err(err)?;
         let store = FjallStore {
@@ -248,7 +271,10 @@ impl FjallStore {
             sessions,
             by_age,
             len: AtomicU64::new(0),
-            writer: Mutex::new(Writer::default()),
+            writer: Mutex::new(Writer {
+                rotate_at: [sessions_memtable, by_age_memtable],
+                ..Writer::default()
+            }),
         };
         if opts.empty_on_start {
             store.clear()?;
@@ -261,6 +287,13 @@ impl FjallStore {
     /// The store's directory, as given to [`FjallStore::open`].
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Bytes held in memtables, active and sealed (memory the store uses
+    /// beyond its block cache; bounded by about twice
+    /// [`OpenOptions::write_buffer_bytes`] while flushes keep up).
+    pub fn memtable_bytes(&self) -> u64 {
+        self.db.write_buffer_size()
     }
 
     fn err(&self, e: fjall::Error) -> StoreError {
@@ -332,6 +365,7 @@ impl FjallStore {
             None => self.by_age.range::<&[u8], _>((start, Bound::Unbounded)),
         };
         let mut last_removed = None;
+        let mut tombstone_bytes = [0u64; 2];
         for (examined, guard) in iter.enumerate() {
             if enough(removed, examined) {
                 stopped_early = true;
@@ -340,15 +374,19 @@ impl FjallStore {
             let akey = guard.key().map_err(|e| self.err(e))?;
             if let IndexTarget::Entry(skey) = self.target_of(&akey)? {
                 if removed_keys.insert(skey.clone()) {
+                    tombstone_bytes[0] += skey.len() as u64;
                     batch.remove(&self.sessions, skey);
                     removed += 1;
                 }
             }
+            tombstone_bytes[1] += akey.len() as u64;
             batch.remove(&self.by_age, akey.clone());
             last_removed = Some(akey);
         }
         batch.commit().map_err(|e| self.err(e))?;
         self.sub_len(removed);
+        self.committed(w, 0, tombstone_bytes[0])?;
+        self.committed(w, 1, tombstone_bytes[1])?;
         // Every key from the cursor up to the last one removed is gone; one
         // that ran to `end` removed every key before it too.
         if let Some(last) = last_removed {
@@ -369,6 +407,26 @@ impl FjallStore {
         }
         let (removed, _) = self.remove_oldest(w, None, |removed, _| removed >= excess)?;
         Ok(removed)
+    }
+
+    /// Counts `bytes` committed to `sessions` (`which` 0) or `by_age` (1)
+    /// and rotates its memtable once past the limit. The caller holds the
+    /// writer lock, so one rotation is asked per memtable.
+    fn committed(&self, w: &mut Writer, which: usize, bytes: u64) -> Result<(), StoreError> {
+        w.unrotated[which] = w.unrotated[which].saturating_add(bytes);
+        if w.unrotated[which] < w.rotate_at[which] {
+            return Ok(());
+        }
+        w.unrotated[which] = 0;
+        let keyspace = if which == 0 {
+            &self.sessions
+        } else {
+            &self.by_age
+        };
+        keyspace
+            .rotate_memtable()
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 
     fn sub_len(&self, n: u64) {
@@ -504,12 +562,16 @@ impl Store for FjallStore {
         if akey < w.scan_from {
             w.scan_from.clone_from(&akey);
         }
-        batch.insert(&self.sessions, skey, encode_record(entry));
+        let (record, akey_len) = (encode_record(entry), akey.len() as u64);
+        let session_bytes = (skey.len() + record.len()) as u64;
+        batch.insert(&self.sessions, skey, record);
         batch.insert(&self.by_age, akey, Vec::new());
         batch.commit().map_err(|e| self.err(e))?;
         if old.is_none() {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
+        self.committed(&mut w, 0, session_bytes)?;
+        self.committed(&mut w, 1, akey_len)?;
         Ok(PutOutcome {
             inserted: old.is_none(),
             evicted,
@@ -521,7 +583,7 @@ impl Store for FjallStore {
             return Ok(false);
         }
         let skey = session_key(id);
-        let _w = self.writer();
+        let mut w = self.writer();
         let Some(old) = self.raw_get(&skey)? else {
             return Ok(false);
         };
@@ -529,9 +591,13 @@ impl Store for FjallStore {
         if let Some((old_ts, _)) = split_ts(&old) {
             batch.remove(&self.by_age, age_key(old_ts, id));
         }
+        let skey_len = skey.len() as u64;
         batch.remove(&self.sessions, skey);
         batch.commit().map_err(|e| self.err(e))?;
         self.sub_len(1);
+        // Tombstones fill memtables too.
+        self.committed(&mut w, 0, skey_len)?;
+        self.committed(&mut w, 1, TS_LEN as u64 + id.len() as u64)?;
         Ok(true)
     }
 
