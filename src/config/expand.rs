@@ -86,7 +86,8 @@ impl Budget {
         Budget::default()
     }
     /// What the values expanded with this budget have used so far, failed
-    /// expansions included.
+    /// expansions included; never more than the totals (what a cap refused
+    /// is not counted).
     pub fn used(&self) -> Usage {
         self.used
     }
@@ -124,38 +125,43 @@ impl Exp<'_> {
     }
 
     /// Appends `s` to `out`, within the length caps.
+    /// What is refused is not counted, so the usage never exceeds a cap.
     fn push(&mut self, out: &mut String, s: &str) -> Result<(), String> {
-        self.used.len = self.used.len.saturating_add(s.len());
+        let len = self.used.len.saturating_add(s.len());
         Self::check(
-            self.used.len,
+            len,
             self.before.len,
             (MAX_VALUE_LEN, MAX_TOTAL_LEN),
             ("macro expansion length", "bytes"),
         )?;
+        self.used.len = len;
         out.push_str(s);
         Ok(())
     }
 
     /// Counts `n` bytes of text about to be scanned.
     fn scan(&mut self, n: usize) -> Result<(), String> {
-        self.used.scanned = self.used.scanned.saturating_add(n);
+        let scanned = self.used.scanned.saturating_add(n);
         Self::check(
-            self.used.scanned,
+            scanned,
             self.before.scanned,
             (MAX_VALUE_SCAN, MAX_TOTAL_SCAN),
             ("macro expansion work", "bytes scanned"),
-        )
+        )?;
+        self.used.scanned = scanned;
+        Ok(())
     }
 
     /// Looks `name` up, counting the lookup and the raw value's length.
     fn raw(&mut self, name: &str) -> Result<Option<String>, String> {
-        self.used.lookups += 1;
+        let lookups = self.used.lookups.saturating_add(1);
         Self::check(
-            self.used.lookups,
+            lookups,
             self.before.lookups,
             (MAX_VALUE_LOOKUPS, MAX_TOTAL_LOOKUPS),
             ("number of macro lookups", "lookups"),
         )?;
+        self.used.lookups = lookups;
         let raw = self.lookup.raw(name);
         self.scan(raw.as_ref().map_or(0, String::len))?;
         Ok(raw)
@@ -654,7 +660,8 @@ mod tests {
             err,
             "macro processing error: unreasonable macro expansion length: more than 4194304 bytes in all parameters"
         );
-        assert!(budget.used().len > MAX_TOTAL_LEN);
+        // What was refused is not counted: the usage stays within the caps.
+        assert_eq!(budget.used().len, MAX_TOTAL_LEN);
         // A fresh budget is not affected.
         assert!(expand("$p10", &l).is_ok());
     }
