@@ -473,7 +473,7 @@ fn seeding_client(
 }
 
 /// Regression: main.cf was parsed and expanded on the daemon thread, so a
-/// valid but pathological main.cf (values doubling at each line, ~136 MB
+/// valid but pathological main.cf (values doubling at each line, ~540 MB
 /// expanded) or merely a huge one held up every request for seconds. Now
 /// the expansion is capped and refused with one warning, the parse runs on
 /// a blocking thread, and `seed` requests keep being answered within 1 s.
@@ -483,7 +483,7 @@ fn pathological_main_cf_does_not_hold_up_requests() {
     let stop = Arc::new(AtomicBool::new(false));
     let client = seeding_client(&d, stop.clone());
     // Lines 1-5 are the harness's; the extra text starts at line 6.
-    let mut extra = format!("p0 = {}\n", "x".repeat(64));
+    let mut extra = format!("p0 = {}\n", "x".repeat(256));
     for n in 1..=21 {
         extra += &format!("p{n} = $p{m} $p{m}\n", m = n - 1);
     }

@@ -29,23 +29,25 @@ pub const MAX_DEPTH: usize = 100;
 // ... doubles at each line: 27 lines give ~100 MB and seconds of CPU, and
 // with empty values the work doubles while the output stays empty. The caps
 // are far above any real main.cf (whose longest expanded values are lists of
-// a few KB, built from a few dozen references), so they refuse only such
-// configurations, with an error naming the parameter.
+// a few KB, built from a few dozen references, and all of whose values
+// tlsmgr reads take a few hundred lookups), so they refuse only such
+// configurations, with an error naming the parameter. They also bound the
+// CPU time a pathological main.cf costs a reload (well under a second).
 
 /// Longest expansion of one parameter value, in bytes (1 MiB). Text made
 /// for `${{a} == {b}}` operands counts too.
 pub const MAX_VALUE_LEN: usize = 1 << 20;
 /// Most `$name` lookups while expanding one parameter value.
-pub const MAX_VALUE_LOOKUPS: usize = 100_000;
+pub const MAX_VALUE_LOOKUPS: usize = 20_000;
 /// Most raw text scanned while expanding one parameter value, in bytes
-/// (16 MiB): each looked-up value counts each time it is looked up.
-pub const MAX_VALUE_SCAN: usize = 16 << 20;
+/// (4 MiB): each looked-up value counts each time it is looked up.
+pub const MAX_VALUE_SCAN: usize = 4 << 20;
 /// Longest total expansion over one [`Budget`] (one configuration read).
 pub const MAX_TOTAL_LEN: usize = 4 << 20;
 /// Most lookups over one [`Budget`].
-pub const MAX_TOTAL_LOOKUPS: usize = 1_000_000;
-/// Most text scanned over one [`Budget`], in bytes (64 MiB).
-pub const MAX_TOTAL_SCAN: usize = 64 << 20;
+pub const MAX_TOTAL_LOOKUPS: usize = 50_000;
+/// Most text scanned over one [`Budget`], in bytes (16 MiB).
+pub const MAX_TOTAL_SCAN: usize = 16 << 20;
 
 /// Looks up the raw (unexpanded) value of a parameter, defaults included.
 pub trait Lookup {
@@ -616,7 +618,7 @@ mod tests {
         let err = expand("$p26", &l).unwrap_err();
         assert_eq!(
             err,
-            "macro processing error: unreasonable number of macro lookups: more than 100000 lookups"
+            "macro processing error: unreasonable number of macro lookups: more than 20000 lookups"
         );
     }
 
@@ -631,7 +633,7 @@ mod tests {
         let err = expand("$p60", &l).unwrap_err();
         assert_eq!(
             err,
-            "macro processing error: unreasonable number of macro lookups: more than 100000 lookups"
+            "macro processing error: unreasonable number of macro lookups: more than 20000 lookups"
         );
         // A long raw value looked up many times: the scan is capped.
         struct Long;

@@ -709,10 +709,10 @@ mod tests {
         );
     }
 
-    /// `p0 = x...`, `pN = $pN-1 $pN-1`, then `name = $pLAST`: ~100 MB if
+    /// `p0 = x...`, `pN = $pN-1 $pN-1`, then `name = $pLAST`: ~270 MB if
     /// expanded in full.
     fn doubling(levels: usize, name: &str) -> String {
-        let mut text = format!("p0 = {}\n", "x".repeat(64));
+        let mut text = format!("p0 = {}\n", "x".repeat(256));
         for n in 1..=levels {
             text += &format!("p{n} = $p{m} $p{m}\n", m = n - 1);
         }
