@@ -28,6 +28,8 @@ pub struct TestDaemon {
     extra: String,
     /// Watch main.cf and apply edits live.
     pub watch: bool,
+    /// The watcher's quiet period, when not the default.
+    debounce: Option<Duration>,
 }
 
 /// main.cf for a test directory: both server and client caches on fjall.
@@ -57,7 +59,22 @@ impl TestDaemon {
         Self::start_opts(extra, true, |_| {})
     }
 
+    /// A watched daemon with a shorter (or longer) quiet period before a
+    /// reload, for tests that make many edits.
+    pub fn start_watched_debounce(extra: &str, debounce: Duration) -> TestDaemon {
+        Self::start_full(extra, true, Some(debounce), |_| {})
+    }
+
     fn start_opts(extra: &str, watch: bool, setup: impl FnOnce(&Path)) -> TestDaemon {
+        Self::start_full(extra, watch, None, setup)
+    }
+
+    fn start_full(
+        extra: &str,
+        watch: bool,
+        debounce: Option<Duration>,
+        setup: impl FnOnce(&Path),
+    ) -> TestDaemon {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -72,6 +89,7 @@ impl TestDaemon {
             handle: None,
             extra: extra.to_string(),
             watch,
+            debounce,
         };
         d.boot();
         d
@@ -95,7 +113,11 @@ impl TestDaemon {
             fault_injection: Some(self.faults.clone()),
             watch: self.watch.then(|| {
                 let dir = tlsmgr::config::dir::ConfigDir::open(&self.dir).unwrap();
-                tlsmgr::actors::watcher::WatchOptions::new(dir, Vec::new())
+                let mut w = tlsmgr::actors::watcher::WatchOptions::new(dir, Vec::new());
+                if let Some(d) = self.debounce {
+                    w.debounce = d;
+                }
+                w
             }),
         })
         .unwrap();
