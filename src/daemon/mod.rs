@@ -15,6 +15,7 @@
 
 pub mod connection;
 pub mod io;
+pub mod limits;
 pub mod reload;
 pub mod requests;
 
@@ -32,7 +33,7 @@ use crate::tickets::KeyRing;
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 use reload::CacheRuntime;
-use slog::{error, info, Logger};
+use slog::{error, info, warn, Logger};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -252,17 +253,84 @@ pub fn run_with(
     Ok(())
 }
 
+/// How long accepting must work without running out of descriptors before
+/// an episode is over (its summary logged, the next one warned about).
+const DESCRIPTOR_EPISODE_QUIET: Duration = Duration::from_secs(5);
+
+/// An episode of accept(2) failing for want of descriptors: warned about
+/// once, summed up when it is over (the daemon retries every few
+/// milliseconds meanwhile; one line per failure flooded the log).
+struct OutOfDescriptors {
+    since: std::time::Instant,
+    last: std::time::Instant,
+    failures: u64,
+    closed: u64,
+}
+
 async fn accept_loop(
     listener: tokio::net::UnixListener,
     svc: Services,
     io: std::rc::Rc<io::IoThreads>,
 ) {
+    let mut episode: Option<OutOfDescriptors> = None;
     loop {
-        match listener.accept().await {
+        let quiet_until = episode
+            .as_ref()
+            .map(|ep| tokio::time::Instant::from_std(ep.last + DESCRIPTOR_EPISODE_QUIET));
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = tokio::time::sleep_until(quiet_until.unwrap_or_else(tokio::time::Instant::now)),
+                if quiet_until.is_some() =>
+            {
+                if let Some(ep) = episode.take() {
+                    info!(
+                        svc.log,
+                        "accept connection: file descriptors available again: {} failed accepts in {:.1}s, {} idle connections closed",
+                        ep.failures,
+                        ep.last.duration_since(ep.since).as_secs_f64(),
+                        ep.closed
+                    );
+                }
+                continue;
+            }
+        };
+        match accepted {
             Ok((stream, _)) => io.serve(stream, svc.clone()),
+            Err(e) if limits::out_of_descriptors(&e) => {
+                let now = std::time::Instant::now();
+                let connections = io.connections();
+                let ep = episode.get_or_insert_with(|| {
+                    warn!(
+                        svc.log,
+                        "accept connection: {} ({} connections, descriptor limit {}) -- closing the least recently active idle connections",
+                        e,
+                        connections.len(),
+                        limits::nofile_limit().map_or_else(|| "unknown".to_string(), |l| l.to_string())
+                    );
+                    OutOfDescriptors {
+                        since: now,
+                        last: now,
+                        failures: 0,
+                        closed: 0,
+                    }
+                });
+                ep.failures += 1;
+                ep.last = now;
+                // A few at a time: enough for the clients queued behind the
+                // listen backlog to get in, without dropping more idle
+                // clients than the pressure needs.
+                let batch = (connections.len() / 64).max(16);
+                let asked = connections.close_idle(batch);
+                ep.closed += asked as u64;
+                // The I/O threads close them within microseconds; with none
+                // to close (every connection busy), back off instead of
+                // spinning.
+                let pause = if asked > 0 { 5 } else { 100 };
+                actix_rt::time::sleep(Duration::from_millis(pause)).await;
+            }
             Err(e) => {
                 error!(svc.log, "accept connection: {}", e);
-                // EMFILE and friends: back off instead of spinning.
+                // Back off instead of spinning.
                 actix_rt::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -339,39 +407,89 @@ impl Drop for DaemonHandle {
 }
 
 /// `tlsmgr serve`: binds `socket` (creating its directory and the data
-/// directory when missing, replacing a stale socket file), runs until SIGINT
-/// or SIGTERM, then flushes the stores and returns.
+/// directory when missing, mode 0700; the socket itself is mode 0600 whatever
+/// the umask; a stale socket is replaced, anything else at that path is
+/// refused), runs until SIGINT or SIGTERM, then flushes the stores and
+/// returns.
 pub fn standalone(
     config: Config,
     socket: &std::path::Path,
     log: Logger,
     watch: Option<WatchOptions>,
 ) -> Result<(), Error> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
     use std::os::unix::net::{UnixListener, UnixStream};
+    limits::raise_nofile_limit(&log);
     for dir in [socket.parent(), Some(config.data_directory.as_path())]
         .into_iter()
         .flatten()
         .filter(|d| !d.as_os_str().is_empty() && !d.exists())
     {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        // Private to the daemon's user, as master(8) makes
+        // $queue_directory/private: the socket below it hands out the
+        // current ticket key and every cached session. Created under umask
+        // 077, so that every directory made here (parents included) is
+        // exactly 0700 from the start, whatever the caller's umask.
+        {
+            let _mask = Umask::set(0o077);
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        }
         info!(log, "created directory {}", dir.display());
     }
-    if socket.exists() {
-        if UnixStream::connect(socket).is_ok() {
+    // symlink_metadata: a symbolic link at the path is not a socket either,
+    // and must not be followed to whatever it points at.
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(socket).is_ok() {
+                return Err(Error::io(
+                    format!("bind {}", socket.display()),
+                    std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "another tlsmgr is serving this socket",
+                    ),
+                ));
+            }
+            std::fs::remove_file(socket).map_err(|e| {
+                Error::io(format!("remove stale socket {}", socket.display()), e)
+            })?;
+        }
+        Ok(meta) => {
+            // A mistyped --socket (a main.cf, a store directory) must not
+            // cost the file: only a socket is ever replaced.
             return Err(Error::io(
                 format!("bind {}", socket.display()),
                 std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    "another tlsmgr is serving this socket",
+                    std::io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists and is not a socket ({}) -- not removing it",
+                        socket.display(),
+                        file_kind(&meta.file_type())
+                    ),
                 ),
             ));
         }
-        std::fs::remove_file(socket)
-            .map_err(|e| Error::io(format!("remove stale socket {}", socket.display()), e))?;
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("stat {}", socket.display()), e)),
     }
-    let listener = UnixListener::bind(socket)
-        .map_err(|e| Error::io(format!("bind {}", socket.display()), e))?;
+    // The socket's mode comes from the umask at bind(2): binding under
+    // umask 0177 creates it 0600 at once. A chmod after the bind would
+    // leave a window in which a socket in a shared directory is already
+    // listening with the caller's (maybe 000) umask, and a client that
+    // connects in that window keeps its connection after the chmod.
+    let listener = {
+        let _mask = Umask::set(0o177);
+        UnixListener::bind(socket)
+    }
+    .map_err(|e| Error::io(format!("bind {}", socket.display()), e))?;
+    // What we bound, so that the clean-up at exit removes our socket and
+    // not one a newer tlsmgr bound at the same path meanwhile.
+    let bound = std::fs::symlink_metadata(socket)
+        .map(|m| (m.dev(), m.ino()))
+        .ok();
     info!(log, "listening on {}", socket.display());
     let opts = Options {
         config,
@@ -398,6 +516,49 @@ pub fn standalone(
         }
     };
     let result = run(opts, shutdown, |_| {});
-    let _ = std::fs::remove_file(socket);
+    let ours = std::fs::symlink_metadata(socket)
+        .is_ok_and(|m| m.file_type().is_socket() && Some((m.dev(), m.ino())) == bound);
+    if ours {
+        let _ = std::fs::remove_file(socket);
+    }
     result
+}
+
+/// Sets the process umask and puts the previous one back when dropped.
+///
+/// The umask is process-wide, so while this is alive every file any thread
+/// creates gets at most the bits it leaves; it is only held around
+/// `tlsmgr serve`'s own directory and socket creation, before the daemon's
+/// threads start, and it only ever removes bits.
+struct Umask(nix::sys::stat::Mode);
+
+impl Umask {
+    fn set(mask: u32) -> Umask {
+        Umask(nix::sys::stat::umask(
+            nix::sys::stat::Mode::from_bits_truncate(mask as nix::libc::mode_t),
+        ))
+    }
+}
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        nix::sys::stat::umask(self.0);
+    }
+}
+
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a socket"
+    }
 }
