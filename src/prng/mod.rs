@@ -4,7 +4,7 @@
 //! `tls_random_source` reader), [`exchange`] (the 1024-byte
 //! `tls_random_exchange_name` file) and [`schedule`] (when reseeds and
 //! exchange updates are due, sans I/O). The actor that drives them is
-//! [`crate::actors::prng`].
+//! `actors::prng`.
 //!
 //! # Pool design
 //!
