@@ -20,7 +20,7 @@
 //! it parses and validates all of it on a blocking thread (a pathological
 //! main.cf must not hold up the daemon thread, which answers requests), and
 //! then either logs a warning naming file, line and parameter and keeps the
-//! current snapshot, or applies the new one ([`crate::daemon::reload`]) and
+//! current snapshot, or applies the new one ([`the daemon (a [`ConfigSink`])`]) and
 //! logs one line listing what changed. Content that changes nothing that
 //! tlsmgr reads (comments, unrelated parameters, an identical rewrite) is
 //! not a reload. No reload starts before the previous one is applied.
@@ -31,12 +31,13 @@
 
 use crate::config::dir::{ConfigDir, FileStamp};
 use crate::config::{self, Config, ConfigError};
-use crate::daemon::{reload, Services};
 use actix::prelude::*;
+use futures::future::LocalBoxFuture;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use slog::{debug, info, warn, Logger};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,8 +66,12 @@ pub struct WatchOptions {
 /// See [`WatchOptions::applied`].
 pub type ConfigApplied = std::sync::Arc<dyn Fn(&Config) + Send + Sync>;
 
-/// See [`WatchOptions::adjust`].
-pub type ConfigAdjust = Box<dyn Fn(&mut Config) -> Result<(), String> + Send>;
+/// See [`WatchOptions::adjust`]; the error says why the configuration is
+/// refused (the watcher logs it and keeps the configuration in force).
+pub type ConfigAdjust = Box<dyn Fn(&mut Config) -> Result<(), AdjustError> + Send>;
+
+/// Why an adjust hook refused a configuration (its type is the hook's).
+pub type AdjustError = Box<dyn std::error::Error + Send + Sync>;
 
 impl WatchOptions {
     /// Options for `dir` with the default debounce and no SIGHUP handling.
@@ -95,7 +100,7 @@ pub struct WatcherActor {
     sighup: bool,
     adjust: Option<ConfigAdjust>,
     applied: Option<ConfigApplied>,
-    svc: Services,
+    sink: Rc<dyn ConfigSink>,
     log: Logger,
     watcher: Option<notify::RecommendedWatcher>,
     /// Paths whose events matter: DIR/main.cf and, for a symlink, its target.
@@ -208,13 +213,22 @@ fn read_and_parse(
     (outcome, Some(seen))
 }
 
+/// Where the watcher sends each validated configuration: the daemon, which
+/// puts it in force. The watcher knows nothing else of the daemon.
+pub trait ConfigSink {
+    /// Puts `new` in force; resolves to the changed parameters (`name old
+    /// -> new` items, empty when nothing tlsmgr reads changed) and the
+    /// configuration now in force.
+    fn apply(&self, new: Config) -> LocalBoxFuture<'static, (Vec<String>, Arc<Config>)>;
+}
+
 impl WatcherActor {
-    /// Starts a watcher applying edits to `svc`. The watches are in place
-    /// when this returns, so no edit made afterwards is missed.
-    pub fn launch(opts: WatchOptions, svc: Services) -> Addr<WatcherActor> {
+    /// Starts a watcher that sends every validated edit to `sink`. The
+    /// watches are in place when this returns, so no edit made afterwards
+    /// is missed.
+    pub fn launch(opts: WatchOptions, sink: Rc<dyn ConfigSink>, log: Logger) -> Addr<WatcherActor> {
         let ctx = Context::new();
         let addr = ctx.address();
-        let log = svc.log.clone();
         let WatchOptions {
             dir,
             overrides,
@@ -230,7 +244,7 @@ impl WatcherActor {
             sighup,
             adjust,
             applied,
-            svc,
+            sink,
             log,
             watcher: None,
             interesting: Vec::new(),
@@ -356,7 +370,7 @@ impl WatcherActor {
                     None
                 }
             };
-            let svc = act.svc.clone();
+            let sink = act.sink.clone();
             let log = act.log.clone();
             let applied = act.applied.clone();
             async move {
@@ -364,9 +378,9 @@ impl WatcherActor {
                     return;
                 };
                 let warnings = cfg.warnings.clone();
-                let changes = reload::apply(&svc, cfg).await;
+                let (changes, in_force) = sink.apply(cfg).await;
                 if let Some(hook) = applied {
-                    hook(&svc.config.load());
+                    hook(&in_force);
                 }
                 if changes.is_empty() {
                     debug!(log, "main.cf changed, but no parameter that tlsmgr uses");

@@ -12,7 +12,7 @@
 //!
 //! What the cache does *when* (open, reopen after a failure, periodic sync,
 //! expiry sweeps, eviction to a lowered bound, close) is its actor's:
-//! [`crate::actors::cache`]. A failing store is taken out of service here
+//! `actors::cache`. A failing store is taken out of service here
 //! ([`Cache::take_down`]): every request then gets [`CacheDown`] at once (the
 //! client sees ERR) until the actor has reopened the store and put it back
 //! ([`Cache::put_up`]).

@@ -67,6 +67,19 @@ pub struct Services {
     pub observer: Option<Arc<dyn RequestObserver>>,
 }
 
+impl crate::actors::watcher::ConfigSink for Services {
+    fn apply(
+        &self,
+        new: Config,
+    ) -> futures::future::LocalBoxFuture<'static, (Vec<String>, Arc<Config>)> {
+        let svc = self.clone();
+        Box::pin(async move {
+            let changes = reload::apply(&svc, new).await;
+            (changes, svc.config.load_full())
+        })
+    }
+}
+
 /// Watches requests come and go: the master(8) child interface reports
 /// TAKEN/AVAIL around each one and its watchdog times them.
 pub trait RequestObserver: Send + Sync {
@@ -190,7 +203,9 @@ pub fn run_with(
         // Launched before `before_start`, so its watches exist before a
         // chroot. (A reload can only start after the debounce period, long
         // after the caches below are in place.)
-        let _watcher = opts.watch.map(|w| WatcherActor::launch(w, svc.clone()));
+        let _watcher = opts
+            .watch
+            .map(|w| WatcherActor::launch(w, std::rc::Rc::new(svc.clone()), opts.log.clone()));
         if let Some(hook) = extras.before_start {
             hook()?;
         }

@@ -4,7 +4,7 @@
 //! `tls_random_source` reader), [`exchange`] (the 1024-byte
 //! `tls_random_exchange_name` file) and [`schedule`] (when reseeds and
 //! exchange updates are due, sans I/O). The actor that drives them is
-//! [`crate::actors::prng`].
+//! `actors::prng`.
 //!
 //! # Pool design
 //!
@@ -167,6 +167,17 @@ impl Pool {
     }
 }
 
+/// An I/O error as Postfix prints it (`strerror()`), without Rust's
+/// ` (os error N)` suffix: the warnings about sources and the exchange
+/// file read like stock's.
+fn strerror(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,3 +216,4 @@ mod tests {
         assert_ne!(x, y);
     }
 }
+

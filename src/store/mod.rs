@@ -13,11 +13,11 @@
 //! count and evicts oldest-first *before* inserting, under the backend's
 //! write lock, so the count never exceeds the bound, whatever the number of
 //! writers. Expiry is the caller's rule (spec §3: stale iff
-//! `stored_at + timeout < now`, see [`crate::cache`]); the store only offers
+//! `stored_at + timeout < now`, see `cache`); the store only offers
 //! "remove entries stored before `cutoff`" in bounded steps.
 //!
 //! What a store does *not* check is the caller's: the cache-id length limit
-//! ([`MAX_CACHE_ID_LEN`]) is enforced once, in [`crate::cache`].
+//! ([`MAX_CACHE_ID_LEN`]) is enforced once, in `cache`.
 
 pub mod error;
 pub mod fjall;

@@ -13,7 +13,7 @@
 //! and the next one, made in advance with `tout = current.tout + t - 1` —
 //! the key Postfix would make on the first request at `current.tout`. When
 //! the current key stops encrypting, a request takes the next one at once,
-//! from the same snapshot; the ticket actor ([`crate::actors::ticket`]) then
+//! from the same snapshot; the ticket actor (`actors::ticket`) then
 //! rotates, saves and publishes a new ring with a fresh next key. A request
 //! never waits for a key to be made, unless the clock ran past even the next
 //! key (a suspended machine, a clock step), where it asks the actor.
