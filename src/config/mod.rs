@@ -454,12 +454,34 @@ impl Config {
         for (i, a) in caches.iter().enumerate() {
             for b in caches.iter().skip(i + 1) {
                 if let (Some(la), Some(lb)) = (shared_file(a), shared_file(b)) {
-                    if a.database == b.database || same_store(la, lb) {
+                    let param_b = format!("{}_tls_session_cache_database", b.cache_type);
+                    if a.database == b.database {
+                        // Stock's words for one string used twice.
                         return Err(r.err(
-                            &format!("{}_tls_session_cache_database", b.cache_type),
+                            &param_b,
                             format!(
                                 "do not use the same TLS cache file {} for {} and {}",
                                 b.database, a.cache_type, b.cache_type
+                            ),
+                        ));
+                    }
+                    if same_store(la, lb) {
+                        // Two spellings of one place (`..`, a symbolic link):
+                        // stock would open the file twice; we would fail on
+                        // our own lock. Name both parameters and the place.
+                        let place = la
+                            .path()
+                            .map(|p| {
+                                crate::store::location::canonical_dir(p)
+                                    .display()
+                                    .to_string()
+                            })
+                            .unwrap_or_default();
+                        return Err(r.err(
+                            &param_b,
+                            format!(
+                                "do not use the same TLS cache file for {}_tls_session_cache_database ({}) and {} ({}): both are stored in {}",
+                                a.cache_type, a.database, param_b, b.database, place
                             ),
                         ));
                     }
@@ -659,6 +681,27 @@ mod tests {
         assert_eq!(
             e.message,
             "do not use the same TLS cache file btree:/d/scache for smtpd and smtp"
+        );
+    }
+
+    #[test]
+    fn one_store_under_two_spellings_is_an_error_naming_both_parameters() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().display();
+        let a = format!("btree:{d}/x/../scache");
+        let b = format!("btree:{d}/scache");
+        let e = from(&[
+            ("smtpd_tls_session_cache_database", a.as_str()),
+            ("lmtp_tls_session_cache_database", b.as_str()),
+        ])
+        .unwrap_err();
+        let real = std::fs::canonicalize(tmp.path()).unwrap();
+        assert_eq!(
+            e.message,
+            format!(
+                "do not use the same TLS cache file for smtpd_tls_session_cache_database ({a}) and lmtp_tls_session_cache_database ({b}): both are stored in {}/scache.fjall",
+                real.display()
+            )
         );
     }
 

@@ -2,7 +2,6 @@
 //! reply each (spec §1.3, §1.4). A connection that stalls mid-request stalls
 //! only itself, and only for `ipc_timeout`; limits and garbage close it.
 
-use super::limits::Registration;
 use super::requests::apply;
 use super::Services;
 use crate::protocol::codec::ServerCodec;
@@ -50,10 +49,8 @@ impl Drop for ObservedRequest<'_> {
     }
 }
 
-/// Serves one connection until the peer closes, errs, or times out, or the
-/// accept loop asks it to close while it waits for a request (the daemon
-/// is out of file descriptors, see [`super::limits`]).
-pub async fn serve(mut stream: UnixStream, svc: Services, registration: Registration) {
+/// Serves one connection until the peer closes, errs, or times out.
+pub async fn serve(mut stream: UnixStream, svc: Services) {
     let ipc_timeout = svc.config.load().ipc_timeout;
     // Postfix 3.6+ clients wait for this before sending anything.
     match timeout(ipc_timeout, stream.write_all(ANNOUNCEMENT)).await {
@@ -62,14 +59,7 @@ pub async fn serve(mut stream: UnixStream, svc: Services, registration: Registra
     }
     let mut framed = Framed::new(stream, ServerCodec::default());
     loop {
-        let next = tokio::select! {
-            next = timeout(ipc_timeout, framed.next()) => next,
-            _ = registration.close_requested() => {
-                debug!(svc.log, "out of file descriptors: closing an idle connection");
-                return;
-            }
-        };
-        let incoming = match next {
+        let incoming = match timeout(ipc_timeout, framed.next()).await {
             Err(_) => {
                 warn!(svc.log, "timeout while waiting for data from tlsmgr socket");
                 return;
@@ -86,7 +76,6 @@ pub async fn serve(mut stream: UnixStream, svc: Services, registration: Registra
         // master counts one use from TAKEN to AVAIL; stock reports the
         // wakeup as one too (tests/master_child.rs compares).
         let _observed = ObservedRequest::start(&svc);
-        registration.request_started();
         let reply = match incoming {
             Incoming::Wakeup => {
                 debug!(svc.log, "received master trigger");
@@ -112,7 +101,7 @@ pub async fn serve(mut stream: UnixStream, svc: Services, registration: Registra
             }
         };
         match timeout(ipc_timeout, framed.send(reply)).await {
-            Ok(Ok(())) => registration.request_finished(),
+            Ok(Ok(())) => {}
             _ => return,
         }
     }

@@ -10,21 +10,16 @@
 //! The arbiters are stopped at shutdown, which drops their connections.
 
 use super::connection;
-use super::limits::Connections;
 use super::{RequestObserver, Services};
 use actix::Arbiter;
 use slog::error;
 use std::cell::{Cell, RefCell};
-use std::sync::Arc;
 
 /// The connection-serving threads.
 pub struct IoThreads {
     threads: RefCell<Vec<Arbiter>>,
     /// Where the next connection goes.
     next: Cell<usize>,
-    /// Every open connection, on any thread (closing idle ones when out of
-    /// descriptors).
-    connections: Arc<Connections>,
 }
 
 /// How many threads `tlsmgr_io_threads = configured` means: 0 is one per
@@ -58,13 +53,7 @@ impl IoThreads {
         IoThreads {
             threads: RefCell::new(threads),
             next: Cell::new(0),
-            connections: Arc::default(),
         }
-    }
-
-    /// The open connections.
-    pub fn connections(&self) -> &Connections {
-        &self.connections
     }
 
     /// Serves `stream` on the next thread in turn.
@@ -85,11 +74,9 @@ impl IoThreads {
                 return;
             }
         };
-        // Registered now, so that the accept loop counts it at once.
-        let registration = self.connections.register();
         arbiter.spawn_fn(move || match tokio::net::UnixStream::from_std(std_stream) {
             Ok(stream) => {
-                actix_rt::spawn(connection::serve(stream, svc, registration));
+                actix_rt::spawn(connection::serve(stream, svc));
             }
             Err(e) => error!(svc.log, "register connection on an I/O thread: {}", e),
         });

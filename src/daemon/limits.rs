@@ -2,23 +2,26 @@
 //! runs out of them.
 //!
 //! Every smtpd(8), smtp(8) and lmtp process keeps a connection to tlsmgr, so
-//! a busy server holds thousands of them. [`raise_nofile_limit`] lifts the
-//! soft `RLIMIT_NOFILE` (often 1024) to the hard limit at start. When the
-//! daemon still runs out (`accept: Too many open files`), the accept loop
-//! asks [`Connections::close_idle`] to close the connections that have been
-//! idle the longest: a client between requests loses nothing it cannot get
-//! back by reconnecting (Postfix clients reconnect on their own), while a
-//! new client left in the listen queue would wait without end.
+//! a busy server holds many. [`raise_nofile_limit`] lifts the soft
+//! `RLIMIT_NOFILE` (often 1024) to the hard limit at start.
 //!
-//! The data path pays one atomic store (and a clock read) per request for
-//! this; the registry's lock is taken when a connection opens or closes and
-//! when the accept loop looks for idle connections, never per request.
+//! When the daemon still runs out, accept(2) fails with EMFILE while the
+//! new client waits in the listen queue, and the listening socket stays
+//! readable, so a plain retry loop spins and the client hangs until some
+//! descriptor is freed. Stock tlsmgr logs `error: accept connection: Too
+//! many open files` each time, and msg_error's limit of 13 errors ends the
+//! process (master restarts it). Stock never closes idle clients itself
+//! (they leave after `ipc_idle`), and neither do we. Instead [`Spare`]
+//! keeps one descriptor in reserve: at EMFILE it is let go, the waiting
+//! client is accepted and closed at once (it sees EOF before the
+//! announcement and retries like after any failed request, instead of
+//! hanging), and the reserve is taken back. [`Exhaustion`] keeps the log
+//! to one line per episode and one per [`EXHAUSTION_LOG_INTERVAL`].
 
-use slog::{debug, info, warn, Logger};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use crate::prng::strerror;
+use slog::{debug, warn, Logger};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, once at start (`tlsmgr
 /// serve` and the master(8) child). Returns the soft limit in force after
@@ -42,7 +45,10 @@ pub fn raise_nofile_limit(log: &Logger) -> Option<u64> {
     }
     let (soft, hard) = (lim.rlim_cur, lim.rlim_max);
     if soft >= hard {
-        debug!(log, "file descriptor limit {} (already the hard limit)", soft);
+        debug!(
+            log,
+            "file descriptor limit {} (already the hard limit)", soft
+        );
         return Some(soft as u64);
     }
     // An unlimited hard limit cannot be the soft limit of RLIMIT_NOFILE on
@@ -70,7 +76,11 @@ pub fn raise_nofile_limit(log: &Logger) -> Option<u64> {
         );
         return Some(soft as u64);
     }
-    info!(log, "file descriptor limit raised from {} to {}", soft, target);
+    // debug: stock logs nothing here, and master children start often.
+    debug!(
+        log,
+        "file descriptor limit raised from {} to {}", soft, target
+    );
     Some(target as u64)
 }
 
@@ -85,7 +95,7 @@ pub fn nofile_limit() -> Option<u64> {
 }
 
 /// True for the accept(2) errors that mean "no descriptor or buffer for a
-/// new connection now": closing idle connections can help.
+/// new connection now".
 pub fn out_of_descriptors(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -93,147 +103,111 @@ pub fn out_of_descriptors(e: &std::io::Error) -> bool {
     )
 }
 
-/// `last_active` of a connection that is serving a request (never idle).
-const BUSY: u64 = u64::MAX;
-
-/// One connection's entry in the registry.
+/// What the accept loop does at EMFILE: one descriptor held back, to
+/// accept (and close at once) a client that would otherwise wait.
 #[derive(Debug)]
-struct ConnState {
-    /// Microseconds since the registry's epoch at which the last request
-    /// completed (or the connection was accepted); [`BUSY`] while a request
-    /// is being served.
-    last_active: AtomicU64,
-    /// Woken to make the connection close at its next wait for a request.
-    close: tokio::sync::Notify,
+pub struct Spare(Option<OwnedFd>);
+
+impl Spare {
+    /// Holds a descriptor (`/dev/null`, read-only) in reserve.
+    pub fn new() -> Spare {
+        Spare(open_spare())
+    }
+
+    /// Lets the reserve go for the caller to use the freed slot; call
+    /// [`Spare::restore`] after.
+    pub fn release(&mut self) -> bool {
+        self.0.take().is_some()
+    }
+
+    /// Takes a reserve descriptor again if none is held; false when even
+    /// that fails (still out of descriptors).
+    pub fn restore(&mut self) -> bool {
+        if self.0.is_none() {
+            self.0 = open_spare();
+        }
+        self.0.is_some()
+    }
 }
 
-/// The open client connections, shared by the accept loops and the I/O
-/// threads.
-#[derive(Debug)]
-pub struct Connections {
-    epoch: Instant,
-    next_id: AtomicU64,
-    live: Mutex<HashMap<u64, Arc<ConnState>>>,
-}
-
-impl Default for Connections {
+impl Default for Spare {
     fn default() -> Self {
-        Connections {
-            epoch: Instant::now(),
-            next_id: AtomicU64::new(0),
-            live: Mutex::new(HashMap::new()),
-        }
+        Spare::new()
     }
 }
 
-impl Connections {
-    fn now(&self) -> u64 {
-        // u64 microseconds last 584,000 years; never BUSY.
-        self.epoch.elapsed().as_micros().min(u128::from(BUSY - 1)) as u64
-    }
+fn open_spare() -> Option<OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
+}
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
-        // The map stays consistent whatever panicked while holding it
-        // (every update is a single insert or remove).
-        self.live.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// How often a continuing descriptor shortage is logged again.
+pub const EXHAUSTION_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
-    /// Registers a new connection, idle since now. Dropping the returned
-    /// [`Registration`] removes it.
-    pub fn register(self: &Arc<Self>) -> Registration {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(ConnState {
-            last_active: AtomicU64::new(self.now()),
-            close: tokio::sync::Notify::new(),
-        });
-        self.lock().insert(id, state.clone());
-        Registration {
-            registry: self.clone(),
-            id,
-            state,
-        }
-    }
+/// The log of descriptor shortages: a line when one starts, a summary at
+/// most every [`EXHAUSTION_LOG_INTERVAL`] while it lasts, and one when a
+/// connection is accepted again. Time comes in as `now`, so tests step it.
+#[derive(Debug, Default)]
+pub struct Exhaustion {
+    /// Since when descriptors are short, and when it was last logged.
+    episode: Option<(Instant, Instant)>,
+    /// Clients closed at once since the last line.
+    closed: u64,
+    /// Failed accepts since the last line.
+    failures: u64,
+}
 
-    /// How many connections are open.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// True when no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Asks the `n` least recently active idle connections (not serving a
-    /// request) to close; returns how many were asked. They close on their
-    /// own I/O threads, as soon as those run.
-    pub fn close_idle(&self, n: usize) -> usize {
-        if n == 0 {
-            return 0;
-        }
-        let mut idle: Vec<(u64, Arc<ConnState>)> = self
-            .lock()
-            .values()
-            .filter_map(|c| {
-                let t = c.last_active.load(Ordering::Relaxed);
-                (t != BUSY).then(|| (t, c.clone()))
-            })
-            .collect();
-        if idle.len() > n {
-            idle.select_nth_unstable_by_key(n, |(t, _)| *t);
-            idle.truncate(n);
-        }
-        let mut asked = 0;
-        for (t, c) in &idle {
-            // Marked busy so that the next call (the accept loop retries
-            // within milliseconds) picks others, not these again; skipped if
-            // a request started meanwhile.
-            if c.last_active
-                .compare_exchange(*t, BUSY, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-            {
-                // Stored as a permit if the connection is not waiting at
-                // this instant: it then closes at its next wait.
-                c.close.notify_one();
-                asked += 1;
+impl Exhaustion {
+    /// An accept failed for want of descriptors; `closed` tells whether the
+    /// waiting client was accepted and closed. Returns the line to log as
+    /// an error, if one is due.
+    pub fn failed(&mut self, now: Instant, err: &std::io::Error, closed: bool) -> Option<String> {
+        self.failures += 1;
+        self.closed += u64::from(closed);
+        match self.episode {
+            None => {
+                self.episode = Some((now, now));
+                let limit = nofile_limit().map_or_else(|| "unknown".into(), |l| l.to_string());
+                let line = format!(
+                    "accept connection: {} (descriptor limit {limit}): new clients are closed at once until descriptors are free; this is logged once every {}s",
+                    strerror(err),
+                    EXHAUSTION_LOG_INTERVAL.as_secs()
+                );
+                self.failures = 0;
+                self.closed = 0;
+                Some(line)
             }
+            Some((since, last)) if now.duration_since(last) >= EXHAUSTION_LOG_INTERVAL => {
+                self.episode = Some((since, now));
+                let line = format!(
+                    "accept connection: {}: still out of descriptors after {}s; {} accepts failed and {} new clients were closed at once in the last {}s",
+                    strerror(err),
+                    now.duration_since(since).as_secs(),
+                    self.failures,
+                    self.closed,
+                    now.duration_since(last).as_secs()
+                );
+                self.failures = 0;
+                self.closed = 0;
+                Some(line)
+            }
+            Some(_) => None,
         }
-        asked
     }
-}
 
-/// A connection's handle on its registry entry; deregisters when dropped.
-#[derive(Debug)]
-pub struct Registration {
-    registry: Arc<Connections>,
-    id: u64,
-    state: Arc<ConnState>,
-}
-
-impl Registration {
-    /// A request was read: the connection is not idle until it is answered.
+    /// A connection was accepted: the end of a shortage, if there was one.
+    /// Returns the line to log (info) then.
     #[inline]
-    pub fn request_started(&self) {
-        self.state.last_active.store(BUSY, Ordering::Relaxed);
-    }
-
-    /// The reply was written: idle from now.
-    #[inline]
-    pub fn request_finished(&self) {
-        self.state
-            .last_active
-            .store(self.registry.now(), Ordering::Relaxed);
-    }
-
-    /// Resolves when the accept loop wants this connection closed.
-    pub async fn close_requested(&self) {
-        self.state.close.notified().await
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        self.registry.lock().remove(&self.id);
+    pub fn accepted(&mut self, now: Instant) -> Option<String> {
+        let (since, _) = self.episode.take()?;
+        let line = format!(
+            "accept connection: descriptors available again after {}s; {} more accepts failed and {} new clients were closed at once since the last report",
+            now.duration_since(since).as_secs(),
+            self.failures,
+            self.closed
+        );
+        self.failures = 0;
+        self.closed = 0;
+        Some(line)
     }
 }
 
@@ -243,35 +217,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn closes_the_least_recently_active_idle_connections() {
-        let reg = Arc::new(Connections::default());
-        let a = reg.register();
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let b = reg.register();
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let c = reg.register();
-        // a is the oldest but busy; b is next.
-        a.request_started();
-        assert_eq!(reg.close_idle(1), 1);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let quick = std::time::Duration::from_millis(10);
-            assert!(tokio::time::timeout(quick, b.close_requested())
-                .await
-                .is_ok());
-            assert!(tokio::time::timeout(quick, c.close_requested())
-                .await
-                .is_err());
-            assert!(tokio::time::timeout(quick, a.close_requested())
-                .await
-                .is_err());
-        });
-        assert_eq!(reg.len(), 3);
-        drop((a, b, c));
-        assert!(reg.is_empty());
+    fn a_shortage_is_logged_once_per_interval_and_at_its_end() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_millis(n);
+        let e = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let mut x = Exhaustion::default();
+        assert_eq!(x.accepted(s(0)), None);
+        let first = x.failed(s(0), &e, true).unwrap();
+        assert!(
+            first.starts_with("accept connection: Too many open files (descriptor limit "),
+            "{first}"
+        );
+        // 10 failures a second for 59.9 s: nothing more.
+        let mut lines = 0;
+        for ms in (100..60_000).step_by(100) {
+            lines += usize::from(x.failed(s(ms), &e, ms % 200 == 0).is_some());
+        }
+        assert_eq!(lines, 0);
+        let again = x.failed(s(60_000), &e, true).unwrap();
+        assert_eq!(
+            again,
+            "accept connection: Too many open files: still out of descriptors after 60s; 600 accepts failed and 300 new clients were closed at once in the last 60s"
+        );
+        assert_eq!(x.failed(s(60_001), &e, false), None);
+        assert_eq!(
+            x.accepted(s(61_500)).unwrap(),
+            "accept connection: descriptors available again after 61s; 1 more accepts failed and 0 new clients were closed at once since the last report"
+        );
+        assert_eq!(x.accepted(s(61_600)), None);
+        // A new shortage starts a new episode, logged at once.
+        assert!(x
+            .failed(s(61_700), &e, true)
+            .unwrap()
+            .contains("descriptor limit"));
+    }
+
+    #[test]
+    fn the_spare_descriptor_is_released_and_restored() {
+        let mut spare = Spare::new();
+        assert!(spare.release());
+        assert!(!spare.release());
+        assert!(spare.restore());
+        assert!(spare.release());
     }
 
     #[test]

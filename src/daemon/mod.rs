@@ -33,7 +33,7 @@ use crate::tickets::KeyRing;
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 use reload::CacheRuntime;
-use slog::{error, info, warn, Logger};
+use slog::{error, info, Logger};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -268,80 +268,60 @@ pub fn run_with(
     Ok(())
 }
 
-/// How long accepting must work without running out of descriptors before
-/// an episode is over (its summary logged, the next one warned about).
-const DESCRIPTOR_EPISODE_QUIET: Duration = Duration::from_secs(5);
-
-/// An episode of accept(2) failing for want of descriptors: warned about
-/// once, summed up when it is over (the daemon retries every few
-/// milliseconds meanwhile; one line per failure flooded the log).
-struct OutOfDescriptors {
-    since: std::time::Instant,
-    last: std::time::Instant,
-    failures: u64,
-    closed: u64,
-}
-
+/// Accepts clients on `listener` and hands them to the I/O threads. Out of
+/// descriptors, each waiting client is closed at once rather than left
+/// hanging, and the shortage is logged once a minute, not per failure
+/// ([`limits`]).
 async fn accept_loop(
     listener: tokio::net::UnixListener,
     svc: Services,
     io: std::rc::Rc<io::IoThreads>,
 ) {
-    let mut episode: Option<OutOfDescriptors> = None;
+    let mut spare = limits::Spare::new();
+    let mut shortage = limits::Exhaustion::default();
     loop {
-        let quiet_until = episode
-            .as_ref()
-            .map(|ep| tokio::time::Instant::from_std(ep.last + DESCRIPTOR_EPISODE_QUIET));
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = tokio::time::sleep_until(quiet_until.unwrap_or_else(tokio::time::Instant::now)),
-                if quiet_until.is_some() =>
-            {
-                if let Some(ep) = episode.take() {
-                    info!(
-                        svc.log,
-                        "accept connection: file descriptors available again: {} failed accepts in {:.1}s, {} idle connections closed",
-                        ep.failures,
-                        ep.last.duration_since(ep.since).as_secs_f64(),
-                        ep.closed
-                    );
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                if let Some(line) = shortage.accepted(std::time::Instant::now()) {
+                    info!(svc.log, "{}", line);
                 }
-                continue;
+                io.serve(stream, svc.clone())
             }
-        };
-        match accepted {
-            Ok((stream, _)) => io.serve(stream, svc.clone()),
             Err(e) if limits::out_of_descriptors(&e) => {
-                let now = std::time::Instant::now();
-                let connections = io.connections();
-                let ep = episode.get_or_insert_with(|| {
-                    warn!(
-                        svc.log,
-                        "accept connection: {} ({} connections, descriptor limit {}) -- closing the least recently active idle connections",
-                        e,
-                        connections.len(),
-                        limits::nofile_limit().map_or_else(|| "unknown".to_string(), |l| l.to_string())
-                    );
-                    OutOfDescriptors {
-                        since: now,
-                        last: now,
-                        failures: 0,
-                        closed: 0,
+                // Linux fails accept(2) with EMFILE before it looks at the
+                // queue, so this may be a client waiting or nobody. The
+                // reserve descriptor's slot takes the waiting client, which
+                // is closed at once (EOF before the announcement: it
+                // retries, as after any failed request). Polled once with a
+                // no-op waker, so nothing blocks here with the reserve let
+                // go; Pending means nobody was waiting, and the next
+                // accept waits for the next client.
+                spare.release();
+                let polled = listener
+                    .poll_accept(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+                let closed = match polled {
+                    std::task::Poll::Ready(Ok((stream, _))) => {
+                        // Closed before the reserve is taken back: its slot
+                        // is the one the reserve needs.
+                        drop(stream);
+                        true
                     }
-                });
-                ep.failures += 1;
-                ep.last = now;
-                // A few at a time: enough for the clients queued behind the
-                // listen backlog to get in, without dropping more idle
-                // clients than the pressure needs.
-                let batch = (connections.len() / 64).max(16);
-                let asked = connections.close_idle(batch);
-                ep.closed += asked as u64;
-                // The I/O threads close them within microseconds; with none
-                // to close (every connection busy), back off instead of
-                // spinning.
-                let pause = if asked > 0 { 5 } else { 100 };
-                actix_rt::time::sleep(Duration::from_millis(pause)).await;
+                    std::task::Poll::Ready(Err(_)) => false,
+                    std::task::Poll::Pending => {
+                        spare.restore();
+                        continue;
+                    }
+                };
+                let restored = spare.restore();
+                if let Some(line) = shortage.failed(std::time::Instant::now(), &e, closed) {
+                    error!(svc.log, "{}", line);
+                }
+                if !closed || !restored {
+                    // A client waits and could not be closed (no reserve):
+                    // back off rather than spin on a listener that stays
+                    // readable.
+                    actix_rt::time::sleep(Duration::from_millis(100)).await;
+                }
             }
             Err(e) => {
                 error!(svc.log, "accept connection: {}", e);
@@ -468,9 +448,8 @@ pub fn standalone(
                     ),
                 ));
             }
-            std::fs::remove_file(socket).map_err(|e| {
-                Error::io(format!("remove stale socket {}", socket.display()), e)
-            })?;
+            std::fs::remove_file(socket)
+                .map_err(|e| Error::io(format!("remove stale socket {}", socket.display()), e))?;
         }
         Ok(meta) => {
             // A mistyped --socket (a main.cf, a store directory) must not

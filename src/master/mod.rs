@@ -182,6 +182,9 @@ fn startup(argv0: &str, argv: &[String]) -> Result<Startup, Fatal> {
     for w in &cfg.warnings {
         warn!(log, "{}", w);
     }
+    // Every smtpd, smtp and lmtp process holds a connection: the soft limit
+    // (often 1024) would run out long before the hard one.
+    crate::daemon::limits::raise_nofile_limit(&log);
     let generation = status::generation_from_env(std::env::var("GENERATION").ok().as_deref());
     std::env::set_current_dir(&cfg.queue_directory).map_err(|e| {
         fatal(

@@ -169,8 +169,8 @@ impl Pool {
 
 /// An I/O error as Postfix prints it (`strerror()`), without Rust's
 /// ` (os error N)` suffix: the warnings about sources and the exchange
-/// file read like stock's.
-fn strerror(e: &std::io::Error) -> String {
+/// file read like stock's (and the daemon's accept errors).
+pub(crate) fn strerror(e: &std::io::Error) -> String {
     let s = e.to_string();
     match s.find(" (os error") {
         Some(i) => s[..i].to_string(),
@@ -216,4 +216,3 @@ mod tests {
         assert_ne!(x, y);
     }
 }
-

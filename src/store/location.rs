@@ -28,8 +28,9 @@
 //! - The fjall directory is created (mode 0700) when missing, but its parent
 //!   directory must exist, as for Postfix's own cache files.
 //! - Two cache types must not share a store: [`same_store`] tells whether two
-//!   locations are one and the same (paths are compared after making them
-//!   absolute, without resolving symbolic links or `..`).
+//!   locations are one and the same. Paths are compared by where they lead:
+//!   symbolic links and `..` are resolved as far as the path exists (see
+//!   [`canonical_dir`]), so `/x/../x/scache` and a link to `/x` are `/x`.
 
 use super::fjall::FjallStore;
 use super::memory::MemoryStore;
@@ -145,12 +146,52 @@ fn nonempty(s: &str) -> Option<&str> {
 
 /// True when `a` and `b` are the same store, which two cache types must not
 /// share. Two memory locations are always different stores; two fjall
-/// locations are the same when their directories are equal after making
-/// them absolute (lexically: symbolic links and `..` are not resolved).
+/// locations are the same when their directories lead to the same place
+/// ([`canonical_dir`]). Comparing the strings was not enough: the second of
+/// two spellings of one directory failed on the first one's lock, with a
+/// message blaming another process.
 pub fn same_store(a: &StoreLocation, b: &StoreLocation) -> bool {
     match (&a.backend, &b.backend) {
-        (Backend::Fjall { dir: x }, Backend::Fjall { dir: y }) => absolute(x) == absolute(y),
+        (Backend::Fjall { dir: x }, Backend::Fjall { dir: y }) => {
+            canonical_dir(x) == canonical_dir(y)
+        }
         _ => false,
+    }
+}
+
+/// Where the store directory `p` is, spelled one way only: the longest
+/// existing ancestor of `p` (`p` itself when it exists) with symbolic links
+/// and `..` resolved by the file system, then the rest of `p`, which does
+/// not exist yet (the directory is created at open), with `.` and `..`
+/// applied lexically. Relative paths are taken from the working directory,
+/// as the store's open does.
+pub fn canonical_dir(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let abs = absolute(p);
+    let mut base = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(base) {
+            let mut out = real;
+            for c in rest.iter().rev() {
+                match c {
+                    Component::ParentDir => {
+                        out.pop();
+                    }
+                    Component::Normal(n) => out.push(n),
+                    _ => {}
+                }
+            }
+            return out;
+        }
+        match (base.parent(), base.components().next_back()) {
+            (Some(parent), Some(last)) => {
+                rest.push(last);
+                base = parent;
+            }
+            // Not even `/` resolves: the lexical form is all there is.
+            _ => return abs,
+        }
     }
 }
 
@@ -189,5 +230,37 @@ mod tests {
         let a = parse_database("fjall:rel/dir", "hash").unwrap();
         let b = parse_database(&format!("fjall:{}/rel/./dir/", cwd.display()), "hash").unwrap();
         assert!(same_store(&a, &b));
+    }
+
+    #[test]
+    fn dot_dot_and_symbolic_links_lead_to_the_same_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let x = tmp.path().join("x");
+        std::fs::create_dir(&x).unwrap();
+        std::fs::create_dir(tmp.path().join("y")).unwrap();
+        std::os::unix::fs::symlink(&x, tmp.path().join("link")).unwrap();
+        let at = |s: &str| {
+            parse_database(&format!("btree:{}/{s}", tmp.path().display()), "hash").unwrap()
+        };
+        let plain = at("x/scache");
+        for other in [
+            "x/../x/scache",
+            "y/../x/scache",
+            "link/scache",
+            "./x/./scache",
+        ] {
+            assert!(same_store(&plain, &at(other)), "{other}");
+        }
+        // The store directory itself a link to another one.
+        std::fs::create_dir(x.join("real.fjall")).unwrap();
+        std::os::unix::fs::symlink(x.join("real.fjall"), x.join("alias.fjall")).unwrap();
+        assert!(same_store(&at("x/real"), &at("x/alias")));
+        // Where the parent does not exist yet, `..` is applied lexically.
+        assert!(same_store(&at("nope/../x/scache"), &plain));
+        assert!(same_store(&at("nope/a/../b"), &at("nope/b")));
+        // Different places stay different.
+        assert!(!same_store(&plain, &at("y/scache")));
+        assert!(!same_store(&plain, &at("x/scache2")));
+        assert!(!same_store(&at("x/real"), &at("y/real")));
     }
 }

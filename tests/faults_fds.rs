@@ -1,0 +1,230 @@
+//! Out of file descriptors, as a real `tlsmgr serve` process with a low
+//! `RLIMIT_NOFILE` (soft and hard, so that raising cannot help): more
+//! clients than descriptors. Clients already connected keep being served,
+//! each client beyond the limit is closed at once instead of hanging, the
+//! shortage is logged once (not 10 times a second), and new clients are
+//! served again as soon as others leave. Also: the soft limit is raised to
+//! the hard one at start.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ANNOUNCEMENT: usize = 26;
+const SEED_REQUEST: &[u8] = b"request\0seed\0size\x008\0\0";
+
+/// A `tlsmgr serve` process, stopped (SIGTERM, then waited for) when
+/// dropped, also when an assertion fails.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not
+        // waited for.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// `tlsmgr serve` in `dir` with RLIMIT_NOFILE set to `soft`/`hard` before
+/// exec; stderr goes to `dir/stderr`.
+fn serve(dir: &Path, soft: u64, hard: u64) -> Daemon {
+    std::fs::write(
+        dir.join("main.cf"),
+        format!(
+            "queue_directory = {d}\ndata_directory = {d}/data\n\
+             smtpd_tls_session_cache_database = btree:${{data_directory}}/smtpd_scache\n\
+             tlsmgr_io_threads = 2\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlsmgr"));
+    cmd.arg("serve")
+        .arg("-c")
+        .arg(dir)
+        .arg("--socket")
+        .arg(dir.join("sock"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap());
+    // SAFETY: setrlimit(2) is async-signal-safe and reads only the struct on
+    // this closure's stack; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = Daemon(cmd.spawn().unwrap());
+    for _ in 0..200 {
+        if UnixStream::connect(dir.join("sock")).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("not serving: {}", stderr(dir));
+}
+
+fn stderr(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("stderr")).unwrap_or_default()
+}
+
+/// What happened to one new client within `wait`.
+#[derive(Debug)]
+enum Outcome {
+    /// Got the announcement: being served.
+    Served(UnixStream),
+    /// Closed before the announcement.
+    Closed,
+    /// Neither within `wait`.
+    Hung,
+}
+
+fn connect(dir: &Path, wait: Duration) -> Outcome {
+    let Ok(mut s) = UnixStream::connect(dir.join("sock")) else {
+        return Outcome::Closed;
+    };
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut ann = [0u8; ANNOUNCEMENT];
+    match s.read(&mut ann) {
+        Ok(0) => Outcome::Closed,
+        Ok(n) => match s.read_exact(&mut ann[n..]) {
+            Ok(()) => Outcome::Served(s),
+            Err(_) => Outcome::Hung,
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Outcome::Hung,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Outcome::Hung,
+        Err(_) => Outcome::Closed,
+    }
+}
+
+/// A seed request on an open connection; true when answered.
+fn seed(s: &mut UnixStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if s.write_all(SEED_REQUEST).is_err() {
+        return false;
+    }
+    // status 0, seed (8 bytes, base64) and the terminator.
+    let mut reply = [0u8; 64];
+    matches!(s.read(&mut reply), Ok(n) if n > 0 && reply.starts_with(b"status\x000\0"))
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn more_clients_than_descriptors_hang_nobody_and_log_once() {
+    const LIMIT: u64 = 96;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let child = serve(dir, LIMIT, LIMIT);
+    let pid = child.0.id();
+    println!(
+        "daemon holds {} descriptors at start, limit {LIMIT}",
+        open_fds(pid)
+    );
+
+    // Clients one after the other until well past the limit.
+    let mut served = Vec::new();
+    let (mut closed, mut hung) = (0, 0);
+    let start = Instant::now();
+    for _ in 0..LIMIT + 40 {
+        match connect(dir, Duration::from_secs(3)) {
+            Outcome::Served(s) => served.push(s),
+            Outcome::Closed => closed += 1,
+            Outcome::Hung => hung += 1,
+        }
+    }
+    // Then new clients for two more seconds, the load that used to log an
+    // error 10 times a second.
+    let mut more = 0;
+    let flood = Instant::now();
+    while flood.elapsed() < Duration::from_secs(2) {
+        match connect(dir, Duration::from_secs(3)) {
+            Outcome::Served(s) => served.push(s),
+            Outcome::Closed => closed += 1,
+            Outcome::Hung => hung += 1,
+        }
+        more += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = stderr(dir);
+    let errors = log.matches("error: accept connection:").count();
+    println!(
+        "{} clients in {:?}: {} served, {closed} closed at once, {hung} hung; daemon at {} descriptors; {errors} accept error lines",
+        LIMIT + 40 + more,
+        start.elapsed(),
+        served.len(),
+        open_fds(pid)
+    );
+    assert_eq!(hung, 0, "{log}");
+    assert!(closed > 40, "{closed} closed: {log}");
+    assert!(
+        served.len() > (LIMIT / 2) as usize,
+        "{} served",
+        served.len()
+    );
+    // Everyone connected before the limit is still served.
+    let answered = served.iter_mut().map(seed).filter(|&ok| ok).count();
+    assert_eq!(answered, served.len(), "{log}");
+    // One line for the whole shortage.
+    assert_eq!(errors, 1, "{log}");
+    assert!(
+        log.contains(&format!(
+            "error: accept connection: Too many open files (descriptor limit {LIMIT}): new clients are closed at once until descriptors are free"
+        )),
+        "{log}"
+    );
+
+    // Recovery: ten clients leave, ten new ones are served.
+    let before = served.len();
+    served.truncate(before - 10);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut back = 0;
+    for _ in 0..10 {
+        if let Outcome::Served(mut s) = connect(dir, Duration::from_secs(3)) {
+            back += usize::from(seed(&mut s));
+            served.push(s);
+        }
+    }
+    let log = stderr(dir);
+    println!("after 10 left: {back} of 10 new clients served");
+    assert_eq!(back, 10, "{log}");
+    assert!(
+        log.contains("]: accept connection: descriptors available again after "),
+        "{log}"
+    );
+    assert_eq!(log.matches("error: accept connection:").count(), 1, "{log}");
+    drop(served);
+    drop(child);
+}
+
+#[test]
+fn the_soft_descriptor_limit_is_raised_to_the_hard_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let child = serve(tmp.path(), 64, 2048);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    drop(child);
+    println!("{line}");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&fields[3..5], &["2048", "2048"], "{line}");
+}
