@@ -54,7 +54,6 @@ pub struct Report {
     pub notes: Vec<(Level, String)>,
 }
 
-
 /// `path` made absolute and free of `.`/`..`, without touching the disk.
 fn lexical_absolute(path: &Path) -> PathBuf {
     let abs = if path.is_absolute() {

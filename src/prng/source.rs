@@ -205,7 +205,6 @@ pub struct Entropy {
     pub requested: usize,
 }
 
-
 fn open_nonblocking(path: &Path) -> std::io::Result<File> {
     // Non-blocking so that opening a FIFO without a writer cannot hang; the
     // reads wait in poll(2) with a timeout instead.
@@ -436,8 +435,9 @@ async fn egd_exchange(
     timeout: Duration,
 ) -> Result<Entropy, Failure> {
     let p = path.display();
-    let io =
-        |what: String| move |e: std::io::Error| Failure::info(format!("{what}: {}", super::strerror(&e)));
+    let io = |what: String| {
+        move |e: std::io::Error| Failure::info(format!("{what}: {}", super::strerror(&e)))
+    };
     let timed = |r: Result<std::io::Result<()>, tokio::time::error::Elapsed>| match r {
         Ok(x) => x,
         Err(_) => Err(timed_out()),
