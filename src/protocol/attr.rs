@@ -20,9 +20,9 @@ pub struct Limits {
     /// bytes.
     pub max_name: usize,
     /// Longest attribute value (the encoded text). Real sessions are 1–4 KiB
-    /// of DER (a TLS 1.2 session that carries a large peer certificate stays
-    /// under 16 KiB), about 5.5 KiB of base64; 192 KiB leaves room for
-    /// sessions of up to 144 KiB, nine times the largest real one.
+    /// of DER, about 5.5 KiB of base64 (spec §1.2); 192 KiB leaves room for
+    /// sessions of up to 144 KiB, over 30 times a large real one, and still
+    /// fits a list of [`Limits::max_list`] with a long cache id.
     pub max_value: usize,
     /// Most attributes in one list. Requests have at most 4.
     pub max_attrs: usize,
