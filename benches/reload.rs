@@ -15,8 +15,8 @@ use tlsmgr::actors::watcher::{WatchOptions, DEFAULT_DEBOUNCE};
 use tlsmgr::client::Client;
 use tlsmgr::config::dir::ConfigDir;
 use tlsmgr::config::Config;
+use tlsmgr::daemon::{self, DaemonHandle, Options};
 use tlsmgr::protocol::{Reply, Request, Status};
-use tlsmgr::server::{self, DaemonHandle, Options};
 
 const ROUNDS: usize = 15;
 
@@ -47,7 +47,7 @@ impl Bench {
         let socket = dir.join("tlsmgr.sock");
         let mut watch = WatchOptions::new(ConfigDir::open(&dir).unwrap(), Vec::new());
         watch.debounce = debounce;
-        let handle = server::spawn(Options {
+        let handle = daemon::spawn(Options {
             config: Config::load(&dir, &[]).unwrap(),
             listener: std::os::unix::net::UnixListener::bind(&socket).unwrap(),
             clock: tlsmgr::clock::system(),

@@ -11,8 +11,9 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-use tlsmgr::store::fjall::{FjallStore, OpenOptions};
+use tlsmgr::store::fjall::FjallStore;
 use tlsmgr::store::memory::MemoryStore;
+use tlsmgr::store::OpenOptions;
 use tlsmgr::store::{Entry, Store};
 
 /// Entries in the store before measuring (few under `cargo test`, which
@@ -77,7 +78,7 @@ fn bench_store(c: &mut Criterion) {
     for be in backends() {
         for kib in [1usize, 2, 4] {
             let tmp = tempfile::tempdir().unwrap();
-            let mut store = (be.open)(tmp.path());
+            let store = (be.open)(tmp.path());
             let session = blob(kib * 1024, kib as u64);
             let prefill = prefill();
             for n in 0..prefill {
@@ -85,7 +86,7 @@ fn bench_store(c: &mut Criterion) {
                     stored_at: NOW,
                     session: session.clone(),
                 };
-                store.put(&id(n), &entry).unwrap();
+                store.put(&id(n), &entry, 0).unwrap();
             }
             let mut g = c.benchmark_group(format!("store/{}", be.name));
             g.throughput(Throughput::Bytes(session.len() as u64));
@@ -105,7 +106,7 @@ fn bench_store(c: &mut Criterion) {
             g.bench_function(format!("put/{kib}KiB"), |bch| {
                 bch.iter(|| {
                     n = (n + 7919) % prefill;
-                    store.put(&id(n), black_box(&entry)).unwrap()
+                    store.put(&id(n), black_box(&entry), 0).unwrap()
                 })
             });
             // Each step: insert SWEEP_BATCH stale entries (not timed), then
@@ -121,7 +122,7 @@ fn bench_store(c: &mut Criterion) {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
                         for _ in 0..SWEEP_BATCH {
-                            store.put(&id(next), &stale).unwrap();
+                            store.put(&id(next), &stale, 0).unwrap();
                             next += 1;
                         }
                         let t = Instant::now();
@@ -139,7 +140,7 @@ fn bench_store(c: &mut Criterion) {
             if kib == 2 {
                 for _ in 0..aged_sweeps() {
                     for _ in 0..SWEEP_BATCH {
-                        store.put(&id(next), &stale).unwrap();
+                        store.put(&id(next), &stale, 0).unwrap();
                         next += 1;
                     }
                     store.sweep_before(NOW, SWEEP_BATCH).unwrap();
@@ -151,7 +152,7 @@ fn bench_store(c: &mut Criterion) {
                             let mut total = Duration::ZERO;
                             for _ in 0..iters {
                                 for _ in 0..SWEEP_BATCH {
-                                    store.put(&id(next), &stale).unwrap();
+                                    store.put(&id(next), &stale, 0).unwrap();
                                     next += 1;
                                 }
                                 let t = Instant::now();

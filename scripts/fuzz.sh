@@ -6,9 +6,10 @@
 # TARGET defaults to all targets in fuzz/fuzz_targets, SECONDS to 60.
 # Needs `cargo install cargo-fuzz`. libFuzzer wants a nightly compiler
 # (sanitizer flags): +nightly when rustup has one, else RUSTC_BOOTSTRAP=1
-# on the default toolchain. New corpus entries go to fuzz/corpus/TARGET
-# (git-ignored, except the seed-* files), crash inputs to
-# fuzz/artifacts/TARGET; turn each crash into a test under tests/.
+# on the default toolchain. Each target starts from its committed seeds in
+# fuzz/seeds/TARGET; new corpus entries go to fuzz/corpus/TARGET and crash
+# inputs to fuzz/artifacts/TARGET (both git-ignored); turn each crash into
+# a test under tests/.
 #
 # FUZZ_SANITIZER picks cargo-fuzz's sanitizer; the default, none, runs about
 # six times faster than address (16 000 against 2 600 runs a second here):
@@ -36,8 +37,8 @@ fi
 
 cd "$root"
 for t in $targets; do
-    mkdir -p "fuzz/corpus/$t"
+    mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t"
     echo "== $t for ${seconds}s"
-    "${cargo[@]}" fuzz run -s "${FUZZ_SANITIZER:-none}" "$t" "fuzz/corpus/$t" -- \
+    "${cargo[@]}" fuzz run -s "${FUZZ_SANITIZER:-none}" "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
         -max_total_time="$seconds" -print_final_stats=1 "$@"
 done

@@ -3,10 +3,10 @@
 replies are good noise for a request decoder) as seed files of a fuzz
 corpus, plus the master wakeup. Usage:
 
-    scripts/fuzz_seeds.py SPEC.md fuzz/corpus/request_decoder
+    scripts/fuzz_seeds.py SPEC.md fuzz/seeds/request_decoder
 
 Each dump is the indented block of `OFFSET  HEX ... |ascii|` lines after a
-prose line; the file is named seed-<n>-<words of that line>."""
+prose line; the file is named <n>-<words of that line>."""
 import os
 import re
 import sys
@@ -30,7 +30,7 @@ dumps.append(("master wakeup", bytearray(b"W\0")))
 os.makedirs(out, exist_ok=True)
 for n, (label, data) in enumerate(dumps):
     words = re.findall(r"[a-z0-9]+", label.lower())[:4]
-    name = "seed-%02d-%s" % (n, "-".join(words))
+    name = "%02d-%s" % (n, "-".join(words))
     with open(os.path.join(out, name), "wb") as f:
         f.write(data)
     print(name, len(data))

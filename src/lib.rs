@@ -5,11 +5,16 @@
 //!   typed requests and replies, the tokio codecs.
 //! - [`config`]: main.cf reading and the typed, immutable [`config::Config`].
 //! - [`store`]: the session-cache storage trait and its backends (fjall, memory).
-//! - [`ticket`]: RFC 5077 session-ticket keys: the 88-byte wire struct and rotation.
-//! - [`prng`]: the seed pool behind the `seed` request, entropy sources, the
-//!   exchange file and their schedule.
-//! - [`actors`]: the actix actors that own caches, keys, the PRNG and expiry.
-//! - [`server`]: the listening socket and the per-connection request loop.
+//! - [`cache`]: a session cache's rules (staleness, bound, id limit), called
+//!   by the data path.
+//! - [`tickets`]: RFC 5077 session-ticket keys: the 88-byte wire struct, the
+//!   previous/current/next ring and its file.
+//! - [`prng`]: the seed pool behind the `seed` request (per-thread
+//!   generators), entropy sources, the exchange file and their schedule.
+//! - [`actors`]: the control plane: actix actors that decide when caches
+//!   open, sync and expire, keys rotate, the pool reseeds, main.cf reloads.
+//! - [`daemon`]: wiring, the listening socket, the per-connection request
+//!   loop and request semantics, live reload.
 //! - [`client`]: the client side of the protocol (`tlsmgr client`, tests, benches).
 //! - [`clock`]: injected time, so expiry and rotation are tested by stepping a clock.
 //! - [`logging`]: slog drains that format lines the way Postfix does.
@@ -19,16 +24,17 @@
 #![warn(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod actors;
+pub mod cache;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod logging;
 pub mod master;
 pub mod prng;
 pub mod protocol;
-pub mod server;
 pub mod store;
-pub mod ticket;
+pub mod tickets;
 
 pub use error::Error;

@@ -206,10 +206,10 @@ pub fn syslog_facility(name: &str) -> Option<libc::c_int> {
     })
 }
 
-/// Where syslog listens. Debug builds (tests) may point it elsewhere with
-/// `TLSMGR_TEST_SYSLOG_PATH`.
+/// Where syslog listens. Test builds (feature `test-hooks`) may point it
+/// elsewhere with `TLSMGR_TEST_SYSLOG_PATH`.
 pub fn syslog_socket_path() -> std::path::PathBuf {
-    #[cfg(debug_assertions)]
+    #[cfg(feature = "test-hooks")]
     if let Some(p) = std::env::var_os("TLSMGR_TEST_SYSLOG_PATH") {
         return p.into();
     }

@@ -1,8 +1,12 @@
 //! The `tlsmgr` command: `serve` (the standalone daemon), `client` (the
-//! protocol probe), and, when the first argument is an option such as
-//! master(8)'s `-l -t unix -u -c`, the master(8) child ([`tlsmgr::master`]).
+//! protocol probe), `check`, and, when the first argument is an option such
+//! as master(8)'s `-l -t unix -u -c`, the master(8) child
+//! ([`tlsmgr::master`]). The hidden `man` command prints the tlsmgr-rs(8)
+//! manual page: this command reference, generated with clap_mangen, followed
+//! by the hand-written sections of `man/tlsmgr-rs.8.in`.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tlsmgr::actors::watcher::WatchOptions;
@@ -50,16 +54,26 @@ enum Command {
         overrides: Vec<String>,
     },
     /// Send one request to a running tlsmgr and print the reply.
+    #[command(subcommand_value_name = "REQUEST")]
     Client {
-        /// The tlsmgr socket.
+        /// Configuration directory whose main.cf gives the socket,
+        /// $queue_directory/private/tlsmgr (default: $MAIL_CONFIG, else
+        /// /etc/postfix).
+        #[arg(short = 'c', value_name = "CONFIG_DIR", conflicts_with = "socket")]
+        config_dir: Option<PathBuf>,
+        /// The tlsmgr socket (default: $queue_directory/private/tlsmgr of
+        /// main.cf).
         #[arg(long, value_name = "PATH")]
-        socket: PathBuf,
+        socket: Option<PathBuf>,
         /// Print data as raw bytes instead of hex.
         #[arg(long)]
         raw: bool,
         #[command(subcommand)]
         request: ClientCommand,
     },
+    /// Print the tlsmgr-rs(8) manual page (roff) on stdout.
+    #[command(hide = true)]
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -82,15 +96,174 @@ fn main() -> ExitCode {
             verbose,
         ),
         Command::Client {
+            config_dir,
             socket,
             raw,
             request,
-        } => client::run_command(&socket, &request, raw),
+        } => match socket.map_or_else(|| main_cf_socket(config_dir), Ok) {
+            Ok(socket) => client::run_command(&socket, &request, raw),
+            Err(code) => code,
+        },
         Command::Check {
             config_dir,
             overrides,
         } => check(config_dir, &overrides),
+        Command::Man => match std::io::stdout().lock().write_all(&man_page()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tlsmgr: fatal: write: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
+}
+
+/// The socket `tlsmgr serve` and master(8) use: `$queue_directory/private/tlsmgr`
+/// of the main.cf in `dir` (else `$MAIL_CONFIG`, else /etc/postfix). A
+/// main.cf that cannot be read or is invalid exits 2, as an unreachable
+/// server does.
+fn main_cf_socket(dir: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    let dir = tlsmgr::config::config_directory(dir);
+    match Config::load(&dir, &[]) {
+        Ok(config) => Ok(config.default_socket()),
+        Err(e) => {
+            eprintln!("tlsmgr client: fatal: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// The hand-written sections of tlsmgr-rs(8): parameters, live reload,
+/// differences from stock, files, see also.
+const MAN_SECTIONS: &str = include_str!("../man/tlsmgr-rs.8.in");
+
+/// The tlsmgr-rs(8) page: title, name and synopsis, then one subsection
+/// per command (clap_mangen's rendering of its description and options),
+/// then [`MAN_SECTIONS`].
+fn man_page() -> Vec<u8> {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let version = cmd.get_version().unwrap_or_default().to_string();
+    let mut out = Vec::new();
+    let man = clap_mangen::Man::new(cmd.clone())
+        .title("TLSMGR-RS")
+        .section("8")
+        .source(format!("tlsmgr-rs {version}"))
+        .manual("System Manager's Manual");
+    let _ = man.render_title(&mut out);
+    out.extend_from_slice(
+        b".SH NAME\ntlsmgr-rs \\- drop-in replacement for the Postfix tlsmgr(8) daemon, in Rust\n",
+    );
+    // Every command, depth first: `tlsmgr serve`, ..., `tlsmgr client seed`.
+    let mut commands = Vec::new();
+    let top: Vec<clap::Command> = cmd
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set() && c.get_name() != "help")
+        .cloned()
+        .collect();
+    let mut stack = top.clone();
+    stack.reverse();
+    while let Some(c) = stack.pop() {
+        let mut subs: Vec<clap::Command> = c
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+            .cloned()
+            .collect();
+        subs.reverse();
+        commands.push(c);
+        stack.extend(subs);
+    }
+    out.extend_from_slice(b".SH SYNOPSIS\n");
+    out.extend_from_slice(
+        b"\\fBtlsmgr\\fR \\fB\\-l \\-t unix\\fR [\\fB\\-u\\fR] [\\fB\\-c\\fR] \
+          [\\fB\\-v\\fR] [\\fB\\-V\\fR] [\\fB\\-n\\fR \\fIname\\fR] \
+          [\\fB\\-o\\fR \\fIname\\fR=\\fIvalue\\fR]...\n.br\n",
+    );
+    for c in &top {
+        out.extend_from_slice(synopsis(c).as_bytes());
+        out.extend_from_slice(b".br\n");
+    }
+    let _ = man.render_description_section(&mut out);
+    out.extend_from_slice(
+        b".PP\nStarted by master(8) with its generic daemon options (see \\fBMASTER(8) CHILD\\fR \
+          below), \\fBtlsmgr\\fR is the daemon. Given a command word, it is one of the \
+          commands below.\n.SH COMMANDS\n",
+    );
+    for c in &commands {
+        let name = c.get_bin_name().unwrap_or_else(|| c.get_name()).to_string();
+        out.extend_from_slice(format!(".SS \"{name}\"\n").as_bytes());
+        let sub = clap_mangen::Man::new(c.clone());
+        out.extend_from_slice(synopsis(c).as_bytes());
+        out.extend_from_slice(b".PP\n");
+        out.extend_from_slice(&body(|w| sub.render_description_section(w)));
+        let options = body(|w| sub.render_options_section(w));
+        if !options.is_empty() {
+            out.extend_from_slice(b".PP\n");
+            out.extend_from_slice(&options);
+        }
+    }
+    out.extend_from_slice(MAN_SECTIONS.as_bytes());
+    out
+}
+
+/// One synopsis line for `c` (clap_mangen's leaves out option values):
+/// `\fBtlsmgr serve\fR [\fB\-c\fR \fICONFIG_DIR\fR] ...`.
+fn synopsis(c: &clap::Command) -> String {
+    let roff = |s: &str| s.replace('\\', "\\e").replace('-', "\\-");
+    let name = c.get_bin_name().unwrap_or_else(|| c.get_name());
+    let mut line = format!("\\fB{}\\fR", roff(name));
+    for a in c.get_arguments().filter(|a| !a.is_hide_set()) {
+        let value = a
+            .get_value_names()
+            .map(|v| v.join(" "))
+            .unwrap_or_else(|| a.get_id().as_str().to_uppercase());
+        let takes_value = a.get_num_args().is_some_and(|n| n.takes_values());
+        let item = match (a.get_short(), a.get_long()) {
+            _ if a.is_positional() => format!("\\fI{}\\fR", roff(&value)),
+            (Some('h'), Some("help")) => continue,
+            (short, long) => {
+                let flag =
+                    short.map_or_else(|| format!("--{}", long.unwrap_or("")), |s| format!("-{s}"));
+                if takes_value {
+                    format!("\\fB{}\\fR \\fI{}\\fR", roff(&flag), roff(&value))
+                } else {
+                    format!("\\fB{}\\fR", roff(&flag))
+                }
+            }
+        };
+        let repeat = if matches!(a.get_action(), clap::ArgAction::Append) {
+            "..."
+        } else {
+            ""
+        };
+        if a.is_required_set() {
+            line.push_str(&format!(" {item}{repeat}"));
+        } else {
+            line.push_str(&format!(" [{item}]{repeat}"));
+        }
+    }
+    if c.has_subcommands() {
+        let what = c
+            .get_subcommand_value_name()
+            .unwrap_or("COMMAND")
+            .to_lowercase();
+        line.push_str(&format!(" \\fI{what}\\fR ..."));
+    }
+    line.push('\n');
+    line
+}
+
+/// What `render` writes, without the `.SH` heading lines.
+fn body(render: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let _ = render(&mut buf);
+    let mut out = Vec::new();
+    for line in buf.split_inclusive(|b| *b == b'\n') {
+        if !line.starts_with(b".SH ") {
+            out.extend_from_slice(line);
+        }
+    }
+    out
 }
 
 fn check(dir: Option<PathBuf>, overrides: &[String]) -> ExitCode {
@@ -138,7 +311,7 @@ fn serve(dir: &Path, socket: Option<PathBuf>, overrides: &[String], verbose: boo
             None
         }
     };
-    match tlsmgr::server::standalone(config, &socket, log.clone(), watch) {
+    match tlsmgr::daemon::standalone(config, &socket, log.clone(), watch) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             slog::crit!(log, "{}", e);

@@ -100,3 +100,37 @@ fn mail_config_locates_the_directory() {
         .unwrap()
         .contains("mail_owner = someone\n"));
 }
+
+/// Regression: a valid main.cf whose values double at each line (~270 MB
+/// expanded) is refused quickly, naming file, line and parameter.
+#[test]
+fn exponential_expansion_fails_with_file_line_and_parameter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let main_cf = tmp.path().join("main.cf");
+    let mut text = format!("p0 = {}\n", "x".repeat(256));
+    for n in 1..=20 {
+        text += &format!("p{n} = $p{m} $p{m}\n", m = n - 1);
+    }
+    text += "smtpd_tls_loglevel = $p20\n";
+    std::fs::write(&main_cf, text).unwrap();
+    let t = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
+        .arg("check")
+        .arg("-c")
+        .arg(tmp.path())
+        .env_remove("MAIL_CONFIG")
+        .output()
+        .unwrap();
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(out.status.code(), Some(1), "{:?}", out.status);
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "tlsmgr: fatal: {}, line 22: parameter smtpd_tls_loglevel: macro processing error: \
+             unreasonable macro expansion length: more than 1048576 bytes",
+            main_cf.display()
+        )
+    );
+}

@@ -200,3 +200,122 @@ fn serve_rejects_a_bad_configuration_naming_file_and_line() {
         "{err}"
     );
 }
+
+/// Without `--socket`, `tlsmgr client` asks the socket that `serve` and
+/// master(8) use: `$queue_directory/private/tlsmgr` of the main.cf in `-c
+/// DIR`, else in `$MAIL_CONFIG`.
+#[test]
+fn client_finds_the_socket_through_main_cf() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path());
+    let client = |args: &[&str], mail_config: Option<&Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("client").args(args).env_remove("MAIL_CONFIG");
+        if let Some(d) = mail_config {
+            cmd.env("MAIL_CONFIG", d);
+        }
+        cmd.output().unwrap()
+    };
+    let d = dir.path().to_str().unwrap();
+
+    let o = client(&["-c", d, "seed", "8"], None);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout(&o).starts_with("status: OK\nseed: "),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = client(&["policy", "smtpd"], Some(dir.path()));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(stdout(&o), "status: OK\ncachable: 1\ntimeout: 3600\n");
+
+    // -c wins over $MAIL_CONFIG.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(
+        elsewhere.path().join("main.cf"),
+        format!("queue_directory = {}\n", elsewhere.path().display()),
+    )
+    .unwrap();
+    let o = client(&["-c", d, "seed", "8"], Some(elsewhere.path()));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // ... and $MAIL_CONFIG is read when there is no -c: nothing listens there.
+    let o = client(&["seed", "8"], Some(elsewhere.path()));
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{}/private/tlsmgr", elsewhere.path().display())),
+        "{err}"
+    );
+
+    // A main.cf that cannot be used: exit 2, naming file and line.
+    std::fs::write(
+        elsewhere.path().join("main.cf"),
+        "smtpd_tls_session_cache_timeout = 200d\n",
+    )
+    .unwrap();
+    let o = client(&["seed", "8"], Some(elsewhere.path()));
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("main.cf, line 1: invalid smtpd_tls_session_cache_timeout"),
+        "{err}"
+    );
+
+    // -c and --socket together are a usage error.
+    let o = client(&["-c", d, "--socket", "/nonexistent", "seed", "8"], None);
+    assert_eq!(o.status.code(), Some(2));
+    serve.stop();
+}
+
+/// `tlsmgr man` prints the tlsmgr-rs(8) page: the generated command
+/// reference and the hand-written sections.
+#[test]
+fn man_page_has_every_command_and_section() {
+    let o = Command::new(BIN).arg("man").output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let page = stdout(&o);
+    assert!(page.contains("\n.TH TLSMGR-RS 8 "), "{page}");
+    for want in [
+        ".SS \"tlsmgr serve\"",
+        ".SS \"tlsmgr check\"",
+        ".SS \"tlsmgr client\"",
+        ".SS \"tlsmgr client tktkey\"",
+        ".SH PARAMETERS",
+        ".SH \"LIVE RELOAD\"",
+        ".SH \"DIFFERENCES FROM STOCK\"",
+        ".SH FILES",
+        ".SH \"SEE ALSO\"",
+        "tlsmgr(8postfix)",
+    ] {
+        assert!(page.contains(want), "missing {want}");
+    }
+    // Every tlsmgr_* parameter has an entry.
+    for (name, _) in tlsmgr::config::DEFAULTS {
+        if name.starts_with("tlsmgr_") {
+            assert!(
+                page.contains(&format!(".BR {name} ")),
+                "{name} undocumented"
+            );
+        }
+    }
+    // The hidden command stays out of the help and the page.
+    assert!(!page.contains("\"tlsmgr man\""));
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(!stdout(&help).contains("  man "), "{}", stdout(&help));
+}

@@ -370,3 +370,222 @@ fn prng_source_follows_a_reload() {
         s.source == "dev:/dev/urandom" && s.source_open && s.reseeds > before
     }));
 }
+
+/// Lines of the captured log that contain `needle`.
+fn count(d: &TestDaemon, needle: &str) -> usize {
+    d.log.text().lines().filter(|l| l.contains(needle)).count()
+}
+
+/// Reads main.cf the way `cat main.cf` does, from another process.
+fn cat(d: &TestDaemon) {
+    let out = std::process::Command::new("cat")
+        .arg(d.dir.join("main.cf"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+/// Regression: the daemon's own read of main.cf (an IN_OPEN event) used to
+/// schedule the next reload, forever, so one invalid edit was warned about
+/// ~4 times a second. One edit now gives one warning, also when other
+/// processes read the file.
+#[test]
+fn one_invalid_edit_warns_once_even_when_main_cf_is_read() {
+    use std::io::Write;
+    let d = TestDaemon::start_watched("");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.dir.join("main.cf"))
+        .unwrap();
+    f.write_all(b"smtpd_tls_session_cache_timeout = banana\n")
+        .unwrap();
+    drop(f);
+    let bad = "bad time value or unit: banana -- keeping the current configuration";
+    assert!(eventually(|| count(&d, bad) >= 1), "{}", d.log.text());
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    // Reads spaced wider than the debounce, so each would be a reload of
+    // its own if reads counted as edits.
+    for _ in 0..4 {
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        cat(&d);
+        let _ = std::fs::read(d.dir.join("main.cf")).unwrap();
+    }
+    // An attribute change (IN_ATTRIB, an event that does count) of the same
+    // bytes in the same file is no edit either.
+    let mode = std::fs::metadata(d.dir.join("main.cf"))
+        .unwrap()
+        .permissions();
+    std::fs::set_permissions(d.dir.join("main.cf"), mode).unwrap();
+    std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
+    assert_eq!(count(&d, bad), 1, "{}", d.log.text());
+    assert_eq!(count(&d, "warning:"), 1, "{}", d.log.text());
+    assert!(reload_lines(&d).is_empty(), "{}", d.log.text());
+    assert!(policy_is(&d, "smtpd", true, 3600));
+}
+
+/// Regression: after a reload, an idle daemon reads main.cf no more (it
+/// used to re-read it every 250 ms, triggered by its own previous read),
+/// and logs nothing, whoever else reads the file.
+#[test]
+fn idle_daemon_performs_no_further_reloads() {
+    let d = TestDaemon::start_watched("");
+    save(&d, "smtpd_tls_session_cache_timeout = 7200");
+    assert!(policy_is(&d, "smtpd", true, 7200), "{}", d.log.text());
+    assert!(eventually(|| reload_lines(&d).len() == 1));
+    let reads = count(&d, "reading main.cf");
+    let before = d.log.text();
+    // Idle first (the daemon's own read must not start another reload),
+    // then reads by another process, spaced wider than the debounce.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for _ in 0..4 {
+        cat(&d);
+        std::thread::sleep(std::time::Duration::from_millis(600));
+    }
+    // Other actors may log (a cache cleanup after the reload); the watcher
+    // must not: no read, no reload, no warning.
+    let text = d.log.text();
+    let idle: Vec<&str> = text[before.len()..]
+        .lines()
+        .filter(|l| l.contains("main.cf") || l.contains("reload") || l.contains("warning"))
+        .collect();
+    assert!(idle.is_empty(), "logged while idle: {idle:#?}");
+    assert!(reads >= 1, "the watcher logs each read\n{}", d.log.text());
+    assert_eq!(count(&d, "reading main.cf"), reads);
+    assert_eq!(reload_lines(&d).len(), 1);
+}
+
+/// A client sending `seed` requests (answered on the daemon thread, where
+/// the watcher runs) until stopped; returns (served, failures, slowest).
+fn seeding_client(
+    d: &TestDaemon,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(usize, usize, std::time::Duration)> {
+    let socket = d.socket.clone();
+    std::thread::spawn(move || {
+        let mut c =
+            tlsmgr::client::Client::connect(&socket, std::time::Duration::from_secs(30)).unwrap();
+        let (mut served, mut failures) = (0, 0);
+        let mut slowest = std::time::Duration::ZERO;
+        while !stop.load(Ordering::SeqCst) {
+            let t = std::time::Instant::now();
+            match c.request(&Request::Seed { size: 32 }) {
+                Ok(r) if r.status() == Status::Ok => served += 1,
+                _ => failures += 1,
+            }
+            slowest = slowest.max(t.elapsed());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        (served, failures, slowest)
+    })
+}
+
+/// Regression: main.cf was parsed and expanded on the daemon thread, so a
+/// valid but pathological main.cf (values doubling at each line, ~540 MB
+/// expanded) or merely a huge one held up every request for seconds. Now
+/// the expansion is capped and refused with one warning, the parse runs on
+/// a blocking thread, and `seed` requests keep being answered within 1 s.
+#[test]
+fn pathological_main_cf_does_not_hold_up_requests() {
+    let d = TestDaemon::start_watched("");
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = seeding_client(&d, stop.clone());
+    // Lines 1-5 are the harness's; the extra text starts at line 6.
+    let mut extra = format!("p0 = {}\n", "x".repeat(256));
+    for n in 1..=21 {
+        extra += &format!("p{n} = $p{m} $p{m}\n", m = n - 1);
+    }
+    extra += "smtpd_tls_loglevel = $p21";
+    save(&d, &extra);
+    let want = format!(
+        "warning: {}, line 28: parameter smtpd_tls_loglevel: macro processing error: \
+         unreasonable macro expansion length: more than 1048576 bytes \
+         -- keeping the current configuration",
+        d.dir.join("main.cf").display()
+    );
+    assert!(
+        eventually(|| d.log.text().contains(&want)),
+        "{}",
+        d.log.text()
+    );
+    // A valid main.cf of 1000000 lines (47 MB; seconds to parse in a debug
+    // build) is parsed off the daemon thread.
+    let mut huge = String::with_capacity(50 << 20);
+    for i in 0..1_000_000 {
+        huge += &format!("unrelated_parameter_{i} = some value {i}\n");
+    }
+    save(&d, &huge);
+    assert!(
+        eventually(|| count(&d, "main.cf changed, but no parameter that tlsmgr uses") == 1),
+        "{}",
+        d.log.text()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let (served, failures, slowest) = client.join().unwrap();
+    println!("seed requests: {served} served, {failures} failed, slowest {slowest:?}");
+    assert_eq!(failures, 0);
+    assert!(served > 20, "{served}");
+    assert!(
+        slowest < std::time::Duration::from_secs(1),
+        "slowest seed request {slowest:?}"
+    );
+    assert_eq!(count(&d, "warning:"), 1, "{}", d.log.text());
+    assert!(reload_lines(&d).is_empty(), "{}", d.log.text());
+    assert!(policy_is(&d, "smtpd", true, 3600));
+}
+
+/// SIGHUP forces a reload even of an unchanged main.cf (an edit event for
+/// an unchanged file does nothing), and an idle daemon then stays quiet.
+#[test]
+fn sighup_rereads_an_unchanged_invalid_main_cf_once() {
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("main.cf"),
+        format!(
+            "queue_directory = {d}\ndata_directory = {d}/data\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let socket = dir.join("tlsmgr.sock");
+    let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
+        .args(["serve", "-v", "-c"])
+        .arg(dir)
+        .arg("--socket")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.join("stderr")).unwrap();
+    let warnings = || log().matches("bad time value or unit: banana").count();
+    assert!(eventually(|| tlsmgr::client::Client::connect(
+        &socket,
+        std::time::Duration::from_secs(1)
+    )
+    .is_ok()));
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("main.cf"))
+            .unwrap();
+        f.write_all(b"smtpd_tls_session_cache_timeout = banana\n")
+            .unwrap();
+    }
+    assert!(eventually(|| warnings() == 1), "{}", log());
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill(2) with a pid we spawned and still own (not yet waited).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    assert!(eventually(|| warnings() == 2), "{}", log());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let quiet = warnings();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(quiet, 2, "{}", log());
+    assert_eq!(log().matches("reload requested").count(), 1);
+}

@@ -5,7 +5,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use tlsmgr::protocol::{Reply, Request, Status};
-use tlsmgr::ticket::TICKET_KEY_LEN;
+use tlsmgr::tickets::TICKET_KEY_LEN;
 
 #[test]
 fn update_lookup_delete_roundtrip() {
@@ -99,10 +99,14 @@ fn expiry_sweep_removes_only_stale_entries() {
     update(&mut c, "smtpd", "young", b"y");
     d.clock.advance(21); // old entries: 121 s > 120 s; young: 21 s
     let svc = d.services();
-    let removed = futures::executor::block_on(svc.expiry.send(tlsmgr::actors::expiry::SweepNow(
-        tlsmgr::protocol::CacheType::Smtpd,
-    )))
-    .unwrap();
+    let addr = svc
+        .caches
+        .load()
+        .get(tlsmgr::protocol::CacheType::Smtpd)
+        .unwrap()
+        .addr
+        .clone();
+    let removed = futures::executor::block_on(addr.send(tlsmgr::actors::cache::SweepNow)).unwrap();
     assert_eq!(removed, 300);
     assert_eq!(lookup(&mut c, "smtpd", "young"), hit(b"y"));
 }
@@ -251,7 +255,7 @@ fn tktkey_current_and_by_name() {
     };
     assert_eq!(keybuf.len(), TICKET_KEY_LEN);
     assert_eq!(TICKET_KEY_LEN, 88);
-    let key = tlsmgr::ticket::TicketKey::from_bytes(&keybuf).unwrap();
+    let key = tlsmgr::tickets::TicketKey::from_bytes(&keybuf).unwrap();
     assert_eq!(
         key.tout as u64,
         T0 + 1799,

@@ -84,9 +84,9 @@ fn a_locked_store_is_waited_for() {
     // Another process (here: another handle) holds the store, as an exiting
     // tlsmgr does during a restart handover; it lets go after 500 ms.
     let store_dir = d.dir.join("data/smtpd_scache.fjall");
-    let opts = tlsmgr::store::fjall::OpenOptions {
+    let opts = tlsmgr::store::OpenOptions {
         empty_on_start: false,
-        lock_wait: std::time::Duration::ZERO,
+        ..Default::default()
     };
     let held = tlsmgr::store::fjall::FjallStore::open(&store_dir, opts).unwrap();
     let releaser = std::thread::spawn(move || {

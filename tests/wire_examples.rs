@@ -14,7 +14,7 @@ use std::time::Duration;
 use tlsmgr::protocol::attr::{decode_list, Limits};
 use tlsmgr::protocol::codec::ServerCodec;
 use tlsmgr::protocol::{Incoming, Malformed, Reply, Request, RequestKind, Status, ANNOUNCEMENT};
-use tlsmgr::ticket::{TicketKey, TICKET_KEY_LEN};
+use tlsmgr::tickets::{TicketKey, TICKET_KEY_LEN};
 use tokio_util::codec::Decoder;
 
 /// Bytes of a spec hex dump: the hex columns between the offset and the

@@ -4,6 +4,9 @@
 //! limit easy to reach. It must never panic, must decode and fail the same
 //! however the bytes are cut, must search each byte at most once, and must
 //! never buffer or charge more than the limits and the budget allow.
+//!
+//! Run: `scripts/fuzz.sh request_decoder SECONDS` (seeds in seeds/request_decoder,
+//! made by scripts/fuzz_seeds.py from the spec; new inputs go to corpus/).
 #![no_main]
 
 use bytes::BytesMut;

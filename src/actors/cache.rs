@@ -1,97 +1,65 @@
-//! The cache actor: owns one session cache's store (spec §3).
+//! The cache actor: *when* things happen to one session cache. What they do
+//! is [`crate::cache::Cache`]'s, which the I/O threads call directly.
 //!
 //! Each enabled cache gets its own actor on its own arbiter thread, because
-//! store calls block on disk I/O and must stay off the socket thread. The
-//! actor applies Postfix's rules: an entry is stale when
-//! `stored_at + timeout < now` (a stale hit is deleted and reported missing),
-//! and ours: the number of entries never exceeds `max_entries` (oldest-first
-//! eviction after each insert).
+//! everything it does blocks on disk I/O: opening the store (and waiting for
+//! a previous process's lock), reopening it after a failure, the periodic
+//! sync (`tlsmgr_session_cache_sync_interval`), the expiry sweep (at start
+//! and every `timeout`, spec §2.4, in steps of [`SWEEP_STEP`] entries so the
+//! store's writer lock is never held long), eviction down to a lowered bound,
+//! and the final flush and close.
 //!
-//! Failure handling: a store error (or a panic inside the store) marks the
-//! store down and stops the actor; its [`actix::Supervisor`] restarts it, and
-//! [`actix::Supervised::restarting`] reopens the store. While the store is down
-//! every request is answered at once with [`CacheDown`] (the server replies
-//! ERR), and a timer retries the open.
+//! Failure handling: when a request finds the store failing, the cache takes
+//! it out of service and nudges this actor ([`Reopen`]); requests get ERR at
+//! once meanwhile. The actor reopens the store at once and then every
+//! [`REOPEN_INTERVAL`] until it opens.
 
-use crate::clock::SharedClock;
-use crate::protocol::CacheType;
-use crate::store::fjall::OpenOptions;
-use crate::store::location::MAX_CACHE_ID_LEN;
-use crate::store::{Entry, Store, StoreError, StoreLocation, StoreStats, SweepStep};
+use crate::cache::{Cache, CacheLimits};
+use crate::store::{OpenOptions, StoreStats};
 use actix::prelude::*;
-use bytes::Bytes;
-use slog::{info, warn, Logger};
+use slog::{debug, info, warn, Logger};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often a down store is retried.
 pub const REOPEN_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The cache's store is not available; the request was not carried out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CacheDown;
-
-/// Settings that can change while the actor runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CacheLimits {
-    /// Sanitized timeout in seconds (> 0 for an enabled cache).
-    pub timeout: u32,
-    /// Maximum entries; 0 = unlimited.
-    pub max_entries: u64,
-    /// Log cache activity (`TLS_LOG_CACHE`).
-    pub log_cache: bool,
-}
+/// Entries removed per expiry step.
+pub const SWEEP_STEP: usize = 64;
 
 /// The actor.
 pub struct CacheActor {
-    cache_type: CacheType,
-    location: StoreLocation,
+    cache: Arc<Cache>,
     open_options: OpenOptions,
-    store: Option<Box<dyn Store>>,
-    limits: CacheLimits,
-    clock: SharedClock,
+    sync_interval: Duration,
     log: Logger,
     opened_once: bool,
-    fault_injection: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    timers: Vec<SpawnHandle>,
 }
 
 impl CacheActor {
-    /// A new actor; the store is opened when the actor starts. The first
-    /// open waits up to `open_options.lock_wait` for a store still held by an
-    /// exiting process; later reopens do not wait.
+    /// A new actor for `cache`; the store is opened when the actor starts.
+    /// The first open waits up to `open_options.lock_wait` for a store still
+    /// held by an exiting process; later reopens do not wait.
     pub fn new(
-        cache_type: CacheType,
-        location: StoreLocation,
+        cache: Arc<Cache>,
         open_options: OpenOptions,
-        limits: CacheLimits,
-        clock: SharedClock,
+        sync_interval: Duration,
         log: Logger,
     ) -> Self {
         CacheActor {
-            cache_type,
-            location,
+            cache,
             open_options,
-            store: None,
-            limits,
-            clock,
+            sync_interval,
             log,
             opened_once: false,
-            fault_injection: None,
+            timers: Vec::new(),
         }
     }
 
-    /// Test hook: while the flag is set, every store call fails as if the
-    /// disk had gone away, exercising the supervisor path.
-    pub fn with_fault_injection(
-        mut self,
-        flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    ) -> Self {
-        self.fault_injection = Some(flag);
-        self
-    }
-
     fn open_store(&mut self) {
-        if self.store.is_some() {
+        if self.cache.is_up() {
             return;
         }
         let mut opts = self.open_options.clone();
@@ -102,24 +70,23 @@ impl CacheActor {
             opts.empty_on_start = false;
             opts.lock_wait = Duration::ZERO;
         }
-        match catch_unwind(AssertUnwindSafe(|| self.location.open(opts))) {
+        let ct = self.cache.cache_type();
+        let location = self.cache.location().clone();
+        match catch_unwind(AssertUnwindSafe(|| location.open(opts))) {
             Ok(Ok(store)) => {
-                if self.limits.log_cache || self.opened_once {
-                    info!(
-                        self.log,
-                        "open {} TLS cache {}", self.cache_type, self.location
-                    );
+                if self.cache.limits().log_cache || self.opened_once {
+                    info!(self.log, "open {} TLS cache {}", ct, location);
                 }
                 self.opened_once = true;
-                self.store = Some(store);
-                self.enforce_bound();
+                self.cache.put_up(store);
+                self.evict_to_bound();
             }
             Ok(Err(e)) => {
                 warn!(
                     self.log,
                     "{} TLS cache: cannot open {}: {} -- retrying every {}s",
-                    self.cache_type,
-                    self.location,
+                    ct,
+                    location,
                     e,
                     REOPEN_INTERVAL.as_secs()
                 );
@@ -127,78 +94,64 @@ impl CacheActor {
             Err(_) => {
                 warn!(
                     self.log,
-                    "{} TLS cache: panic while opening {}", self.cache_type, self.location
+                    "{} TLS cache: panic while opening {}", ct, location
                 );
             }
         }
     }
 
-    /// Runs `op` on the store. A store error or panic marks the store down
-    /// and stops the actor so that the supervisor restarts it.
-    fn with_store<T>(
-        &mut self,
-        ctx: &mut Context<Self>,
-        what: &str,
-        op: impl FnOnce(&mut dyn Store) -> Result<T, StoreError>,
-    ) -> Result<T, CacheDown> {
-        let injected = self
-            .fault_injection
-            .as_ref()
-            .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
-        let store = self.store.as_mut().ok_or(CacheDown)?;
-        let result = if injected {
-            Ok(Err(StoreError::Backend {
-                path: Default::default(),
-                message: "injected fault".into(),
-            }))
-        } else {
-            catch_unwind(AssertUnwindSafe(|| op(store.as_mut())))
-        };
-        match result {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                warn!(
-                    self.log,
-                    "{} TLS cache: {} failed: {} -- restarting the cache", self.cache_type, what, e
-                );
-                self.fail(ctx)
-            }
-            Err(_) => {
-                warn!(
-                    self.log,
-                    "{} TLS cache: panic during {} -- restarting the cache", self.cache_type, what
-                );
-                self.fail(ctx)
-            }
+    fn evict_to_bound(&self) {
+        match self.cache.evict_to_bound() {
+            Ok(0) | Err(_) => {}
+            Ok(n) => debug!(
+                self.log,
+                "{} TLS cache: {} entries evicted to the bound",
+                self.cache.cache_type(),
+                n
+            ),
         }
     }
 
-    fn fail<T>(&mut self, ctx: &mut Context<Self>) -> Result<T, CacheDown> {
-        self.store = None;
-        ctx.stop();
-        Err(CacheDown)
+    /// Removes every stale entry, step by step; returns how many went.
+    fn sweep(&self) -> usize {
+        let mut total = 0;
+        while let Ok(step) = self.cache.sweep_step(SWEEP_STEP) {
+            total += step.removed;
+            if !step.more {
+                break;
+            }
+        }
+        debug!(
+            self.log,
+            "{} TLS cache cleanup: {} expired entries removed",
+            self.cache.cache_type(),
+            total
+        );
+        total
     }
 
-    fn enforce_bound(&mut self) {
-        let max = self.limits.max_entries;
-        if max == 0 {
-            return;
+    /// (Re)starts the timers: expiry every `timeout` (and once now, as
+    /// Postfix does in post_init), the sync, and the reopen retry.
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        for t in self.timers.drain(..) {
+            ctx.cancel_future(t);
         }
-        if let Some(store) = self.store.as_mut() {
-            let len = store.len();
-            if len > max {
-                if let Err(e) = store.evict_oldest(len - max) {
-                    warn!(
-                        self.log,
-                        "{} TLS cache: eviction failed: {}", self.cache_type, e
-                    );
+        let period = Duration::from_secs(u64::from(self.cache.limits().timeout.max(1)));
+        ctx.notify(SweepNow);
+        self.timers
+            .push(ctx.run_interval(period, |_, ctx| ctx.notify(SweepNow)));
+        if !self.sync_interval.is_zero() {
+            self.timers
+                .push(ctx.run_interval(self.sync_interval, |act, _| {
+                    let _ = act.cache.sync();
+                }));
+        }
+        self.timers
+            .push(ctx.run_interval(REOPEN_INTERVAL, |act, _| {
+                if !act.cache.is_up() {
+                    act.open_store();
                 }
-            }
-        }
-    }
-
-    fn is_stale(&self, e: &Entry, now: u64) -> bool {
-        e.stored_at.saturating_add(u64::from(self.limits.timeout)) < now
+            }));
     }
 }
 
@@ -206,224 +159,117 @@ impl Actor for CacheActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let addr = ctx.address();
+        self.cache.on_down(Box::new(move || addr.do_send(Reopen)));
         self.open_store();
-        ctx.run_interval(REOPEN_INTERVAL, |act, _| {
-            if act.store.is_none() {
-                act.open_store();
-            }
-        });
+        self.schedule(ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        if let Some(store) = self.store.as_mut() {
+        // Out of service first, so no request writes after the flush.
+        if let Some(store) = self.cache.take() {
             if let Err(e) = store.flush() {
                 warn!(
                     self.log,
-                    "{} TLS cache: flush at exit failed: {}", self.cache_type, e
+                    "{} TLS cache: flush at exit failed: {}",
+                    self.cache.cache_type(),
+                    e
                 );
             }
         }
     }
 }
 
-impl actix::Supervised for CacheActor {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+/// The store was taken out of service after a failure: reopen it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reopen;
+
+impl Handler<Reopen> for CacheActor {
+    type Result = ();
+    fn handle(&mut self, _: Reopen, _ctx: &mut Context<Self>) {
         info!(
             self.log,
-            "{} TLS cache: restarting after a store failure", self.cache_type
+            "{} TLS cache: restarting after a store failure",
+            self.cache.cache_type()
         );
+        self.open_store();
     }
 }
 
-/// Look up a session: `Some(bytes)` on a fresh hit.
+/// Sweep now; resolves to the number of entries removed.
 #[derive(Message)]
-#[rtype(result = "Result<Option<Bytes>, CacheDown>")]
-pub struct Lookup(pub Bytes);
+#[rtype(result = "usize")]
+pub struct SweepNow;
 
-/// Store or replace a session.
-#[derive(Message)]
-#[rtype(result = "Result<(), CacheDown>")]
-pub struct Update(pub Bytes, pub Bytes);
+impl Handler<SweepNow> for CacheActor {
+    type Result = usize;
+    fn handle(&mut self, _: SweepNow, _ctx: &mut Context<Self>) -> usize {
+        self.sweep()
+    }
+}
 
-/// Delete a session: true if it existed.
+/// Entry count and bytes; `None` while the store is down.
 #[derive(Message)]
-#[rtype(result = "Result<bool, CacheDown>")]
-pub struct Delete(pub Bytes);
-
-/// One bounded expiry step: remove up to `.0` stale entries.
-#[derive(Message)]
-#[rtype(result = "Result<SweepStep, CacheDown>")]
-pub struct SweepStale(pub usize);
-
-/// Entry count and bytes.
-#[derive(Message)]
-#[rtype(result = "Result<StoreStats, CacheDown>")]
+#[rtype(result = "Option<StoreStats>")]
 pub struct Stats;
 
+impl Handler<Stats> for CacheActor {
+    type Result = Option<StoreStats>;
+    fn handle(&mut self, _: Stats, _ctx: &mut Context<Self>) -> Self::Result {
+        self.cache.store().map(|s| s.stats())
+    }
+}
+
 /// Answered as soon as the actor's thread gets to it, with no store work:
-/// the watchdog's proof that the thread is not stuck.
+/// the watchdog's proof that the thread is not stuck, and (the first
+/// answer) the sign that the first open has been tried. Resolves to whether
+/// the store is in service.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "bool")]
 pub struct Ping;
 
-/// Make completed writes durable.
-#[derive(Message)]
-#[rtype(result = "Result<(), CacheDown>")]
-pub struct Flush;
+impl Handler<Ping> for CacheActor {
+    type Result = bool;
+    fn handle(&mut self, _: Ping, _ctx: &mut Context<Self>) -> bool {
+        self.cache.is_up()
+    }
+}
 
-/// Apply new limits (live reconfiguration); evicts down to a lower bound.
+/// Make completed writes durable (an fsync).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SetLimits(pub CacheLimits);
-
-fn show_id(id: &[u8]) -> String {
-    String::from_utf8_lossy(id).into_owned()
-}
-
-impl Handler<Lookup> for CacheActor {
-    type Result = Result<Option<Bytes>, CacheDown>;
-    fn handle(&mut self, msg: Lookup, ctx: &mut Context<Self>) -> Self::Result {
-        let id = msg.0;
-        if self.limits.log_cache {
-            info!(
-                self.log,
-                "lookup {} session id={}",
-                self.cache_type,
-                show_id(&id)
-            );
-        }
-        if id.len() > MAX_CACHE_ID_LEN {
-            return Ok(None);
-        }
-        let entry = self.with_store(ctx, "lookup", |s| match s.get(&id) {
-            Err(StoreError::Malformed(_)) => {
-                s.delete(&id)?;
-                Ok(None)
-            }
-            other => other,
-        })?;
-        let Some(entry) = entry else {
-            return Ok(None);
-        };
-        let now = self.clock.now();
-        if self.limits.log_cache {
-            info!(
-                self.log,
-                "read {} TLS cache entry {}: time={} [data {} bytes]",
-                self.cache_type,
-                show_id(&id),
-                entry.stored_at,
-                entry.session.len()
-            );
-        }
-        if self.is_stale(&entry, now) {
-            self.with_store(ctx, "delete", |s| s.delete(&id))?;
-            return Ok(None);
-        }
-        Ok(Some(Bytes::from(entry.session)))
-    }
-}
-
-impl Handler<Update> for CacheActor {
-    type Result = Result<(), CacheDown>;
-    fn handle(&mut self, msg: Update, ctx: &mut Context<Self>) -> Self::Result {
-        let Update(id, session) = msg;
-        let now = self.clock.now();
-        if self.limits.log_cache {
-            info!(
-                self.log,
-                "put {} session id={} [data {} bytes]",
-                self.cache_type,
-                show_id(&id),
-                session.len()
-            );
-            info!(
-                self.log,
-                "write {} TLS cache entry {}: time={} [data {} bytes]",
-                self.cache_type,
-                show_id(&id),
-                now,
-                session.len()
-            );
-        }
-        if id.len() > MAX_CACHE_ID_LEN {
-            warn!(
-                self.log,
-                "{} TLS cache: cache id of {} bytes is longer than {} -- not stored",
-                self.cache_type,
-                id.len(),
-                MAX_CACHE_ID_LEN
-            );
-            return Err(CacheDown);
-        }
-        let entry = Entry {
-            stored_at: now,
-            session: session.to_vec(),
-        };
-        let max = self.limits.max_entries;
-        self.with_store(ctx, "update", |s| {
-            s.put(&id, &entry)?;
-            if max > 0 && s.len() > max {
-                s.evict_oldest(s.len() - max)?;
-            }
-            Ok(())
-        })
-    }
-}
-
-impl Handler<Delete> for CacheActor {
-    type Result = Result<bool, CacheDown>;
-    fn handle(&mut self, msg: Delete, ctx: &mut Context<Self>) -> Self::Result {
-        if self.limits.log_cache {
-            info!(
-                self.log,
-                "delete {} session id={}",
-                self.cache_type,
-                show_id(&msg.0)
-            );
-        }
-        if msg.0.len() > MAX_CACHE_ID_LEN {
-            return Ok(false);
-        }
-        self.with_store(ctx, "delete", |s| s.delete(&msg.0))
-    }
-}
-
-impl Handler<SweepStale> for CacheActor {
-    type Result = Result<SweepStep, CacheDown>;
-    fn handle(&mut self, msg: SweepStale, ctx: &mut Context<Self>) -> Self::Result {
-        // stale iff stored_at + timeout < now, i.e. stored_at < now - timeout.
-        let cutoff = self
-            .clock
-            .now()
-            .saturating_sub(u64::from(self.limits.timeout));
-        self.with_store(ctx, "expiry scan", |s| s.sweep_before(cutoff, msg.0))
-    }
-}
-
-impl Handler<Stats> for CacheActor {
-    type Result = Result<StoreStats, CacheDown>;
-    fn handle(&mut self, _: Stats, _ctx: &mut Context<Self>) -> Self::Result {
-        self.store.as_ref().map(|s| s.stats()).ok_or(CacheDown)
-    }
-}
-
-impl Handler<Ping> for CacheActor {
-    type Result = ();
-    fn handle(&mut self, _: Ping, _ctx: &mut Context<Self>) {}
-}
+pub struct Flush;
 
 impl Handler<Flush> for CacheActor {
-    type Result = Result<(), CacheDown>;
-    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
-        self.with_store(ctx, "flush", |s| s.flush())
+    type Result = ();
+    fn handle(&mut self, _: Flush, _ctx: &mut Context<Self>) {
+        let _ = self.cache.sync();
     }
 }
 
-impl Handler<SetLimits> for CacheActor {
+/// New limits and sync interval (live reconfiguration): the limits apply to
+/// the next request, a lower bound evicts at once, the timers restart.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure {
+    /// The new limits.
+    pub limits: CacheLimits,
+    /// The new `tlsmgr_session_cache_sync_interval`.
+    pub sync_interval: Duration,
+}
+
+impl Handler<Reconfigure> for CacheActor {
     type Result = ();
-    fn handle(&mut self, msg: SetLimits, _ctx: &mut Context<Self>) {
-        self.limits = msg.0;
-        self.enforce_bound();
+    fn handle(&mut self, msg: Reconfigure, ctx: &mut Context<Self>) {
+        let old = self.cache.limits();
+        self.cache.set_limits(msg.limits);
+        if msg.limits.max_entries != old.max_entries {
+            self.evict_to_bound();
+        }
+        if msg.limits.timeout != old.timeout || msg.sync_interval != self.sync_interval {
+            self.sync_interval = msg.sync_interval;
+            self.schedule(ctx);
+        }
     }
 }

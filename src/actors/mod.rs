@@ -1,38 +1,39 @@
-//! The actix actors and how they are wired.
+//! The control plane: actix actors that decide *when* things happen. What
+//! happens is the domain modules' ([`crate::cache`], [`crate::tickets`],
+//! [`crate::prng`]), which the data path calls directly; no request waits
+//! on a mailbox.
 //!
 //! - [`cache`]: one [`cache::CacheActor`] per enabled cache, each on its own
-//!   arbiter thread (store I/O blocks), supervised.
-//! - [`ticket`]: the session-ticket keys.
-//! - [`prng`]: the seed pool and what feeds it (entropy source, exchange
-//!   file), off the actor where I/O blocks.
-//! - [`expiry`]: periodic, stepwise removal of stale cache entries.
+//!   arbiter thread (store I/O blocks): open, reopen after a failure, sync,
+//!   expiry sweeps, close.
+//! - [`ticket`]: rotates the session-ticket keys and saves them.
+//! - [`prng`]: reseeds the central seed pool (entropy source, exchange file).
 //! - [`watcher`]: watches main.cf and reloads the configuration live.
-//!
-//! Connections are tokio tasks on the main arbiter (see [`crate::server`]);
-//! they reach the actors through [`CacheSet`] and the addresses in
-//! [`crate::server::Services`].
 
 pub mod cache;
-pub mod expiry;
 pub mod prng;
 pub mod ticket;
 pub mod watcher;
 
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::protocol::CacheType;
 use actix::{Addr, Message};
 use std::sync::Arc;
 
 /// A new configuration snapshot is in force (sent after a live reload to
-/// actors that keep settings of their own, e.g. the PRNG actor).
+/// actors that keep settings of their own: PRNG, ticket keys).
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct ConfigChanged(pub Arc<Config>);
 
-/// A running cache: its actor and the timeout it was started with.
+/// A running cache: the shared cache, its actor, and the timeout it runs
+/// with (what `policy` answers).
 #[derive(Clone)]
 pub struct RunningCache {
-    /// The actor.
+    /// The cache the data path calls.
+    pub cache: Arc<Cache>,
+    /// Its actor.
     pub addr: Addr<cache::CacheActor>,
     /// Its sanitized timeout.
     pub timeout: u32,

@@ -1,6 +1,8 @@
-//! The PRNG actor: serves `seed` requests from a [`Pool`] (mixing in the time
-//! of day at each request, as Postfix does) and manages what feeds the pool
-//! (spec §2.5): the `tls_random_source` reseeds and the exchange file.
+//! The PRNG actor: manages what feeds the central [`SeedPool`] (spec §2.5):
+//! the `tls_random_source` reseeds and the exchange file. Seeds themselves
+//! are served on each request's thread from the pool
+//! ([`SeedPool::seed`], see [`crate::prng::threads`]); the [`Seed`]
+//! message does the same from the actor, for tests and benches.
 //!
 //! Timing comes from [`Schedule`] with `now` from the injected clock; a
 //! one-second timer (and the [`Tick`] message, for tests) asks it what is
@@ -17,7 +19,7 @@ use crate::config::Config;
 use crate::prng::exchange::ExchangeFile;
 use crate::prng::schedule::{Job, Schedule};
 use crate::prng::source::{self, Entropy, Failure, Handle, RandomSource, IO_TIMEOUT};
-use crate::prng::{Pool, MAX_SEED};
+use crate::prng::{SeedPool, MAX_SEED};
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 use slog::{debug, info, warn, Level, Logger};
@@ -66,7 +68,7 @@ pub struct PrngStatus {
 
 /// The actor.
 pub struct PrngActor {
-    pool: Pool,
+    pool: Arc<SeedPool>,
     managed: Option<Managed>,
     schedule: Schedule,
     source: RandomSource,
@@ -94,7 +96,7 @@ impl PrngActor {
     /// exchange file (benches, unit tests).
     pub fn new() -> Self {
         PrngActor {
-            pool: Pool::from_os(),
+            pool: Arc::new(SeedPool::from_os()),
             managed: None,
             schedule: Schedule::default(),
             source: RandomSource::None,
@@ -104,6 +106,11 @@ impl PrngActor {
             configured: false,
             status: PrngStatus::default(),
         }
+    }
+
+    /// The central pool this actor feeds, for the data path.
+    pub fn seed_pool(&self) -> Arc<SeedPool> {
+        self.pool.clone()
     }
 
     /// The daemon's PRNG manager: sources and exchange file as `config`
@@ -261,7 +268,7 @@ impl PrngActor {
                 } else {
                     self.handle = handle;
                     self.status.source_open = self.handle.is_some();
-                    let b = self.pool.byte();
+                    let b = self.pool.with(|p| p.byte());
                     self.schedule.succeeded(Job::Reseed, now, period, b);
                 }
                 return;
@@ -292,7 +299,7 @@ impl PrngActor {
         opened: bool,
         failures_before: u32,
     ) {
-        self.pool.mix(&entropy.material);
+        self.pool.reseed(&entropy.material);
         self.status.reseeds += 1;
         self.status.source_bytes += entropy.count as u64;
         if failures_before > 0 {
@@ -321,7 +328,7 @@ impl PrngActor {
     {
         let (_, _, file) = self.exchange.as_ref()?;
         let file = file.clone();
-        let child = self.pool.fork();
+        let child = self.pool.with(|p| p.fork());
         Some(async move {
             tokio::task::spawn_blocking(move || {
                 let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
@@ -341,9 +348,17 @@ impl PrngActor {
         let Some(job) = self.exchange_job() else {
             return;
         };
-        ctx.spawn(job.into_actor(self).map(|r, act, _ctx| {
+        let job = job.into_actor(self).map(|r, act, _ctx| {
             act.exchange_done(r, true);
-        }));
+        });
+        if self.status.exchange_updates + self.status.exchange_failures == 0 {
+            // The update at start, as stock does it before serving: the
+            // actor answers nothing (the daemon's start-up GetStatus
+            // included) until it is done.
+            ctx.wait(job);
+        } else {
+            ctx.spawn(job);
+        }
     }
 
     fn exchange_done(
@@ -357,14 +372,14 @@ impl PrngActor {
         let period = m.config.load().tls_random_prng_update_period;
         match r {
             Ok(report) => {
-                self.pool.mix(&report.read);
+                self.pool.reseed(&report.read);
                 self.status.exchange_updates += 1;
                 self.status.exchange_bytes_mixed += report.read.len() as u64;
                 for (level, note) in &report.notes {
                     Self::log_at(&log, *level, note);
                 }
                 if reschedule {
-                    let b = self.pool.byte();
+                    let b = self.pool.with(|p| p.byte());
                     self.schedule.succeeded(Job::Exchange, now, period, b);
                 }
             }
@@ -418,10 +433,8 @@ pub struct Seed(pub usize);
 impl Handler<Seed> for PrngActor {
     type Result = MessageResult<Seed>;
     fn handle(&mut self, msg: Seed, _ctx: &mut Context<Self>) -> Self::Result {
-        self.pool.mix_time_of_day();
         let mut out = vec![0u8; msg.0.min(MAX_SEED)];
-        self.pool.fill(&mut out);
-        self.status.seeds += 1;
+        self.pool.seed(&mut out);
         MessageResult(out)
     }
 }
@@ -448,6 +461,7 @@ impl Handler<GetStatus> for PrngActor {
     type Result = MessageResult<GetStatus>;
     fn handle(&mut self, _msg: GetStatus, _ctx: &mut Context<Self>) -> Self::Result {
         let mut s = self.status.clone();
+        s.seeds = self.pool.seeds_served();
         s.next_reseed = self.schedule.reseed.at;
         s.next_exchange = self.schedule.exchange.at;
         MessageResult(s)
@@ -504,13 +518,13 @@ mod tests {
             ManualClock::new(1000),
             MemoryLog::default().logger("postfix/tlsmgr"),
         );
-        a.pool = Pool::from_key([3; 32]);
+        a.pool = Arc::new(SeedPool::new(crate::prng::Pool::from_key([3; 32])));
         a
     }
 
     fn output(a: &mut PrngActor) -> [u8; 32] {
         let mut out = [0u8; 32];
-        a.pool.fill(&mut out);
+        a.pool.with(|p| p.fill(&mut out));
         out
     }
 

@@ -1,24 +1,36 @@
-//! The ticket-key actor: serves `tktkey` (spec §2.6) from [`TicketKeys`].
+//! The ticket-key actor: *when* the [`KeyRing`] rotates, and its file. What
+//! a request gets is [`KeyRing::encrypt_at`] / [`KeyRing::decrypt_at`] on
+//! the snapshot this actor publishes, read on the request's own thread.
 //!
-//! T is read from the live configuration at every request (the smtpd cache
-//! timeout), so a reload changes key lifetimes at once. With
-//! `tlsmgr_persistent_state = yes` and a `tlsmgr_ticket_key_file`, the pair is
-//! saved whenever a key is created and loaded at start, so tickets survive a
-//! restart.
+//! At start the actor loads `tlsmgr_ticket_key_file` (with
+//! `tlsmgr_persistent_state = yes`), brings the ring up to now, saves and
+//! publishes it. Then, every second ([`TICK_INTERVAL`]; the [`Tick`] message
+//! in tests) and after each reload, it rotates when the clock says so. A
+//! ring that changed is saved (fsync) *before* it is published, so no key
+//! is handed out that a crash could lose. T is the smtpd cache timeout of
+//! the live configuration.
 
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::prng::Pool;
-use crate::ticket::{KeyMiss, TicketKey, TicketKeys};
+use crate::tickets::{file, KeyRing};
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 use slog::{info, warn, Logger};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the actor looks at the clock.
+pub const TICK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The published ring, read by every I/O thread.
+pub type SharedRing = Arc<ArcSwap<KeyRing>>;
 
 /// The actor.
 pub struct TicketActor {
-    keys: TicketKeys,
+    ring: KeyRing,
+    published: SharedRing,
     pool: Pool,
     file: Option<PathBuf>,
     config: Arc<ArcSwap<Config>>,
@@ -27,23 +39,34 @@ pub struct TicketActor {
 }
 
 impl TicketActor {
-    /// Creates the actor, loading saved keys when the configuration asks for it.
-    pub fn new(config: Arc<ArcSwap<Config>>, clock: SharedClock, log: Logger) -> Self {
+    /// Creates the actor: loads saved keys when the configuration asks for
+    /// it, rotates them up to now, and publishes the ring in `published`
+    /// before returning, so the first request finds a key.
+    pub fn new(
+        config: Arc<ArcSwap<Config>>,
+        published: SharedRing,
+        clock: SharedClock,
+        log: Logger,
+    ) -> Self {
         let cfg = config.load();
         let file = if cfg.persistent_state {
             cfg.ticket_key_file.clone()
         } else {
             None
         };
-        let mut keys = TicketKeys::new();
+        let mut ring = KeyRing::new();
         if let Some(path) = &file {
-            match TicketKeys::load(path) {
-                Ok(Some(mut loaded)) => {
-                    loaded.prune(clock.now(), cfg.ticket_timeout());
-                    keys = loaded;
+            match file::load(path) {
+                Ok(file::Loaded::Keys(loaded)) => {
+                    ring = *loaded;
                     info!(log, "loaded session ticket keys from {}", path.display());
                 }
-                Ok(None) => {}
+                Ok(file::Loaded::Missing) => {}
+                Ok(file::Loaded::Malformed) => warn!(
+                    log,
+                    "{} is not a session ticket key file -- starting with new keys",
+                    path.display()
+                ),
                 Err(e) => warn!(
                     log,
                     "cannot read session ticket keys from {}: {}",
@@ -52,51 +75,74 @@ impl TicketActor {
                 ),
             }
         }
-        TicketActor {
-            keys,
+        let mut actor = TicketActor {
+            ring,
+            published,
             pool: Pool::from_os(),
             file,
             config,
             clock,
             log,
+        };
+        // Loaded keys may be stale or from a clock that went back: publish
+        // only what the clock allows now.
+        actor.published.store(Arc::new(KeyRing::new()));
+        actor.rotate(true);
+        actor
+    }
+
+    /// Rotates if due; saves then publishes a changed ring (`force`:
+    /// publish even if unchanged).
+    fn rotate(&mut self, force: bool) {
+        let timeout = self.config.load().ticket_timeout();
+        let now = self.clock.now();
+        self.pool.mix_time_of_day();
+        let pool = &mut self.pool;
+        let changed = self.ring.rotate(now, timeout, &mut |b| pool.fill(b));
+        if changed {
+            if let Some(path) = &self.file {
+                if let Err(e) = file::save(&self.ring, path) {
+                    warn!(
+                        self.log,
+                        "cannot save session ticket keys to {}: {}",
+                        path.display(),
+                        e
+                    );
+                }
+            }
+        }
+        if changed || force {
+            self.published.store(Arc::new(self.ring.clone()));
         }
     }
 }
 
 impl Actor for TicketActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(TICK_INTERVAL, |act, _| act.rotate(false));
+    }
 }
 
-/// Get the current encryption key (`None`) or a decryption key by name.
+/// Rotate now if due (tests; and a request that found no key, after the
+/// clock ran past the whole ring).
 #[derive(Message)]
-#[rtype(result = "Result<TicketKey, KeyMiss>")]
-pub struct GetKey(pub Option<[u8; 16]>);
+#[rtype(result = "()")]
+pub struct Tick;
 
-impl Handler<GetKey> for TicketActor {
-    type Result = Result<TicketKey, KeyMiss>;
-    fn handle(&mut self, msg: GetKey, _ctx: &mut Context<Self>) -> Self::Result {
-        let timeout = self.config.load().ticket_timeout();
-        let now = self.clock.now();
-        match msg.0 {
-            Some(name) => self.keys.decrypt_at(&name, now, timeout),
-            None => {
-                self.pool.mix_time_of_day();
-                let pool = &mut self.pool;
-                let (key, created) = self.keys.encrypt_at(now, timeout, &mut |b| pool.fill(b))?;
-                if created {
-                    if let Some(path) = &self.file {
-                        if let Err(e) = self.keys.save(path) {
-                            warn!(
-                                self.log,
-                                "cannot save session ticket keys to {}: {}",
-                                path.display(),
-                                e
-                            );
-                        }
-                    }
-                }
-                Ok(key)
-            }
-        }
+impl Handler<Tick> for TicketActor {
+    type Result = ();
+    fn handle(&mut self, _: Tick, _ctx: &mut Context<Self>) {
+        self.rotate(false);
+    }
+}
+
+impl Handler<super::ConfigChanged> for TicketActor {
+    type Result = ();
+    fn handle(&mut self, _: super::ConfigChanged, _ctx: &mut Context<Self>) {
+        // A new timeout can make keys too long-lived for it, or enable
+        // tickets that were disabled.
+        self.rotate(false);
     }
 }

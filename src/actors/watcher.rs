@@ -3,32 +3,43 @@
 //! It watches the configuration *directory* (editors, `sed -i` and
 //! `postconf -e` replace main.cf by rename, which a watch on the file itself
 //! would lose), plus the directory of main.cf's target when main.cf is a
-//! symlink. Events for main.cf are debounced (`notify-debouncer-mini`): a
-//! reload starts only after main.cf has been quiet for the debounce period,
-//! so a burst of writes and renames ends in one reload of the final content.
-//! SIGHUP forces a reload.
+//! symlink. Only events that can change main.cf count: creation, removal,
+//! renames, writes, metadata; opens, reads and closes after reading do not
+//! (inotify reports them, and the watcher's own read of main.cf used to
+//! start the next reload, forever). The edits are debounced here: a reload
+//! starts only after main.cf has been quiet for the debounce period (or,
+//! for a file written without pause, [`MAX_BURST`] debounce periods after
+//! the first write), so a burst of writes and renames ends in one reload of
+//! the final content. SIGHUP forces a reload.
 //!
 //! A reload reads main.cf through the directory handle (works after a
-//! chroot, see [`crate::config::dir`]), parses and validates all of it, and
+//! chroot, see [`crate::config::dir`]), and, unless forced, stops there when
+//! the bytes and the file's identity (device, inode, size, mtime) are those
+//! of the last read: a `touch` of another file or an attribute change is not
+//! an edit, and an invalid main.cf is warned about once per edit. Otherwise
+//! it parses and validates all of it on a blocking thread (a pathological
+//! main.cf must not hold up the daemon thread, which answers requests), and
 //! then either logs a warning naming file, line and parameter and keeps the
-//! current snapshot, or applies the new one ([`crate::server::reload`]) and
+//! current snapshot, or applies the new one ([`the daemon (a [`ConfigSink`])`]) and
 //! logs one line listing what changed. Content that changes nothing that
 //! tlsmgr reads (comments, unrelated parameters, an identical rewrite) is
-//! not a reload.
+//! not a reload. No reload starts before the previous one is applied.
 //!
 //! Half-written files: an empty main.cf (a truncate before the write) is
 //! never applied; a main.cf whose last line has no newline is re-read after
 //! one more debounce period and applied only if it has not changed.
 
-use crate::config::dir::ConfigDir;
-use crate::config::{self, Config};
-use crate::server::{reload, Services};
+use crate::config::dir::{ConfigDir, FileStamp};
+use crate::config::{self, Config, ConfigError};
 use actix::prelude::*;
-use notify::RecursiveMode;
-use notify_debouncer_mini::{new_debouncer, DebounceEventResult, DebouncedEventKind, Debouncer};
+use futures::future::LocalBoxFuture;
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use slog::{debug, info, warn, Logger};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Default quiet period before a reload.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(250);
@@ -72,19 +83,43 @@ impl WatchOptions {
     }
 }
 
+/// A main.cf written without a pause of one debounce period is reloaded
+/// anyway this many periods after its first write.
+pub const MAX_BURST: u32 = 8;
+
 /// The actor.
 pub struct WatcherActor {
-    opts: WatchOptions,
-    svc: Services,
+    /// Shared with the blocking thread that reads and parses main.cf.
+    dir: Arc<ConfigDir>,
+    overrides: Arc<[String]>,
+    debounce: Duration,
+    sighup: bool,
+    adjust: Option<ConfigAdjust>,
+    applied: Option<ConfigApplied>,
+    sink: Rc<dyn ConfigSink>,
     log: Logger,
-    debouncer: Option<Debouncer<notify::RecommendedWatcher>>,
+    watcher: Option<notify::RecommendedWatcher>,
     /// Paths whose events matter: DIR/main.cf and, for a symlink, its target.
     interesting: Vec<PathBuf>,
     /// Directories currently watched.
     watched: Vec<PathBuf>,
+    /// What the last read saw; `None` before the first (the start-up read
+    /// is not known here, so the first edit is always parsed).
+    last: Option<Seen>,
+    /// The debounced reload waiting for main.cf to be quiet.
+    pending: Option<SpawnHandle>,
+    /// When the first event of the current burst arrived.
+    burst_start: Option<Instant>,
 }
 
-/// main.cf (or its target) changed and has been quiet for the debounce.
+/// main.cf as last read: its identity and bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    stamp: FileStamp,
+    text: Vec<u8>,
+}
+
+/// Something may have changed main.cf (or its target): these paths.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct FsChanged(Vec<PathBuf>);
@@ -102,20 +137,117 @@ impl Reload {
     }
 }
 
+/// Why a reload runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// An edit event, debounced: nothing to do if main.cf is as last read.
+    Edit,
+    /// SIGHUP, or a re-check of a file that had no final newline: always
+    /// parsed.
+    Forced,
+}
+
+/// What the blocking part of a reload found.
+enum Outcome {
+    /// Same bytes, same file as the last read.
+    Unchanged,
+    /// main.cf could not be read.
+    Unreadable(std::io::Error),
+    /// Empty or blank (a truncate before the write).
+    Empty,
+    /// No final newline and not the text seen last time: maybe still being
+    /// written; look again with this text.
+    Unfinished(Vec<u8>),
+    /// Parsed and validated, or why not.
+    Parsed(Box<Result<Config, ConfigError>>),
+}
+
+/// The kinds of event that can change main.cf's content or identity.
+/// Opens, reads and closes without writing cannot, and are what a read
+/// (ours included) produces.
+fn is_edit(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+/// Reads main.cf and, unless it is as last read (`last`, for an edit),
+/// parses and validates it. Runs on a blocking thread: this is where a
+/// large or pathological main.cf costs time. Returns the outcome and what
+/// was read, if anything.
+fn read_and_parse(
+    dir: &ConfigDir,
+    overrides: &[String],
+    trigger: Trigger,
+    last: Option<Seen>,
+    previous: Option<Vec<u8>>,
+) -> (Outcome, Option<Seen>) {
+    let (text, stamp) = match dir.read_stamped("main.cf") {
+        Ok(read) => read,
+        Err(e) => return (Outcome::Unreadable(e), None),
+    };
+    let seen = Seen { stamp, text };
+    if trigger == Trigger::Edit && last.as_ref() == Some(&seen) {
+        return (Outcome::Unchanged, last);
+    }
+    let text = &seen.text;
+    let outcome = if text.iter().all(u8::is_ascii_whitespace) {
+        Outcome::Empty
+    } else if !text.ends_with(b"\n") && previous.as_deref() != Some(text.as_slice()) {
+        Outcome::Unfinished(text.clone())
+    } else {
+        Outcome::Parsed(Box::new(config::parse_raw(text, dir, overrides).and_then(
+            |raw| {
+                let mut cfg = Config::from_source(&raw)?;
+                cfg.warnings = raw.warnings;
+                Ok(cfg)
+            },
+        )))
+    };
+    (outcome, Some(seen))
+}
+
+/// Where the watcher sends each validated configuration: the daemon, which
+/// puts it in force. The watcher knows nothing else of the daemon.
+pub trait ConfigSink {
+    /// Puts `new` in force; resolves to the changed parameters (`name old
+    /// -> new` items, empty when nothing tlsmgr reads changed) and the
+    /// configuration now in force.
+    fn apply(&self, new: Config) -> LocalBoxFuture<'static, (Vec<String>, Arc<Config>)>;
+}
+
 impl WatcherActor {
-    /// Starts a watcher applying edits to `svc`. The watches are in place
-    /// when this returns, so no edit made afterwards is missed.
-    pub fn launch(opts: WatchOptions, svc: Services) -> Addr<WatcherActor> {
+    /// Starts a watcher that sends every validated edit to `sink`. The
+    /// watches are in place when this returns, so no edit made afterwards
+    /// is missed.
+    pub fn launch(opts: WatchOptions, sink: Rc<dyn ConfigSink>, log: Logger) -> Addr<WatcherActor> {
         let ctx = Context::new();
         let addr = ctx.address();
-        let log = svc.log.clone();
+        let WatchOptions {
+            dir,
+            overrides,
+            debounce,
+            sighup,
+            adjust,
+            applied,
+        } = opts;
         let mut actor = WatcherActor {
-            opts,
-            svc,
+            dir: Arc::new(dir),
+            overrides: overrides.into(),
+            debounce,
+            sighup,
+            adjust,
+            applied,
+            sink,
             log,
-            debouncer: None,
+            watcher: None,
             interesting: Vec::new(),
             watched: Vec::new(),
+            last: None,
+            pending: None,
+            burst_start: None,
         };
         actor.install(addr);
         ctx.run(actor)
@@ -123,25 +255,19 @@ impl WatcherActor {
 
     fn install(&mut self, addr: Addr<WatcherActor>) {
         let log = self.log.clone();
-        let handler = move |res: DebounceEventResult| match res {
-            Ok(events) => {
-                let paths: Vec<PathBuf> = events
-                    .into_iter()
-                    .filter(|e| e.kind == DebouncedEventKind::Any)
-                    .map(|e| e.path)
-                    .collect();
-                if !paths.is_empty() {
-                    addr.do_send(FsChanged(paths));
-                }
-            }
+        // Runs on notify's thread: filter there, so reads of main.cf (ours,
+        // `cat`, editors opening it) never reach the actor.
+        let handler = move |res: notify::Result<notify::Event>| match res {
+            Ok(event) if is_edit(&event.kind) => addr.do_send(FsChanged(event.paths)),
+            Ok(_) => {}
             Err(e) => warn!(log, "configuration watch: {}", e),
         };
-        match new_debouncer(self.opts.debounce, handler) {
-            Ok(d) => self.debouncer = Some(d),
+        match notify::recommended_watcher(handler) {
+            Ok(w) => self.watcher = Some(w),
             Err(e) => warn!(
                 self.log,
                 "cannot watch {}: {} -- live reload disabled (SIGHUP still reloads)",
-                self.opts.dir.path().display(),
+                self.dir.path().display(),
                 e
             ),
         }
@@ -149,7 +275,7 @@ impl WatcherActor {
     }
 
     fn main_cf(&self) -> PathBuf {
-        self.opts.dir.path().join("main.cf")
+        self.dir.path().join("main.cf")
     }
 
     /// Watches the directory and, if main.cf is a symlink, its target's
@@ -157,7 +283,7 @@ impl WatcherActor {
     fn update_watches(&mut self) {
         let main_cf = self.main_cf();
         let mut interesting = vec![main_cf.clone()];
-        let mut dirs = vec![self.opts.dir.path().to_path_buf()];
+        let mut dirs = vec![self.dir.path().to_path_buf()];
         let is_link = std::fs::symlink_metadata(&main_cf).is_ok_and(|m| m.file_type().is_symlink());
         if is_link {
             if let Ok(target) = std::fs::canonicalize(&main_cf) {
@@ -168,12 +294,12 @@ impl WatcherActor {
             }
         }
         self.interesting = interesting;
-        let Some(debouncer) = self.debouncer.as_mut() else {
+        let Some(watcher) = self.watcher.as_mut() else {
             return;
         };
         for dir in &dirs {
             if !self.watched.contains(dir) {
-                match debouncer.watcher().watch(dir, RecursiveMode::NonRecursive) {
+                match watcher.watch(dir, RecursiveMode::NonRecursive) {
                     Ok(()) => self.watched.push(dir.clone()),
                     Err(e) => warn!(self.log, "cannot watch {}: {}", dir.display(), e),
                 }
@@ -187,80 +313,70 @@ impl WatcherActor {
             .cloned()
             .collect();
         for dir in stale {
-            let _ = debouncer.watcher().unwatch(&dir);
+            let _ = watcher.unwatch(&dir);
             self.watched.retain(|d| *d != dir);
         }
     }
 
-    /// Reads and validates main.cf; on success applies it.
-    fn reload(&mut self, previous: Option<Vec<u8>>, ctx: &mut Context<Self>) {
+    /// (Re)starts the quiet-period timer after an edit event.
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let start = *self.burst_start.get_or_insert(now);
+        if let Some(handle) = self.pending.take() {
+            if now.duration_since(start) >= self.debounce * MAX_BURST {
+                // Written without pause: keep the timer already running.
+                self.pending = Some(handle);
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        self.pending = Some(ctx.run_later(self.debounce, |act, ctx| {
+            act.pending = None;
+            act.burst_start = None;
+            act.reload(Trigger::Edit, None, ctx);
+        }));
+    }
+
+    /// Reads main.cf and validates it off the daemon thread; on success
+    /// applies it. The actor waits for all of it (`ctx.wait`): no other
+    /// reload starts until this one is applied.
+    fn reload(&mut self, trigger: Trigger, previous: Option<Vec<u8>>, ctx: &mut Context<Self>) {
         self.update_watches();
-        let path = self.main_cf();
-        let text = match self.opts.dir.read("main.cf") {
-            Ok(t) => t,
-            Err(e) => {
-                warn!(
-                    self.log,
-                    "open {}: {} -- keeping the current configuration",
-                    path.display(),
-                    e
-                );
-                return;
-            }
-        };
-        if text.iter().all(u8::is_ascii_whitespace) {
-            warn!(
-                self.log,
-                "{} is empty -- keeping the current configuration",
-                path.display()
-            );
-            return;
-        }
-        if !text.ends_with(b"\n") && previous.as_deref() != Some(text.as_slice()) {
-            // Possibly still being written: look again after one more quiet
-            // period; unchanged then means it is complete.
-            debug!(
-                self.log,
-                "{}: no final newline yet, re-checking",
-                path.display()
-            );
-            ctx.notify_later(Reload(Some(text)), self.opts.debounce);
-            return;
-        }
-        let parsed =
-            config::parse_raw(&text, &self.opts.dir, &self.opts.overrides).and_then(|raw| {
-                let mut cfg = Config::from_source(&raw)?;
-                cfg.warnings = raw.warnings;
-                Ok(cfg)
-            });
-        let mut cfg = match parsed {
-            Ok(cfg) => cfg,
-            Err(e) => {
-                warn!(self.log, "{} -- keeping the current configuration", e);
-                return;
-            }
-        };
-        if let Some(adjust) = &self.opts.adjust {
-            if let Err(why) = adjust(&mut cfg) {
-                warn!(
-                    self.log,
-                    "{}: {} -- keeping the current configuration",
-                    path.display(),
-                    why
-                );
-                return;
-            }
-        }
-        let svc = self.svc.clone();
-        let log = self.log.clone();
-        let warnings = cfg.warnings.clone();
-        let applied = self.opts.applied.clone();
-        // ctx.wait: no other reload starts until this one is applied.
-        ctx.wait(
+        debug!(self.log, "reading main.cf ({:?})", trigger);
+        let dir = self.dir.clone();
+        let overrides = self.overrides.clone();
+        let last = self.last.take();
+        let blocking = actix_rt::task::spawn_blocking(move || {
+            read_and_parse(&dir, &overrides, trigger, last, previous)
+        });
+        ctx.wait(blocking.into_actor(self).then(|joined, act, ctx| {
+            let cfg = match joined {
+                Ok((outcome, seen)) => {
+                    act.last = seen;
+                    act.accept(outcome, ctx)
+                }
+                Err(e) => {
+                    // A panic while parsing: keep running on the old snapshot.
+                    warn!(
+                        act.log,
+                        "{}: {} -- keeping the current configuration",
+                        act.main_cf().display(),
+                        e
+                    );
+                    None
+                }
+            };
+            let sink = act.sink.clone();
+            let log = act.log.clone();
+            let applied = act.applied.clone();
             async move {
-                let changes = reload::apply(&svc, cfg).await;
+                let Some(cfg) = cfg else {
+                    return;
+                };
+                let warnings = cfg.warnings.clone();
+                let (changes, in_force) = sink.apply(cfg).await;
                 if let Some(hook) = applied {
-                    hook(&svc.config.load());
+                    hook(&in_force);
                 }
                 if changes.is_empty() {
                     debug!(log, "main.cf changed, but no parameter that tlsmgr uses");
@@ -271,8 +387,66 @@ impl WatcherActor {
                     info!(log, "reload: {}", changes.join(", "));
                 }
             }
-            .into_actor(self),
-        );
+            .into_actor(act)
+        }));
+    }
+
+    /// Logs what a read found; returns the configuration to apply, if any.
+    fn accept(&mut self, outcome: Outcome, ctx: &mut Context<Self>) -> Option<Config> {
+        let path = self.main_cf();
+        let mut cfg = match outcome {
+            Outcome::Unchanged => {
+                debug!(self.log, "main.cf unchanged since the last read");
+                return None;
+            }
+            Outcome::Unreadable(e) => {
+                warn!(
+                    self.log,
+                    "open {}: {} -- keeping the current configuration",
+                    path.display(),
+                    e
+                );
+                return None;
+            }
+            Outcome::Empty => {
+                warn!(
+                    self.log,
+                    "{} is empty -- keeping the current configuration",
+                    path.display()
+                );
+                return None;
+            }
+            Outcome::Unfinished(text) => {
+                // Possibly still being written: look again after one more
+                // quiet period; unchanged then means it is complete.
+                debug!(
+                    self.log,
+                    "{}: no final newline yet, re-checking",
+                    path.display()
+                );
+                ctx.notify_later(Reload(Some(text)), self.debounce);
+                return None;
+            }
+            Outcome::Parsed(parsed) => match *parsed {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    warn!(self.log, "{} -- keeping the current configuration", e);
+                    return None;
+                }
+            },
+        };
+        if let Some(adjust) = &self.adjust {
+            if let Err(why) = adjust(&mut cfg) {
+                warn!(
+                    self.log,
+                    "{}: {} -- keeping the current configuration",
+                    path.display(),
+                    why
+                );
+                return None;
+            }
+        }
+        Some(cfg)
     }
 }
 
@@ -280,7 +454,7 @@ impl Actor for WatcherActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.opts.sighup {
+        if self.sighup {
             use tokio::signal::unix::{signal, SignalKind};
             match signal(SignalKind::hangup()) {
                 Ok(mut hup) => {
@@ -312,7 +486,7 @@ impl Handler<FsChanged> for WatcherActor {
             .iter()
             .any(|p| p.file_name().is_some_and(|n| names.contains(&n)))
         {
-            self.reload(None, ctx);
+            self.schedule(ctx);
         }
     }
 }
@@ -323,6 +497,6 @@ impl Handler<Reload> for WatcherActor {
         if msg.0.is_none() {
             info!(self.log, "reload requested");
         }
-        self.reload(msg.0, ctx);
+        self.reload(Trigger::Forced, msg.0, ctx);
     }
 }

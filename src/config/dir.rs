@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// An open configuration directory.
@@ -61,6 +62,12 @@ impl ConfigDir {
 
     /// Reads the file `name` (a plain name, no `/`) through the handle.
     pub fn read(&self, name: &str) -> std::io::Result<Vec<u8>> {
+        self.read_stamped(name).map(|(bytes, _)| bytes)
+    }
+
+    /// Like [`ConfigDir::read`], also returning the identity of the file
+    /// read (from the same open file, so the two always agree).
+    pub fn read_stamped(&self, name: &str) -> std::io::Result<(Vec<u8>, FileStamp)> {
         if name.contains('/') {
             return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
         }
@@ -81,10 +88,28 @@ impl ConfigDir {
         // SAFETY: `fd` was just returned by a successful openat(2) and is
         // owned by nothing else; File takes ownership and closes it.
         let mut file = unsafe { File::from_raw_fd(fd) };
+        let meta = file.metadata()?;
         let mut buf = Vec::new();
         file.read_to_end(&mut buf)?;
-        Ok(buf)
+        let stamp = FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        };
+        Ok((buf, stamp))
     }
+}
+
+/// Which file was read and which version of it: device and inode (a
+/// replacement by rename is a new file), size and modification time (an
+/// in-place write). Not the access time: reading is not a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
 }
 
 #[cfg(test)]
@@ -106,6 +131,13 @@ mod tests {
         std::fs::write(moved.join("main.cf.tmp"), "a = 2\n").unwrap();
         std::fs::rename(moved.join("main.cf.tmp"), moved.join("main.cf")).unwrap();
         assert_eq!(dir.read("main.cf").unwrap(), b"a = 2\n");
+        // Reading again is the same file, unchanged; a rename is not.
+        let (_, first) = dir.read_stamped("main.cf").unwrap();
+        let (_, again) = dir.read_stamped("main.cf").unwrap();
+        assert_eq!(first, again);
+        std::fs::write(moved.join("main.cf.tmp"), "a = 2\n").unwrap();
+        std::fs::rename(moved.join("main.cf.tmp"), moved.join("main.cf")).unwrap();
+        assert_ne!(dir.read_stamped("main.cf").unwrap().1, first);
         assert!(dir.read("../x").is_err());
         assert!(dir.read("missing").is_err());
     }

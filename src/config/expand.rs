@@ -14,6 +14,8 @@
 //! - Whitespace around `{...}` operands and around a name is ignored, not
 //!   inside the braces. Undefined names expand to nothing. Nesting deeper
 //!   than [`MAX_DEPTH`] is an error.
+//! - Unlike Postfix, the work is capped (see [`MAX_VALUE_LEN`] and the
+//!   constants after it): an expansion past a cap is an error, not a hang.
 //!
 //! Errors are returned in Postfix's words; the caller adds the parameter.
 
@@ -22,45 +24,194 @@ use std::cmp::Ordering;
 /// Postfix's nesting limit for macro expansion.
 pub const MAX_DEPTH: usize = 100;
 
+// Caps on the work of expansion. Postfix has none (it expands until memory
+// runs out), but a valid main.cf such as `a = x`, `b = $a $a`, `c = $b $b`,
+// ... doubles at each line: 27 lines give ~100 MB and seconds of CPU, and
+// with empty values the work doubles while the output stays empty. The caps
+// are far above any real main.cf (whose longest expanded values are lists of
+// a few KB, built from a few dozen references, and all of whose values
+// tlsmgr reads take a few hundred lookups), so they refuse only such
+// configurations, with an error naming the parameter. They also bound the
+// CPU time a pathological main.cf costs a reload (well under a second).
+
+/// Longest expansion of one parameter value, in bytes (1 MiB). Text made
+/// for `${{a} == {b}}` operands counts too.
+pub const MAX_VALUE_LEN: usize = 1 << 20;
+/// Most `$name` lookups while expanding one parameter value.
+pub const MAX_VALUE_LOOKUPS: usize = 20_000;
+/// Most raw text scanned while expanding one parameter value, in bytes
+/// (4 MiB): each looked-up value counts each time it is looked up.
+pub const MAX_VALUE_SCAN: usize = 4 << 20;
+/// Longest total expansion over one [`Budget`] (one configuration read).
+pub const MAX_TOTAL_LEN: usize = 4 << 20;
+/// Most lookups over one [`Budget`].
+pub const MAX_TOTAL_LOOKUPS: usize = 50_000;
+/// Most text scanned over one [`Budget`], in bytes (16 MiB).
+pub const MAX_TOTAL_SCAN: usize = 16 << 20;
+
 /// Looks up the raw (unexpanded) value of a parameter, defaults included.
 pub trait Lookup {
     /// The raw value of `name`, or `None` when undefined.
     fn raw(&self, name: &str) -> Option<String>;
 }
 
-const WS: &[char] = &[' ', '\t', '\r', '\n'];
-
-/// Expands `text`, resolving names through `lookup`. Errors are messages in
-/// Postfix's words, without the parameter name (the caller adds it).
-pub fn expand(text: &str, lookup: &dyn Lookup) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    expand_into(text, lookup, 0, &mut out)?;
-    Ok(out)
+/// What expansion has used: output bytes, lookups, bytes scanned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes produced.
+    pub len: usize,
+    /// `$name` lookups.
+    pub lookups: usize,
+    /// Raw text scanned, in bytes.
+    pub scanned: usize,
 }
 
-fn expand_into(
-    text: &str,
-    lookup: &dyn Lookup,
-    depth: usize,
-    out: &mut String,
-) -> Result<(), String> {
+impl Usage {
+    fn add(&mut self, other: Usage) {
+        self.len = self.len.saturating_add(other.len);
+        self.lookups = self.lookups.saturating_add(other.lookups);
+        self.scanned = self.scanned.saturating_add(other.scanned);
+    }
+}
+
+/// The expansion work allowed for a set of values read together (one
+/// configuration): each value within the per-value caps, all of them within
+/// the totals.
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    used: Usage,
+}
+
+impl Budget {
+    /// A fresh budget.
+    pub fn new() -> Self {
+        Budget::default()
+    }
+    /// What the values expanded with this budget have used so far, failed
+    /// expansions included; never more than the totals (what a cap refused
+    /// is not counted).
+    pub fn used(&self) -> Usage {
+        self.used
+    }
+}
+
+/// One value's expansion in progress.
+struct Exp<'a> {
+    lookup: &'a dyn Lookup,
+    /// Used by earlier values of the same budget.
+    before: Usage,
+    /// Used by this value.
+    used: Usage,
+}
+
+impl Exp<'_> {
+    /// Checks one usage figure against its per-value cap and, with what
+    /// earlier values used, its total cap. `what` and `unit` word the error.
+    fn check(
+        used: usize,
+        before: usize,
+        (cap, total): (usize, usize),
+        (what, unit): (&str, &str),
+    ) -> Result<(), String> {
+        if used > cap {
+            return Err(format!(
+                "macro processing error: unreasonable {what}: more than {cap} {unit}"
+            ));
+        }
+        if before.saturating_add(used) > total {
+            return Err(format!(
+                "macro processing error: unreasonable {what}: more than {total} {unit} in all parameters"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Appends `s` to `out`, within the length caps.
+    /// What is refused is not counted, so the usage never exceeds a cap.
+    fn push(&mut self, out: &mut String, s: &str) -> Result<(), String> {
+        let len = self.used.len.saturating_add(s.len());
+        Self::check(
+            len,
+            self.before.len,
+            (MAX_VALUE_LEN, MAX_TOTAL_LEN),
+            ("macro expansion length", "bytes"),
+        )?;
+        self.used.len = len;
+        out.push_str(s);
+        Ok(())
+    }
+
+    /// Counts `n` bytes of text about to be scanned.
+    fn scan(&mut self, n: usize) -> Result<(), String> {
+        let scanned = self.used.scanned.saturating_add(n);
+        Self::check(
+            scanned,
+            self.before.scanned,
+            (MAX_VALUE_SCAN, MAX_TOTAL_SCAN),
+            ("macro expansion work", "bytes scanned"),
+        )?;
+        self.used.scanned = scanned;
+        Ok(())
+    }
+
+    /// Looks `name` up, counting the lookup and the raw value's length.
+    fn raw(&mut self, name: &str) -> Result<Option<String>, String> {
+        let lookups = self.used.lookups.saturating_add(1);
+        Self::check(
+            lookups,
+            self.before.lookups,
+            (MAX_VALUE_LOOKUPS, MAX_TOTAL_LOOKUPS),
+            ("number of macro lookups", "lookups"),
+        )?;
+        self.used.lookups = lookups;
+        let raw = self.lookup.raw(name);
+        self.scan(raw.as_ref().map_or(0, String::len))?;
+        Ok(raw)
+    }
+}
+
+const WS: &[char] = &[' ', '\t', '\r', '\n'];
+
+/// Expands `text`, resolving names through `lookup`, with a budget of its
+/// own. Errors are messages in Postfix's words, without the parameter name
+/// (the caller adds it).
+pub fn expand(text: &str, lookup: &dyn Lookup) -> Result<String, String> {
+    expand_with(text, lookup, &mut Budget::new())
+}
+
+/// Like [`expand`], charging the work to `budget`, so that a configuration's
+/// values are capped together as well as one by one.
+pub fn expand_with(text: &str, lookup: &dyn Lookup, budget: &mut Budget) -> Result<String, String> {
+    let mut x = Exp {
+        lookup,
+        before: budget.used,
+        used: Usage::default(),
+    };
+    let mut out = String::with_capacity(text.len().min(MAX_VALUE_LEN));
+    let result = expand_into(text, &mut x, 0, &mut out);
+    budget.used.add(x.used);
+    result.map(|()| out)
+}
+
+fn expand_into(text: &str, x: &mut Exp<'_>, depth: usize, out: &mut String) -> Result<(), String> {
     if depth > MAX_DEPTH {
         return Err(format!(
             "macro processing error: unreasonable macro call nesting: \"{text}\""
         ));
     }
+    x.scan(text.len())?;
     let bytes = text.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
         let Some(off) = text[i..].find('$') else {
-            out.push_str(&text[i..]);
+            x.push(out, &text[i..])?;
             break;
         };
-        out.push_str(&text[i..i + off]);
+        x.push(out, &text[i..i + off])?;
         i += off + 1;
         match bytes.get(i) {
             Some(b'$') => {
-                out.push('$');
+                x.push(out, "$")?;
                 i += 1;
             }
             Some(&open @ (b'{' | b'(')) => {
@@ -68,13 +219,13 @@ fn expand_into(
                 let end = matching(bytes, i, open, close).ok_or_else(|| {
                     format!("macro processing error: truncated macro reference: \"{text}\"")
                 })?;
-                eval_expr(&text[i + 1..end], text, lookup, depth, out)?;
+                eval_expr(&text[i + 1..end], text, x, depth, out)?;
                 i = end + 1;
             }
             Some(c) if is_name_byte(*c) => {
                 let len = bytes[i..].iter().take_while(|c| is_name_byte(**c)).count();
-                if let Some(raw) = lookup.raw(&text[i..i + len]) {
-                    expand_into(&raw, lookup, depth + 1, out)?;
+                if let Some(raw) = x.raw(&text[i..i + len])? {
+                    expand_into(&raw, x, depth + 1, out)?;
                 }
                 i += len;
             }
@@ -127,18 +278,18 @@ fn at_curly(text: &str) -> Option<&str> {
 fn eval_expr(
     inner: &str,
     whole: &str,
-    lookup: &dyn Lookup,
+    x: &mut Exp<'_>,
     depth: usize,
     out: &mut String,
 ) -> Result<(), String> {
     // The test value (Some non-empty = true) and what follows it.
     let (test, rest): (Option<String>, &str);
     if let Some(t) = at_curly(inner) {
-        let (result, after) = logical(t, lookup, depth)?;
+        let (result, after) = logical(t, x, depth)?;
         let truth = if result { "true" } else { "" };
         match after.chars().next() {
             None => {
-                out.push_str(truth);
+                x.push(out, truth)?;
                 return Ok(());
             }
             Some('?' | ':') => {}
@@ -166,28 +317,22 @@ fn eval_expr(
                     "macro processing error: empty macro name: \"{whole}\""
                 ));
             }
-            if let Some(raw) = lookup.raw(name) {
-                expand_into(&raw, lookup, depth + 1, out)?;
+            if let Some(raw) = x.raw(name)? {
+                expand_into(&raw, x, depth + 1, out)?;
             }
             return Ok(());
         }
-        test = lookup.raw(name);
+        test = x.raw(name)?;
         rest = &inner[split..];
     }
-    conditional(
-        test.is_some_and(|v| !v.is_empty()),
-        rest,
-        lookup,
-        depth,
-        out,
-    )
+    conditional(test.is_some_and(|v| !v.is_empty()), rest, x, depth, out)
 }
 
 /// Applies `?iftrue[:iffalse]` or `:iffalse` (`rest` starts at `?` or `:`).
 fn conditional(
     truth: bool,
     rest: &str,
-    lookup: &dyn Lookup,
+    x: &mut Exp<'_>,
     depth: usize,
     out: &mut String,
 ) -> Result<(), String> {
@@ -202,7 +347,7 @@ fn conditional(
     if let Some(r) = rest.strip_prefix('?') {
         let (iftrue, after) = operand(r)?;
         if truth {
-            expand_into(iftrue, lookup, depth + 1, out)?;
+            expand_into(iftrue, x, depth + 1, out)?;
         }
         if after.is_empty() {
             return Ok(());
@@ -218,7 +363,7 @@ fn conditional(
     }
     let (iffalse, after) = operand(rest)?;
     if !truth {
-        expand_into(iffalse, lookup, depth + 1, out)?;
+        expand_into(iffalse, x, depth + 1, out)?;
     }
     if !after.is_empty() {
         return Err(format!(
@@ -230,11 +375,7 @@ fn conditional(
 
 /// Parses and evaluates `{a} OP {b}` (text starting at `{`); returns the
 /// result and the text after the right operand (leading whitespace skipped).
-fn logical<'a>(
-    text: &'a str,
-    lookup: &dyn Lookup,
-    depth: usize,
-) -> Result<(bool, &'a str), String> {
+fn logical<'a>(text: &'a str, x: &mut Exp<'_>, depth: usize) -> Result<(bool, &'a str), String> {
     const ANY_OP: &str = "\"==\" or \"!=\" or \"<\" or \"<=\" or \">=\" or \">\"";
     let (left, after) = curly(text)?;
     let op_len = after
@@ -267,12 +408,12 @@ fn logical<'a>(
     let (right, after) = curly(right_text)?;
     let l = {
         let mut s = String::new();
-        expand_into(left, lookup, depth + 1, &mut s)?;
+        expand_into(left, x, depth + 1, &mut s)?;
         s
     };
     let r = {
         let mut s = String::new();
-        expand_into(right, lookup, depth + 1, &mut s)?;
+        expand_into(right, x, depth + 1, &mut s)?;
         s
     };
     let ord = if level {
@@ -439,5 +580,91 @@ mod tests {
         assert!(e("${empty:{x}:{y}}").contains("unexpected input"));
         assert!(e("${{99999999999999999999} > {1}?y:n}").contains("bad conversion"));
         assert!(e("${{a} == {b").contains("truncated"));
+    }
+
+    /// `p0 = x`, `pN = $pN-1 $pN-1`: the expansion of `pN` doubles per level.
+    struct Doubling {
+        zero: String,
+        sep: &'static str,
+    }
+    impl Lookup for Doubling {
+        fn raw(&self, name: &str) -> Option<String> {
+            let n: usize = name.strip_prefix('p')?.parse().ok()?;
+            Some(match n {
+                0 => self.zero.clone(),
+                n => format!("$p{}{}$p{}", n - 1, self.sep, n - 1),
+            })
+        }
+    }
+
+    #[test]
+    fn exponential_expansion_is_capped_by_length() {
+        let l = Doubling {
+            zero: "x".repeat(1024),
+            sep: "",
+        };
+        // 2^10 copies of 1 KiB: exactly the cap, accepted.
+        assert_eq!(expand("$p10", &l).unwrap().len(), MAX_VALUE_LEN);
+        let err = expand("$p26", &l).unwrap_err();
+        assert_eq!(
+            err,
+            "macro processing error: unreasonable macro expansion length: more than 1048576 bytes"
+        );
+        // With one byte per lookup, the lookup cap comes first.
+        let l = Doubling {
+            zero: "x".into(),
+            sep: " ",
+        };
+        let err = expand("$p26", &l).unwrap_err();
+        assert_eq!(
+            err,
+            "macro processing error: unreasonable number of macro lookups: more than 20000 lookups"
+        );
+    }
+
+    #[test]
+    fn exponential_work_without_output_is_capped() {
+        // Every value empty: no output, but 2^n lookups.
+        let l = Doubling {
+            zero: String::new(),
+            sep: "",
+        };
+        assert_eq!(expand("$p10", &l).unwrap(), "");
+        let err = expand("$p60", &l).unwrap_err();
+        assert_eq!(
+            err,
+            "macro processing error: unreasonable number of macro lookups: more than 20000 lookups"
+        );
+        // A long raw value looked up many times: the scan is capped.
+        struct Long;
+        impl Lookup for Long {
+            fn raw(&self, name: &str) -> Option<String> {
+                (name == "long").then(|| format!("${{x?{}}}", "y".repeat(1 << 20)))
+            }
+        }
+        let err = expand(&"$long".repeat(100), &Long).unwrap_err();
+        assert!(err.contains("unreasonable macro expansion work"), "{err}");
+    }
+
+    #[test]
+    fn budget_caps_values_together() {
+        let l = Doubling {
+            zero: "x".repeat(1024),
+            sep: "",
+        };
+        let mut budget = Budget::new();
+        // Four values of 1 MiB fit in 4 MiB; the fifth does not.
+        for _ in 0..4 {
+            assert!(expand_with("$p10", &l, &mut budget).is_ok());
+        }
+        let err = expand_with("$p10", &l, &mut budget).unwrap_err();
+        assert_eq!(
+            err,
+            "macro processing error: unreasonable macro expansion length: more than 4194304 bytes in all parameters"
+        );
+        // What was refused is not counted: the usage stays within the caps.
+        assert_eq!(budget.used().len, MAX_TOTAL_LEN);
+        // A fresh budget is not affected.
+        assert!(expand("$p10", &l).is_ok());
     }
 }

@@ -38,6 +38,8 @@ pub const START_ONLY: &[&str] = &[
     "queue_directory",
     "tlsmgr_io_threads",
     "tlsmgr_persistent_state",
+    "tlsmgr_store_block_cache_size",
+    "tlsmgr_store_write_buffer_size",
     "tlsmgr_ticket_key_file",
 ];
 
@@ -165,7 +167,16 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ),
     ("tlsmgr_store_lock_wait", "10s"),
     ("tlsmgr_io_threads", "0"),
+    ("tlsmgr_session_cache_sync_interval", "1s"),
+    ("tlsmgr_store_block_cache_size", "2097152"),
+    ("tlsmgr_store_write_buffer_size", "8388608"),
 ];
+
+/// Smallest `tlsmgr_store_block_cache_size` and
+/// `tlsmgr_store_write_buffer_size` (fjall needs some room to work).
+pub const MIN_STORE_BUFFER: i64 = 1024 * 1024;
+/// Largest of either (1 GiB: three caches must fit in a mail host's memory).
+pub const MAX_STORE_BUFFER: i64 = 1024 * 1024 * 1024;
 
 /// One session cache's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,6 +263,13 @@ pub struct Config {
     /// `tlsmgr_io_threads`: threads serving client connections, read at
     /// start; 0 = one per CPU.
     pub io_threads: usize,
+    /// `tlsmgr_session_cache_sync_interval`: how often the session caches
+    /// are fsynced (what a power loss can lose); zero = only at shutdown.
+    pub sync_interval: Duration,
+    /// `tlsmgr_store_block_cache_size`, bytes per on-disk cache.
+    pub store_block_cache: u64,
+    /// `tlsmgr_store_write_buffer_size`, bytes per on-disk cache.
+    pub store_write_buffer: u64,
     /// Warnings to log (e.g. overridden entries).
     pub warnings: Vec<String>,
     /// The expanded value of every parameter in [`DEFAULTS`], in that order:
@@ -261,6 +279,8 @@ pub struct Config {
 
 struct Resolver<'a> {
     source: &'a dyn Source,
+    /// Caps the expansion work of all the values one snapshot reads.
+    budget: std::cell::RefCell<expand::Budget>,
 }
 
 impl expand::Lookup for Resolver<'_> {
@@ -274,7 +294,13 @@ impl expand::Lookup for Resolver<'_> {
     }
 }
 
-impl Resolver<'_> {
+impl<'a> Resolver<'a> {
+    fn new(source: &'a dyn Source) -> Self {
+        Resolver {
+            source,
+            budget: Default::default(),
+        }
+    }
     fn err(&self, name: &str, message: String) -> ConfigError {
         ConfigError {
             file: self.source.file().map(Path::to_path_buf),
@@ -284,7 +310,9 @@ impl Resolver<'_> {
     }
     fn string(&self, name: &str) -> Result<String, ConfigError> {
         let raw = expand::Lookup::raw(self, name).unwrap_or_default();
-        expand::expand(&raw, self).map_err(|m| self.err(name, format!("parameter {name}: {m}")))
+        let mut budget = self.budget.borrow_mut();
+        expand::expand_with(&raw, self, &mut budget)
+            .map_err(|m| self.err(name, format!("parameter {name}: {m}")))
     }
     fn time(&self, name: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
         let v = self.string(name)?;
@@ -355,11 +383,30 @@ pub fn parse_raw(
 /// The expanded value of every parameter in [`DEFAULTS`], as `postconf -x`
 /// would print it; an expansion error names the file, line and parameter.
 pub fn effective_values(source: &dyn Source) -> Result<Vec<(&'static str, String)>, ConfigError> {
-    let r = Resolver { source };
-    DEFAULTS
-        .iter()
-        .map(|(name, _)| Ok((*name, r.string(name)?)))
-        .collect()
+    Resolver::new(source).effective()
+}
+
+/// The expanded value of `name` in `source` (defaults included), its work
+/// charged to `budget`; an error names the file, line and parameter.
+pub fn expand_parameter(
+    source: &dyn Source,
+    name: &str,
+    budget: &mut expand::Budget,
+) -> Result<String, ConfigError> {
+    let r = Resolver::new(source);
+    r.budget.replace(std::mem::take(budget));
+    let value = r.string(name);
+    *budget = r.budget.into_inner();
+    value
+}
+
+impl Resolver<'_> {
+    fn effective(&self) -> Result<Vec<(&'static str, String)>, ConfigError> {
+        DEFAULTS
+            .iter()
+            .map(|(name, _)| Ok((*name, self.string(name)?)))
+            .collect()
+    }
 }
 
 /// Sanitizes a cache timeout as tlsmgr does: 0 stays 0 (disabled), 1..119
@@ -375,7 +422,7 @@ pub fn sanitize_timeout(secs: u64) -> u32 {
 impl Config {
     /// Builds a snapshot from raw values plus Postfix's defaults.
     pub fn from_source(source: &dyn Source) -> Result<Config, ConfigError> {
-        let r = Resolver { source };
+        let r = Resolver::new(source);
         let default_db_type = r.string("default_database_type")?;
         let mut caches = Vec::with_capacity(3);
         for ct in CacheType::ALL {
@@ -467,8 +514,23 @@ impl Config {
                         )
                     })
                 })?,
+            sync_interval: Duration::from_secs(r.time(
+                "tlsmgr_session_cache_sync_interval",
+                0,
+                3600,
+            )?),
+            store_block_cache: r.int(
+                "tlsmgr_store_block_cache_size",
+                MIN_STORE_BUFFER,
+                MAX_STORE_BUFFER,
+            )? as u64,
+            store_write_buffer: r.int(
+                "tlsmgr_store_write_buffer_size",
+                MIN_STORE_BUFFER,
+                MAX_STORE_BUFFER,
+            )? as u64,
             warnings: Vec::new(),
-            effective: effective_values(source)?,
+            effective: r.effective()?,
         })
     }
 
@@ -514,6 +576,16 @@ impl Config {
     /// The session-ticket key lifetime source: the sanitized smtpd timeout.
     pub fn ticket_timeout(&self) -> u32 {
         self.cache(CacheType::Smtpd).timeout
+    }
+
+    /// How the caches' stores are opened.
+    pub fn open_options(&self) -> crate::store::OpenOptions {
+        crate::store::OpenOptions {
+            empty_on_start: !self.persistent_state,
+            lock_wait: self.store_lock_wait,
+            block_cache_bytes: self.store_block_cache,
+            write_buffer_bytes: self.store_write_buffer,
+        }
     }
 
     /// Where Postfix clients look for us: `$queue_directory/private/tlsmgr`.
@@ -678,6 +750,75 @@ mod tests {
             e.message,
             "invalid tlsmgr_io_threads parameter value 257 > 256"
         );
+    }
+
+    /// `p0 = x...`, `pN = $pN-1 $pN-1`, then `name = $pLAST`: ~270 MB if
+    /// expanded in full.
+    fn doubling(levels: usize, name: &str) -> String {
+        let mut text = format!("p0 = {}\n", "x".repeat(256));
+        for n in 1..=levels {
+            text += &format!("p{n} = $p{m} $p{m}\n", m = n - 1);
+        }
+        text + &format!("{name} = $p{levels}\n")
+    }
+
+    #[test]
+    fn exponential_expansion_is_refused_with_file_line_and_parameter() {
+        let raw = RawConfig::parse(
+            &doubling(20, "smtpd_tls_loglevel"),
+            Some(Path::new("/etc/postfix/main.cf")),
+        )
+        .unwrap();
+        let t = std::time::Instant::now();
+        let e = Config::from_source(&raw).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert_eq!(
+            e.to_string(),
+            "/etc/postfix/main.cf, line 22: parameter smtpd_tls_loglevel: \
+             macro processing error: unreasonable macro expansion length: more than 1048576 bytes"
+        );
+    }
+
+    #[test]
+    fn expansion_total_is_capped_across_parameters() {
+        // Each value within the per-value cap, together over the total.
+        let big = "y".repeat(900 * 1024);
+        let mut pairs = vec![("big", big.as_str())];
+        for name in [
+            "mail_owner",
+            "syslog_facility",
+            "maillog_file",
+            "postlog_service_name",
+            "tls_random_source",
+        ] {
+            pairs.push((name, "$big"));
+        }
+        let e = from(&pairs).unwrap_err();
+        assert!(
+            e.message.ends_with(
+                "unreasonable macro expansion length: more than 4194304 bytes in all parameters"
+            ),
+            "{e}"
+        );
+        // One of them alone is fine.
+        assert!(from(&pairs[..2]).is_ok());
+        // The budget is per snapshot: the next one starts afresh.
+        assert!(from(&pairs[..2]).is_ok());
+    }
+
+    #[test]
+    fn expand_parameter_charges_the_given_budget() {
+        let map: HashMap<String, String> = [("a".to_string(), "y".repeat(1000))].into();
+        let mut budget = expand::Budget::new();
+        assert_eq!(
+            expand_parameter(&map, "a", &mut budget).unwrap().len(),
+            1000
+        );
+        assert_eq!(
+            expand_parameter(&map, "undefined", &mut budget).unwrap(),
+            ""
+        );
+        assert_eq!(budget.used().len, 1000);
     }
 
     #[test]

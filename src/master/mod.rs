@@ -39,7 +39,7 @@ pub mod watchdog;
 use crate::actors::watcher::WatchOptions;
 use crate::config::dir::ConfigDir;
 use crate::config::Config;
-use crate::server::{Options, RequestObserver, RunExtras, Services};
+use crate::daemon::{AfterStart, Options, RequestObserver, RunExtras, Services};
 use args::MasterArgs;
 use descriptors::{inherited_fd, set_cloexec};
 use paths::PathPolicy;
@@ -51,10 +51,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use watchdog::Watchdog;
-
-/// Environment variable that (in debug builds only) makes the daemon block
-/// its event loop on a `seed` request, so tests can prove the watchdog.
-pub const TEST_STALL_ENV: &str = "TLSMGR_TEST_STALL_SEED";
 
 fn basename(p: &str) -> String {
     Path::new(p)
@@ -89,10 +85,52 @@ impl RequestObserver for MasterObserver {
             self.lost_master.notify_one();
         }
     }
+    fn io_thread_beat(&self) -> Option<(std::time::Duration, crate::daemon::ThreadBeat)> {
+        let index = self.watchdog.register_thread();
+        let dog = self.watchdog.clone();
+        Some((
+            self.watchdog.beat_interval(),
+            Box::new(move || dog.thread_beat(index)),
+        ))
+    }
 }
 
+/// A phase of start-up that could not be completed: already logged the
+/// Postfix way (`fatal: ...`), exit with this code.
+type Fatal = ExitCode;
+
 /// Entry point when master(8) runs us: `argv0` and the arguments after it.
+/// The phases follow multi_server's (spec §2.1).
 pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
+    let run = || -> Result<(), Fatal> {
+        let mut started = startup(argv0, argv)?;
+        let fds = take_descriptors(&started)?;
+        let pre = pre_init(&mut started)?;
+        serve(started, fds, pre)
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+/// What start-up read: options, main.cf (through a handle that outlives a
+/// chroot), the loggers.
+struct Startup {
+    args: MasterArgs,
+    overrides: Vec<String>,
+    dir: ConfigDir,
+    cfg: Config,
+    log: Logger,
+    log_follower: log::LogFollower,
+    generation: u32,
+}
+
+/// Options, main.cf with `-o` overrides and the read-only `process_id`,
+/// `process_name`, `service_name`, the log (syslog or postlogd, `-V` adds
+/// stderr), the refusals (bad options, a terminal on stdin), and the chdir
+/// to `queue_directory`.
+fn startup(argv0: &str, argv: &[String]) -> Result<Startup, Fatal> {
     let process_name = basename(argv0);
     // SIGPIPE is already ignored by the Rust runtime; SIGXFSZ as Postfix does.
     // SAFETY: installing SIG_IGN runs no handler code.
@@ -103,10 +141,7 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
         )
     };
     let early_log = log::early_logger(&process_name);
-    let mut args = match MasterArgs::parse(argv) {
-        Ok(a) => a,
-        Err(e) => return fatal(&early_log, e),
-    };
+    let mut args = MasterArgs::parse(argv).map_err(|e| fatal(&early_log, e))?;
     if std::env::var_os("MAIL_VERBOSE").is_some() {
         args.verbose += 1;
     }
@@ -121,19 +156,11 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
     overrides.push(format!("process_name={process_name}"));
     overrides.push(format!("service_name={service_name}"));
     // Opened before the chroot: live reload reads main.cf through it.
-    let dir = match ConfigDir::open(&config_dir) {
-        Ok(d) => d,
-        Err(e) => return fatal(&early_log, format!("open {}: {e}", config_dir.display())),
-    };
-    let mut cfg = match Config::load_from(&dir, &overrides) {
-        Ok(c) => c,
-        Err(e) => return fatal(&early_log, e),
-    };
-    let (log, log_switch) =
-        match log::daemon_logger(&cfg, &config_dir, &args, &process_name, &early_log) {
-            Ok(l) => l,
-            Err(text) => return fatal(&early_log, text),
-        };
+    let dir = ConfigDir::open(&config_dir)
+        .map_err(|e| fatal(&early_log, format!("open {}: {e}", config_dir.display())))?;
+    let cfg = Config::load_from(&dir, &overrides).map_err(|e| fatal(&early_log, e))?;
+    let (log, log_switch) = log::daemon_logger(&cfg, &config_dir, &args, &process_name, &early_log)
+        .map_err(|text| fatal(&early_log, text))?;
     let log_follower = log::LogFollower::new(
         log_switch,
         log.clone(),
@@ -142,127 +169,180 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
         &args,
         &process_name,
     );
-    if let Err(e) = args.validate() {
-        return fatal(&log, e);
-    }
+    args.validate().map_err(|e| fatal(&log, e))?;
     if args.debugger {
         info!(log, "-D: debugger_command is not supported; continuing");
     }
     if !args.debug_no_detach && nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
-        return fatal(&log, "do not run this command by hand");
+        return Err(fatal(&log, "do not run this command by hand"));
     }
     for w in &cfg.warnings {
         warn!(log, "{}", w);
     }
     let generation = status::generation_from_env(std::env::var("GENERATION").ok().as_deref());
-    if let Err(e) = std::env::set_current_dir(&cfg.queue_directory) {
-        return fatal(
+    std::env::set_current_dir(&cfg.queue_directory).map_err(|e| {
+        fatal(
             &log,
             format!("chdir(\"{}\"): {e}", cfg.queue_directory.display()),
-        );
-    }
+        )
+    })?;
+    Ok(Startup {
+        args,
+        overrides,
+        dir,
+        cfg,
+        log,
+        log_follower,
+        generation,
+    })
+}
 
-    // Descriptors from master: 5 = status, 6.. = listeners. 3/4 (flow
-    // control) stay open and unused, as in stock.
-    let Some(status_fd) = inherited_fd(status::STATUS_FD, false) else {
-        return fatal(
-            &log,
+/// The descriptors master passed.
+struct Descriptors {
+    status: UnixStream,
+    status_reader: UnixStream,
+    listeners: Vec<UnixListener>,
+}
+
+/// Descriptors from master: 5 = status, 6.. = listeners. 3/4 (flow
+/// control) stay open and unused, as in stock.
+fn take_descriptors(st: &Startup) -> Result<Descriptors, Fatal> {
+    let log = &st.log;
+    let status_fd = inherited_fd(status::STATUS_FD, false).ok_or_else(|| {
+        fatal(
+            log,
             "no status channel on file descriptor 5 (not started by master?)",
-        );
-    };
+        )
+    })?;
     set_cloexec(&status_fd);
     let mut listeners = Vec::new();
-    for i in 0..args.socket_count {
+    for i in 0..st.args.socket_count {
         let fd = status::LISTEN_FD + i as i32;
-        match inherited_fd(fd, true) {
-            Some(fd) => {
-                set_cloexec(&fd);
-                listeners.push(UnixListener::from(fd));
-            }
-            None => {
-                return fatal(
-                    &log,
-                    format!("no listening socket on file descriptor {fd} (not started by master?)"),
-                )
-            }
-        }
+        let owned = inherited_fd(fd, true).ok_or_else(|| {
+            fatal(
+                log,
+                format!("no listening socket on file descriptor {fd} (not started by master?)"),
+            )
+        })?;
+        set_cloexec(&owned);
+        listeners.push(UnixListener::from(owned));
     }
-    let status_stream = UnixStream::from(status_fd);
-    let status_reader = match status_stream.try_clone() {
-        Ok(s) => s,
-        Err(e) => return fatal(&log, format!("dup status channel: {e}")),
-    };
+    let status = UnixStream::from(status_fd);
+    let status_reader = status
+        .try_clone()
+        .map_err(|e| fatal(log, format!("dup status channel: {e}")))?;
+    Ok(Descriptors {
+        status,
+        status_reader,
+        listeners,
+    })
+}
 
-    // pre_init: as root, with mail_owner's effective ids for file creation.
+/// What pre_init decided.
+struct PreInit {
+    root: bool,
+    owner: Option<MailOwner>,
+    policy: PathPolicy,
+    jailed: Vec<paths::JailPath>,
+}
+
+/// pre_init: as root, with mail_owner's effective ids for file creation:
+/// the §2.9 redirection and the chroot paths, then the entropy source and
+/// the exchange file, opened now as stock does (the PRNG actor adopts them;
+/// what fails is retried by the actor, where stock exits).
+fn pre_init(st: &mut Startup) -> Result<PreInit, Fatal> {
+    let log = &st.log;
     let root = privileges::is_root();
-    let owner = match MailOwner::lookup(&cfg.mail_owner) {
+    let owner = match MailOwner::lookup(&st.cfg.mail_owner) {
         Ok(o) => Some(o),
-        Err(e) if root => return fatal(&log, e),
+        Err(e) if root => return Err(fatal(log, e)),
         Err(_) => None,
     };
     if root {
         if let Some(o) = &owner {
-            if let Err(e) = privileges::set_effective(o) {
-                return fatal(&log, e);
-            }
+            privileges::set_effective(o).map_err(|e| fatal(log, e))?;
             debug!(log, "set_eugid: euid {} egid {}", o.uid, o.gid);
         }
     }
-    let (policy, outside) = PathPolicy::at_start(&mut cfg, owner.clone(), args.chroot, &log);
-    let mut chroot_dir = args.chroot.then(|| cfg.queue_directory.clone());
-    if !outside.is_empty() {
-        let list: Vec<String> = outside.iter().map(|p| p.display().to_string()).collect();
-        warn!(
-            log,
-            "not chrooting to {}: {} outside it (the stores keep creating files there); \
-             set chroot to n for tlsmgr in master.cf, or keep the session caches and \
-             tlsmgr_ticket_key_file below queue_directory",
-            cfg.queue_directory.display(),
-            list.join(", ")
-        );
-        chroot_dir = None;
-    }
-    // stock pre_init: the entropy source and the exchange file are opened
-    // now, as root with mail_owner's effective ids; the PRNG actor adopts
-    // them. What fails is retried by the actor (stock exits instead).
-    for failure in crate::prng::preopen(&cfg) {
+    let (policy, jailed) = PathPolicy::at_start(&mut st.cfg, owner.clone(), st.args.chroot, log)
+        .map_err(|e| fatal(log, e))?;
+    for failure in crate::prng::preopen(&st.cfg) {
         warn!(log, "{}", failure.message);
     }
+    Ok(PreInit {
+        root,
+        owner,
+        policy,
+        jailed,
+    })
+}
 
-    let watchdog = Watchdog::new(cfg.daemon_timeout);
-    let lost_master = Arc::new(tokio::sync::Notify::new());
-    let observer = Arc::new(MasterObserver {
-        status: StatusChannel::new(status_stream, generation),
-        watchdog: watchdog.clone(),
-        lost_master: lost_master.clone(),
-    });
-    let drop_to = if args.unprivileged {
+/// post_init, part 1 (runs inside the daemon before any store or key file
+/// is opened): as root again, make the directories that hold the state
+/// inside the jail, chroot, drop privileges. The stores and the ticket key
+/// file are then opened by their inside paths.
+fn before_start(st: &Startup, pre: &PreInit) -> crate::daemon::BeforeStart {
+    let log = st.log.clone();
+    let root = pre.root;
+    let chroot_dir = st.args.chroot.then(|| st.cfg.queue_directory.clone());
+    let jailed = pre.jailed.clone();
+    let owner = pre.owner.clone();
+    let drop_to = if st.args.unprivileged {
         owner.clone()
     } else {
         None
     };
-    let hook_log = log.clone();
-    let hook_watchdog = watchdog.clone();
-    let after_start: crate::server::AfterStart = Box::new(move |svc: Services| {
-        Box::pin(async move {
-            // The stores open in their actors' started(): wait for that,
-            // so they are created with mail_owner's ids and outside the chroot.
-            for rc in svc.caches.load().0.iter().flatten() {
-                let _ = rc.addr.send(crate::actors::cache::Flush).await;
+    Box::new(move || {
+        if root {
+            privileges::restore_root().map_err(startup_error)?;
+        }
+        if let Some(dir) = &chroot_dir {
+            let first_start = jailed.iter().any(|jp| !jp.on_disk.exists());
+            paths::prepare_jail(dir, &jailed, owner.as_ref()).map_err(startup_error)?;
+            if first_start && !jailed.is_empty() {
+                let list: Vec<String> = jailed
+                    .iter()
+                    .map(|jp| jp.on_disk.display().to_string())
+                    .collect();
+                info!(
+                    log,
+                    "chroot {}: session caches and ticket keys are kept at {}",
+                    dir.display(),
+                    list.join(", ")
+                );
             }
-            if root {
+        }
+        privileges::chroot_and_drop(chroot_dir.as_deref(), drop_to.as_ref())
+            .map_err(startup_error)?;
+        if let Some(dir) = &chroot_dir {
+            debug!(log, "chroot {}", dir.display());
+        }
+        // Still root (no -u): the stores and key file are created with
+        // mail_owner's effective ids, as stock creates its cache files;
+        // root's come back in after_start, once they are open.
+        if root && drop_to.is_none() {
+            if let Some(o) = &owner {
+                privileges::set_effective(o).map_err(startup_error)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// post_init, part 2 (once the actors run): root's effective ids back
+/// where they were kept, and the watchdog. The heartbeat proves the main
+/// event loop runs; the ping sent to each cache actor proves its thread
+/// answers (a store stuck in I/O blocks that thread, so the ping waits
+/// too). The I/O threads beat on their own (RequestObserver::io_thread_beat).
+fn after_start(st: &Startup, pre: &PreInit, watchdog: Arc<Watchdog>) -> AfterStart {
+    let log = st.log.clone();
+    let still_root = pre.root && !st.args.unprivileged;
+    Box::new(move |svc: Services| {
+        Box::pin(async move {
+            if still_root {
                 privileges::restore_root().map_err(startup_error)?;
             }
-            privileges::chroot_and_drop(chroot_dir.as_deref(), drop_to.as_ref())
-                .map_err(startup_error)?;
-            if let Some(dir) = &chroot_dir {
-                debug!(hook_log, "chroot {}", dir.display());
-            }
-            // The heartbeat proves the main event loop runs; the ping sent
-            // to each cache actor proves its thread answers (a store stuck
-            // in I/O blocks that thread, so the ping waits too). An unanswered
-            // one counts as work in flight for the watchdog.
-            let beat = hook_watchdog.clone();
+            let beat = watchdog.clone();
             let caches = svc.caches.clone();
             actix_rt::spawn(async move {
                 let mut tick = tokio::time::interval(beat.beat_interval());
@@ -272,38 +352,46 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
                     for rc in caches.load().0.iter().flatten() {
                         let addr = rc.addr.clone();
                         let w = beat.clone();
-                        w.request_started();
+                        let probe = w.probe_started();
                         actix_rt::spawn(async move {
                             let _ = addr.send(crate::actors::cache::Ping).await;
-                            w.request_finished();
+                            w.probe_finished(probe);
                         });
                     }
                 }
             });
-            hook_watchdog
-                .start_thread(hook_log.clone())
+            watchdog
+                .start_thread(log.clone())
                 .map_err(|e| crate::Error::io("start watchdog", e))?;
             Ok(())
         })
-    });
+    })
+}
+
+/// When to stop: anything readable on fd 5 (EOF above all: `postfix
+/// reload`, master exit), a failed status report, or SIGTERM (`postfix
+/// stop`). Either way the daemon saves the exchange file and flushes and
+/// closes the stores before it returns.
+fn shutdown_signal(
+    status_reader: UnixStream,
+    lost_master: Arc<tokio::sync::Notify>,
+    log: &Logger,
+) -> Result<impl std::future::Future<Output = ()>, Fatal> {
     let (eof_tx, eof_rx) = futures::channel::oneshot::channel::<()>();
     let eof_log = log.clone();
-    let spawned = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("tlsmgr-master-status".into())
         .spawn(move || {
             use std::io::Read;
             let mut r = status_reader;
             let mut b = [0u8; 1];
-            // Anything readable on fd 5, EOF above all, means: exit now.
             let _ = r.read(&mut b);
             debug!(eof_log, "master disconnect -- exiting");
             let _ = eof_tx.send(());
-        });
-    if let Err(e) = spawned {
-        return fatal(&log, format!("start status reader: {e}"));
-    }
+        })
+        .map_err(|e| fatal(log, format!("start status reader: {e}")))?;
     let term_log = log.clone();
-    let shutdown = async move {
+    Ok(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).ok();
         let sigterm = async {
@@ -323,16 +411,42 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
                 info!(term_log, "terminating on signal 15, saving state");
             }
         }
-    };
-    let mut listeners = listeners.into_iter();
-    let Some(first) = listeners.next() else {
-        return fatal(&log, "no listening socket");
-    };
+    })
+}
+
+/// Serves the listening sockets until master lets go, with live reload
+/// (main.cf read through the handle, the path decisions of pre_init
+/// re-applied) and logging that follows `syslog_name` and friends.
+fn serve(st: Startup, fds: Descriptors, pre: PreInit) -> Result<(), Fatal> {
+    let watchdog = Watchdog::new(st.cfg.daemon_timeout);
+    let lost_master = Arc::new(tokio::sync::Notify::new());
+    let observer = Arc::new(MasterObserver {
+        status: StatusChannel::new(fds.status, st.generation),
+        watchdog: watchdog.clone(),
+        lost_master: lost_master.clone(),
+    });
+    let before = before_start(&st, &pre);
+    let after = after_start(&st, &pre, watchdog);
+    let shutdown = shutdown_signal(fds.status_reader, lost_master, &st.log)?;
+    let mut listeners = fds.listeners.into_iter();
+    let first = listeners
+        .next()
+        .ok_or_else(|| fatal(&st.log, "no listening socket"))?;
+    let Startup {
+        overrides,
+        dir,
+        cfg,
+        log,
+        log_follower,
+        ..
+    } = st;
+    let policy = pre.policy;
     let opts = Options {
         config: cfg,
         listener: first,
         clock: crate::clock::system(),
         log: log.clone(),
+        #[cfg(feature = "test-hooks")]
         fault_injection: None,
         watch: Some(WatchOptions {
             sighup: true,
@@ -344,15 +458,12 @@ pub fn main(argv0: &str, argv: &[String]) -> ExitCode {
     let extras = RunExtras {
         more_listeners: listeners.collect(),
         observer: Some(observer),
-        after_start: Some(after_start),
+        before_start: Some(before),
+        after_start: Some(after),
     };
     // The exit hook (tlsmgr_before_exit, saving the exchange file) runs in
-    // the server's shutdown path, for fd 5 EOF and SIGTERM alike.
-    let result = crate::server::run_with(opts, extras, shutdown, |_| {});
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fatal(&log, e),
-    }
+    // the daemon's shutdown path, for fd 5 EOF and SIGTERM alike.
+    crate::daemon::run_with(opts, extras, shutdown, |_| {}).map_err(|e| fatal(&log, e))
 }
 
 fn startup_error(msg: String) -> crate::Error {

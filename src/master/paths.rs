@@ -7,48 +7,141 @@ use crate::store::location::Backend;
 use slog::{warn, Logger};
 use std::path::{Path, PathBuf};
 
-/// Under `-c`, the stores and the ticket key file must be reachable from
-/// inside `queue_directory`: paths below it become relative (our working
-/// directory is `queue_directory` before and `/` after the chroot, so they
-/// name the same files). Returns the paths that lie outside.
-pub(super) fn relocate_into_chroot(cfg: &mut Config) -> Vec<PathBuf> {
-    let root = cfg.queue_directory.clone();
-    let mut outside = Vec::new();
-    let mut inside = |p: &Path| -> Option<PathBuf> {
-        match p.strip_prefix(&root) {
-            Ok(rel) if p.is_absolute() => Some(rel.to_path_buf()),
-            _ if p.is_relative() => Some(p.to_path_buf()),
-            _ => {
-                outside.push(p.to_path_buf());
-                None
-            }
+/// Top-level directories of the jail that `postfix check` looks after
+/// (Postfix's own copies of system files live there); no state goes there.
+const RESERVED_IN_JAIL: [&str; 5] = ["bin", "etc", "lib", "sbin", "usr"];
+
+/// A store directory or the ticket key file under `-c`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailPath {
+    /// The path as configured.
+    pub configured: PathBuf,
+    /// The path the daemon opens, valid inside the chroot (and, when
+    /// relative, outside it too: the working directory is queue_directory
+    /// before the chroot and `/` after).
+    pub inside: PathBuf,
+    /// Where it is on disk, seen from outside the chroot.
+    pub on_disk: PathBuf,
+}
+
+/// Where `p` is kept under a chroot into `root`: a path below `root` is
+/// used as it is (relative to it); any other absolute path is kept at the
+/// same path below `root`, as Postfix's chroot setup does with `etc/`
+/// files, e.g. `/var/lib/postfix/smtp_scache.fjall` on disk at
+/// `/var/spool/postfix/var/lib/postfix/smtp_scache.fjall`. A place among
+/// the jail's system directories is refused.
+pub fn jail_path(root: &Path, p: &Path) -> Result<JailPath, String> {
+    let (inside, on_disk) = match p.strip_prefix(root) {
+        Ok(rel) if p.is_absolute() => (rel.to_path_buf(), p.to_path_buf()),
+        _ if p.is_relative() => (p.to_path_buf(), root.join(p)),
+        _ => {
+            let below = p.strip_prefix("/").unwrap_or(p);
+            (p.to_path_buf(), root.join(below))
         }
     };
-    let mut new_dirs = Vec::new();
-    for cc in cfg.caches.iter() {
-        let new = match cc.location.as_ref().map(|l| &l.backend) {
-            Some(Backend::Fjall { dir }) => inside(dir),
+    let below_root = on_disk.strip_prefix(root).unwrap_or(&on_disk);
+    let top = below_root
+        .components()
+        .find_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
             _ => None,
+        })
+        .unwrap_or_default();
+    if RESERVED_IN_JAIL.contains(&top.as_str()) {
+        return Err(format!(
+            "{} would be kept at {} inside the chroot's {}/ directory, which Postfix manages; \
+             choose a location outside {}/{}",
+            p.display(),
+            on_disk.display(),
+            top,
+            root.display(),
+            top
+        ));
+    }
+    Ok(JailPath {
+        configured: p.to_path_buf(),
+        inside,
+        on_disk,
+    })
+}
+
+/// Under `-c`, makes the stores and the ticket key file reachable from
+/// inside `queue_directory` (rule: [`jail_path`]) and rewrites `cfg` to the
+/// inside paths. Returns the paths, or what refuses them.
+pub(super) fn relocate_into_chroot(cfg: &mut Config) -> Result<Vec<JailPath>, String> {
+    let root = cfg.queue_directory.clone();
+    let mut paths = Vec::new();
+    for cc in cfg.caches.iter_mut() {
+        let Some(loc) = cc.location.as_mut() else {
+            continue;
         };
-        new_dirs.push(new);
-    }
-    let key_file = if cfg.persistent_state {
-        cfg.ticket_key_file.as_deref().map(&mut inside)
-    } else {
-        None
-    };
-    if !outside.is_empty() {
-        return outside;
-    }
-    for (cc, new) in cfg.caches.iter_mut().zip(new_dirs) {
-        if let (Some(loc), Some(dir)) = (cc.location.as_mut(), new) {
-            loc.backend = Backend::Fjall { dir };
+        if let Backend::Fjall { dir } = &loc.backend {
+            let jp = jail_path(&root, dir).map_err(|e| {
+                format!(
+                    "parameter {}_tls_session_cache_database: {e}",
+                    cc.cache_type
+                )
+            })?;
+            loc.backend = Backend::Fjall {
+                dir: jp.inside.clone(),
+            };
+            paths.push(jp);
         }
     }
-    if let Some(Some(k)) = key_file {
-        cfg.ticket_key_file = Some(k);
+    if cfg.persistent_state {
+        if let Some(k) = cfg.ticket_key_file.clone() {
+            let jp = jail_path(&root, &k)
+                .map_err(|e| format!("parameter tlsmgr_ticket_key_file: {e}"))?;
+            cfg.ticket_key_file = Some(jp.inside.clone());
+            paths.push(jp);
+        }
     }
-    outside
+    Ok(paths)
+}
+
+/// Creates, as root and before the chroot, the missing directories that
+/// hold `paths` on disk: parents root-owned 0755, the one that holds the
+/// store or key file mail_owner's 0700. Returns the directories created.
+pub(super) fn prepare_jail(
+    root: &Path,
+    paths: &[JailPath],
+    owner: Option<&MailOwner>,
+) -> Result<Vec<PathBuf>, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut created = Vec::new();
+    for jp in paths {
+        let Some(holder) = jp.on_disk.parent() else {
+            continue;
+        };
+        let Ok(below) = holder.strip_prefix(root) else {
+            continue;
+        };
+        let mut dir = root.to_path_buf();
+        let parts: Vec<_> = below.components().collect();
+        for (i, part) in parts.iter().enumerate() {
+            dir.push(part);
+            if dir.exists() {
+                continue;
+            }
+            let last = i + 1 == parts.len();
+            let mode = if last { 0o700 } else { 0o755 };
+            std::fs::DirBuilder::new()
+                .mode(mode)
+                .create(&dir)
+                .map_err(|e| format!("create {}: {e}", dir.display()))?;
+            // The mode is exact whatever the umask.
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+            if last {
+                if let Some(o) = owner {
+                    nix::unistd::chown(&dir, Some(o.uid), Some(o.gid))
+                        .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+                }
+            }
+            created.push(dir.clone());
+        }
+    }
+    Ok(created)
 }
 
 /// Applies spec §2.9 to the store directories (the check is on the
@@ -85,28 +178,29 @@ pub(super) struct PathPolicy {
 
 impl PathPolicy {
     /// Applies the start-up decisions to `cfg` and remembers them.
-    /// Returns the policy and the paths that keep a chroot from happening.
+    /// Returns the policy and, under `-c`, where the state lives; `Err`
+    /// names a location that cannot be used in the chroot.
     pub(super) fn at_start(
         cfg: &mut Config,
         owner: Option<MailOwner>,
         chroot: bool,
         log: &Logger,
-    ) -> (PathPolicy, Vec<PathBuf>) {
+    ) -> Result<(PathPolicy, Vec<JailPath>), String> {
         let as_configured = cfg.clone();
         redirect_all(cfg, owner.as_ref(), log);
-        let outside = if chroot {
-            relocate_into_chroot(cfg)
+        let jailed = if chroot {
+            relocate_into_chroot(cfg)?
         } else {
             Vec::new()
         };
         let policy = PathPolicy {
             owner,
-            chrooted: chroot && outside.is_empty(),
+            chrooted: chroot,
             as_configured,
             as_started: cfg.clone(),
             log: log.clone(),
         };
-        (policy, outside)
+        Ok((policy, jailed))
     }
 
     /// Adjusts a freshly read configuration; `Err` refuses it.
@@ -135,14 +229,20 @@ impl PathPolicy {
             cfg.ticket_key_file = start.ticket_key_file.clone();
         }
         if self.chrooted {
-            let outside = relocate_into_chroot(cfg);
-            if !outside.is_empty() {
-                let list: Vec<String> = outside.iter().map(|p| p.display().to_string()).collect();
-                return Err(format!(
-                    "{} outside the chroot {}",
-                    list.join(", "),
-                    cfg.queue_directory.display()
-                ));
+            // Paths kept from the start are inside paths already; a new one
+            // is mapped, and its directory must exist: only root could make
+            // it, and we are not root any more.
+            for jp in relocate_into_chroot(cfg)? {
+                let holder = jp.inside.parent().filter(|p| !p.as_os_str().is_empty());
+                if let Some(dir) = holder.filter(|d| !d.is_dir()) {
+                    return Err(format!(
+                        "{}: directory {} does not exist inside the chroot {} \
+                         (it is created at the next start)",
+                        jp.configured.display(),
+                        dir.display(),
+                        cfg.queue_directory.display()
+                    ));
+                }
             }
         }
         Ok(())

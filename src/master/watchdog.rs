@@ -2,14 +2,21 @@
 //! progress for `daemon_timeout`, it logs `fatal: watchdog timeout` and
 //! exits 1, so master(8) starts a fresh one.
 //!
-//! "Progress" is two things, checked by a separate OS thread that a stuck
-//! event loop cannot stop: the main event loop beats a heartbeat several
-//! times per period (a blocked actor on the main thread stops it), and a
-//! request in flight must start or finish something within the period (a
-//! request waiting forever on a cache actor's thread stops that; so does a
-//! cache actor that does not answer the periodic flush the heartbeat sends).
+//! "Progress" is checked by a separate OS thread that a stuck event loop
+//! cannot stop, and is three things:
+//! - the main event loop beats a heartbeat several times per period (a
+//!   blocked actor on the main thread stops it);
+//! - every I/O thread beats its own ([`Watchdog::register_thread`]): a
+//!   request that blocks its thread stops that thread's beat, however busy
+//!   the other threads are;
+//! - every probe must be answered within the period: the heartbeat pings
+//!   each cache actor ([`Watchdog::probe_started`]), and a store stuck in
+//!   I/O keeps its actor's thread from answering;
+//! - and, as before, a request in flight must start or finish something
+//!   within the period.
 
 use slog::{crit, Logger};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +25,11 @@ struct State {
     heartbeat: Instant,
     in_flight: usize,
     last_request_event: Instant,
+    /// Last beat of each registered I/O thread.
+    threads: Vec<Instant>,
+    /// Probes in flight, by id: when each was sent.
+    probes: HashMap<u64, Instant>,
+    next_probe: u64,
 }
 
 /// Shared progress record.
@@ -36,6 +48,9 @@ impl Watchdog {
                 heartbeat: now,
                 in_flight: 0,
                 last_request_event: now,
+                threads: Vec::new(),
+                probes: HashMap::new(),
+                next_probe: 0,
             }),
             timeout,
         })
@@ -72,8 +87,42 @@ impl Watchdog {
     /// Whether the daemon is stuck at `now`.
     pub fn stuck_at(&self, now: Instant) -> bool {
         let s = self.lock();
-        now.duration_since(s.heartbeat) >= self.timeout
-            || (s.in_flight > 0 && now.duration_since(s.last_request_event) >= self.timeout)
+        let late = |t: &Instant| now.duration_since(*t) >= self.timeout;
+        late(&s.heartbeat)
+            || (s.in_flight > 0 && late(&s.last_request_event))
+            || s.threads.iter().any(late)
+            || s.probes.values().any(late)
+    }
+
+    /// A thread whose progress counts: returns its index for
+    /// [`Watchdog::thread_beat`], which it must call every
+    /// [`Watchdog::beat_interval`].
+    pub fn register_thread(&self) -> usize {
+        let mut s = self.lock();
+        s.threads.push(Instant::now());
+        s.threads.len() - 1
+    }
+
+    /// Thread `index` made progress.
+    pub fn thread_beat(&self, index: usize) {
+        if let Some(t) = self.lock().threads.get_mut(index) {
+            *t = Instant::now();
+        }
+    }
+
+    /// Something was asked that must be answered within the period; pass
+    /// the id to [`Watchdog::probe_finished`] when it is.
+    pub fn probe_started(&self) -> u64 {
+        let mut s = self.lock();
+        let id = s.next_probe;
+        s.next_probe = s.next_probe.wrapping_add(1);
+        s.probes.insert(id, Instant::now());
+        id
+    }
+
+    /// Probe `id` was answered (or given up).
+    pub fn probe_finished(&self, id: u64) {
+        self.lock().probes.remove(&id);
     }
 
     /// Starts the checking thread: on a stall it logs and exits the process.
@@ -110,6 +159,40 @@ mod tests {
         assert!(w.stuck_at(t1 + Duration::from_secs(11)));
         w.request_finished();
         w.beat();
+        assert!(!w.stuck_at(Instant::now() + Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn one_silent_thread_or_probe_is_enough() {
+        let w = Watchdog::new(Duration::from_secs(10));
+        let a = w.register_thread();
+        let b = w.register_thread();
+        let t0 = Instant::now();
+        // Thread b and the heartbeat keep beating; thread a stopped.
+        w.beat();
+        w.thread_beat(b);
+        assert!(w.stuck_at(t0 + Duration::from_secs(11)));
+        // Busy requests elsewhere do not hide it.
+        w.request_started();
+        w.request_finished();
+        assert!(w.stuck_at(t0 + Duration::from_secs(11)));
+        w.thread_beat(a);
+        let t1 = Instant::now();
+        assert!(!w.stuck_at(t1 + Duration::from_secs(9)));
+        let p = w.probe_started();
+        let q = w.probe_started();
+        w.probe_finished(q);
+        w.beat();
+        w.thread_beat(a);
+        w.thread_beat(b);
+        assert!(
+            w.stuck_at(Instant::now() + Duration::from_secs(10)),
+            "p unanswered"
+        );
+        w.probe_finished(p);
+        w.beat();
+        w.thread_beat(a);
+        w.thread_beat(b);
         assert!(!w.stuck_at(Instant::now() + Duration::from_secs(9)));
     }
 }

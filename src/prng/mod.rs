@@ -1,8 +1,10 @@
 //! The seed generator behind the `seed` request (spec §2.5), and the PRNG
-//! manager's parts: [`source`] (the `tls_random_source` reader), [`exchange`]
-//! (the 1024-byte `tls_random_exchange_name` file) and [`schedule`] (when
-//! reseeds and exchange updates are due, sans I/O). The actor that drives
-//! them is [`crate::actors::prng`].
+//! manager's parts: [`threads`] (the central pool and the per-thread
+//! generators that serve seeds on the request's thread), [`source`] (the
+//! `tls_random_source` reader), [`exchange`] (the 1024-byte
+//! `tls_random_exchange_name` file) and [`schedule`] (when reseeds and
+//! exchange updates are due, sans I/O). The actor that drives them is
+//! `actors::prng`.
 //!
 //! # Pool design
 //!
@@ -11,8 +13,9 @@
 //! * **Output.** Seeds are ChaCha20 keystream. Recovering the key from
 //!   keystream would break ChaCha20, so no amount of output (the wire only
 //!   ever carries output) reveals the state.
-//! * **Mixing an input** (time of day at each request, entropy-source bytes,
-//!   exchange-file contents): the new key is
+//! * **Mixing an input** (entropy-source bytes, exchange-file contents; the
+//!   time of day of each request goes into the per-thread generators of
+//!   [`threads`] instead): the new key is
 //!   `SHA-256("tlsmgr pool mix v1" || 32 keystream bytes || len(input) || input)`.
 //!   The 32 keystream bytes stand for the old key, so the new key is at least
 //!   as unpredictable as the old one whatever the input is: hostile or
@@ -29,6 +32,9 @@
 pub mod exchange;
 pub mod schedule;
 pub mod source;
+pub mod threads;
+
+pub use threads::SeedPool;
 
 use crate::config::Config;
 use std::sync::Mutex;

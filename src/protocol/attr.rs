@@ -6,8 +6,6 @@
 //! once, even before the terminating NUL has arrived, and the connection is
 //! closed.
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// One attribute: name and raw (still encoded) value.
@@ -290,15 +288,16 @@ pub fn put_int(buf: &mut BytesMut, name: &str, value: i32) {
 /// Appends a data attribute: padded standard base64, no line breaks,
 /// encoded straight into `buf`.
 pub fn put_data(buf: &mut BytesMut, name: &str, value: &[u8]) {
-    let encoded_len = base64::encoded_len(value.len(), true).unwrap_or(usize::MAX);
+    let engine = base64_simd::STANDARD;
+    let encoded_len = engine.encoded_length(value.len());
     buf.reserve(name.len() + encoded_len.saturating_add(2));
     buf.put_slice(name.as_bytes());
     buf.put_u8(0);
     let start = buf.len();
     buf.resize(start + encoded_len, 0);
-    let written = STANDARD
-        .encode_slice(value, &mut buf[start..])
-        .unwrap_or_default();
+    let written = engine
+        .encode(value, base64_simd::Out::from_slice(&mut buf[start..]))
+        .len();
     buf.truncate(start + written);
     buf.put_u8(0);
 }
@@ -323,7 +322,10 @@ pub fn int_value(value: &[u8]) -> Option<i32> {
 
 /// Decodes a data value: strict padded standard base64; empty is empty data.
 pub fn data_value(value: &[u8]) -> Option<Bytes> {
-    STANDARD.decode(value).ok().map(Bytes::from)
+    base64_simd::STANDARD
+        .decode_to_vec(value)
+        .ok()
+        .map(Bytes::from)
 }
 
 #[cfg(test)]
@@ -397,6 +399,31 @@ mod tests {
         }
         assert_eq!(data_value(b"").unwrap(), Bytes::new());
         assert_eq!(data_value(b"QQ==").unwrap(), Bytes::from_static(b"A"));
+        // The SIMD decoder accepts exactly what the reference one does,
+        // non-canonical trailing bits included.
+        let reference = base64::engine::general_purpose::STANDARD;
+        for text in [
+            &b"QR=="[..],
+            b"QUI=",
+            b"QUJ=",
+            b"QUJD",
+            b"QQ=",
+            b"Q",
+            b"QUJDRA==",
+            b"QUJD RA==",
+            b"QUJD\nRA==",
+            b"QUJD-A==",
+            b"////",
+            b"____",
+        ] {
+            assert_eq!(
+                data_value(text),
+                base64::Engine::decode(&reference, text)
+                    .ok()
+                    .map(Bytes::from),
+                "{text:?}"
+            );
+        }
         for bad in [&b"QQ"[..], b"Q===", b"!!!!", b"QQ==QQ=="] {
             assert_eq!(data_value(bad), None, "{bad:?}");
         }
@@ -410,7 +437,8 @@ mod tests {
             put_int(&mut buf, "n", i32::from(n));
             put_data(&mut buf, "d", &data);
             let mut want = format!("n\0{n}\0d\0").into_bytes();
-            want.extend_from_slice(STANDARD.encode(&data).as_bytes());
+            let reference = base64::engine::general_purpose::STANDARD;
+            want.extend_from_slice(base64::Engine::encode(&reference, &data).as_bytes());
             want.push(0);
             assert_eq!(&buf[..], &want[..]);
         }

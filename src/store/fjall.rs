@@ -13,7 +13,7 @@
 //! - `by_age`: key = `stored_at` as 8 bytes big-endian ++ cache id; empty
 //!   value. Big-endian makes byte order equal time order, so a forward scan
 //!   yields the oldest entries first (ties by id) for
-//!   [`Store::sweep_before`] and [`Store::evict_oldest`].
+//!   [`Store::sweep_before`] and [`Store::evict_to`].
 //!
 //! Replacing an entry removes its old `by_age` key in the same batch. Index
 //! keys that point nowhere (left by [`Store::clear`] interrupted between its
@@ -49,18 +49,47 @@
 //! kept across restarts: it is skipped when the store is emptied at start),
 //! then updated on every change.
 //!
+//! # Threads
+//!
+//! The store is shared by every I/O thread. Reads (`get`) take no lock of
+//! ours: fjall's keyspaces are `Sync` and a batch commit is atomic for
+//! readers. Every change (put, delete, sweep, eviction, clear) runs under
+//! one writer mutex, because each is a read-modify-write of the two
+//! keyspaces, the entry count and the sweep cursor: two unserialized puts of
+//! one id could both see it absent, count it twice and leave an index key
+//! behind. The lock is held for a lookup and one batch commit (a `write(2)`
+//! to the journal), never across an fsync.
+//!
+//! # Memtable rotation
+//!
+//! fjall rotates a memtable (and queues its flush) when a commit finds it
+//! over its size limit, by sending a message to its worker on a bounded
+//! channel; every commit past the limit sends another until the worker has
+//! rotated. Under a fast write load that floods the channel, and the worker,
+//! which sends its own flush message on the same channel, then blocks on
+//! it for good (fjall-rs/fjall#323): no memtable is flushed any more, and
+//! memory and the journal grow without bound. So we rotate ourselves: the
+//! writer counts the bytes it committed to each keyspace and rotates it
+//! once past [`OpenOptions::write_buffer_bytes`]'s share, one request per
+//! memtable, and fjall's own limit is set far above ours as a backstop.
+//!
 //! # Durability
 //!
-//! Writes go to the journal and the OS page cache but are not fsynced (a
-//! lost session only costs a full TLS handshake); [`Store::flush`] syncs
-//! everything and is called at shutdown.
+//! Every committed batch is written to the journal file before the call
+//! returns (fjall's default, `manual_journal_persist = false`), so an update
+//! acknowledged to a client survives a crash or `kill -9` of the process. It
+//! is not fsynced: a power loss or kernel crash can lose what was written
+//! since the last [`Store::flush`], which the cache actor calls every
+//! `tlsmgr_session_cache_sync_interval` and at shutdown. A lost session only
+//! costs one full TLS handshake.
 
-use super::location::MAX_CACHE_ID_LEN;
-use super::{Entry, Store, StoreError, StoreStats, SweepStep};
+use super::{Entry, OpenOptions, PutOutcome, Store, StoreError, StoreStats, SweepStep};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::collections::HashSet;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long to sleep between attempts to take a locked database.
@@ -72,13 +101,15 @@ const SESSION_KEY_TAG: u8 = b's';
 /// Bytes of the big-endian timestamp at the start of a record and an index key.
 const TS_LEN: usize = 8;
 
+/// fjall's key size limit; an index key adds the timestamp to the id.
+const MAX_KEY_LEN: usize = u16::MAX as usize;
+
 /// fjall's value size limit is `u32::MAX` bytes; the record adds the timestamp.
 const MAX_SESSION_LEN: usize = u32::MAX as usize - TS_LEN;
 
 // fjall configuration for a small cache: one database per cache type, three
-// at most per process, each holding at most some tens of MiB.
-/// Block cache per database (fjall's default is 32 MiB).
-const BLOCK_CACHE_BYTES: u64 = 4 * 1024 * 1024;
+// at most per process, each holding at most some tens of MiB. The block
+// cache and the write buffer are parameters (`OpenOptions`).
 /// Background flush/compaction threads per database (default: up to 4).
 const WORKER_THREADS: usize = 1;
 /// Open table files kept per database (default 900, too many for three
@@ -86,36 +117,12 @@ const WORKER_THREADS: usize = 1;
 const MAX_CACHED_FILES: usize = 64;
 /// Journal size bound; fjall's minimum (default 512 MiB).
 const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
-/// Memtable size of `sessions` before it is written out as a table
-/// (default 64 MiB).
-const SESSIONS_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
-/// Memtable size of `by_age`, whose keys are small and values empty.
-const BY_AGE_MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
+
+/// fjall's memtable limit, as a multiple of ours.
+const FJALL_ROTATION_BACKSTOP: u64 = 4;
 
 /// fjall's marker files; a non-empty directory with neither is not ours.
 const FJALL_MARKERS: [&str; 2] = ["version", "lock"];
-
-/// How to open a [`FjallStore`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenOptions {
-    /// Remove every entry after opening, as Postfix does with every cache at
-    /// every start.
-    pub empty_on_start: bool,
-    /// How long to wait for a database still locked by another process (a
-    /// previous tlsmgr finishing its exit during a restart). Zero means one
-    /// attempt; fjall itself retries a lock for about 200 ms per attempt.
-    pub lock_wait: Duration,
-}
-
-impl Default for OpenOptions {
-    /// Postfix's behaviour: empty at start, no waiting for a lock.
-    fn default() -> Self {
-        OpenOptions {
-            empty_on_start: true,
-            lock_wait: Duration::ZERO,
-        }
-    }
-}
 
 /// A session cache in a fjall database directory.
 pub struct FjallStore {
@@ -124,18 +131,30 @@ pub struct FjallStore {
     db: Database,
     sessions: Keyspace,
     by_age: Keyspace,
-    /// Exact number of records in `sessions`.
-    len: u64,
+    /// Exact number of records in `sessions`; changed only under `writer`.
+    len: AtomicU64,
+    /// Serializes changes (see "Threads" above).
+    writer: Mutex<Writer>,
+}
+
+/// What only a writer touches.
+#[derive(Debug, Default)]
+struct Writer {
     /// No `by_age` key sorts before this (see "Sweep cursor" above); empty:
     /// no bound known.
     scan_from: Vec<u8>,
+    /// Bytes committed to `sessions` and `by_age` since their memtables
+    /// were last rotated (see "Memtable rotation").
+    unrotated: [u64; 2],
+    /// When to rotate each.
+    rotate_at: [u64; 2],
 }
 
 impl std::fmt::Debug for FjallStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FjallStore")
             .field("path", &self.path)
-            .field("len", &self.len)
+            .field("len", &self.len())
             .finish_non_exhaustive()
     }
 }
@@ -224,34 +243,43 @@ fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
 
 impl FjallStore {
     /// Opens (creating if needed) the store in directory `dir`. See
-    /// [`OpenOptions`] for clearing and lock waiting; a database still locked
-    /// after `lock_wait` gives [`StoreError::Locked`].
+    /// [`OpenOptions`] for clearing, lock waiting and sizes; a database still
+    /// locked after `lock_wait` gives [`StoreError::Locked`].
     pub fn open(dir: &Path, opts: OpenOptions) -> Result<FjallStore, StoreError> {
         prepare_dir(dir)?;
-        let db = open_db_waiting(dir, opts.lock_wait)?;
+        let db = open_db_waiting(dir, &opts)?;
         let err = |e| map_err(dir, e);
+        // Most of the write buffer goes to the sessions; the age index has
+        // small keys and empty values.
+        let sessions_memtable = (opts.write_buffer_bytes / 4 * 3).max(1024 * 1024);
+        let by_age_memtable = (opts.write_buffer_bytes / 4).max(256 * 1024);
+        // fjall's own rotation is only a backstop (see "Memtable rotation").
+        let backstop = |ours: u64| ours.saturating_mul(FJALL_ROTATION_BACKSTOP);
         let sessions = db
             .keyspace("sessions", || {
-                KeyspaceCreateOptions::default().max_memtable_size(SESSIONS_MEMTABLE_BYTES)
+                KeyspaceCreateOptions::default().max_memtable_size(backstop(sessions_memtable))
             })
             .map_err(err)?;
         let by_age = db
             .keyspace("by_age", || {
-                KeyspaceCreateOptions::default().max_memtable_size(BY_AGE_MEMTABLE_BYTES)
+                KeyspaceCreateOptions::default().max_memtable_size(backstop(by_age_memtable))
             })
             .map_err(err)?;
-        let mut store = FjallStore {
+        let store = FjallStore {
             path: dir.to_path_buf(),
             db,
             sessions,
             by_age,
-            len: 0,
-            scan_from: Vec::new(),
+            len: AtomicU64::new(0),
+            writer: Mutex::new(Writer {
+                rotate_at: [sessions_memtable, by_age_memtable],
+                ..Writer::default()
+            }),
         };
         if opts.empty_on_start {
             store.clear()?;
         } else {
-            store.len = store.count_sessions()?;
+            store.len.store(store.count_sessions()?, Ordering::Relaxed);
         }
         Ok(store)
     }
@@ -261,8 +289,23 @@ impl FjallStore {
         &self.path
     }
 
+    /// Bytes held in memtables, active and sealed (memory the store uses
+    /// beyond its block cache; bounded by about twice
+    /// [`OpenOptions::write_buffer_bytes`] while flushes keep up).
+    pub fn memtable_bytes(&self) -> u64 {
+        self.db.write_buffer_size()
+    }
+
     fn err(&self, e: fjall::Error) -> StoreError {
         map_err(&self.path, e)
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        // The writer state is only a cursor, which is valid (if not tight)
+        // whatever a panicking writer left behind.
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn count_sessions(&self) -> Result<u64, StoreError> {
@@ -298,9 +341,10 @@ impl FjallStore {
     /// the end), removing every key it meets and the entries they index,
     /// until `enough(removed_entries, examined_keys)`, asked before each key,
     /// says stop. Returns the entries removed and whether it stopped with
-    /// keys left in range.
+    /// keys left in range. The caller holds the writer lock.
     fn remove_oldest(
-        &mut self,
+        &self,
+        w: &mut Writer,
         end: Option<[u8; TS_LEN]>,
         enough: impl Fn(u64, usize) -> bool,
     ) -> Result<(u64, bool), StoreError> {
@@ -310,9 +354,9 @@ impl FjallStore {
         // Two index keys can point at one malformed record; count it once.
         let mut removed_keys = HashSet::new();
         // Start at the cursor: every key before it is gone already.
-        let start = Bound::Included(self.scan_from.as_slice());
+        let start = Bound::Included(w.scan_from.as_slice());
         let iter = match &end {
-            Some(end) if end.as_slice() <= self.scan_from.as_slice() => {
+            Some(end) if end.as_slice() <= w.scan_from.as_slice() => {
                 return Ok((0, false));
             }
             Some(end) => self
@@ -321,6 +365,7 @@ impl FjallStore {
             None => self.by_age.range::<&[u8], _>((start, Bound::Unbounded)),
         };
         let mut last_removed = None;
+        let mut tombstone_bytes = [0u64; 2];
         for (examined, guard) in iter.enumerate() {
             if enough(removed, examined) {
                 stopped_early = true;
@@ -329,26 +374,70 @@ impl FjallStore {
             let akey = guard.key().map_err(|e| self.err(e))?;
             if let IndexTarget::Entry(skey) = self.target_of(&akey)? {
                 if removed_keys.insert(skey.clone()) {
+                    tombstone_bytes[0] += skey.len() as u64;
                     batch.remove(&self.sessions, skey);
                     removed += 1;
                 }
             }
+            tombstone_bytes[1] += akey.len() as u64;
             batch.remove(&self.by_age, akey.clone());
             last_removed = Some(akey);
         }
         batch.commit().map_err(|e| self.err(e))?;
-        self.len = self.len.saturating_sub(removed);
+        self.sub_len(removed);
+        self.committed(w, 0, tombstone_bytes[0])?;
+        self.committed(w, 1, tombstone_bytes[1])?;
         // Every key from the cursor up to the last one removed is gone; one
         // that ran to `end` removed every key before it too.
         if let Some(last) = last_removed {
-            self.advance_cursor(successor(&last));
+            w.advance_cursor(successor(&last));
         }
         if let (Some(end), false) = (end, stopped_early) {
-            self.advance_cursor(end.to_vec());
+            w.advance_cursor(end.to_vec());
         }
         Ok((removed, stopped_early))
     }
 
+    /// Evicts oldest entries until at most `max_entries` remain. The caller
+    /// holds the writer lock.
+    fn evict_locked(&self, w: &mut Writer, max_entries: u64) -> Result<u64, StoreError> {
+        let excess = self.len().saturating_sub(max_entries);
+        if excess == 0 {
+            return Ok(0);
+        }
+        let (removed, _) = self.remove_oldest(w, None, |removed, _| removed >= excess)?;
+        Ok(removed)
+    }
+
+    /// Counts `bytes` committed to `sessions` (`which` 0) or `by_age` (1)
+    /// and rotates its memtable once past the limit. The caller holds the
+    /// writer lock, so one rotation is asked per memtable.
+    fn committed(&self, w: &mut Writer, which: usize, bytes: u64) -> Result<(), StoreError> {
+        w.unrotated[which] = w.unrotated[which].saturating_add(bytes);
+        if w.unrotated[which] < w.rotate_at[which] {
+            return Ok(());
+        }
+        w.unrotated[which] = 0;
+        let keyspace = if which == 0 {
+            &self.sessions
+        } else {
+            &self.by_age
+        };
+        keyspace
+            .rotate_memtable()
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    fn sub_len(&self, n: u64) {
+        // Only writers change the count, one at a time: load and store
+        // cannot interleave with another change.
+        let len = self.len.load(Ordering::Relaxed);
+        self.len.store(len.saturating_sub(n), Ordering::Relaxed);
+    }
+}
+
+impl Writer {
     /// Moves the cursor forward to `to` (never back: see "Sweep cursor").
     fn advance_cursor(&mut self, to: Vec<u8>) {
         if to > self.scan_from {
@@ -366,12 +455,12 @@ fn successor(key: &[u8]) -> Vec<u8> {
 }
 
 /// Opens the database, retrying every [`LOCK_RETRY_INTERVAL`] while another
-/// process holds its lock, until `lock_wait` has passed.
-fn open_db_waiting(dir: &Path, lock_wait: Duration) -> Result<Database, StoreError> {
+/// process holds its lock, until `opts.lock_wait` has passed.
+fn open_db_waiting(dir: &Path, opts: &OpenOptions) -> Result<Database, StoreError> {
     let start = Instant::now();
     loop {
         let result = Database::builder(dir)
-            .cache_size(BLOCK_CACHE_BYTES)
+            .cache_size(opts.block_cache_bytes)
             .worker_threads(WORKER_THREADS)
             .max_cached_files(Some(MAX_CACHED_FILES))
             .max_journaling_size(MAX_JOURNAL_BYTES)
@@ -380,12 +469,12 @@ fn open_db_waiting(dir: &Path, lock_wait: Duration) -> Result<Database, StoreErr
             Ok(db) => return Ok(db),
             Err(fjall::Error::Locked) => {
                 let waited = start.elapsed();
-                if waited >= lock_wait {
+                if waited >= opts.lock_wait {
                     return Err(StoreError::Locked {
                         path: dir.to_path_buf(),
                     });
                 }
-                std::thread::sleep(LOCK_RETRY_INTERVAL.min(lock_wait - waited));
+                std::thread::sleep(LOCK_RETRY_INTERVAL.min(opts.lock_wait - waited));
             }
             Err(e) => return Err(map_err(dir, e)),
         }
@@ -409,9 +498,15 @@ fn map_err(path: &Path, e: fjall::Error) -> StoreError {
     }
 }
 
+/// True when `id` is too long for fjall's keys (the cache's own, much lower
+/// limit normally keeps such ids away).
+fn id_too_long(id: &[u8]) -> bool {
+    TS_LEN + id.len() > MAX_KEY_LEN
+}
+
 impl Store for FjallStore {
-    fn get(&mut self, id: &[u8]) -> Result<Option<Entry>, StoreError> {
-        if id.len() > MAX_CACHE_ID_LEN {
+    fn get(&self, id: &[u8]) -> Result<Option<Entry>, StoreError> {
+        if id_too_long(id) {
             return Ok(None);
         }
         match self.raw_get(&session_key(id))? {
@@ -420,15 +515,11 @@ impl Store for FjallStore {
         }
     }
 
-    fn put(&mut self, id: &[u8], entry: &Entry) -> Result<(), StoreError> {
-        if id.len() > MAX_CACHE_ID_LEN {
+    fn put(&self, id: &[u8], entry: &Entry, max_entries: u64) -> Result<PutOutcome, StoreError> {
+        if id_too_long(id) {
             return Err(StoreError::Backend {
                 path: self.path.clone(),
-                message: format!(
-                    "cache id of {} bytes is longer than the limit of {} bytes",
-                    id.len(),
-                    MAX_CACHE_ID_LEN
-                ),
+                message: format!("cache id of {} bytes is too long to store", id.len()),
             });
         }
         if entry.session.len() > MAX_SESSION_LEN {
@@ -441,7 +532,22 @@ impl Store for FjallStore {
             });
         }
         let skey = session_key(id);
+        let mut w = self.writer();
         let old = self.raw_get(&skey)?;
+        let inserted = old.is_none();
+        // Make room first, so the count never exceeds the bound. The entry
+        // being replaced is not evicted: a replacement adds nothing.
+        let evicted = match max_entries {
+            0 => 0,
+            max if inserted => self.evict_locked(&mut w, max - 1)?,
+            max => self.evict_locked(&mut w, max)?,
+        };
+        // Eviction may have removed the old entry (it was among the oldest).
+        let old = if evicted > 0 && !inserted {
+            self.raw_get(&skey)?
+        } else {
+            old
+        };
         let mut batch = self.db.batch();
         if let Some((old_ts, _)) = old.as_deref().and_then(split_ts) {
             // Same timestamp: the insert below rewrites the same index key;
@@ -453,23 +559,31 @@ impl Store for FjallStore {
         let akey = age_key(entry.stored_at, id);
         // An index key before the cursor (an older time than everything
         // swept): scans must start at it again.
-        if akey < self.scan_from {
-            self.scan_from.clone_from(&akey);
+        if akey < w.scan_from {
+            w.scan_from.clone_from(&akey);
         }
-        batch.insert(&self.sessions, skey, encode_record(entry));
+        let (record, akey_len) = (encode_record(entry), akey.len() as u64);
+        let session_bytes = (skey.len() + record.len()) as u64;
+        batch.insert(&self.sessions, skey, record);
         batch.insert(&self.by_age, akey, Vec::new());
         batch.commit().map_err(|e| self.err(e))?;
         if old.is_none() {
-            self.len += 1;
+            self.len.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(())
+        self.committed(&mut w, 0, session_bytes)?;
+        self.committed(&mut w, 1, akey_len)?;
+        Ok(PutOutcome {
+            inserted: old.is_none(),
+            evicted,
+        })
     }
 
-    fn delete(&mut self, id: &[u8]) -> Result<bool, StoreError> {
-        if id.len() > MAX_CACHE_ID_LEN {
+    fn delete(&self, id: &[u8]) -> Result<bool, StoreError> {
+        if id_too_long(id) {
             return Ok(false);
         }
         let skey = session_key(id);
+        let mut w = self.writer();
         let Some(old) = self.raw_get(&skey)? else {
             return Ok(false);
         };
@@ -477,31 +591,38 @@ impl Store for FjallStore {
         if let Some((old_ts, _)) = split_ts(&old) {
             batch.remove(&self.by_age, age_key(old_ts, id));
         }
+        let skey_len = skey.len() as u64;
         batch.remove(&self.sessions, skey);
         batch.commit().map_err(|e| self.err(e))?;
-        self.len = self.len.saturating_sub(1);
+        self.sub_len(1);
+        // Tombstones fill memtables too.
+        self.committed(&mut w, 0, skey_len)?;
+        self.committed(&mut w, 1, TS_LEN as u64 + id.len() as u64)?;
         Ok(true)
     }
 
-    fn sweep_before(&mut self, cutoff: u64, limit: usize) -> Result<SweepStep, StoreError> {
+    fn sweep_before(&self, cutoff: u64, limit: usize) -> Result<SweepStep, StoreError> {
         // Every examined index key is removed, so bounding examined keys
         // bounds the work even if dangling keys pile up; without those (the
         // normal case) examined == removed.
+        let mut w = self.writer();
         let (removed, more) =
-            self.remove_oldest(Some(cutoff.to_be_bytes()), |_, examined| examined >= limit)?;
+            self.remove_oldest(&mut w, Some(cutoff.to_be_bytes()), |_, examined| {
+                examined >= limit
+            })?;
         Ok(SweepStep {
             removed: usize::try_from(removed).unwrap_or(usize::MAX),
             more,
         })
     }
 
-    fn evict_oldest(&mut self, n: u64) -> Result<u64, StoreError> {
-        let (removed, _) = self.remove_oldest(None, |removed, _| removed >= n)?;
-        Ok(removed)
+    fn evict_to(&self, max_entries: u64) -> Result<u64, StoreError> {
+        let mut w = self.writer();
+        self.evict_locked(&mut w, max_entries)
     }
 
     fn len(&self) -> u64 {
-        self.len
+        self.len.load(Ordering::Relaxed)
     }
 
     fn stats(&self) -> StoreStats {
@@ -510,22 +631,23 @@ impl Store for FjallStore {
             .disk_space()
             .unwrap_or_else(|_| self.sessions.disk_space() + self.by_age.disk_space());
         StoreStats {
-            entries: self.len,
+            entries: self.len(),
             bytes,
         }
     }
 
-    fn clear(&mut self) -> Result<(), StoreError> {
+    fn clear(&self) -> Result<(), StoreError> {
+        let mut w = self.writer();
         // `sessions` first: if we stop in between, only dangling index keys
         // remain, which scans tolerate; unindexed sessions would never expire.
         self.sessions.clear().map_err(|e| self.err(e))?;
-        self.len = 0;
+        self.len.store(0, Ordering::Relaxed);
         self.by_age.clear().map_err(|e| self.err(e))?;
-        self.scan_from.clear();
+        w.scan_from.clear();
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), StoreError> {
+    fn flush(&self) -> Result<(), StoreError> {
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(|e| self.err(e))
@@ -548,7 +670,7 @@ mod tests {
     fn keep() -> OpenOptions {
         OpenOptions {
             empty_on_start: false,
-            lock_wait: Duration::ZERO,
+            ..OpenOptions::default()
         }
     }
 
@@ -578,12 +700,12 @@ mod tests {
     #[test]
     fn malformed_record_is_reported_then_deleted_by_the_caller() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut s = open_in(&tmp);
-        s.put(b"ok", &entry(1, b"x")).unwrap();
+        let s = open_in(&tmp);
+        s.put(b"ok", &entry(1, b"x"), 0).unwrap();
         s.sessions
             .insert(session_key(b"bad"), b"short".to_vec())
             .unwrap();
-        s.len += 1; // as counted at open
+        s.len.fetch_add(1, Ordering::Relaxed); // as counted at open
         assert!(matches!(s.get(b"bad"), Err(StoreError::Malformed(_))));
         assert!(s.delete(b"bad").unwrap());
         assert_eq!(s.get(b"bad").unwrap(), None);
@@ -594,23 +716,23 @@ mod tests {
     #[test]
     fn every_change_keeps_one_index_key_per_entry() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut s = open_in(&tmp);
+        let s = open_in(&tmp);
         let check = |s: &FjallStore| {
             assert_eq!(s.by_age.iter().count() as u64, s.len());
             assert_eq!(s.count_sessions().unwrap(), s.len());
         };
-        s.put(b"a", &entry(1, b"1")).unwrap();
-        s.put(b"a", &entry(2, b"2")).unwrap();
+        s.put(b"a", &entry(1, b"1"), 0).unwrap();
+        s.put(b"a", &entry(2, b"2"), 0).unwrap();
         check(&s);
-        s.put(b"a", &entry(2, b"3")).unwrap();
-        s.put(b"b", &entry(1, b"")).unwrap();
+        s.put(b"a", &entry(2, b"3"), 0).unwrap();
+        s.put(b"b", &entry(1, b""), 0).unwrap();
         check(&s);
         s.delete(b"a").unwrap();
         check(&s);
-        s.put(b"c", &entry(0, b"")).unwrap();
+        s.put(b"c", &entry(0, b""), 0).unwrap();
         s.sweep_before(1, 1).unwrap();
         check(&s);
-        s.evict_oldest(1).unwrap();
+        s.evict_to(s.len() - 1).unwrap();
         check(&s);
         assert!(s.is_empty());
     }
@@ -618,18 +740,18 @@ mod tests {
     #[test]
     fn dangling_index_keys_are_dropped_without_counting() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut s = open_in(&tmp);
+        let s = open_in(&tmp);
         // Index keys with no record, with a record of another time, and too
         // short to hold a timestamp.
         s.by_age.insert(age_key(1, b"ghost"), Vec::new()).unwrap();
-        s.put(b"moved", &entry(50, b"m")).unwrap();
+        s.put(b"moved", &entry(50, b"m"), 0).unwrap();
         s.by_age.insert(age_key(2, b"moved"), Vec::new()).unwrap();
         s.by_age.insert(b"\0".to_vec(), Vec::new()).unwrap();
-        s.put(b"a", &entry(10, b"a")).unwrap();
-        s.put(b"b", &entry(20, b"b")).unwrap();
+        s.put(b"a", &entry(10, b"a"), 0).unwrap();
+        s.put(b"b", &entry(20, b"b"), 0).unwrap();
         assert_eq!(s.len(), 3);
         // The three dangling keys sort first; eviction skips them.
-        assert_eq!(s.evict_oldest(1).unwrap(), 1);
+        assert_eq!(s.evict_to(s.len() - 1).unwrap(), 1);
         assert_eq!(s.get(b"a").unwrap(), None);
         assert_eq!(s.len(), 2);
         assert_eq!(s.by_age.iter().count(), 2);
@@ -639,12 +761,12 @@ mod tests {
     #[test]
     fn malformed_record_met_by_a_scan_is_removed_once() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut s = open_in(&tmp);
+        let s = open_in(&tmp);
         s.sessions.insert(session_key(b"bad"), vec![1, 2]).unwrap();
         s.by_age.insert(age_key(1, b"bad"), Vec::new()).unwrap();
         s.by_age.insert(age_key(2, b"bad"), Vec::new()).unwrap();
-        s.len += 1; // as counted at open
-        s.put(b"good", &entry(3, b"")).unwrap();
+        s.len.fetch_add(1, Ordering::Relaxed); // as counted at open
+        s.put(b"good", &entry(3, b""), 0).unwrap();
         let step = s.sweep_before(10, 10).unwrap();
         assert_eq!(
             step,
@@ -660,11 +782,11 @@ mod tests {
     #[test]
     fn sweep_work_is_bounded_by_dangling_keys_too() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut s = open_in(&tmp);
+        let s = open_in(&tmp);
         for i in 0..5u8 {
             s.by_age.insert(age_key(1, &[i]), Vec::new()).unwrap();
         }
-        s.put(b"real", &entry(2, b"")).unwrap();
+        s.put(b"real", &entry(2, b""), 0).unwrap();
         let step = s.sweep_before(10, 3).unwrap();
         assert_eq!(
             step,
@@ -718,8 +840,8 @@ mod tests {
     #[test]
     fn an_existing_empty_directory_is_used() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut s = FjallStore::open(tmp.path(), keep()).unwrap();
-        s.put(b"a", &entry(1, b"")).unwrap();
+        let s = FjallStore::open(tmp.path(), keep()).unwrap();
+        s.put(b"a", &entry(1, b""), 0).unwrap();
         drop(s);
         let s = FjallStore::open(tmp.path(), keep()).unwrap();
         assert_eq!(s.len(), 1);
@@ -728,8 +850,8 @@ mod tests {
     #[test]
     fn flush_and_stats() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut s = open_in(&tmp);
-        s.put(b"a", &entry(1, &[7; 1000])).unwrap();
+        let s = open_in(&tmp);
+        s.put(b"a", &entry(1, &[7; 1000]), 0).unwrap();
         s.flush().unwrap();
         let st = s.stats();
         assert_eq!(st.entries, 1);

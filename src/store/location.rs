@@ -31,17 +31,11 @@
 //!   locations are one and the same (paths are compared after making them
 //!   absolute, without resolving symbolic links or `..`).
 
-use super::fjall::{FjallStore, OpenOptions};
+use super::fjall::FjallStore;
 use super::memory::MemoryStore;
-use super::{Store, StoreError};
+use super::{OpenOptions, Store, StoreError};
 use std::fmt;
 use std::path::{Path, PathBuf};
-
-/// The longest cache id a store accepts, in bytes. Postfix's ids are well
-/// under 1 KiB (a hex session id plus service name and version, or a
-/// next-hop description plus a SHA-256 hex digest); the bound keeps fjall
-/// keys (`8 + id` bytes in the age index) far below fjall's 64 KiB key limit.
-pub const MAX_CACHE_ID_LEN: usize = 16 * 1024;
 
 /// The suffix appended to the path of a Postfix file map type (`btree:PATH`
 /// → directory `PATH.fjall`).

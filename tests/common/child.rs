@@ -20,7 +20,7 @@ pub struct MasterChild {
     pub root: PathBuf,
     pub socket: PathBuf,
     pub status: Option<UnixStream>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 /// A scratch instance: config/, queue/private/, data/ (postfix-owned).
@@ -73,6 +73,8 @@ impl MasterChild {
     ) -> MasterChild {
         let root = dir.path().to_path_buf();
         let socket = root.join("queue/private/tlsmgr");
+        // Left by a child that ran in this instance before.
+        let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket).unwrap();
         let (status_ours, status_child) = UnixStream::pair().unwrap();
         let (flow_r, flow_w) = std::io::pipe().unwrap();
@@ -117,7 +119,7 @@ impl MasterChild {
             root,
             socket,
             status: Some(status_ours),
-            _dir: dir,
+            dir: Some(dir),
         }
     }
 
@@ -170,10 +172,25 @@ impl MasterChild {
         !matches!(s.read(&mut b), Ok(n) if n > 0)
     }
 
+    /// Reads (and drops) every status record from now on, on a thread of
+    /// its own, as master does: under heavy traffic the records would
+    /// otherwise fill the socket buffer and block the daemon.
+    pub fn drain_status(&mut self) {
+        let mut s = self.status.as_ref().unwrap().try_clone().unwrap();
+        s.set_read_timeout(None).unwrap();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while matches!(s.read(&mut chunk), Ok(n) if n > 0) {}
+        });
+    }
+
     /// Closes the status channel as master does on reload; returns the exit
     /// status and stderr.
     pub fn close_status(&mut self) -> (ExitStatus, String) {
-        self.status.take();
+        // Shut down, not just closed: a drain thread may hold a clone.
+        if let Some(s) = self.status.take() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
         self.wait(Duration::from_secs(20))
     }
 
@@ -195,6 +212,14 @@ impl MasterChild {
             let _ = e.read_to_string(&mut err);
         }
         (st, err)
+    }
+
+    /// The instance directory, to start another child in it once this one
+    /// has exited (it is killed if it still runs).
+    pub fn take_dir(&mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.dir.take().expect("directory already taken")
     }
 
     pub fn pid(&self) -> u32 {

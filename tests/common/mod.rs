@@ -10,9 +10,9 @@ use std::time::Duration;
 use tlsmgr::client::Client;
 use tlsmgr::clock::ManualClock;
 use tlsmgr::config::Config;
+use tlsmgr::daemon::{self, DaemonHandle, Options};
 use tlsmgr::logging::MemoryLog;
 use tlsmgr::protocol::{Reply, Request, Status};
-use tlsmgr::server::{self, DaemonHandle, Options};
 
 /// A clock start well past the epoch, so `now - timeout` never saturates.
 pub const T0: u64 = 1_700_000_000;
@@ -28,6 +28,8 @@ pub struct TestDaemon {
     extra: String,
     /// Watch main.cf and apply edits live.
     pub watch: bool,
+    /// The watcher's quiet period, when not the default.
+    debounce: Option<Duration>,
 }
 
 /// main.cf for a test directory: both server and client caches on fjall.
@@ -57,7 +59,22 @@ impl TestDaemon {
         Self::start_opts(extra, true, |_| {})
     }
 
+    /// A watched daemon with a shorter (or longer) quiet period before a
+    /// reload, for tests that make many edits.
+    pub fn start_watched_debounce(extra: &str, debounce: Duration) -> TestDaemon {
+        Self::start_full(extra, true, Some(debounce), |_| {})
+    }
+
     fn start_opts(extra: &str, watch: bool, setup: impl FnOnce(&Path)) -> TestDaemon {
+        Self::start_full(extra, watch, None, setup)
+    }
+
+    fn start_full(
+        extra: &str,
+        watch: bool,
+        debounce: Option<Duration>,
+        setup: impl FnOnce(&Path),
+    ) -> TestDaemon {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -72,6 +89,7 @@ impl TestDaemon {
             handle: None,
             extra: extra.to_string(),
             watch,
+            debounce,
         };
         d.boot();
         d
@@ -87,7 +105,7 @@ impl TestDaemon {
         let config = self.config();
         let _ = std::fs::remove_file(&self.socket);
         let listener = std::os::unix::net::UnixListener::bind(&self.socket).unwrap();
-        let handle = server::spawn(Options {
+        let handle = daemon::spawn(Options {
             config,
             listener,
             clock: self.clock.clone(),
@@ -95,7 +113,11 @@ impl TestDaemon {
             fault_injection: Some(self.faults.clone()),
             watch: self.watch.then(|| {
                 let dir = tlsmgr::config::dir::ConfigDir::open(&self.dir).unwrap();
-                tlsmgr::actors::watcher::WatchOptions::new(dir, Vec::new())
+                let mut w = tlsmgr::actors::watcher::WatchOptions::new(dir, Vec::new());
+                if let Some(d) = self.debounce {
+                    w.debounce = d;
+                }
+                w
             }),
         })
         .unwrap();
@@ -130,7 +152,7 @@ impl TestDaemon {
         Client::connect(&self.socket, Duration::from_secs(10)).unwrap()
     }
 
-    pub fn services(&self) -> &tlsmgr::server::Services {
+    pub fn services(&self) -> &tlsmgr::daemon::Services {
         &self.handle.as_ref().unwrap().services
     }
 }

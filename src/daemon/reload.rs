@@ -6,27 +6,28 @@
 //! threads (`tlsmgr_io_threads`) see one cache set or the other, and
 //! `policy` answers from the cache set alone. Then, per cache:
 //!
-//! - same database: the actor stays; new limits (timeout, maximum entries,
-//!   cache logging) are sent with [`SetLimits`] and apply from the next
-//!   request (a lower bound evicts at once);
+//! - same database: the cache stays; new limits (timeout, maximum entries,
+//!   cache logging) and sync interval go to its actor ([`Reconfigure`]),
+//!   which puts them in force for the next request (a lower bound evicts at
+//!   once) and restarts its timers;
 //! - database changed, enabled or disabled: the new store is opened by a new
-//!   actor on its own arbiter *before* the old one is closed; the old actor
-//!   first answers everything already queued for it ([`Flush`] is queued
-//!   behind those requests), then its arbiter stops, which closes the store.
+//!   actor on its own arbiter, and the new cache is in the set only once it
+//!   has been tried ([`Ping`]), *before* the old one is closed; requests on
+//!   another thread may still be using the old store for a moment, so the
+//!   old actor's arbiter is stopped (flush and close, in its `stopped`)
+//!   after the swap.
 //!
-//! The expiry actor is rescheduled with the new timeouts, and the PRNG actor
-//! is handed the new snapshot ([`ConfigChanged`]) to apply its own settings.
+//! The ticket and PRNG actors are handed the new snapshot
+//! ([`ConfigChanged`]) to apply their own settings.
 
-use crate::actors::cache::{CacheActor, CacheLimits, Flush, SetLimits};
-use crate::actors::expiry::Reschedule;
+use crate::actors::cache::{CacheActor, Ping, Reconfigure};
 use crate::actors::{CacheSet, ConfigChanged, RunningCache};
+use crate::cache::{Cache, CacheLimits};
 use crate::clock::SharedClock;
 use crate::config::{CacheConfig, Config};
 use crate::protocol::CacheType;
-use crate::store::fjall::OpenOptions;
 use actix::prelude::*;
 use slog::{info, Logger};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::Services;
@@ -35,7 +36,8 @@ use super::Services;
 pub struct CacheRuntime {
     clock: SharedClock,
     log: Logger,
-    faults: Option<[Arc<AtomicBool>; 3]>,
+    #[cfg(feature = "test-hooks")]
+    faults: Option<super::FaultFlags>,
     arbiters: Mutex<[Option<Arbiter>; 3]>,
 }
 
@@ -49,13 +51,21 @@ fn limits_of(cc: &CacheConfig, cfg: &Config) -> CacheLimits {
 
 impl CacheRuntime {
     /// A runtime with no caches started.
-    pub fn new(clock: SharedClock, log: Logger, faults: Option<[Arc<AtomicBool>; 3]>) -> Self {
+    pub fn new(clock: SharedClock, log: Logger) -> Self {
         CacheRuntime {
             clock,
             log,
-            faults,
+            #[cfg(feature = "test-hooks")]
+            faults: None,
             arbiters: Mutex::new(Default::default()),
         }
+    }
+
+    /// Test hook: the caches started from now on fail while their flag is set.
+    #[cfg(feature = "test-hooks")]
+    pub fn with_faults(mut self, faults: Option<super::FaultFlags>) -> Self {
+        self.faults = faults;
+        self
     }
 
     fn arbiters(&self) -> MutexGuard<'_, [Option<Arbiter>; 3]> {
@@ -66,30 +76,38 @@ impl CacheRuntime {
     }
 
     /// Starts the cache `ct` as configured in `cfg` on a new arbiter
-    /// (store I/O blocks), replacing the arbiter slot; `None` when disabled.
-    /// The caller stops any previous arbiter it took out of the slot.
-    pub fn start_cache(&self, ct: CacheType, cfg: &Config) -> Option<RunningCache> {
+    /// (store I/O blocks), replacing the arbiter slot, and waits until its
+    /// first open was tried; `None` when disabled. The caller stops any
+    /// previous arbiter it took out of the slot.
+    pub async fn start_cache(&self, ct: CacheType, cfg: &Config) -> Option<RunningCache> {
         let cc = cfg.cache(ct);
         let location = cc.location.clone()?;
-        let open = OpenOptions {
-            empty_on_start: !cfg.persistent_state,
-            lock_wait: cfg.store_lock_wait,
-        };
-        let mut actor = CacheActor::new(
+        #[allow(unused_mut)]
+        let mut cache = Cache::new(
             ct,
             location,
-            open,
             limits_of(cc, cfg),
             self.clock.clone(),
             self.log.clone(),
         );
+        #[cfg(feature = "test-hooks")]
         if let Some(flags) = &self.faults {
-            actor = actor.with_fault_injection(flags[ct.index()].clone());
+            cache = cache.with_fault_injection(flags[ct.index()].clone());
         }
+        let cache = Arc::new(cache);
+        let actor = CacheActor::new(
+            cache.clone(),
+            cfg.open_options(),
+            cfg.sync_interval,
+            self.log.clone(),
+        );
         let arbiter = Arbiter::new();
-        let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        let addr = CacheActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
         self.arbiters()[ct.index()] = Some(arbiter);
+        // The first open runs in the actor's `started`, before any message.
+        let _ = addr.send(Ping).await;
         Some(RunningCache {
+            cache,
             addr,
             timeout: cc.timeout,
         })
@@ -104,12 +122,10 @@ impl CacheRuntime {
     }
 }
 
-/// Closes a replaced cache: lets it answer what is queued, flushes, then
-/// stops its arbiter (dropping the actor closes the store) and waits for the
+/// Closes a replaced cache: stops its arbiter (the actor's `stopped` takes
+/// the store out of service, flushes and closes it) and waits for the
 /// thread, off the serving thread.
-async fn retire(cache: RunningCache, arbiter: Option<Arbiter>) {
-    let _ = cache.addr.send(Flush).await;
-    drop(cache);
+async fn retire(arbiter: Option<Arbiter>) {
     if let Some(arbiter) = arbiter {
         let _ = actix_rt::task::spawn_blocking(move || {
             arbiter.stop();
@@ -130,27 +146,35 @@ pub async fn apply(svc: &Services, new: Config) -> Vec<String> {
     let current = svc.caches.load_full();
     let mut next = CacheSet::default();
     let mut retired = Vec::new();
-    let mut relimit = Vec::new();
+    let mut reconfigure = Vec::new();
     for ct in CacheType::ALL {
         let (was, now) = (old.cache(ct), new.cache(ct));
         let running = current.get(ct).cloned();
         let slot = &mut next.0[ct.index()];
         match running {
             Some(rc) if now.location.is_some() && now.location == was.location => {
-                if limits_of(now, &new) != limits_of(was, &old) {
-                    relimit.push((rc.addr.clone(), limits_of(now, &new)));
+                if limits_of(now, &new) != limits_of(was, &old)
+                    || new.sync_interval != old.sync_interval
+                {
+                    reconfigure.push((
+                        rc.addr.clone(),
+                        Reconfigure {
+                            limits: limits_of(now, &new),
+                            sync_interval: new.sync_interval,
+                        },
+                    ));
                 }
                 *slot = Some(RunningCache {
-                    addr: rc.addr,
                     timeout: now.timeout,
+                    ..rc
                 });
             }
             running => {
                 // Take the old arbiter out before start_cache fills the slot.
                 let old_arbiter = svc.runtime.arbiters()[ct.index()].take();
-                *slot = svc.runtime.start_cache(ct, &new);
-                if let Some(rc) = running {
-                    retired.push((rc, old_arbiter));
+                *slot = svc.runtime.start_cache(ct, &new).await;
+                if running.is_some() {
+                    retired.push(old_arbiter);
                 }
                 match (&was.location, &now.location) {
                     (_, Some(loc)) => info!(svc.log, "{} TLS cache: now {}", ct, loc),
@@ -167,13 +191,13 @@ pub async fn apply(svc: &Services, new: Config) -> Vec<String> {
     let new = Arc::new(new);
     svc.config.store(new.clone());
     svc.caches.store(Arc::new(next));
-    for (addr, limits) in relimit {
-        addr.do_send(SetLimits(limits));
+    for (addr, msg) in reconfigure {
+        addr.do_send(msg);
     }
-    svc.expiry.do_send(Reschedule);
+    svc.tickets.do_send(ConfigChanged(new.clone()));
     svc.prng.do_send(ConfigChanged(new));
-    for (rc, arbiter) in retired {
-        retire(rc, arbiter).await;
+    for arbiter in retired {
+        retire(arbiter).await;
     }
     changes
 }

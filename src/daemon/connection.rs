@@ -2,7 +2,7 @@
 //! reply each (spec §1.3, §1.4). A connection that stalls mid-request stalls
 //! only itself, and only for `ipc_timeout`; limits and garbage close it.
 
-use super::apply::apply;
+use super::requests::apply;
 use super::Services;
 use crate::protocol::codec::ServerCodec;
 use crate::protocol::{Incoming, Malformed, Reply, ANNOUNCEMENT};
@@ -13,12 +13,16 @@ use tokio::net::UnixStream;
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
 
-/// Debug builds only: with `TLSMGR_TEST_STALL_SEED` set, a `seed` request
-/// blocks the event loop for an hour, so tests can prove the watchdog.
-#[cfg(debug_assertions)]
+/// Test hook (feature `test-hooks`): with this variable set, a `seed`
+/// request blocks its I/O thread for an hour, so tests can prove the
+/// watchdog.
+#[cfg(feature = "test-hooks")]
+pub const TEST_STALL_ENV: &str = "TLSMGR_TEST_STALL_SEED";
+
+#[cfg(feature = "test-hooks")]
 fn test_stall(req: &crate::protocol::Request) {
     if matches!(req, crate::protocol::Request::Seed { .. })
-        && std::env::var_os(crate::master::TEST_STALL_ENV).is_some()
+        && std::env::var_os(TEST_STALL_ENV).is_some()
     {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
@@ -78,7 +82,7 @@ pub async fn serve(mut stream: UnixStream, svc: Services) {
                 return;
             }
             Incoming::Request(req) => {
-                #[cfg(debug_assertions)]
+                #[cfg(feature = "test-hooks")]
                 test_stall(&req);
                 apply(req, &svc).await
             }

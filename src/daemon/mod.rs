@@ -1,40 +1,45 @@
-//! The daemon: starts the actors, accepts connections, shuts down cleanly.
+//! The daemon: wires the actors (control plane) to the shared handles the
+//! data path reads, accepts connections, applies reloads, shuts down cleanly.
 //!
 //! - [`connection`]: the per-connection request loop.
-//! - [`apply`]: what each request does.
+//! - [`requests`]: what each request does, on the thread that read it.
 //! - [`io`]: the threads connections are served on (`tlsmgr_io_threads`).
 //! - [`reload`]: applying a new configuration snapshot to the running actors.
 //!
-//! [`run`] drives everything from the calling thread (an actix System; the
-//! caches and the extra I/O threads are arbiters it starts) until its
-//! `shutdown` future resolves; then the I/O threads stop, every cache is
-//! flushed and every store closed before it returns, so a restarted daemon
-//! finds its sessions.
+//! [`run`] drives everything from the calling thread (an actix System: the
+//! actors, the accept loops and reloads run there; the caches and the I/O
+//! threads are arbiters it starts) until its `shutdown` future resolves;
+//! then the I/O threads stop, every cache is flushed and every store closed
+//! before it returns, so a restarted daemon finds its sessions.
 //! [`spawn`] runs the same on a background thread for in-process tests.
 
-pub mod apply;
 pub mod connection;
 pub mod io;
 pub mod reload;
+pub mod requests;
 
 use crate::actors::cache::Flush;
-use crate::actors::expiry::ExpiryActor;
 use crate::actors::prng::{PrngActor, SaveExchange};
-use crate::actors::ticket::TicketActor;
+use crate::actors::ticket::{SharedRing, TicketActor};
 use crate::actors::watcher::{WatchOptions, WatcherActor};
 use crate::actors::CacheSet;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::error::Error;
+use crate::prng::SeedPool;
 use crate::protocol::CacheType;
+use crate::tickets::KeyRing;
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 use reload::CacheRuntime;
 use slog::{error, info, Logger};
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Test hook: per-cache flags that make store calls fail.
+#[cfg(feature = "test-hooks")]
+pub type FaultFlags = [Arc<std::sync::atomic::AtomicBool>; 3];
 
 /// Everything a connection needs to serve requests. Cheap to clone.
 #[derive(Clone)]
@@ -43,18 +48,35 @@ pub struct Services {
     pub config: Arc<ArcSwap<Config>>,
     /// The running caches.
     pub caches: Arc<ArcSwap<CacheSet>>,
+    /// The ticket keys in force, published by the ticket actor.
+    pub ticket_keys: SharedRing,
     /// The ticket-key actor.
     pub tickets: Addr<TicketActor>,
+    /// The central seed pool, fed by the PRNG actor.
+    pub seeds: Arc<SeedPool>,
     /// The PRNG actor.
     pub prng: Addr<PrngActor>,
-    /// The expiry actor.
-    pub expiry: Addr<ExpiryActor>,
+    /// The clock.
+    pub clock: SharedClock,
     /// The logger.
     pub log: Logger,
     /// What starting and stopping caches needs (live reconfiguration).
     pub runtime: Arc<CacheRuntime>,
     /// Told when a request starts and ends (master(8)'s status channel).
     pub observer: Option<Arc<dyn RequestObserver>>,
+}
+
+impl crate::actors::watcher::ConfigSink for Services {
+    fn apply(
+        &self,
+        new: Config,
+    ) -> futures::future::LocalBoxFuture<'static, (Vec<String>, Arc<Config>)> {
+        let svc = self.clone();
+        Box::pin(async move {
+            let changes = reload::apply(&svc, new).await;
+            (changes, svc.config.load_full())
+        })
+    }
 }
 
 /// Watches requests come and go: the master(8) child interface reports
@@ -64,7 +86,15 @@ pub trait RequestObserver: Send + Sync {
     fn request_started(&self);
     /// Its reply was written (or the connection gave up).
     fn request_finished(&self);
+    /// An I/O thread starts: what it must call, and how often, to show it
+    /// makes progress (the watchdog). `None`: nothing.
+    fn io_thread_beat(&self) -> Option<(Duration, ThreadBeat)> {
+        None
+    }
 }
+
+/// See [`RequestObserver::io_thread_beat`].
+pub type ThreadBeat = Box<dyn Fn() + Send>;
 
 /// See [`RunExtras::after_start`].
 pub type AfterStart =
@@ -77,11 +107,18 @@ pub struct RunExtras {
     pub more_listeners: Vec<std::os::unix::net::UnixListener>,
     /// Told about every request.
     pub observer: Option<Arc<dyn RequestObserver>>,
+    /// Run on the daemon thread after the PRNG actor and the config
+    /// watcher started (the exchange file and main.cf's watches are in
+    /// place) and before any store or the ticket key file is opened: the
+    /// master(8) child chroots and drops privileges here.
+    pub before_start: Option<BeforeStart>,
     /// Run on the daemon thread once the actors are started, before the
-    /// first connection is accepted. The master(8) child waits here for the
-    /// stores to open, then chroots and drops privileges.
+    /// first connection is accepted (the master(8) child's watchdog).
     pub after_start: Option<AfterStart>,
 }
+
+/// See [`RunExtras::before_start`].
+pub type BeforeStart = Box<dyn FnOnce() -> Result<(), Error>>;
 
 /// What [`run`] needs.
 pub struct Options {
@@ -94,16 +131,17 @@ pub struct Options {
     /// Where log lines go.
     pub log: Logger,
     /// Test hook: per-cache flags that make store calls fail (see
-    /// [`CacheActor::with_fault_injection`]).
-    pub fault_injection: Option<[Arc<AtomicBool>; 3]>,
+    /// [`crate::cache::Cache::with_fault_injection`]).
+    #[cfg(feature = "test-hooks")]
+    pub fault_injection: Option<FaultFlags>,
     /// Watch main.cf and apply edits live (`None`: configuration fixed).
     pub watch: Option<WatchOptions>,
 }
 
-fn start_caches(cfg: &Config, runtime: &CacheRuntime) -> CacheSet {
+async fn start_caches(cfg: &Config, runtime: &CacheRuntime) -> CacheSet {
     let mut set = CacheSet::default();
     for ct in CacheType::ALL {
-        set.0[ct.index()] = runtime.start_cache(ct, cfg);
+        set.0[ct.index()] = runtime.start_cache(ct, cfg).await;
     }
     set
 }
@@ -128,33 +166,66 @@ pub fn run_with(
     let system = actix_rt::System::new();
     let log = opts.log.clone();
     let result = system.block_on(async move {
+        // Polled once now, so that a shutdown future that installs signal
+        // handlers (SIGTERM) has them in place from the start: a signal
+        // during start-up then stops the daemon cleanly, not by default.
+        let mut shutdown = Box::pin(shutdown);
+        let stopped_early = futures::poll!(&mut shutdown).is_ready();
         let config = Arc::new(ArcSwap::from_pointee(opts.config.clone()));
-        let runtime = Arc::new(CacheRuntime::new(
-            opts.clock.clone(),
-            opts.log.clone(),
-            opts.fault_injection.clone(),
-        ));
-        let set = start_caches(&opts.config, &runtime);
-        let caches = Arc::new(ArcSwap::from_pointee(set));
+        #[allow(unused_mut)]
+        let mut runtime = CacheRuntime::new(opts.clock.clone(), opts.log.clone());
+        #[cfg(feature = "test-hooks")]
+        {
+            runtime = runtime.with_faults(opts.fault_injection.clone());
+        }
+        let runtime = Arc::new(runtime);
+        let ticket_keys: SharedRing = Arc::new(ArcSwap::from_pointee(KeyRing::new()));
+        // The ticket actor's address now, the actor itself once its key
+        // file can be opened (after `before_start`).
+        let ticket_ctx = actix::Context::<TicketActor>::new();
+        let prng = PrngActor::managed(config.clone(), opts.clock.clone(), opts.log.clone());
         let svc = Services {
-            tickets: TicketActor::new(config.clone(), opts.clock.clone(), opts.log.clone()).start(),
-            prng: PrngActor::managed(config.clone(), opts.clock.clone(), opts.log.clone()).start(),
-            expiry: ExpiryActor::new(caches.clone(), opts.log.clone()).start(),
-            config,
-            caches,
+            ticket_keys: ticket_keys.clone(),
+            tickets: ticket_ctx.address(),
+            seeds: prng.seed_pool(),
+            prng: prng.start(),
+            clock: opts.clock.clone(),
+            config: config.clone(),
+            caches: Arc::new(ArcSwap::from_pointee(CacheSet::default())),
             log: opts.log.clone(),
-            runtime,
+            runtime: runtime.clone(),
             observer: extras.observer,
         };
+        // The exchange file is updated once before serving, as stock does.
+        let _ = svc.prng.send(crate::actors::prng::GetStatus).await;
         // Kept alive until shutdown: dropping the watcher's address stops it.
-        // Launched before `after_start`, so its watches exist before a chroot.
-        let _watcher = opts.watch.map(|w| WatcherActor::launch(w, svc.clone()));
+        // Launched before `before_start`, so its watches exist before a
+        // chroot. (A reload can only start after the debounce period, long
+        // after the caches below are in place.)
+        let _watcher = opts
+            .watch
+            .map(|w| WatcherActor::launch(w, std::rc::Rc::new(svc.clone()), opts.log.clone()));
+        if let Some(hook) = extras.before_start {
+            hook()?;
+        }
+        // Everything that opens files by path, from where they are now.
+        svc.caches
+            .store(Arc::new(start_caches(&opts.config, &runtime).await));
+        ticket_ctx.run(TicketActor::new(
+            config,
+            ticket_keys,
+            opts.clock.clone(),
+            opts.log.clone(),
+        ));
         if let Some(hook) = extras.after_start {
             hook(svc.clone()).await?;
         }
         // Started after the hook: no thread of ours predates the chroot
         // that is not needed before it.
-        let io = std::rc::Rc::new(io::IoThreads::start(opts.config.io_threads));
+        let io = std::rc::Rc::new(io::IoThreads::start(
+            opts.config.io_threads,
+            svc.observer.as_deref(),
+        ));
         let mut accepts = Vec::new();
         for std_listener in std::iter::once(opts.listener).chain(extras.more_listeners) {
             std_listener
@@ -165,13 +236,16 @@ pub fn run_with(
             accepts.push(accept_loop(listener, svc.clone(), io.clone()));
         }
         ready(svc.clone());
-        tokio::select! {
-            _ = futures::future::join_all(accepts) => {}
-            _ = shutdown => {}
+        if !stopped_early {
+            tokio::select! {
+                _ = futures::future::join_all(accepts) => {}
+                _ = &mut shutdown => {}
+            }
         }
         // Stop serving before the stores are flushed.
         let io_arbiters = io.stop();
-        // Flush every store before the arbiters go away.
+        // Sync every store before the arbiters go away (their actors then
+        // close the stores).
         for rc in svc.caches.load().0.iter().flatten() {
             let _ = rc.addr.send(Flush).await;
         }
@@ -319,6 +393,7 @@ pub fn standalone(
         listener,
         clock: crate::clock::system(),
         log: log.clone(),
+        #[cfg(feature = "test-hooks")]
         fault_injection: None,
         watch,
     };

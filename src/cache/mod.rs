@@ -1,0 +1,330 @@
+//! A session cache's rules (spec §3), applied on the thread that read the
+//! request: [`Cache`] is shared by every I/O thread and by its cache actor.
+//!
+//! - An entry is stale when `stored_at + timeout < now`; a stale hit is
+//!   deleted and reported missing, and so is a malformed one.
+//! - The number of entries never exceeds `tlsmgr_session_cache_max_entries`:
+//!   the store evicts oldest-first before it inserts ([`Store::put`]).
+//! - A cache id longer than [`MAX_CACHE_ID_LEN`] is never stored or looked
+//!   up (checked here, and only here).
+//! - With `*_tls_loglevel` at `TLS_LOG_CACHE` or more, each operation logs
+//!   Postfix's cache lines.
+//!
+//! What the cache does *when* (open, reopen after a failure, periodic sync,
+//! expiry sweeps, eviction to a lowered bound, close) is its actor's:
+//! `actors::cache`. A failing store is taken out of service here
+//! ([`Cache::take_down`]): every request then gets [`CacheDown`] at once (the
+//! client sees ERR) until the actor has reopened the store and put it back
+//! ([`Cache::put_up`]).
+
+use crate::clock::SharedClock;
+use crate::protocol::CacheType;
+use crate::store::{Entry, Store, StoreError, StoreLocation, SweepStep, MAX_CACHE_ID_LEN};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use slog::{info, warn, Logger};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// The cache's store is not available; the request was not carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheDown;
+
+/// Settings that a reload can change while the cache runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// Sanitized timeout in seconds (> 0 for an enabled cache).
+    pub timeout: u32,
+    /// Maximum entries; 0 = unlimited.
+    pub max_entries: u64,
+    /// Log cache activity (`TLS_LOG_CACHE`).
+    pub log_cache: bool,
+}
+
+/// A store in service.
+pub type SharedStore = Arc<Box<dyn Store>>;
+
+/// Called when a store is taken out of service, so that its owner reopens it.
+pub type DownHook = Box<dyn Fn() + Send + Sync>;
+
+/// One session cache.
+pub struct Cache {
+    cache_type: CacheType,
+    location: StoreLocation,
+    store: ArcSwapOption<Box<dyn Store>>,
+    limits: ArcSwap<CacheLimits>,
+    clock: SharedClock,
+    log: Logger,
+    on_down: std::sync::OnceLock<DownHook>,
+    #[cfg(feature = "test-hooks")]
+    fault: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("cache_type", &self.cache_type)
+            .field("location", &self.location)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+fn show_id(id: &[u8]) -> String {
+    String::from_utf8_lossy(id).into_owned()
+}
+
+impl Cache {
+    /// A cache with no store in service yet.
+    pub fn new(
+        cache_type: CacheType,
+        location: StoreLocation,
+        limits: CacheLimits,
+        clock: SharedClock,
+        log: Logger,
+    ) -> Self {
+        Cache {
+            cache_type,
+            location,
+            store: ArcSwapOption::empty(),
+            limits: ArcSwap::from_pointee(limits),
+            clock,
+            log,
+            on_down: std::sync::OnceLock::new(),
+            #[cfg(feature = "test-hooks")]
+            fault: None,
+        }
+    }
+
+    /// Test hook: while the flag is set, every store call fails as if the
+    /// disk had gone away.
+    #[cfg(feature = "test-hooks")]
+    pub fn with_fault_injection(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.fault = Some(flag);
+        self
+    }
+
+    /// Which cache this is.
+    pub fn cache_type(&self) -> CacheType {
+        self.cache_type
+    }
+
+    /// Where it is stored.
+    pub fn location(&self) -> &StoreLocation {
+        &self.location
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> CacheLimits {
+        **self.limits.load()
+    }
+
+    /// New limits, in force from the next request. Eviction down to a
+    /// lowered bound is the actor's job ([`Cache::evict_to_bound`]).
+    pub fn set_limits(&self, limits: CacheLimits) {
+        self.limits.store(Arc::new(limits));
+    }
+
+    /// Sets what is called when a store is taken out of service (once).
+    pub fn on_down(&self, hook: DownHook) {
+        let _ = self.on_down.set(hook);
+    }
+
+    /// True while a store is in service.
+    pub fn is_up(&self) -> bool {
+        self.store.load().is_some()
+    }
+
+    /// The store in service, if any.
+    pub fn store(&self) -> Option<SharedStore> {
+        self.store.load_full()
+    }
+
+    /// Puts a freshly opened store in service.
+    pub fn put_up(&self, store: Box<dyn Store>) {
+        self.store.store(Some(Arc::new(store)));
+    }
+
+    /// Takes `failed` out of service (if it still is) after `what` failed
+    /// with `why`: one warning, and the owner is told to reopen. A store
+    /// that another thread already took down, or that was replaced since,
+    /// is left alone, so a burst of failures logs one line.
+    pub fn take_down(&self, failed: &SharedStore, what: &str, why: &str) {
+        let prev = self.store.compare_and_swap(failed, None);
+        let was_current = prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, failed));
+        if was_current {
+            warn!(
+                self.log,
+                "{} TLS cache: {} failed: {} -- restarting the cache", self.cache_type, what, why
+            );
+            if let Some(hook) = self.on_down.get() {
+                hook();
+            }
+        }
+    }
+
+    /// Takes the store out of service for a close (reload, shutdown) and
+    /// returns it; requests get [`CacheDown`] from now on.
+    pub fn take(&self) -> Option<SharedStore> {
+        self.store.swap(None)
+    }
+
+    /// Runs `op` on the store in service. A store error (or a panic inside
+    /// the store) takes it out of service.
+    fn with_store<T>(
+        &self,
+        what: &str,
+        op: impl FnOnce(&dyn Store) -> Result<T, StoreError>,
+    ) -> Result<T, CacheDown> {
+        let store = self.store.load_full().ok_or(CacheDown)?;
+        #[cfg(feature = "test-hooks")]
+        if self
+            .fault
+            .as_ref()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            self.take_down(&store, what, "injected fault");
+            return Err(CacheDown);
+        }
+        match catch_unwind(AssertUnwindSafe(|| op(store.as_ref().as_ref()))) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.take_down(&store, what, &e.to_string());
+                Err(CacheDown)
+            }
+            Err(_) => {
+                self.take_down(&store, what, "panic in the store");
+                Err(CacheDown)
+            }
+        }
+    }
+
+    fn is_stale(timeout: u32, e: &Entry, now: u64) -> bool {
+        e.stored_at.saturating_add(u64::from(timeout)) < now
+    }
+
+    /// `lookup`: the session for `id` if it is there and fresh.
+    pub fn lookup(&self, id: &[u8]) -> Result<Option<Bytes>, CacheDown> {
+        let limits = self.limits();
+        if limits.log_cache {
+            info!(
+                self.log,
+                "lookup {} session id={}",
+                self.cache_type,
+                show_id(id)
+            );
+        }
+        if id.len() > MAX_CACHE_ID_LEN {
+            return Ok(None);
+        }
+        let entry = self.with_store("lookup", |s| match s.get(id) {
+            Err(StoreError::Malformed(_)) => {
+                s.delete(id)?;
+                Ok(None)
+            }
+            other => other,
+        })?;
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        if limits.log_cache {
+            info!(
+                self.log,
+                "read {} TLS cache entry {}: time={} [data {} bytes]",
+                self.cache_type,
+                show_id(id),
+                entry.stored_at,
+                entry.session.len()
+            );
+        }
+        if Self::is_stale(limits.timeout, &entry, self.clock.now()) {
+            self.with_store("delete", |s| s.delete(id))?;
+            return Ok(None);
+        }
+        Ok(Some(Bytes::from(entry.session)))
+    }
+
+    /// `update`: stores `session` under `id`, evicting the oldest entries
+    /// first when the cache is full.
+    pub fn update(&self, id: &[u8], session: &[u8]) -> Result<(), CacheDown> {
+        let limits = self.limits();
+        let now = self.clock.now();
+        if limits.log_cache {
+            info!(
+                self.log,
+                "put {} session id={} [data {} bytes]",
+                self.cache_type,
+                show_id(id),
+                session.len()
+            );
+            info!(
+                self.log,
+                "write {} TLS cache entry {}: time={} [data {} bytes]",
+                self.cache_type,
+                show_id(id),
+                now,
+                session.len()
+            );
+        }
+        if id.len() > MAX_CACHE_ID_LEN {
+            warn!(
+                self.log,
+                "{} TLS cache: cache id of {} bytes is longer than {} -- not stored",
+                self.cache_type,
+                id.len(),
+                MAX_CACHE_ID_LEN
+            );
+            return Err(CacheDown);
+        }
+        let entry = Entry {
+            stored_at: now,
+            session: session.to_vec(),
+        };
+        self.with_store("update", |s| s.put(id, &entry, limits.max_entries))
+            .map(|_| ())
+    }
+
+    /// `delete`: true if there was an entry for `id`.
+    pub fn delete(&self, id: &[u8]) -> Result<bool, CacheDown> {
+        if self.limits().log_cache {
+            info!(
+                self.log,
+                "delete {} session id={}",
+                self.cache_type,
+                show_id(id)
+            );
+        }
+        if id.len() > MAX_CACHE_ID_LEN {
+            return Ok(false);
+        }
+        self.with_store("delete", |s| s.delete(id))
+    }
+
+    /// One bounded expiry step: removes up to `limit` stale entries.
+    pub fn sweep_step(&self, limit: usize) -> Result<SweepStep, CacheDown> {
+        // stale iff stored_at + timeout < now, i.e. stored_at < now - timeout.
+        let cutoff = self
+            .clock
+            .now()
+            .saturating_sub(u64::from(self.limits().timeout));
+        self.with_store("expiry scan", |s| s.sweep_before(cutoff, limit))
+    }
+
+    /// Evicts down to the bound in force (after it was lowered).
+    pub fn evict_to_bound(&self) -> Result<u64, CacheDown> {
+        match self.limits().max_entries {
+            0 => Ok(0),
+            max => self.with_store("eviction", |s| s.evict_to(max)),
+        }
+    }
+
+    /// Makes completed writes durable against a power loss.
+    pub fn sync(&self) -> Result<(), CacheDown> {
+        self.with_store("sync", |s| s.flush())
+    }
+
+    /// Entry count, or [`CacheDown`].
+    pub fn entries(&self) -> Result<u64, CacheDown> {
+        self.store.load().as_ref().map(|s| s.len()).ok_or(CacheDown)
+    }
+}

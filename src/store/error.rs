@@ -1,0 +1,47 @@
+//! [`StoreError`]: what a session-cache store can fail with.
+
+use std::path::PathBuf;
+
+/// Errors of a session-cache storage backend. No backend type (fjall, redis)
+/// crosses this boundary: backends turn their errors into these variants.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store is held by another process (e.g. a previous tlsmgr still
+    /// exiting) and was not released within the wait bound.
+    #[error("store {path} is locked by another process")]
+    Locked {
+        /// The store's location.
+        path: PathBuf,
+    },
+    /// A file-system operation on the store failed.
+    #[error("store {path}: {source}")]
+    Io {
+        /// The store's location.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The backend reported an error of its own; the text is its message.
+    #[error("store {path}: {message}")]
+    Backend {
+        /// The store's location (or a description for non-file stores).
+        path: PathBuf,
+        /// The backend's message.
+        message: String,
+    },
+    /// A stored record could not be decoded (too short, bad layout).
+    #[error("malformed entry: {0}")]
+    Malformed(String),
+    /// The database string names a type we cannot serve (e.g. `cdb:`).
+    #[error("unsupported database type: {0}")]
+    UnsupportedType(String),
+    /// The database string is not of a usable form (e.g. `btree:` with an
+    /// empty path); see [`crate::store::location`] for the rule.
+    #[error("invalid database \"{database}\": {reason}")]
+    InvalidDatabase {
+        /// The database string as configured.
+        database: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
