@@ -607,6 +607,7 @@ impl Config {
             lock_wait: self.store_lock_wait,
             block_cache_bytes: self.store_block_cache,
             write_buffer_bytes: self.store_write_buffer,
+            known_entries: None,
         }
     }
 
