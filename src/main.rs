@@ -33,7 +33,9 @@ enum Command {
         /// else /etc/postfix). Edits to its main.cf apply live.
         #[arg(short = 'c', value_name = "CONFIG_DIR")]
         config_dir: Option<PathBuf>,
-        /// Listen here instead of $queue_directory/private/tlsmgr.
+        /// Listen here instead of $queue_directory/private/tlsmgr. The
+        /// socket is made mode 0600 and missing directories 0700, whatever
+        /// the umask; only a stale socket at PATH is replaced.
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
         /// Override a main.cf parameter (name=value), as master.cf's -o does.

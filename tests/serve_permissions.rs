@@ -45,8 +45,23 @@ fn open_dir() -> tempfile::TempDir {
     tmp
 }
 
+/// A `tlsmgr serve` process, stopped (SIGTERM, then waited for) when
+/// dropped, also when an assertion fails.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            // SAFETY: kill(2) on our child's pid, not reaped yet (try_wait
+            // just said so), so the pid cannot belong to anyone else.
+            unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// `tlsmgr serve` on `socket` under umask 000, its stderr in `dir/stderr`.
-fn serve(dir: &Path, socket: &Path) -> Child {
+fn serve(dir: &Path, socket: &Path) -> Daemon {
     let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
     let mut cmd = Command::new(OURS);
     cmd.arg("serve")
@@ -55,6 +70,7 @@ fn serve(dir: &Path, socket: &Path) -> Child {
         .arg("--socket")
         .arg(socket)
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
         .stderr(stderr);
     // SAFETY: umask(2) is async-signal-safe, cannot fail and touches no
     // memory; nothing else runs in the child between fork and exec.
@@ -64,7 +80,7 @@ fn serve(dir: &Path, socket: &Path) -> Child {
             Ok(())
         });
     }
-    cmd.spawn().unwrap()
+    Daemon(cmd.spawn().unwrap())
 }
 
 /// `tlsmgr client --socket socket tktkey` as user nobody.
@@ -108,12 +124,6 @@ fn wait_for_socket(p: &Path, dir: &Path) {
 
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
-}
-
-fn stop(mut child: Child) {
-    // SAFETY: kill(2) on the pid of a child we spawned and have not waited.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let _ = child.wait();
 }
 
 #[test]
@@ -177,7 +187,7 @@ fn under_umask_000_the_socket_is_0600_in_a_0700_directory_and_nobody_cannot_conn
         .request(&tlsmgr::protocol::Request::Seed { size: 8 })
         .unwrap();
     assert_eq!(r.status(), tlsmgr::protocol::Status::Ok);
-    stop(child);
+    drop(child);
 }
 
 /// Runs `tlsmgr serve --socket path` and expects it to refuse at once.
@@ -185,7 +195,7 @@ fn refused(dir: &Path, path: &Path) -> String {
     let mut child = serve(dir, path);
     let mut status = None;
     for _ in 0..200 {
-        status = child.try_wait().unwrap();
+        status = child.0.try_wait().unwrap();
         if status.is_some() {
             break;
         }
@@ -193,7 +203,7 @@ fn refused(dir: &Path, path: &Path) -> String {
     }
     let err = std::fs::read_to_string(dir.join("stderr")).unwrap();
     if status.is_none() {
-        stop(child);
+        drop(child);
         panic!("serve did not refuse {}: {err}", path.display());
     }
     assert!(!status.unwrap().success(), "{err}");
@@ -254,6 +264,6 @@ fn only_a_stale_socket_is_ever_replaced() {
         tlsmgr::client::Client::connect(&stale, Duration::from_secs(5)).is_ok()
     });
     let err = std::fs::read_to_string(dir.join("stderr")).unwrap();
-    stop(child);
+    drop(child);
     assert!(served, "{err}");
 }

@@ -49,7 +49,7 @@ pub fn raise_nofile_limit(log: &Logger) -> Option<u64> {
             log,
             "file descriptor limit {} (already the hard limit)", soft
         );
-        return Some(soft as u64);
+        return Some(soft);
     }
     // An unlimited hard limit cannot be the soft limit of RLIMIT_NOFILE on
     // Linux (the kernel caps it at fs.nr_open); Linux never reports one,
@@ -74,14 +74,14 @@ pub fn raise_nofile_limit(log: &Logger) -> Option<u64> {
             target,
             std::io::Error::last_os_error()
         );
-        return Some(soft as u64);
+        return Some(soft);
     }
     // debug: stock logs nothing here, and master children start often.
     debug!(
         log,
         "file descriptor limit raised from {} to {}", soft, target
     );
-    Some(target as u64)
+    Some(target)
 }
 
 /// The soft `RLIMIT_NOFILE` now, for log lines.
@@ -91,7 +91,7 @@ pub fn nofile_limit() -> Option<u64> {
         rlim_max: 0,
     };
     // SAFETY: as in `raise_nofile_limit`: writes only our local struct.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur as u64)
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur)
 }
 
 /// True for the accept(2) errors that mean "no descriptor or buffer for a
