@@ -1,7 +1,10 @@
 //! Soak (issue 14): our daemon (fjall caches on disk) under Postfix's
 //! handshake mix at 64 connections for ten minutes, sampled every 10 s:
 //! resident memory, open file descriptors and the p99 of the last window.
-//! The run passes when all three stay flat after the first minute (the
+//! The first half of the run is warm-up: the caches fill up to their
+//! bound and fjall's tables grow (resident memory rose by a quarter over
+//! the first five minutes in the first runs). The run passes when the
+//! last minute is flat against the minute that ends the first half (the
 //! tolerances are [`RSS_GROWTH`], [`FD_SLACK`], [`P99_GROWTH`]); it writes
 //! the samples as CSV and an SVG plot.
 //!
@@ -26,12 +29,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// Resident memory may grow by this much over its level at the end of
-/// the first minute (caches fill during the run; the bound keeps them).
-const RSS_GROWTH: f64 = 1.25;
-/// Open descriptors may differ by this many from the first minute's.
-const FD_SLACK: i64 = 4;
-/// The median p99 of the last minute may be this many times the first's.
+/// Resident memory of the last minute may exceed the level at the end of
+/// the warm-up by this factor.
+const RSS_GROWTH: f64 = 1.05;
+/// The median of open descriptors (counted between windows, with no
+/// client connected) may differ by this many from the warm-up's: fjall
+/// opens and closes table files as it flushes and compacts (47 to 67 seen
+/// in one run).
+const FD_SLACK: i64 = 8;
+/// Pause between a window and the descriptor count.
+const FD_SETTLE: Duration = Duration::from_millis(500);
+/// The median p99 of the last minute may be this many times the warm-up's.
 const P99_GROWTH: f64 = 2.0;
 
 struct Sample {
@@ -155,6 +163,10 @@ fn run(a: &Args) -> Result<(), String> {
     );
     while start.elapsed() < total {
         let m = driver::run(&rt, &server, a.conns, Duration::ZERO, a.interval, &mix)?;
+        // The window's connections are closed; let the server see their
+        // EOFs, so the descriptors counted are the daemon's own, not the
+        // teardown of the last window's clients.
+        std::thread::sleep(FD_SETTLE);
         let s = Sample {
             at_s: start.elapsed().as_secs_f64(),
             rss_bytes: servers::status_kb(pid, "VmRSS").unwrap_or(0),
@@ -194,19 +206,21 @@ fn run(a: &Args) -> Result<(), String> {
         println!("smoke run: {} samples", samples.len());
         return Ok(());
     }
-    // Flat after the first minute: compare the last minute with the end of
-    // the first.
+    // Flat after the warm-up: the last minute against the minute that
+    // ends the first half.
     let per_min = (60.0 / a.interval.as_secs_f64()).max(1.0) as usize;
-    let first = &samples[..per_min.min(samples.len())];
+    let half = (samples.len() / 2).max(1);
+    let first = &samples[half.saturating_sub(per_min)..half];
     let last = &samples[samples.len().saturating_sub(per_min)..];
-    let rss0 = first.last().map_or(0, |s| s.rss_bytes) as f64;
+    let rss0 = first.iter().map(|s| s.rss_bytes).max().unwrap_or(0) as f64;
     let rss_max = last.iter().map(|s| s.rss_bytes).max().unwrap_or(0) as f64;
-    let fds0 = first.last().map_or(0, |s| s.fds);
-    let fds_spread = last.iter().map(|s| (s.fds - fds0).abs()).max().unwrap_or(0);
+    let fds0 = median(first.iter().map(|s| s.fds as f64).collect()) as i64;
+    let fds1 = median(last.iter().map(|s| s.fds as f64).collect()) as i64;
+    let fds_spread = (fds1 - fds0).abs();
     let p99_0 = median(first.iter().map(|s| s.p99_us).collect());
     let p99_1 = median(last.iter().map(|s| s.p99_us).collect());
     println!(
-        "flatness: rss {:.1} -> max {:.1} MiB (x{:.2}, bound x{RSS_GROWTH}); fds {fds0} ± {fds_spread} (bound ± {FD_SLACK}); p99 median {p99_0:.0} -> {p99_1:.0} µs (x{:.2}, bound x{P99_GROWTH})",
+        "flatness, last minute against the end of the warm-up: rss max {:.1} -> {:.1} MiB (x{:.3}, bound x{RSS_GROWTH}); fds median {fds0} -> {fds1} (bound ± {FD_SLACK}); p99 median {p99_0:.0} -> {p99_1:.0} µs (x{:.2}, bound x{P99_GROWTH})",
         rss0 / 1048576.0,
         rss_max / 1048576.0,
         rss_max / rss0.max(1.0),
