@@ -13,6 +13,8 @@
 //!   generators), entropy sources, the exchange file and their schedule.
 //! - [`actors`]: the control plane: actix actors that decide when caches
 //!   open, sync and expire, keys rotate, the pool reseeds, main.cf reloads.
+//! - [`metrics`]: the counters (sharded atomics on the data path), their
+//!   JSON and Prometheus renderings.
 //! - [`daemon`]: wiring, the listening socket, the per-connection request
 //!   loop and request semantics, live reload.
 //! - [`client`]: the client side of the protocol (`tlsmgr client`, tests, benches).
@@ -32,6 +34,7 @@ pub mod daemon;
 pub mod error;
 pub mod logging;
 pub mod master;
+pub mod metrics;
 pub mod prng;
 pub mod protocol;
 pub mod store;

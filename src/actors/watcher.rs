@@ -216,6 +216,10 @@ pub trait ConfigSink {
     /// -> new` items, empty when nothing tlsmgr reads changed) and the
     /// configuration now in force.
     fn apply(&self, new: Config) -> LocalBoxFuture<'static, (Vec<String>, Arc<Config>)>;
+
+    /// An edit of main.cf was refused (invalid, unreadable, empty, or
+    /// refused by the adjustment); the configuration in force stays.
+    fn rejected(&self) {}
 }
 
 impl WatcherActor {
@@ -357,6 +361,7 @@ impl WatcherActor {
                 }
                 Err(e) => {
                     // A panic while parsing: keep running on the old snapshot.
+                    act.sink.rejected();
                     warn!(
                         act.log,
                         "{}: {} -- keeping the current configuration",
@@ -400,6 +405,7 @@ impl WatcherActor {
                 return None;
             }
             Outcome::Unreadable(e) => {
+                self.sink.rejected();
                 warn!(
                     self.log,
                     "open {}: {} -- keeping the current configuration",
@@ -409,6 +415,7 @@ impl WatcherActor {
                 return None;
             }
             Outcome::Empty => {
+                self.sink.rejected();
                 warn!(
                     self.log,
                     "{} is empty -- keeping the current configuration",
@@ -430,6 +437,7 @@ impl WatcherActor {
             Outcome::Parsed(parsed) => match *parsed {
                 Ok(cfg) => cfg,
                 Err(e) => {
+                    self.sink.rejected();
                     warn!(self.log, "{} -- keeping the current configuration", e);
                     return None;
                 }
@@ -437,6 +445,7 @@ impl WatcherActor {
         };
         if let Some(adjust) = &self.adjust {
             if let Err(why) = adjust(&mut cfg) {
+                self.sink.rejected();
                 warn!(
                     self.log,
                     "{}: {} -- keeping the current configuration",

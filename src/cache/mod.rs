@@ -18,6 +18,7 @@
 //! ([`Cache::put_up`]).
 
 use crate::clock::SharedClock;
+use crate::metrics::{LookupResult, Metrics, Removal};
 use crate::protocol::CacheType;
 use crate::store::{Entry, Store, StoreError, StoreLocation, SweepStep, MAX_CACHE_ID_LEN};
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -56,6 +57,8 @@ pub struct Cache {
     clock: SharedClock,
     log: Logger,
     on_down: std::sync::OnceLock<DownHook>,
+    /// Where lookups, updates, deletes and removals are counted.
+    metrics: Arc<Metrics>,
     #[cfg(feature = "test-hooks")]
     fault: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -91,9 +94,16 @@ impl Cache {
             clock,
             log,
             on_down: std::sync::OnceLock::new(),
+            metrics: Arc::new(Metrics::default()),
             #[cfg(feature = "test-hooks")]
             fault: None,
         }
+    }
+
+    /// Counts into `metrics` (the daemon's) instead of a private set.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Test hook: while the flag is set, every store call fails as if the
@@ -215,6 +225,8 @@ impl Cache {
             );
         }
         if id.len() > MAX_CACHE_ID_LEN {
+            self.metrics
+                .cache_lookup(self.cache_type, LookupResult::Miss);
             return Ok(None);
         }
         let entry = self.with_store("lookup", |s| match s.get(id) {
@@ -225,6 +237,8 @@ impl Cache {
             other => other,
         })?;
         let Some(entry) = entry else {
+            self.metrics
+                .cache_lookup(self.cache_type, LookupResult::Miss);
             return Ok(None);
         };
         if limits.log_cache {
@@ -239,8 +253,14 @@ impl Cache {
         }
         if Self::is_stale(limits.timeout, &entry, self.clock.now()) {
             self.with_store("delete", |s| s.delete(id))?;
+            self.metrics
+                .cache_lookup(self.cache_type, LookupResult::Expired);
+            self.metrics
+                .cache_removed(self.cache_type, Removal::Expired, 1);
             return Ok(None);
         }
+        self.metrics
+            .cache_lookup(self.cache_type, LookupResult::Hit);
         Ok(Some(Bytes::from(entry.session)))
     }
 
@@ -280,8 +300,12 @@ impl Cache {
             stored_at: now,
             session: session.to_vec(),
         };
-        self.with_store("update", |s| s.put(id, &entry, limits.max_entries))
-            .map(|_| ())
+        let put = self.with_store("update", |s| s.put(id, &entry, limits.max_entries))?;
+        // A replaced entry is a write too.
+        self.metrics.cache_update(self.cache_type);
+        self.metrics
+            .cache_removed(self.cache_type, Removal::Evicted, put.evicted);
+        Ok(())
     }
 
     /// `delete`: true if there was an entry for `id`.
@@ -297,7 +321,11 @@ impl Cache {
         if id.len() > MAX_CACHE_ID_LEN {
             return Ok(false);
         }
-        self.with_store("delete", |s| s.delete(id))
+        let found = self.with_store("delete", |s| s.delete(id))?;
+        if found {
+            self.metrics.cache_delete(self.cache_type);
+        }
+        Ok(found)
     }
 
     /// One bounded expiry step: removes up to `limit` stale entries.
@@ -307,15 +335,33 @@ impl Cache {
             .clock
             .now()
             .saturating_sub(u64::from(self.limits().timeout));
-        self.with_store("expiry scan", |s| s.sweep_before(cutoff, limit))
+        let step = self.with_store("expiry scan", |s| s.sweep_before(cutoff, limit))?;
+        self.metrics
+            .cache_removed(self.cache_type, Removal::Expired, step.removed as u64);
+        Ok(step)
     }
 
     /// Evicts down to the bound in force (after it was lowered).
     pub fn evict_to_bound(&self) -> Result<u64, CacheDown> {
         match self.limits().max_entries {
             0 => Ok(0),
-            max => self.with_store("eviction", |s| s.evict_to(max)),
+            max => {
+                let n = self.with_store("eviction", |s| s.evict_to(max))?;
+                self.metrics
+                    .cache_removed(self.cache_type, Removal::Evicted, n);
+                Ok(n)
+            }
         }
+    }
+
+    /// Empties the cache (`tlsmgr cache purge`); returns how many entries
+    /// there were.
+    pub fn purge(&self) -> Result<u64, CacheDown> {
+        self.with_store("purge", |s| {
+            let n = s.len();
+            s.clear()?;
+            Ok(n)
+        })
     }
 
     /// Makes completed writes durable against a power loss.

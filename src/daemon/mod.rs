@@ -64,6 +64,8 @@ pub struct Services {
     pub runtime: Arc<CacheRuntime>,
     /// Told when a request starts and ends (master(8)'s status channel).
     pub observer: Option<Arc<dyn RequestObserver>>,
+    /// The counters (`tlsmgr stats`, `/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl crate::actors::watcher::ConfigSink for Services {
@@ -74,8 +76,17 @@ impl crate::actors::watcher::ConfigSink for Services {
         let svc = self.clone();
         Box::pin(async move {
             let changes = reload::apply(&svc, new).await;
+            if !changes.is_empty() {
+                svc.metrics
+                    .reload(crate::metrics::ReloadResult::Applied, svc.clock.now());
+            }
             (changes, svc.config.load_full())
         })
+    }
+
+    fn rejected(&self) {
+        self.metrics
+            .reload(crate::metrics::ReloadResult::Rejected, self.clock.now());
     }
 }
 
@@ -172,8 +183,9 @@ pub fn run_with(
         let mut shutdown = Box::pin(shutdown);
         let stopped_early = futures::poll!(&mut shutdown).is_ready();
         let config = Arc::new(ArcSwap::from_pointee(opts.config.clone()));
+        let metrics = Arc::new(crate::metrics::Metrics::new(opts.clock.now()));
         #[allow(unused_mut)]
-        let mut runtime = CacheRuntime::new(opts.clock.clone(), opts.log.clone());
+        let mut runtime = CacheRuntime::new(opts.clock.clone(), opts.log.clone(), metrics.clone());
         #[cfg(feature = "test-hooks")]
         {
             runtime = runtime.with_faults(opts.fault_injection.clone());
@@ -195,6 +207,7 @@ pub fn run_with(
             log: opts.log.clone(),
             runtime: runtime.clone(),
             observer: extras.observer,
+            metrics: metrics.clone(),
         };
         // The exchange file is updated once before serving, as stock does.
         let _ = svc.prng.send(crate::actors::prng::GetStatus).await;
@@ -211,12 +224,10 @@ pub fn run_with(
         // Everything that opens files by path, from where they are now.
         svc.caches
             .store(Arc::new(start_caches(&opts.config, &runtime).await));
-        ticket_ctx.run(TicketActor::new(
-            config,
-            ticket_keys,
-            opts.clock.clone(),
-            opts.log.clone(),
-        ));
+        ticket_ctx.run(
+            TicketActor::new(config, ticket_keys, opts.clock.clone(), opts.log.clone())
+                .with_metrics(metrics.clone()),
+        );
         if let Some(hook) = extras.after_start {
             hook(svc.clone()).await?;
         }
