@@ -17,6 +17,8 @@
 //!   JSON and Prometheus renderings.
 //! - [`daemon`]: wiring, the listening socket, the per-connection request
 //!   loop and request semantics, live reload.
+//! - [`admin`]: the admin socket's protocol, client side (`tlsmgr stats`,
+//!   `keys`, `cache`).
 //! - [`client`]: the client side of the protocol (`tlsmgr client`, tests, benches).
 //! - [`clock`]: injected time, so expiry and rotation are tested by stepping a clock.
 //! - [`logging`]: slog drains that format lines the way Postfix does.
@@ -26,6 +28,7 @@
 #![warn(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod actors;
+pub mod admin;
 pub mod cache;
 pub mod client;
 pub mod clock;

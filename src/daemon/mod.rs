@@ -5,6 +5,8 @@
 //! - [`requests`]: what each request does, on the thread that read it.
 //! - [`io`]: the threads connections are served on (`tlsmgr_io_threads`).
 //! - [`reload`]: applying a new configuration snapshot to the running actors.
+//! - [`admin`]: the admin socket (`tlsmgr stats`, `keys`, `cache`).
+//! - [`stats`]: snapshots of every figure, the periodic `statistics:` log.
 //!
 //! [`run`] drives everything from the calling thread (an actix System: the
 //! actors, the accept loops and reloads run there; the caches and the I/O
@@ -13,10 +15,12 @@
 //! before it returns, so a restarted daemon finds its sessions.
 //! [`spawn`] runs the same on a background thread for in-process tests.
 
+pub mod admin;
 pub mod connection;
 pub mod io;
 pub mod reload;
 pub mod requests;
+pub mod stats;
 
 use crate::actors::cache::Flush;
 use crate::actors::prng::{PrngActor, SaveExchange};
@@ -147,6 +151,8 @@ pub struct Options {
     pub fault_injection: Option<FaultFlags>,
     /// Watch main.cf and apply edits live (`None`: configuration fixed).
     pub watch: Option<WatchOptions>,
+    /// The admin socket, bound (see [`admin::bind`]); `None`: no admin socket.
+    pub admin: Option<std::os::unix::net::UnixListener>,
 }
 
 async fn start_caches(cfg: &Config, runtime: &CacheRuntime) -> CacheSet {
@@ -218,6 +224,8 @@ pub fn run_with(
         let _watcher = opts
             .watch
             .map(|w| WatcherActor::launch(w, std::rc::Rc::new(svc.clone()), opts.log.clone()));
+        // Before a chroot hides /etc/passwd.
+        let admin_uids = admin::allowed_uids(&opts.config.mail_owner);
         if let Some(hook) = extras.before_start {
             hook()?;
         }
@@ -246,6 +254,15 @@ pub fn run_with(
                 .map_err(|e| Error::io("register listening socket", e))?;
             accepts.push(accept_loop(listener, svc.clone(), io.clone()));
         }
+        if let Some(std_listener) = opts.admin {
+            std_listener
+                .set_nonblocking(true)
+                .map_err(|e| Error::io("set admin socket non-blocking", e))?;
+            let listener = tokio::net::UnixListener::from_std(std_listener)
+                .map_err(|e| Error::io("register admin socket", e))?;
+            actix_rt::spawn(admin::serve(listener, svc.clone(), admin_uids));
+        }
+        actix_rt::spawn(stats::log_periodically(svc.clone()));
         ready(svc.clone());
         if !stopped_early {
             tokio::select! {
@@ -365,11 +382,13 @@ impl Drop for DaemonHandle {
 }
 
 /// `tlsmgr serve`: binds `socket` (creating its directory and the data
-/// directory when missing, replacing a stale socket file), runs until SIGINT
-/// or SIGTERM, then flushes the stores and returns.
+/// directory when missing, replacing a stale socket file) and the admin
+/// socket `admin_socket`, runs until SIGINT or SIGTERM, then flushes the
+/// stores and returns.
 pub fn standalone(
     config: Config,
     socket: &std::path::Path,
+    admin_socket: Option<&std::path::Path>,
     log: Logger,
     watch: Option<WatchOptions>,
 ) -> Result<(), Error> {
@@ -399,6 +418,15 @@ pub fn standalone(
     let listener = UnixListener::bind(socket)
         .map_err(|e| Error::io(format!("bind {}", socket.display()), e))?;
     info!(log, "listening on {}", socket.display());
+    let admin_path = admin_socket.map(std::path::Path::to_path_buf);
+    let admin = match &admin_path {
+        Some(p) => {
+            let l = admin::bind(p)?;
+            info!(log, "admin socket {}", p.display());
+            Some(l)
+        }
+        None => None,
+    };
     let opts = Options {
         config,
         listener,
@@ -407,6 +435,7 @@ pub fn standalone(
         #[cfg(feature = "test-hooks")]
         fault_injection: None,
         watch,
+        admin,
     };
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
@@ -425,5 +454,8 @@ pub fn standalone(
     };
     let result = run(opts, shutdown, |_| {});
     let _ = std::fs::remove_file(socket);
+    if let Some(p) = admin_path {
+        let _ = std::fs::remove_file(p);
+    }
     result
 }

@@ -240,6 +240,8 @@ fn take_descriptors(st: &Startup) -> Result<Descriptors, Fatal> {
 
 /// What pre_init decided.
 struct PreInit {
+    /// The admin socket, bound before the chroot.
+    admin: Option<UnixListener>,
     root: bool,
     owner: Option<MailOwner>,
     policy: PathPolicy,
@@ -269,7 +271,22 @@ fn pre_init(st: &mut Startup) -> Result<PreInit, Fatal> {
     for failure in crate::prng::preopen(&st.cfg) {
         warn!(log, "{}", failure.message);
     }
+    // Bound now, with mail_owner's effective ids when we are root (so the
+    // 0600 socket is mail_owner's), outside any chroot. A failure is not
+    // fatal: Postfix's clients do not need it.
+    let admin = match &st.cfg.admin_socket {
+        Some(path) => match crate::daemon::admin::bind(path) {
+            // std binds with SOCK_CLOEXEC.
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(log, "{} -- no admin socket", e);
+                None
+            }
+        },
+        None => None,
+    };
     Ok(PreInit {
+        admin,
         root,
         owner,
         policy,
@@ -448,6 +465,7 @@ fn serve(st: Startup, fds: Descriptors, pre: PreInit) -> Result<(), Fatal> {
         log: log.clone(),
         #[cfg(feature = "test-hooks")]
         fault_injection: None,
+        admin: pre.admin,
         watch: Some(WatchOptions {
             sighup: true,
             adjust: Some(Box::new(move |c: &mut Config| policy.adjust(c))),
