@@ -154,15 +154,25 @@ fn admin_socket(command: &str, args: AdminArgs) -> Result<PathBuf, ExitCode> {
     if let Some(s) = args.socket {
         return Ok(s);
     }
+    // Only what names the socket is read: an admin looks at a daemon
+    // exactly when main.cf may hold an invalid edit, which the daemon
+    // refused and runs on without.
     let dir = tlsmgr::config::config_directory(args.config_dir);
-    match Config::load(&dir, &[]) {
-        Ok(config) => config.admin_socket.ok_or_else(|| {
+    let path = tlsmgr::config::dir::ConfigDir::open(&dir)
+        .map_err(|e| tlsmgr::config::ConfigError::new(format!("open {}: {e}", dir.display())))
+        .and_then(|handle| tlsmgr::config::read_raw(&handle, &[]))
+        .and_then(|raw| {
+            tlsmgr::config::expand_parameter(&raw, "tlsmgr_admin_socket", &mut Default::default())
+        });
+    match path {
+        Ok(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        Ok(_) => {
             eprintln!(
                 "tlsmgr {command}: fatal: tlsmgr_admin_socket is empty in {}/main.cf",
                 dir.display()
             );
-            ExitCode::from(2)
-        }),
+            Err(ExitCode::from(2))
+        }
         Err(e) => {
             eprintln!("tlsmgr {command}: fatal: {e}");
             Err(ExitCode::from(2))
