@@ -59,11 +59,15 @@ pub fn request(socket: &Path, command: &str) -> Result<String, AdminError> {
     stream
         .set_write_timeout(Some(TIMEOUT))
         .map_err(io("set timeout on"))?;
-    stream
-        .write_all(format!("{command}\n").as_bytes())
-        .map_err(io("write"))?;
+    // The daemon may answer (a refusal) and close before it reads the
+    // command: then the write fails, and the answer still explains why.
+    let written = stream.write_all(format!("{command}\n").as_bytes());
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).map_err(io("read"))?;
+    let read = stream.read_to_end(&mut answer);
+    if answer.is_empty() {
+        written.map_err(io("write"))?;
+        read.map_err(io("read"))?;
+    }
     let answer = String::from_utf8_lossy(&answer);
     let (first, body) = answer.split_once('\n').unwrap_or((&answer, ""));
     if first == "ok" {
