@@ -5,6 +5,7 @@
 //! - [`requests`]: what each request does, on the thread that read it.
 //! - [`io`]: the threads connections are served on (`tlsmgr_io_threads`).
 //! - [`reload`]: applying a new configuration snapshot to the running actors.
+//! - [`http`]: the Prometheus endpoint and status page (`tlsmgr_metrics_listen`).
 //! - [`admin`]: the admin socket (`tlsmgr stats`, `keys`, `cache`).
 //! - [`stats`]: snapshots of every figure, the periodic `statistics:` log.
 //!
@@ -17,6 +18,7 @@
 
 pub mod admin;
 pub mod connection;
+pub mod http;
 pub mod io;
 pub mod reload;
 pub mod requests;
@@ -263,6 +265,7 @@ pub fn run_with(
             actix_rt::spawn(admin::serve(listener, svc.clone(), admin_uids));
         }
         actix_rt::spawn(stats::log_periodically(svc.clone()));
+        actix_rt::spawn(http::supervise(svc.clone()));
         ready(svc.clone());
         if !stopped_early {
             tokio::select! {
