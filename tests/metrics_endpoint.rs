@@ -217,7 +217,17 @@ fn stats_json_agrees_with_metrics() {
                 "{r} {st}"
             );
         }
+        assert_eq!(
+            value(
+                &s,
+                "postfix_tlsmgr_request_duration_seconds",
+                &[("request", r)]
+            ),
+            Some(n(&j["requests"][r]["duration_seconds"]["count"])),
+            "{r} histogram"
+        );
     }
+    assert_eq!(j["requests"]["lookup"]["duration_seconds"]["count"], 2);
     assert_eq!(
         value(&s, "postfix_tlsmgr_seed_bytes_total", &[]),
         Some(n(&j["prng"]["seed_bytes"]))
