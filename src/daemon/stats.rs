@@ -83,13 +83,10 @@ pub fn summary_lines(prev: &Snapshot, now: &Snapshot) -> Vec<String> {
         let miss = d(p.lookups[1], n.lookups[1]) + d(p.lookups[2], n.lookups[2]);
         let (updates, deletes) = (d(p.updates, n.updates), d(p.deletes, n.deletes));
         let (expired, evicted) = (d(p.expired, n.expired), d(p.evicted, n.evicted));
-        if hits + miss > 0 {
+        if let Some(success) = (hits * 100).checked_div(hits + miss) {
             lines.push(format!(
                 "statistics: {} TLS cache lookup hits={} miss={} success={}%",
-                n.cache_type,
-                hits,
-                miss,
-                hits * 100 / (hits + miss)
+                n.cache_type, hits, miss, success
             ));
         }
         if updates + deletes + expired + evicted > 0 {
