@@ -260,6 +260,33 @@ fn pre_init(st: &mut Startup) -> Result<PreInit, Fatal> {
         Err(e) if root => return Err(fatal(log, e)),
         Err(_) => None,
     };
+    // Bound first, as whoever started us (root: master's private/ may be
+    // root's), outside any chroot; then given to mail_owner, so the 0600
+    // socket is root's and mail_owner's alone. A failure is not fatal:
+    // Postfix's clients do not need it.
+    let admin = match &st.cfg.admin_socket {
+        Some(path) => match crate::daemon::admin::bind(path) {
+            Ok(l) => {
+                let given = match (&owner, root) {
+                    (Some(o), true) => nix::unistd::chown(path.as_path(), Some(o.uid), Some(o.gid))
+                        .map_err(|e| format!("chown {}: {e}", path.display())),
+                    _ => Ok(()),
+                };
+                match given {
+                    Ok(()) => Some(l),
+                    Err(e) => {
+                        warn!(log, "{} -- no admin socket", e);
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(log, "{} -- no admin socket", e);
+                None
+            }
+        },
+        None => None,
+    };
     if root {
         if let Some(o) = &owner {
             privileges::set_effective(o).map_err(|e| fatal(log, e))?;
@@ -271,20 +298,6 @@ fn pre_init(st: &mut Startup) -> Result<PreInit, Fatal> {
     for failure in crate::prng::preopen(&st.cfg) {
         warn!(log, "{}", failure.message);
     }
-    // Bound now, with mail_owner's effective ids when we are root (so the
-    // 0600 socket is mail_owner's), outside any chroot. A failure is not
-    // fatal: Postfix's clients do not need it.
-    let admin = match &st.cfg.admin_socket {
-        Some(path) => match crate::daemon::admin::bind(path) {
-            // std binds with SOCK_CLOEXEC.
-            Ok(l) => Some(l),
-            Err(e) => {
-                warn!(log, "{} -- no admin socket", e);
-                None
-            }
-        },
-        None => None,
-    };
     Ok(PreInit {
         admin,
         root,
