@@ -303,3 +303,36 @@ fn no_summary_by_default() {
     std::thread::sleep(std::time::Duration::from_millis(2500));
     assert!(!d.log.text().contains("statistics:"), "{}", d.log.text());
 }
+
+#[test]
+fn watch_prints_rates_per_second() {
+    let d = start("", false);
+    let mut child = Command::new(BIN)
+        .args(["stats", "--watch", "1", "-c"])
+        .arg(&d.dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut c = d.client();
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(2600);
+    while std::time::Instant::now() < until {
+        lookup(&mut c, "smtpd", "x");
+    }
+    child.kill().unwrap();
+    let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    let tables: Vec<&str> = out.split("\n\n").filter(|t| t.contains("cache")).collect();
+    assert!(tables.len() >= 2, "{out}");
+    // The first table counts, the next ones are rates.
+    assert!(!tables[0].contains("(per second)"));
+    let rates = tables[1];
+    assert!(rates.contains("(per second)"), "{out}");
+    let smtpd: Vec<&str> = rates
+        .lines()
+        .find(|l| l.starts_with("smtpd "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let per_sec: f64 = smtpd[2].parse().unwrap();
+    assert!(per_sec > 10.0, "{rates}");
+    assert_eq!(smtpd[3], "0.0", "all misses: hit ratio 0");
+}
