@@ -16,7 +16,7 @@ use slog::{info, warn};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// Binds the admin socket at `path`, mode 0600, replacing a stale socket
 /// file (one nobody answers on); refuses when a daemon answers there.
@@ -116,8 +116,6 @@ async fn connection(stream: tokio::net::UnixStream, svc: &Services, allowed: &[u
     let _ = write.write_all(answer.as_bytes()).await;
     let _ = write.shutdown().await;
 }
-
-use tokio::io::AsyncReadExt;
 
 fn cache_type(word: &str) -> Result<CacheType, String> {
     CacheType::from_wire(word.as_bytes())
