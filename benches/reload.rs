@@ -54,6 +54,7 @@ impl Bench {
             log: slog::Logger::root(slog::Discard, slog::o!()),
             fault_injection: None,
             watch: Some(watch),
+            admin: None,
         })
         .unwrap();
         Bench {

@@ -13,8 +13,12 @@
 //!   generators), entropy sources, the exchange file and their schedule.
 //! - [`actors`]: the control plane: actix actors that decide when caches
 //!   open, sync and expire, keys rotate, the pool reseeds, main.cf reloads.
+//! - [`metrics`]: the counters (sharded atomics on the data path), their
+//!   JSON and Prometheus renderings.
 //! - [`daemon`]: wiring, the listening socket, the per-connection request
 //!   loop and request semantics, live reload.
+//! - [`admin`]: the admin socket's protocol, client side (`tlsmgr stats`,
+//!   `keys`, `cache`).
 //! - [`client`]: the client side of the protocol (`tlsmgr client`, tests, benches).
 //! - [`clock`]: injected time, so expiry and rotation are tested by stepping a clock.
 //! - [`logging`]: slog drains that format lines the way Postfix does.
@@ -24,6 +28,7 @@
 #![warn(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod actors;
+pub mod admin;
 pub mod cache;
 pub mod client;
 pub mod clock;
@@ -32,6 +37,7 @@ pub mod daemon;
 pub mod error;
 pub mod logging;
 pub mod master;
+pub mod metrics;
 pub mod prng;
 pub mod protocol;
 pub mod store;

@@ -73,9 +73,179 @@ enum Command {
         #[command(subcommand)]
         request: ClientCommand,
     },
+    /// Print the running daemon's counters: a table per cache, then ticket
+    /// keys, PRNG, the last reload and connections. Talks to the admin
+    /// socket (tlsmgr_admin_socket of main.cf).
+    Stats {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print one JSON object (with a `version` member) instead.
+        #[arg(long)]
+        json: bool,
+        /// Print again every SECONDS, as rates per second.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
+    },
+    /// Session ticket keys of the running daemon.
+    Keys {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Act on a session cache of the running daemon.
+    Cache {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Print the tlsmgr-rs(8) manual page (roff) on stdout.
     #[command(hide = true)]
     Man,
+}
+
+/// Where the admin commands find the daemon.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Configuration directory whose main.cf gives tlsmgr_admin_socket
+    /// (default: $MAIL_CONFIG, else /etc/postfix).
+    #[arg(short = 'c', value_name = "CONFIG_DIR", conflicts_with = "socket")]
+    config_dir: Option<PathBuf>,
+    /// The admin socket (default: tlsmgr_admin_socket of main.cf).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Make a new key current at once and retire the current one early
+    /// (a suspected compromise). Tickets under the old key still resume
+    /// for half the smtpd cache timeout.
+    Rotate,
+    /// Names, ages and expiry of the keys (never key bytes).
+    List,
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Remove every entry of one cache.
+    Purge {
+        /// smtpd, smtp or lmtp.
+        cache_type: String,
+    },
+    /// Remove one entry.
+    Delete {
+        /// smtpd, smtp or lmtp.
+        cache_type: String,
+        /// The cache id, as Postfix logs it.
+        cache_id: String,
+    },
+}
+
+/// `--socket P` of `tlsmgr serve`: the admin socket is `P.admin`.
+fn admin_beside(socket: &Path) -> PathBuf {
+    let mut name = socket.as_os_str().to_os_string();
+    name.push(".admin");
+    PathBuf::from(name)
+}
+
+/// The admin socket of `args`: `--socket`, else tlsmgr_admin_socket of
+/// main.cf. Exit 2 when there is none.
+fn admin_socket(command: &str, args: AdminArgs) -> Result<PathBuf, ExitCode> {
+    if let Some(s) = args.socket {
+        return Ok(s);
+    }
+    // Only what names the socket is read: an admin looks at a daemon
+    // exactly when main.cf may hold an invalid edit, which the daemon
+    // refused and runs on without.
+    let dir = tlsmgr::config::config_directory(args.config_dir);
+    let path = tlsmgr::config::dir::ConfigDir::open(&dir)
+        .map_err(|e| tlsmgr::config::ConfigError::new(format!("open {}: {e}", dir.display())))
+        .and_then(|handle| tlsmgr::config::read_raw(&handle, &[]))
+        .and_then(|raw| {
+            tlsmgr::config::expand_parameter(&raw, "tlsmgr_admin_socket", &mut Default::default())
+        });
+    match path {
+        Ok(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        Ok(_) => {
+            eprintln!(
+                "tlsmgr {command}: fatal: tlsmgr_admin_socket is empty in {}/main.cf",
+                dir.display()
+            );
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            eprintln!("tlsmgr {command}: fatal: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Sends one admin command and prints the answer; exit 0, 1 (refused), 2
+/// (unreachable).
+fn admin_command(command: &str, args: AdminArgs, line: &str) -> ExitCode {
+    let socket = match admin_socket(command, args) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match tlsmgr::admin::request(&socket, line) {
+        Ok(body) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => admin_error(command, &e),
+    }
+}
+
+fn admin_error(command: &str, e: &tlsmgr::admin::AdminError) -> ExitCode {
+    eprintln!("tlsmgr {command}: fatal: {e}");
+    match e {
+        tlsmgr::admin::AdminError::Refused(_) => ExitCode::from(1),
+        _ => ExitCode::from(2),
+    }
+}
+
+fn stats(args: AdminArgs, json: bool, watch: Option<u64>) -> ExitCode {
+    let socket = match admin_socket("stats", args) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut prev: Option<(serde_json::Value, std::time::Instant)> = None;
+    loop {
+        let now = match tlsmgr::admin::stats(&socket) {
+            Ok(v) => v,
+            Err(e) => return admin_error("stats", &e),
+        };
+        let taken = std::time::Instant::now();
+        let out = if json {
+            format!("{now}\n")
+        } else {
+            let p = prev
+                .as_ref()
+                .map(|(v, at)| (v, taken.duration_since(*at).as_secs_f64()));
+            tlsmgr::admin::render_table(&now, p)
+        };
+        let mut stdout = std::io::stdout().lock();
+        if stdout
+            .write_all(out.as_bytes())
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            return ExitCode::from(1);
+        }
+        drop(stdout);
+        match watch {
+            None => return ExitCode::SUCCESS,
+            Some(secs) => {
+                if !json {
+                    println!();
+                }
+                prev = Some((now, taken));
+                std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -110,6 +280,25 @@ fn main() -> ExitCode {
             config_dir,
             overrides,
         } => check(config_dir, &overrides),
+        Command::Stats { admin, json, watch } => stats(admin, json, watch),
+        Command::Keys { admin, action } => match action {
+            KeysAction::Rotate => admin_command("keys", admin, "keys rotate"),
+            KeysAction::List => admin_command("keys", admin, "keys list"),
+        },
+        Command::Cache { admin, action } => {
+            let line = match &action {
+                CacheAction::Purge { cache_type } => format!("cache purge {cache_type}"),
+                CacheAction::Delete {
+                    cache_type,
+                    cache_id,
+                } => format!("cache delete {cache_type} {cache_id}"),
+            };
+            if line.contains('\n') {
+                eprintln!("tlsmgr cache: fatal: a cache id cannot contain a newline");
+                return ExitCode::from(2);
+            }
+            admin_command("cache", admin, &line)
+        }
         Command::Man => match std::io::stdout().lock().write_all(&man_page()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -338,6 +527,12 @@ fn serve(dir: &Path, socket: Option<PathBuf>, overrides: &[String], verbose: boo
     for w in &config.warnings {
         slog::warn!(log, "{}", w);
     }
+    // Beside an explicit --socket (so that two daemons of one main.cf can
+    // run side by side), else tlsmgr_admin_socket.
+    let admin = match &socket {
+        Some(s) => Some(admin_beside(s)),
+        None => config.admin_socket.clone(),
+    };
     let socket = socket.unwrap_or_else(|| config.default_socket());
     // Opened now, before any chroot, so that live reload keeps reading it.
     let watch = match tlsmgr::config::dir::ConfigDir::open(dir) {
@@ -351,7 +546,7 @@ fn serve(dir: &Path, socket: Option<PathBuf>, overrides: &[String], verbose: boo
             None
         }
     };
-    match tlsmgr::daemon::standalone(config, &socket, log.clone(), watch) {
+    match tlsmgr::daemon::standalone(config, &socket, admin.as_deref(), log.clone(), watch) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             slog::crit!(log, "{}", e);

@@ -301,3 +301,39 @@ fn a_chrooted_child_writes_over_100_mib_without_a_warning() {
         CONNS * PER_CONN
     );
 }
+
+/// The admin socket of a chrooted, unprivileged child: bound before the
+/// chroot at `$queue_directory/private/tlsmgr.admin`, mail_owner's, 0600,
+/// and its actions work from inside the jail (a rotated key is saved there
+/// and reaches `tktkey`).
+#[test]
+fn the_admin_socket_of_a_chrooted_child() {
+    if !stock::available() {
+        return;
+    }
+    let dir = instance("");
+    let queue = dir.path().join("queue");
+    let mut d = MasterChild::start_in(dir, OURS, CHROOTED, &[]);
+    let admin = queue.join("private/tlsmgr.admin");
+    let mut c = connect(&d);
+    let key = current_key(&mut c);
+    assert_eq!(owner_mode(&admin), (postfix_uid(), 0o600));
+    let stats = tlsmgr::admin::stats(&admin).unwrap();
+    assert_eq!(stats["caches"]["smtpd"]["enabled"], true);
+    assert_eq!(stats["tickets"]["issued"], 1);
+    let rotated = tlsmgr::admin::request(&admin, "keys rotate").unwrap();
+    let new = current_key(&mut c);
+    assert_ne!(new[..16], key[..16]);
+    assert_eq!(
+        rotated,
+        format!("new current key {}\n", hex::encode(&new[..16]))
+    );
+    drop(c);
+    let (st, err) = d.close_status();
+    assert_eq!(st.code(), Some(0), "{err}");
+    assert_eq!(warnings(&err), Vec::<&str>::new(), "{err}");
+    assert!(
+        err.contains("admin: keys rotate requested by uid 0"),
+        "{err}"
+    );
+}

@@ -93,7 +93,7 @@ pub fn table(points: &Points, conns: &[usize]) -> String {
     for &c in conns {
         let stock = points.get(&(Kind::Stock, c));
         let ceiling = points.get(&(Kind::Ceiling, c));
-        for kind in Kind::ALL {
+        for kind in Kind::EVERY {
             let Some(p) = points.get(&(kind, c)) else {
                 continue;
             };
@@ -191,6 +191,8 @@ fn color(k: Kind) -> &'static str {
         Kind::OursMemory => "#2ca02c",
         Kind::Stock => "#d62728",
         Kind::Ceiling => "#7f7f7f",
+        Kind::OursMetrics => "#9467bd",
+        Kind::OursBase => "#8c564b",
     }
 }
 
@@ -314,7 +316,7 @@ fn panel(
 
 /// The SVG: throughput (left) and p99 latency (right) against concurrency.
 pub fn svg(points: &Points, conns: &[usize], caption: &str) -> String {
-    let kinds: Vec<Kind> = Kind::ALL
+    let kinds: Vec<Kind> = Kind::EVERY
         .into_iter()
         .filter(|k| conns.iter().any(|c| points.contains_key(&(*k, *c))))
         .collect();

@@ -6,14 +6,18 @@
 //! - Debian's stock tlsmgr, started the way master(8) starts it (spec §4.1:
 //!   flow pipe on fds 3/4, status socket on fd 5, listen socket on fd 6,
 //!   `-l -t unix`, `GENERATION`, a `MAIL_CONFIG` with btree caches);
-//! - the ceiling: this bench binary re-executed in its minimal-server mode.
+//! - the ceiling: this bench binary re-executed in its minimal-server mode;
+//! - on request, for A/B runs: ours with the Prometheus endpoint on and
+//!   scraped (`ours-metrics`), and another build of ours (`ours-base`).
 
 use command_fds::{CommandFdExt, FdMapping};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Where Debian installs the stock daemon.
@@ -33,12 +37,33 @@ pub enum Kind {
     Stock,
     /// The fixed-reply server.
     Ceiling,
+    /// Ours, memory store, with the Prometheus endpoint on and scraped
+    /// every [`SCRAPE_INTERVAL`] (issue 12: the cost of metrics).
+    OursMetrics,
+    /// Another build of ours (`TLSMGR_BENCH_BASE_BIN`, e.g. one without
+    /// the counters), memory store: the baseline of an A/B run.
+    OursBase,
 }
 
+/// How often `ours-metrics` is scraped (Prometheus' default is 15 s; once
+/// a second is the pessimistic case).
+pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Kind {
+    /// The servers of a default run.
     pub const ALL: [Kind; 4] = [
         Kind::OursFjall,
         Kind::OursMemory,
+        Kind::Stock,
+        Kind::Ceiling,
+    ];
+
+    /// Every kind, in report order (the A/B kinds only on request).
+    pub const EVERY: [Kind; 6] = [
+        Kind::OursFjall,
+        Kind::OursMemory,
+        Kind::OursMetrics,
+        Kind::OursBase,
         Kind::Stock,
         Kind::Ceiling,
     ];
@@ -50,11 +75,13 @@ impl Kind {
             Kind::OursMemory => "ours-memory",
             Kind::Stock => "stock",
             Kind::Ceiling => "ceiling",
+            Kind::OursMetrics => "ours-metrics",
+            Kind::OursBase => "ours-base",
         }
     }
 
     pub fn from_name(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == s)
+        Kind::EVERY.into_iter().find(|k| k.name() == s)
     }
 }
 
@@ -84,6 +111,8 @@ pub struct Server {
     status: Option<UnixStream>,
     drainer: Option<std::thread::JoinHandle<()>>,
     log_path: PathBuf,
+    /// `ours-metrics`: the scraper thread and its stop flag.
+    scraper: Option<(Arc<AtomicBool>, std::thread::JoinHandle<u64>)>,
     _tmp: tempfile::TempDir,
 }
 
@@ -131,13 +160,14 @@ impl Server {
         };
         let data_dir = root.join("data");
         std::fs::create_dir_all(&data_dir).map_err(io("create data directory"))?;
+        let mut metrics_port = None;
         let (child, socket) = match kind {
             Kind::Stock => {
                 let mut server = start_stock(tmp, &root, data_dir, log_path.clone(), opts)?;
                 server.wait_ready()?;
                 return Ok(server);
             }
-            Kind::OursFjall | Kind::OursMemory => {
+            Kind::OursFjall | Kind::OursMemory | Kind::OursMetrics | Kind::OursBase => {
                 let db = |name: &str| match kind {
                     Kind::OursFjall => format!("btree:{}/{name}", data_dir.display()),
                     _ => format!("memory:{name}"),
@@ -156,8 +186,27 @@ impl Server {
                     ),
                 )
                 .map_err(io("write main.cf"))?;
+                if kind == Kind::OursMetrics {
+                    let port = std::net::TcpListener::bind("127.0.0.1:0")
+                        .and_then(|l| l.local_addr())
+                        .map_err(io("pick a port"))?
+                        .port();
+                    let mut f = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(root.join("main.cf"))
+                        .map_err(io("open main.cf"))?;
+                    writeln!(f, "tlsmgr_metrics_listen = 127.0.0.1:{port}")
+                        .map_err(io("write main.cf"))?;
+                    metrics_port = Some(port);
+                }
                 let socket = root.join("tlsmgr.sock");
-                let child = Command::new(ours_binary())
+                let binary = match kind {
+                    Kind::OursBase => std::env::var_os("TLSMGR_BENCH_BASE_BIN")
+                        .map(PathBuf::from)
+                        .ok_or("ours-base needs TLSMGR_BENCH_BASE_BIN (the baseline build)")?,
+                    _ => ours_binary(),
+                };
+                let child = Command::new(binary)
                     .arg("serve")
                     .arg("-c")
                     .arg(&root)
@@ -191,9 +240,13 @@ impl Server {
             status: None,
             drainer: None,
             log_path,
+            scraper: None,
             _tmp: tmp,
         };
         server.wait_ready()?;
+        if let Some(port) = metrics_port {
+            server.scraper = Some(scrape(port)?);
+        }
         Ok(server)
     }
 
@@ -243,7 +296,7 @@ impl Server {
                     let _ = st.shutdown(std::net::Shutdown::Both);
                 }
             }
-            Kind::OursFjall | Kind::OursMemory => {
+            Kind::OursFjall | Kind::OursMemory | Kind::OursMetrics | Kind::OursBase => {
                 // SAFETY: kill(2) on our own child's pid; no memory involved.
                 unsafe {
                     libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
@@ -265,8 +318,57 @@ impl Server {
         if let Some(d) = self.drainer.take() {
             let _ = d.join();
         }
+        if let Some((stop, t)) = self.scraper.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = t.join();
+        }
         self.log()
     }
+}
+
+/// Scrapes `GET /metrics` on `port` every [`SCRAPE_INTERVAL`] until told
+/// to stop; the first scrape must succeed (the endpoint is up). Returns the
+/// number of scrapes.
+fn scrape(port: u16) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<u64>), String> {
+    let get = move || -> Result<(), String> {
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", port)).map_err(io("connect /metrics"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(io("set timeout"))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .map_err(io("send GET"))?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).map_err(io("read /metrics"))?;
+        if body.starts_with("HTTP/1.0 200 OK") && body.contains("postfix_tlsmgr_requests_total") {
+            Ok(())
+        } else {
+            Err(format!(
+                "bad /metrics answer: {}",
+                body.chars().take(200).collect::<String>()
+            ))
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The listener is bound within a second of start (the supervisor's tick).
+    while let Err(e) = get() {
+        if Instant::now() > deadline {
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let t = std::thread::spawn(move || {
+        let mut n = 1;
+        while !flag.load(Ordering::Relaxed) {
+            std::thread::sleep(SCRAPE_INTERVAL);
+            if get().is_ok() {
+                n += 1;
+            }
+        }
+        n
+    });
+    Ok((stop, t))
 }
 
 impl Drop for Server {
@@ -365,6 +467,7 @@ fn start_stock(
         status: Some(status_ours),
         drainer: Some(drainer),
         log_path,
+        scraper: None,
         _tmp: tmp,
     })
 }

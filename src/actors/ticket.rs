@@ -36,6 +36,7 @@ pub struct TicketActor {
     config: Arc<ArcSwap<Config>>,
     clock: SharedClock,
     log: Logger,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl TicketActor {
@@ -83,12 +84,20 @@ impl TicketActor {
             config,
             clock,
             log,
+            metrics: Arc::new(crate::metrics::Metrics::default()),
         };
         // Loaded keys may be stale or from a clock that went back: publish
         // only what the clock allows now.
         actor.published.store(Arc::new(KeyRing::new()));
         actor.rotate(true);
         actor
+    }
+
+    /// Counts rotations into `metrics` (the daemon's). The keys made at
+    /// start are not a rotation.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Rotates if due; saves then publishes a changed ring (`force`:
@@ -98,7 +107,16 @@ impl TicketActor {
         let now = self.clock.now();
         self.pool.mix_time_of_day();
         let pool = &mut self.pool;
+        let before = self.ring.current.map(|k| k.name);
         let changed = self.ring.rotate(now, timeout, &mut |b| pool.fill(b));
+        if before.is_some() && self.ring.current.map(|k| k.name) != before {
+            self.metrics.ticket_rotated();
+        }
+        self.save_and_publish(changed, changed || force);
+    }
+
+    /// Saves the ring if `changed`, then publishes it if `publish`.
+    fn save_and_publish(&mut self, changed: bool, publish: bool) {
         if changed {
             if let Some(path) = &self.file {
                 if let Err(e) = file::save(&self.ring, path) {
@@ -111,7 +129,7 @@ impl TicketActor {
                 }
             }
         }
-        if changed || force {
+        if publish {
             self.published.store(Arc::new(self.ring.clone()));
         }
     }
@@ -144,5 +162,28 @@ impl Handler<super::ConfigChanged> for TicketActor {
         // A new timeout can make keys too long-lived for it, or enable
         // tickets that were disabled.
         self.rotate(false);
+    }
+}
+
+/// `tlsmgr keys rotate`: a new current key at once (see
+/// [`KeyRing::rotate_now`]), saved and published before the reply.
+/// Resolves to false when tickets are disabled.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct RotateNow;
+
+impl Handler<RotateNow> for TicketActor {
+    type Result = bool;
+    fn handle(&mut self, _: RotateNow, _ctx: &mut Context<Self>) -> bool {
+        let timeout = self.config.load().ticket_timeout();
+        let now = self.clock.now();
+        self.pool.mix_time_of_day();
+        let pool = &mut self.pool;
+        if !self.ring.rotate_now(now, timeout, &mut |b| pool.fill(b)) {
+            return false;
+        }
+        self.metrics.ticket_rotated();
+        self.save_and_publish(true, true);
+        true
     }
 }

@@ -220,6 +220,10 @@ pub trait ConfigSink {
     /// -> new` items, empty when nothing tlsmgr reads changed) and the
     /// configuration now in force.
     fn apply(&self, new: Config) -> LocalBoxFuture<'static, (Vec<String>, Arc<Config>)>;
+
+    /// An edit of main.cf was refused (invalid, unreadable, empty, or
+    /// refused by the adjustment); the configuration in force stays.
+    fn rejected(&self) {}
 }
 
 impl WatcherActor {
@@ -361,6 +365,7 @@ impl WatcherActor {
                 }
                 Err(e) => {
                     // A panic while parsing: keep running on the old snapshot.
+                    act.sink.rejected();
                     warn!(
                         act.log,
                         "{}: {} -- keeping the current configuration",
@@ -404,6 +409,7 @@ impl WatcherActor {
                 return None;
             }
             Outcome::Unreadable(e) => {
+                self.sink.rejected();
                 warn!(
                     self.log,
                     "open {}: {} -- keeping the current configuration",
@@ -413,6 +419,7 @@ impl WatcherActor {
                 return None;
             }
             Outcome::Empty => {
+                self.sink.rejected();
                 warn!(
                     self.log,
                     "{} is empty -- keeping the current configuration",
@@ -434,6 +441,7 @@ impl WatcherActor {
             Outcome::Parsed(parsed) => match *parsed {
                 Ok(cfg) => cfg,
                 Err(e) => {
+                    self.sink.rejected();
                     warn!(self.log, "{} -- keeping the current configuration", e);
                     return None;
                 }
@@ -441,6 +449,7 @@ impl WatcherActor {
         };
         if let Some(adjust) = &self.adjust {
             if let Err(why) = adjust(&mut cfg) {
+                self.sink.rejected();
                 warn!(
                     self.log,
                     "{}: {} -- keeping the current configuration",

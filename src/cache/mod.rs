@@ -26,6 +26,7 @@
 //! write succeeds again, with the number of writes refused meanwhile.
 
 use crate::clock::SharedClock;
+use crate::metrics::{LookupResult, Metrics, Removal};
 use crate::protocol::CacheType;
 use crate::store::{Entry, Store, StoreError, StoreLocation, SweepStep, MAX_CACHE_ID_LEN};
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -78,6 +79,8 @@ pub struct Cache {
     clock: SharedClock,
     log: Logger,
     on_down: std::sync::OnceLock<DownHook>,
+    /// Where lookups, updates, deletes and removals are counted.
+    metrics: Arc<Metrics>,
     full: FullDisk,
     on_full: std::sync::OnceLock<DownHook>,
     #[cfg(feature = "test-hooks")]
@@ -115,11 +118,18 @@ impl Cache {
             clock,
             log,
             on_down: std::sync::OnceLock::new(),
+            metrics: Arc::new(Metrics::default()),
             full: FullDisk::default(),
             on_full: std::sync::OnceLock::new(),
             #[cfg(feature = "test-hooks")]
             fault: None,
         }
+    }
+
+    /// Counts into `metrics` (the daemon's) instead of a private set.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Test hook: while the flag is set, every store call fails as if the
@@ -311,6 +321,8 @@ impl Cache {
             );
         }
         if id.len() > MAX_CACHE_ID_LEN {
+            self.metrics
+                .cache_lookup(self.cache_type, LookupResult::Miss);
             return Ok(None);
         }
         let refusing = self.writes_refused();
@@ -324,6 +336,8 @@ impl Cache {
             other => other,
         })?;
         let Some(entry) = entry else {
+            self.metrics
+                .cache_lookup(self.cache_type, LookupResult::Miss);
             return Ok(None);
         };
         if limits.log_cache {
@@ -340,9 +354,15 @@ impl Cache {
             // On a full disk the stale entry stays until the sweep after.
             if !self.writes_refused() {
                 self.with_store("delete", |s| s.delete(id))?;
+                self.metrics
+                    .cache_removed(self.cache_type, Removal::Expired, 1);
             }
+            self.metrics
+                .cache_lookup(self.cache_type, LookupResult::Expired);
             return Ok(None);
         }
+        self.metrics
+            .cache_lookup(self.cache_type, LookupResult::Hit);
         Ok(Some(Bytes::from(entry.session)))
     }
 
@@ -383,8 +403,12 @@ impl Cache {
             session: session.to_vec(),
         };
         self.refuse_write()?;
-        self.with_store("update", |s| s.put(id, &entry, limits.max_entries))?;
+        let put = self.with_store("update", |s| s.put(id, &entry, limits.max_entries))?;
         self.wrote();
+        // A replaced entry is a write too.
+        self.metrics.cache_update(self.cache_type);
+        self.metrics
+            .cache_removed(self.cache_type, Removal::Evicted, put.evicted);
         Ok(())
     }
 
@@ -404,6 +428,9 @@ impl Cache {
         self.refuse_write()?;
         let found = self.with_store("delete", |s| s.delete(id))?;
         self.wrote();
+        if found {
+            self.metrics.cache_delete(self.cache_type);
+        }
         Ok(found)
     }
 
@@ -417,7 +444,10 @@ impl Cache {
         if self.writes_refused() {
             return Err(CacheDown);
         }
-        self.with_store("expiry scan", |s| s.sweep_before(cutoff, limit))
+        let step = self.with_store("expiry scan", |s| s.sweep_before(cutoff, limit))?;
+        self.metrics
+            .cache_removed(self.cache_type, Removal::Expired, step.removed as u64);
+        Ok(step)
     }
 
     /// Evicts down to the bound in force (after it was lowered).
@@ -425,8 +455,26 @@ impl Cache {
         match self.limits().max_entries {
             0 => Ok(0),
             _ if self.writes_refused() => Err(CacheDown),
-            max => self.with_store("eviction", |s| s.evict_to(max)),
+            max => {
+                let n = self.with_store("eviction", |s| s.evict_to(max))?;
+                self.metrics
+                    .cache_removed(self.cache_type, Removal::Evicted, n);
+                Ok(n)
+            }
         }
+    }
+
+    /// Empties the cache (`tlsmgr cache purge`); returns how many entries
+    /// there were.
+    pub fn purge(&self) -> Result<u64, CacheDown> {
+        self.refuse_write()?;
+        let n = self.with_store("purge", |s| {
+            let n = s.len();
+            s.clear()?;
+            Ok(n)
+        })?;
+        self.wrote();
+        Ok(n)
     }
 
     /// Makes completed writes durable against a power loss.

@@ -36,6 +36,7 @@ pub const MAX_RANDOM_PERIOD: u64 = 8_421_504;
 /// next starts (a reload says so).
 pub const START_ONLY: &[&str] = &[
     "queue_directory",
+    "tlsmgr_admin_socket",
     "tlsmgr_io_threads",
     "tlsmgr_persistent_state",
     "tlsmgr_store_block_cache_size",
@@ -170,7 +171,16 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("tlsmgr_session_cache_sync_interval", "1s"),
     ("tlsmgr_store_block_cache_size", "2097152"),
     ("tlsmgr_store_write_buffer_size", "8388608"),
+    (
+        "tlsmgr_admin_socket",
+        "${queue_directory}/private/tlsmgr.admin",
+    ),
+    ("tlsmgr_metrics_listen", ""),
+    ("tlsmgr_stats_log_interval", "0s"),
 ];
+
+/// Longest `tlsmgr_stats_log_interval` (one week).
+pub const MAX_STATS_LOG_INTERVAL: u64 = 7 * 86_400;
 
 /// Smallest `tlsmgr_store_block_cache_size` and
 /// `tlsmgr_store_write_buffer_size` (fjall needs some room to work).
@@ -270,6 +280,15 @@ pub struct Config {
     pub store_block_cache: u64,
     /// `tlsmgr_store_write_buffer_size`, bytes per on-disk cache.
     pub store_write_buffer: u64,
+    /// `tlsmgr_admin_socket`: where `tlsmgr stats`, `keys` and `cache`
+    /// reach the daemon; `None` when empty (no admin socket). Read at start.
+    pub admin_socket: Option<PathBuf>,
+    /// `tlsmgr_metrics_listen`: the TCP address of the Prometheus endpoint;
+    /// `None` when empty (off).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `tlsmgr_stats_log_interval`: how often a `statistics:` summary is
+    /// logged; zero = never.
+    pub stats_log_interval: Duration,
     /// Warnings to log (e.g. overridden entries).
     pub warnings: Vec<String>,
     /// The expanded value of every parameter in [`DEFAULTS`], in that order:
@@ -551,6 +570,29 @@ impl Config {
                 MIN_STORE_BUFFER,
                 MAX_STORE_BUFFER,
             )? as u64,
+            admin_socket: r.path("tlsmgr_admin_socket")?,
+            metrics_listen: {
+                let v = r.string("tlsmgr_metrics_listen")?;
+                let v = v.trim();
+                if v.is_empty() {
+                    None
+                } else {
+                    Some(v.parse::<std::net::SocketAddr>().map_err(|_| {
+                        r.err(
+                            "tlsmgr_metrics_listen",
+                            format!(
+                                "invalid tlsmgr_metrics_listen parameter value {v}: \
+                                 expected host:port with a numeric address, e.g. 127.0.0.1:9187"
+                            ),
+                        )
+                    })?)
+                }
+            },
+            stats_log_interval: Duration::from_secs(r.time(
+                "tlsmgr_stats_log_interval",
+                0,
+                MAX_STATS_LOG_INTERVAL,
+            )?),
             warnings: Vec::new(),
             effective: r.effective()?,
         })
@@ -778,6 +820,38 @@ mod tests {
         assert!(c
             .effective
             .contains(&("compatibility_level", "3.6".to_string())));
+    }
+
+    #[test]
+    fn observability_parameters() {
+        let c = from(&[("queue_directory", "/q")]).unwrap();
+        assert_eq!(
+            c.admin_socket,
+            Some(PathBuf::from("/q/private/tlsmgr.admin"))
+        );
+        assert_eq!(c.metrics_listen, None);
+        assert_eq!(c.stats_log_interval, Duration::ZERO);
+        let c = from(&[
+            ("tlsmgr_admin_socket", ""),
+            ("tlsmgr_metrics_listen", "[::1]:9187"),
+            ("tlsmgr_stats_log_interval", "1h"),
+        ])
+        .unwrap();
+        assert_eq!(c.admin_socket, None);
+        assert_eq!(c.metrics_listen, Some("[::1]:9187".parse().unwrap()));
+        assert_eq!(c.stats_log_interval, Duration::from_secs(3600));
+        let e = from(&[("tlsmgr_metrics_listen", "localhost:9187")]).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("invalid tlsmgr_metrics_listen parameter value localhost:9187"),
+            "{}",
+            e.message
+        );
+        let e = from(&[("tlsmgr_stats_log_interval", "2w")]).unwrap_err();
+        assert_eq!(
+            e.message,
+            "invalid tlsmgr_stats_log_interval: 1209600 (max 604800)"
+        );
     }
 
     #[test]

@@ -5,9 +5,10 @@
 use super::requests::apply;
 use super::Services;
 use crate::protocol::codec::ServerCodec;
-use crate::protocol::{Incoming, Malformed, Reply, ANNOUNCEMENT};
+use crate::protocol::{Incoming, Malformed, Reply, Status, ANNOUNCEMENT};
 use futures::{SinkExt, StreamExt};
 use slog::{debug, warn};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::time::timeout;
@@ -51,6 +52,8 @@ impl Drop for ObservedRequest<'_> {
 
 /// Serves one connection until the peer closes, errs, or times out.
 pub async fn serve(mut stream: UnixStream, svc: Services) {
+    let metrics = svc.metrics.clone();
+    let _counted = metrics.connection();
     let ipc_timeout = svc.config.load().ipc_timeout;
     // Postfix 3.6+ clients wait for this before sending anything.
     match timeout(ipc_timeout, stream.write_all(ANNOUNCEMENT)).await {
@@ -84,7 +87,10 @@ pub async fn serve(mut stream: UnixStream, svc: Services) {
             Incoming::Request(req) => {
                 #[cfg(feature = "test-hooks")]
                 test_stall(&req);
-                apply(req, &svc).await
+                let (kind, started) = (req.kind(), std::time::Instant::now());
+                let reply = apply(req, &svc).await;
+                svc.metrics.request(kind, reply.status(), started.elapsed());
+                reply
             }
             Incoming::Malformed(m) => {
                 match &m {
@@ -95,7 +101,10 @@ pub async fn serve(mut stream: UnixStream, svc: Services) {
                     Malformed::BadAttributes { warning, .. } => warn!(svc.log, "{}", warning),
                 }
                 match m {
-                    Malformed::BadAttributes { kind, .. } => Reply::fail_for(kind),
+                    Malformed::BadAttributes { kind, .. } => {
+                        svc.metrics.request(kind, Status::Fail, Duration::ZERO);
+                        Reply::fail_for(kind)
+                    }
                     _ => Reply::fail_status(),
                 }
             }

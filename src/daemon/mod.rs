@@ -5,6 +5,9 @@
 //! - [`requests`]: what each request does, on the thread that read it.
 //! - [`io`]: the threads connections are served on (`tlsmgr_io_threads`).
 //! - [`reload`]: applying a new configuration snapshot to the running actors.
+//! - [`http`]: the Prometheus endpoint and status page (`tlsmgr_metrics_listen`).
+//! - [`admin`]: the admin socket (`tlsmgr stats`, `keys`, `cache`).
+//! - [`stats`]: snapshots of every figure, the periodic `statistics:` log.
 //!
 //! [`run`] drives everything from the calling thread (an actix System: the
 //! actors, the accept loops and reloads run there; the caches and the I/O
@@ -13,11 +16,14 @@
 //! before it returns, so a restarted daemon finds its sessions.
 //! [`spawn`] runs the same on a background thread for in-process tests.
 
+pub mod admin;
 pub mod connection;
+pub mod http;
 pub mod io;
 pub mod limits;
 pub mod reload;
 pub mod requests;
+pub mod stats;
 
 use crate::actors::cache::Flush;
 use crate::actors::prng::{PrngActor, SaveExchange};
@@ -65,6 +71,8 @@ pub struct Services {
     pub runtime: Arc<CacheRuntime>,
     /// Told when a request starts and ends (master(8)'s status channel).
     pub observer: Option<Arc<dyn RequestObserver>>,
+    /// The counters (`tlsmgr stats`, `/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl crate::actors::watcher::ConfigSink for Services {
@@ -75,8 +83,17 @@ impl crate::actors::watcher::ConfigSink for Services {
         let svc = self.clone();
         Box::pin(async move {
             let changes = reload::apply(&svc, new).await;
+            if !changes.is_empty() {
+                svc.metrics
+                    .reload(crate::metrics::ReloadResult::Applied, svc.clock.now());
+            }
             (changes, svc.config.load_full())
         })
+    }
+
+    fn rejected(&self) {
+        self.metrics
+            .reload(crate::metrics::ReloadResult::Rejected, self.clock.now());
     }
 }
 
@@ -137,6 +154,8 @@ pub struct Options {
     pub fault_injection: Option<FaultFlags>,
     /// Watch main.cf and apply edits live (`None`: configuration fixed).
     pub watch: Option<WatchOptions>,
+    /// The admin socket, bound (see [`admin::bind`]); `None`: no admin socket.
+    pub admin: Option<std::os::unix::net::UnixListener>,
 }
 
 async fn start_caches(cfg: &Config, runtime: &CacheRuntime) -> CacheSet {
@@ -173,8 +192,9 @@ pub fn run_with(
         let mut shutdown = Box::pin(shutdown);
         let stopped_early = futures::poll!(&mut shutdown).is_ready();
         let config = Arc::new(ArcSwap::from_pointee(opts.config.clone()));
+        let metrics = Arc::new(crate::metrics::Metrics::new(opts.clock.now()));
         #[allow(unused_mut)]
-        let mut runtime = CacheRuntime::new(opts.clock.clone(), opts.log.clone());
+        let mut runtime = CacheRuntime::new(opts.clock.clone(), opts.log.clone(), metrics.clone());
         #[cfg(feature = "test-hooks")]
         {
             runtime = runtime.with_faults(opts.fault_injection.clone());
@@ -196,6 +216,7 @@ pub fn run_with(
             log: opts.log.clone(),
             runtime: runtime.clone(),
             observer: extras.observer,
+            metrics: metrics.clone(),
         };
         // The exchange file is updated once before serving, as stock does.
         let _ = svc.prng.send(crate::actors::prng::GetStatus).await;
@@ -206,18 +227,18 @@ pub fn run_with(
         let _watcher = opts
             .watch
             .map(|w| WatcherActor::launch(w, std::rc::Rc::new(svc.clone()), opts.log.clone()));
+        // Before a chroot hides /etc/passwd.
+        let admin_uids = admin::allowed_uids(&opts.config.mail_owner);
         if let Some(hook) = extras.before_start {
             hook()?;
         }
         // Everything that opens files by path, from where they are now.
         svc.caches
             .store(Arc::new(start_caches(&opts.config, &runtime).await));
-        ticket_ctx.run(TicketActor::new(
-            config,
-            ticket_keys,
-            opts.clock.clone(),
-            opts.log.clone(),
-        ));
+        ticket_ctx.run(
+            TicketActor::new(config, ticket_keys, opts.clock.clone(), opts.log.clone())
+                .with_metrics(metrics.clone()),
+        );
         if let Some(hook) = extras.after_start {
             hook(svc.clone()).await?;
         }
@@ -236,6 +257,16 @@ pub fn run_with(
                 .map_err(|e| Error::io("register listening socket", e))?;
             accepts.push(accept_loop(listener, svc.clone(), io.clone()));
         }
+        if let Some(std_listener) = opts.admin {
+            std_listener
+                .set_nonblocking(true)
+                .map_err(|e| Error::io("set admin socket non-blocking", e))?;
+            let listener = tokio::net::UnixListener::from_std(std_listener)
+                .map_err(|e| Error::io("register admin socket", e))?;
+            actix_rt::spawn(admin::serve(listener, svc.clone(), admin_uids));
+        }
+        actix_rt::spawn(stats::log_periodically(svc.clone()));
+        actix_rt::spawn(http::supervise(svc.clone()));
         ready(svc.clone());
         if !stopped_early {
             tokio::select! {
@@ -404,11 +435,12 @@ impl Drop for DaemonHandle {
 /// `tlsmgr serve`: binds `socket` (creating its directory and the data
 /// directory when missing, mode 0700; the socket itself is mode 0600 whatever
 /// the umask; a stale socket is replaced, anything else at that path is
-/// refused), runs until SIGINT or SIGTERM, then flushes the stores and
-/// returns.
+/// refused) and the admin socket `admin_socket`, runs until SIGINT or
+/// SIGTERM, then flushes the stores and returns.
 pub fn standalone(
     config: Config,
     socket: &std::path::Path,
+    admin_socket: Option<&std::path::Path>,
     log: Logger,
     watch: Option<WatchOptions>,
 ) -> Result<(), Error> {
@@ -485,6 +517,15 @@ pub fn standalone(
         .map(|m| (m.dev(), m.ino()))
         .ok();
     info!(log, "listening on {}", socket.display());
+    let admin_path = admin_socket.map(std::path::Path::to_path_buf);
+    let admin = match &admin_path {
+        Some(p) => {
+            let l = admin::bind(p)?;
+            info!(log, "admin socket {}", p.display());
+            Some(l)
+        }
+        None => None,
+    };
     let opts = Options {
         config,
         listener,
@@ -493,6 +534,7 @@ pub fn standalone(
         #[cfg(feature = "test-hooks")]
         fault_injection: None,
         watch,
+        admin,
     };
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
@@ -514,6 +556,9 @@ pub fn standalone(
         .is_ok_and(|m| m.file_type().is_socket() && Some((m.dev(), m.ino())) == bound);
     if ours {
         let _ = std::fs::remove_file(socket);
+    }
+    if let Some(p) = admin_path {
+        let _ = std::fs::remove_file(p);
     }
     result
 }

@@ -36,6 +36,7 @@ use super::Services;
 pub struct CacheRuntime {
     clock: SharedClock,
     log: Logger,
+    metrics: Arc<crate::metrics::Metrics>,
     #[cfg(feature = "test-hooks")]
     faults: Option<super::FaultFlags>,
     arbiters: Mutex<[Option<Arbiter>; 3]>,
@@ -50,11 +51,12 @@ fn limits_of(cc: &CacheConfig, cfg: &Config) -> CacheLimits {
 }
 
 impl CacheRuntime {
-    /// A runtime with no caches started.
-    pub fn new(clock: SharedClock, log: Logger) -> Self {
+    /// A runtime with no caches started; its caches count into `metrics`.
+    pub fn new(clock: SharedClock, log: Logger, metrics: Arc<crate::metrics::Metrics>) -> Self {
         CacheRuntime {
             clock,
             log,
+            metrics,
             #[cfg(feature = "test-hooks")]
             faults: None,
             arbiters: Mutex::new(Default::default()),
@@ -89,7 +91,8 @@ impl CacheRuntime {
             limits_of(cc, cfg),
             self.clock.clone(),
             self.log.clone(),
-        );
+        )
+        .with_metrics(self.metrics.clone());
         #[cfg(feature = "test-hooks")]
         if let Some(flags) = &self.faults {
             cache = cache.with_fault_injection(flags[ct.index()].clone());

@@ -65,6 +65,7 @@ pub async fn apply(req: Request, svc: &Services) -> Reply {
             }
             let mut seed = vec![0u8; size as usize];
             svc.seeds.seed(&mut seed);
+            svc.metrics.seed(seed.len() as u64);
             Reply::Seed {
                 status: Status::Ok,
                 seed: Bytes::from(seed),
@@ -160,6 +161,7 @@ async fn tktkey(keyname: Bytes, svc: &Services) -> Reply {
         let _ = tokio::time::timeout(ROTATION_DEADLINE, svc.tickets.send(Tick)).await;
         found = lookup();
     }
+    svc.metrics.ticket_lookup(name.is_some(), found.is_ok());
     match found {
         Ok(key) => Reply::TktKey {
             status: Status::Ok,

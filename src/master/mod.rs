@@ -246,6 +246,8 @@ fn take_descriptors(st: &Startup) -> Result<Descriptors, Fatal> {
 
 /// What pre_init decided.
 struct PreInit {
+    /// The admin socket, bound before the chroot.
+    admin: Option<UnixListener>,
     root: bool,
     owner: Option<MailOwner>,
     policy: PathPolicy,
@@ -264,6 +266,33 @@ fn pre_init(st: &mut Startup) -> Result<PreInit, Fatal> {
         Err(e) if root => return Err(fatal(log, e)),
         Err(_) => None,
     };
+    // Bound first, as whoever started us (root: master's private/ may be
+    // root's), outside any chroot; then given to mail_owner, so the 0600
+    // socket is root's and mail_owner's alone. A failure is not fatal:
+    // Postfix's clients do not need it.
+    let admin = match &st.cfg.admin_socket {
+        Some(path) => match crate::daemon::admin::bind(path) {
+            Ok(l) => {
+                let given = match (&owner, root) {
+                    (Some(o), true) => nix::unistd::chown(path.as_path(), Some(o.uid), Some(o.gid))
+                        .map_err(|e| format!("chown {}: {e}", path.display())),
+                    _ => Ok(()),
+                };
+                match given {
+                    Ok(()) => Some(l),
+                    Err(e) => {
+                        warn!(log, "{} -- no admin socket", e);
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(log, "{} -- no admin socket", e);
+                None
+            }
+        },
+        None => None,
+    };
     if root {
         if let Some(o) = &owner {
             privileges::set_effective(o).map_err(|e| fatal(log, e))?;
@@ -276,6 +305,7 @@ fn pre_init(st: &mut Startup) -> Result<PreInit, Fatal> {
         warn!(log, "{}", failure.message);
     }
     Ok(PreInit {
+        admin,
         root,
         owner,
         policy,
@@ -454,6 +484,7 @@ fn serve(st: Startup, fds: Descriptors, pre: PreInit) -> Result<(), Fatal> {
         log: log.clone(),
         #[cfg(feature = "test-hooks")]
         fault_injection: None,
+        admin: pre.admin,
         watch: Some(WatchOptions {
             sighup: true,
             adjust: Some(Box::new(move |c: &mut Config| Ok(policy.adjust(c)?))),

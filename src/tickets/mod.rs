@@ -163,6 +163,44 @@ impl KeyRing {
     }
 }
 
+impl KeyRing {
+    /// Rotation on demand (`tlsmgr keys rotate`, a suspected compromise):
+    /// a new current key encrypts from `now`, and a new next key follows
+    /// it (the old next key was made with the old one and may be known
+    /// too). The old current key is retired early: it stops encrypting now
+    /// and, as previous, decrypts only for another T/2 from now, so tickets
+    /// issued under it still resume meanwhile. The old previous key goes.
+    /// Returns false (nothing done) when tickets are disabled.
+    pub fn rotate_now(&mut self, now: u64, timeout: u32, fill: &mut dyn FnMut(&mut [u8])) -> bool {
+        if timeout == 0 {
+            return false;
+        }
+        let t = half(timeout);
+        let now_s = secs(now);
+        self.previous = self.current.take().map(|mut k| {
+            if k.tout_secs() > now_s {
+                k.tout = to_time_t(now_s);
+            }
+            k
+        });
+        let current = make_key(now_s + t - 1, fill);
+        self.next = Some(make_key(current.tout_secs() + t - 1, fill));
+        self.current = Some(current);
+        true
+    }
+
+    /// The keys with their role: `previous`, `current`, `next`.
+    pub fn roles(&self) -> impl Iterator<Item = (&'static str, &TicketKey)> {
+        [
+            ("previous", &self.previous),
+            ("current", &self.current),
+            ("next", &self.next),
+        ]
+        .into_iter()
+        .filter_map(|(role, k)| k.as_ref().map(|k| (role, k)))
+    }
+}
+
 fn make_key(tout: i64, fill: &mut dyn FnMut(&mut [u8])) -> TicketKey {
     let mut key = TicketKey {
         name: [0; 16],
@@ -245,6 +283,35 @@ mod tests {
         let k = ring.encrypt_at(later, T).unwrap();
         assert_eq!(k.tout_secs(), later as i64 + 1799);
         assert_eq!(ring.previous, None, "nothing old still decrypts");
+    }
+
+    #[test]
+    fn rotate_now_replaces_current_and_next_and_retires_the_old_key() {
+        let mut ring = KeyRing::new();
+        let mut fill = counter();
+        let t0 = 1_000_000;
+        ring.rotate(t0, T, &mut fill);
+        let (old_prev, old_cur, old_next) =
+            (ring.previous, ring.current.unwrap(), ring.next.unwrap());
+        let now = t0 + 100;
+        assert!(ring.rotate_now(now, T, &mut fill));
+        let cur = ring.encrypt_at(now, T).unwrap();
+        assert_ne!(cur.name, old_cur.name);
+        assert_ne!(cur.name, old_next.name);
+        assert_eq!(cur.tout_secs(), now as i64 + 1799);
+        assert_ne!(ring.next.unwrap().name, old_next.name);
+        assert_eq!(
+            ring.decrypt_at(&old_next.name, now, T),
+            Err(KeyMiss::Unknown)
+        );
+        // The old key still decrypts, but only until now + T/2.
+        assert!(ring.decrypt_at(&old_cur.name, now + 1799, T).is_ok());
+        assert_eq!(
+            ring.decrypt_at(&old_cur.name, now + 1800, T),
+            Err(KeyMiss::Unknown)
+        );
+        assert_eq!(old_prev, None);
+        assert!(!ring.rotate_now(now, 0, &mut fill));
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct TestDaemon {
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub socket: PathBuf,
+    /// The admin socket (`tlsmgr stats`, `keys`, `cache`).
+    pub admin_socket: PathBuf,
     pub clock: Arc<ManualClock>,
     pub log: MemoryLog,
     pub faults: [Arc<AtomicBool>; 3],
@@ -81,6 +83,7 @@ impl TestDaemon {
         setup(&dir);
         let mut d = TestDaemon {
             socket: dir.join("tlsmgr.sock"),
+            admin_socket: dir.join("tlsmgr.admin"),
             dir,
             _tmp: Some(tmp),
             clock: ManualClock::new(T0),
@@ -105,6 +108,7 @@ impl TestDaemon {
         let config = self.config();
         let _ = std::fs::remove_file(&self.socket);
         let listener = std::os::unix::net::UnixListener::bind(&self.socket).unwrap();
+        let admin = tlsmgr::daemon::admin::bind(&self.admin_socket).unwrap();
         let handle = daemon::spawn(Options {
             config,
             listener,
@@ -119,6 +123,7 @@ impl TestDaemon {
                 }
                 w
             }),
+            admin: Some(admin),
         })
         .unwrap();
         self.handle = Some(handle);

@@ -1,0 +1,252 @@
+//! The admin socket (`tlsmgr_admin_socket`): `stats`, `keys list`, `keys
+//! rotate`, `cache purge TYPE`, `cache delete TYPE ID` (protocol:
+//! [`crate::admin`]), served on the daemon thread, never on an I/O thread.
+//!
+//! Access: the socket file is mode 0600 (bound before any chroot, owned by
+//! whoever bound it: mail_owner under master(8)), and every connection's
+//! peer uid (`SO_PEERCRED`) must be root's, mail_owner's or the daemon's
+//! own; anyone else is told `permission denied` and logged. Each action is
+//! logged with the uid that asked.
+
+use super::Services;
+use crate::actors::ticket::RotateNow;
+use crate::admin::{MAX_LINE, TIMEOUT};
+use crate::protocol::CacheType;
+use slog::{info, warn};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// Binds the admin socket at `path`, mode 0600, replacing a stale socket
+/// file (one nobody answers on); refuses when a daemon answers there.
+pub fn bind(path: &Path) -> Result<UnixListener, crate::Error> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| crate::Error::io(format!("create {}", dir.display()), e))?;
+        }
+    }
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !m.file_type().is_socket() {
+            return Err(crate::Error::io(
+                format!("bind {}", path.display()),
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "exists and is not a socket; not removing it",
+                ),
+            ));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(crate::Error::io(
+                format!("bind {}", path.display()),
+                std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another tlsmgr is serving this admin socket",
+                ),
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| crate::Error::io(format!("remove stale {}", path.display()), e))?;
+    }
+    // Created 0600 at bind(2) (see `super::Umask`), the chmod below only
+    // confirms it: no window in which another user could connect.
+    let listener = {
+        let _mask = super::Umask::set(0o177);
+        UnixListener::bind(path)
+    }
+    .map_err(|e| crate::Error::io(format!("bind {}", path.display()), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| crate::Error::io(format!("chmod {}", path.display()), e))?;
+    Ok(listener)
+}
+
+/// Who may use the admin socket: root, `mail_owner` (looked up now, before
+/// any chroot hides /etc/passwd) and the daemon's own effective uid.
+pub fn allowed_uids(mail_owner: &str) -> Vec<u32> {
+    let mut uids = vec![0, nix::unistd::geteuid().as_raw()];
+    if let Ok(Some(u)) = nix::unistd::User::from_name(mail_owner) {
+        uids.push(u.uid.as_raw());
+    }
+    uids.sort_unstable();
+    uids.dedup();
+    uids
+}
+
+/// Accepts admin connections until the daemon stops.
+pub async fn serve(listener: tokio::net::UnixListener, svc: Services, allowed: Vec<u32>) {
+    let allowed = std::rc::Rc::new(allowed);
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let svc = svc.clone();
+                let allowed = allowed.clone();
+                actix_rt::spawn(async move {
+                    let _ = tokio::time::timeout(TIMEOUT, connection(stream, &svc, &allowed)).await;
+                });
+            }
+            Err(e) => {
+                warn!(svc.log, "admin socket: accept: {}", e);
+                actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: tokio::net::UnixStream, svc: &Services, allowed: &[u32]) {
+    let uid = match stream.peer_cred() {
+        Ok(cred) => cred.uid(),
+        Err(e) => {
+            warn!(svc.log, "admin socket: cannot get peer credentials: {}", e);
+            return;
+        }
+    };
+    let (read, mut write) = stream.into_split();
+    if !allowed.contains(&uid) {
+        warn!(
+            svc.log,
+            "admin socket: connection from uid {} refused: permission denied", uid
+        );
+        let _ = write.write_all(b"error: permission denied\n").await;
+        return;
+    }
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read).take(MAX_LINE as u64 + 1);
+    if reader.read_until(b'\n', &mut line).await.is_err() {
+        return;
+    }
+    let answer = if line.len() > MAX_LINE || !line.ends_with(b"\n") {
+        "error: request line too long or unterminated\n".to_string()
+    } else {
+        line.pop();
+        match String::from_utf8(line) {
+            Ok(cmd) => match execute(cmd.trim_end_matches('\r'), uid, svc).await {
+                Ok(body) => format!("ok\n{body}"),
+                Err(why) => format!("error: {why}\n"),
+            },
+            Err(_) => "error: request is not UTF-8\n".to_string(),
+        }
+    };
+    let _ = write.write_all(answer.as_bytes()).await;
+    let _ = write.shutdown().await;
+}
+
+fn cache_type(word: &str) -> Result<CacheType, String> {
+    CacheType::from_wire(word.as_bytes())
+        .ok_or_else(|| format!("unknown cache type \"{word}\" (smtpd, smtp or lmtp)"))
+}
+
+/// Carries out one command; the answer's body, or why not.
+async fn execute(cmd: &str, uid: u32, svc: &Services) -> Result<String, String> {
+    let mut words = cmd.splitn(3, ' ');
+    match (words.next(), words.next(), words.next()) {
+        (Some("stats"), None, None) => {
+            let snap = super::stats::snapshot(svc).await;
+            Ok(format!("{}\n", snap.to_json()))
+        }
+        (Some("keys"), Some("list"), None) => Ok(keys_list(svc)),
+        (Some("keys"), Some("rotate"), None) => {
+            info!(svc.log, "admin: keys rotate requested by uid {}", uid);
+            match svc.tickets.send(RotateNow).await {
+                Ok(true) => {
+                    let ring = svc.ticket_keys.load();
+                    let name = ring.current.map(|k| hex::encode(k.name)).unwrap_or_default();
+                    info!(
+                        svc.log,
+                        "admin: session ticket key {} is current now (rotated for uid {})",
+                        name,
+                        uid
+                    );
+                    Ok(format!("new current key {name}\n"))
+                }
+                Ok(false) => Err(
+                    "session tickets are disabled (smtpd_tls_session_cache_timeout = 0)"
+                        .to_string(),
+                ),
+                Err(e) => Err(format!("ticket key actor: {e}")),
+            }
+        }
+        (Some("cache"), Some(op @ ("purge" | "delete")), Some(rest)) => {
+            let (ct, id) = match (op, rest.split_once(' ')) {
+                ("purge", None) => (cache_type(rest)?, None),
+                ("delete", Some((t, id))) if !id.is_empty() => (cache_type(t)?, Some(id)),
+                _ => return Err(format!("usage: cache {op} TYPE{}", if op == "delete" { " ID" } else { "" })),
+            };
+            let cache = svc
+                .caches
+                .load()
+                .get(ct)
+                .map(|rc| rc.cache.clone())
+                .ok_or_else(|| format!("the {ct} TLS cache is disabled"))?;
+            let id = id.map(|s| s.as_bytes().to_vec());
+            info!(
+                svc.log,
+                "admin: cache {} {}{} requested by uid {}",
+                op,
+                ct,
+                id.as_ref()
+                    .map(|i| format!(" {}", String::from_utf8_lossy(i)))
+                    .unwrap_or_default(),
+                uid
+            );
+            // Store I/O blocks: off the daemon thread.
+            let done = actix_rt::task::spawn_blocking(move || match id {
+                None => cache
+                    .purge()
+                    .map(|n| format!("removed {n} entries from the {ct} TLS cache\n")),
+                Some(id) => cache.delete(&id).map(|found| {
+                    if found {
+                        format!("removed 1 entry from the {ct} TLS cache\n")
+                    } else {
+                        format!("no such entry in the {ct} TLS cache\n")
+                    }
+                }),
+            })
+            .await;
+            match done {
+                Ok(Ok(text)) => Ok(text),
+                Ok(Err(_)) => Err(format!("the {ct} TLS cache is not available")),
+                Err(e) => Err(format!("cache operation failed: {e}")),
+            }
+        }
+        _ => Err(format!(
+            "unknown command \"{}\" (stats, keys list, keys rotate, cache purge TYPE, cache delete TYPE ID)",
+            cmd.chars().take(100).collect::<String>()
+        )),
+    }
+}
+
+/// `keys list`: role, name, age and expiry of each key; never key bytes.
+fn keys_list(svc: &Services) -> String {
+    let ring = svc.ticket_keys.load();
+    let now = i64::try_from(svc.clock.now()).unwrap_or(i64::MAX);
+    let half = i64::from(svc.config.load().ticket_timeout() / 2);
+    let at = |t: i64| super::stats::ctime15(u64::try_from(t).unwrap_or(0));
+    let mut out = format!(
+        "{:<8} {:<32} {:<18} {:<15} {}\n",
+        "role", "name", "age", "encrypts until", "decrypts until"
+    );
+    for (role, k) in ring.roles() {
+        let tout = k.tout_secs();
+        // The previous key stopped encrypting at its tout (early, after
+        // `keys rotate`); the current one began t - 1 seconds before its
+        // tout (Postfix's lifetime), and so does the next one, ahead.
+        let age = match role {
+            "previous" => format!("retired {}s ago", now - tout),
+            _ => match now - (tout - (half - 1)) {
+                a if a >= 0 => format!("{a}s"),
+                a => format!("starts in {}s", -a),
+            },
+        };
+        out += &format!(
+            "{:<8} {} {:<18} {:<15} {}\n",
+            role,
+            hex::encode(k.name),
+            age,
+            at(tout),
+            at(tout + half),
+        );
+    }
+    out
+}

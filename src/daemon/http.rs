@@ -1,0 +1,222 @@
+//! The Prometheus endpoint (`tlsmgr_metrics_listen`): a tiny HTTP/1.0
+//! server on the daemon thread, no web framework. `GET /metrics` is the
+//! Prometheus text format ([`crate::metrics::prometheus`]), `GET
+//! /stats.json` the `tlsmgr stats --json` object, `GET /` the status page.
+//! Every answer closes the connection.
+//!
+//! Live: [`supervise`] looks at the configuration in force every
+//! [`CHECK_INTERVAL`] and binds, moves or closes the listener to match; a
+//! bind that fails is warned about once and retried.
+//!
+//! Bad input costs little: a request head is read for at most
+//! [`READ_TIMEOUT`] and [`MAX_HEAD`] bytes, and at most [`MAX_CLIENTS`]
+//! connections are served at once (more are closed unanswered).
+
+use super::Services;
+use slog::{info, warn};
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How often the listen address in force is compared with the listener.
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest wait for a request head.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head read.
+pub const MAX_HEAD: usize = 8192;
+/// Connections served at once.
+pub const MAX_CLIENTS: usize = 32;
+
+/// The status page (`GET /`).
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// Keeps the listener where `tlsmgr_metrics_listen` says, until the
+/// daemon stops.
+pub async fn supervise(svc: Services) {
+    let mut current: Option<(SocketAddr, actix_rt::task::JoinHandle<()>)> = None;
+    let mut failed: Option<SocketAddr> = None;
+    let mut tick = tokio::time::interval(CHECK_INTERVAL);
+    loop {
+        tick.tick().await;
+        let want = svc.config.load().metrics_listen;
+        if current.as_ref().map(|(a, _)| *a) == want {
+            continue;
+        }
+        if let Some((addr, task)) = current.take() {
+            task.abort();
+            info!(svc.log, "metrics endpoint: closed http://{}/", addr);
+        }
+        let Some(addr) = want else {
+            failed = None;
+            continue;
+        };
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                info!(
+                    svc.log,
+                    "metrics endpoint: listening on http://{}/metrics", addr
+                );
+                current = Some((addr, actix_rt::spawn(serve(listener, svc.clone()))));
+                failed = None;
+            }
+            Err(e) => {
+                if failed != Some(addr) {
+                    warn!(
+                        svc.log,
+                        "metrics endpoint: bind {}: {} -- retrying every {}ms",
+                        addr,
+                        e,
+                        CHECK_INTERVAL.as_millis()
+                    );
+                    failed = Some(addr);
+                }
+            }
+        }
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, svc: Services) {
+    let busy = Rc::new(Cell::new(0usize));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if busy.get() >= MAX_CLIENTS {
+            continue;
+        }
+        busy.set(busy.get() + 1);
+        let (svc, busy) = (svc.clone(), busy.clone());
+        actix_rt::spawn(async move {
+            let _ = tokio::time::timeout(READ_TIMEOUT * 2, answer(stream, &svc)).await;
+            busy.set(busy.get() - 1);
+        });
+    }
+}
+
+/// What a request line asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Metrics,
+    Json,
+    Page,
+    NotFound,
+    BadMethod,
+    BadRequest,
+}
+
+fn route(head: &[u8]) -> Route {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (words.next(), words.next(), words.next())
+    else {
+        return Route::BadRequest;
+    };
+    if !version.starts_with("HTTP/") {
+        return Route::BadRequest;
+    }
+    if method != "GET" {
+        return Route::BadMethod;
+    }
+    // Query strings are ignored (scrapers may add some).
+    match target.split('?').next().unwrap_or_default() {
+        "/metrics" => Route::Metrics,
+        "/stats.json" => Route::Json,
+        "/" => Route::Page,
+        _ => Route::NotFound,
+    }
+}
+
+async fn answer(mut stream: tokio::net::TcpStream, svc: &Services) {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(READ_TIMEOUT, async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+            if head.len() > MAX_HEAD {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let (status, content_type, body) = match read {
+        Ok(true) => match route(&head) {
+            Route::Metrics => {
+                let snap = super::stats::snapshot(svc).await;
+                (
+                    "200 OK",
+                    crate::metrics::prometheus::CONTENT_TYPE,
+                    crate::metrics::prometheus::render(&snap),
+                )
+            }
+            Route::Json => {
+                let snap = super::stats::snapshot(svc).await;
+                (
+                    "200 OK",
+                    "application/json",
+                    format!("{}\n", snap.to_json()),
+                )
+            }
+            Route::Page => (
+                "200 OK",
+                "text/html; charset=utf-8",
+                STATUS_PAGE.to_string(),
+            ),
+            Route::NotFound => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            Route::BadMethod => (
+                "405 Method Not Allowed",
+                "text/plain",
+                "only GET\n".to_string(),
+            ),
+            Route::BadRequest => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
+        },
+        // Too long, cut short or too slow.
+        _ => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
+    };
+    let response = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    // Lingering close: a client still sending (a head too long) would
+    // get a reset instead of our answer if we closed with its bytes unread.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut discarded = 0usize;
+        while discarded < 1 << 20 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => discarded += n,
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Route::Metrics
+        );
+        assert_eq!(route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics);
+        assert_eq!(route(b"GET /stats.json HTTP/1.0\r\n\r\n"), Route::Json);
+        assert_eq!(route(b"GET / HTTP/1.0\r\n\r\n"), Route::Page);
+        assert_eq!(route(b"GET /etc/passwd HTTP/1.0\r\n\r\n"), Route::NotFound);
+        assert_eq!(route(b"POST /metrics HTTP/1.0\r\n\r\n"), Route::BadMethod);
+        assert_eq!(route(b"\xff\xfe\r\n\r\n"), Route::BadRequest);
+        assert_eq!(route(b"GET /metrics\r\n\r\n"), Route::BadRequest);
+    }
+}
