@@ -241,8 +241,13 @@ fn nobody_gets_permission_denied() {
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(err.contains("Permission denied"), "{err}");
-    // With the file opened to all, the peer check still refuses.
-    std::fs::set_permissions(serve.admin_socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    // With the file and its directory (0700 since serve makes it so)
+    // opened to all, the peer check still refuses.
+    let admin = serve.admin_socket();
+    if let Some(parent) = admin.parent() {
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&admin, std::fs::Permissions::from_mode(0o666)).unwrap();
     for args in [
         &["keys", "rotate"][..],
         &["stats"],
