@@ -34,6 +34,7 @@ pub mod logging;
 pub mod master;
 pub mod prng;
 pub mod protocol;
+pub mod shared;
 pub mod store;
 pub mod tickets;
 

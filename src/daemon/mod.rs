@@ -17,6 +17,7 @@ pub mod connection;
 pub mod io;
 pub mod reload;
 pub mod requests;
+pub mod sharing;
 
 use crate::actors::cache::Flush;
 use crate::actors::prng::{PrngActor, SaveExchange};
@@ -64,6 +65,8 @@ pub struct Services {
     pub runtime: Arc<CacheRuntime>,
     /// Told when a request starts and ends (master(8)'s status channel).
     pub observer: Option<Arc<dyn RequestObserver>>,
+    /// The link to the shared store, if sharing is on.
+    pub shared: sharing::SharedSlot,
 }
 
 impl crate::actors::watcher::ConfigSink for Services {
@@ -163,6 +166,10 @@ pub fn run_with(
     shutdown: impl Future<Output = ()> + 'static,
     ready: impl FnOnce(Services) + 'static,
 ) -> Result<(), Error> {
+    let mut opts = opts;
+    // Before the chroot and the privilege drop (`before_start`): the
+    // secret file is root's. A bad one is fatal at start.
+    opts.config.load_shared_secret()?;
     let system = actix_rt::System::new();
     let log = opts.log.clone();
     let result = system.block_on(async move {
@@ -195,6 +202,7 @@ pub fn run_with(
             log: opts.log.clone(),
             runtime: runtime.clone(),
             observer: extras.observer,
+            shared: Default::default(),
         };
         // The exchange file is updated once before serving, as stock does.
         let _ = svc.prng.send(crate::actors::prng::GetStatus).await;
@@ -208,12 +216,16 @@ pub fn run_with(
         if let Some(hook) = extras.before_start {
             hook()?;
         }
+        // Its thread starts after the chroot, as the I/O threads do.
+        svc.shared
+            .store(sharing::start_link(&opts.config, &opts.log));
         // Everything that opens files by path, from where they are now.
         svc.caches
             .store(Arc::new(start_caches(&opts.config, &runtime).await));
         ticket_ctx.run(TicketActor::new(
             config,
             ticket_keys,
+            svc.shared.clone(),
             opts.clock.clone(),
             opts.log.clone(),
         ));

@@ -24,6 +24,7 @@
 //! loaded, so a clock that jumped forward and back cannot pin a key for
 //! years. Every function takes `now`, so tests step time by hand.
 
+pub mod epoch;
 pub mod file;
 pub mod key;
 
@@ -49,6 +50,10 @@ pub struct KeyRing {
     pub current: Option<TicketKey>,
     /// Encrypts from `current.tout` on; made ahead of time.
     pub next: Option<TicketKey>,
+    /// More keys that only decrypt: with a shared store, keys of older
+    /// epochs, keys made here that lost to another host's, and keys
+    /// fetched by name. Not kept in the key file (they are in the store).
+    pub extra: Vec<TicketKey>,
 }
 
 fn half(timeout: u32) -> i64 {
@@ -74,6 +79,7 @@ impl KeyRing {
         [&self.previous, &self.current, &self.next]
             .into_iter()
             .flatten()
+            .chain(self.extra.iter())
     }
 
     /// The key that encrypts at `now`: the current one while its `tout` is
@@ -128,6 +134,7 @@ impl KeyRing {
         self.previous = keep(&self.previous);
         self.current = keep(&self.current);
         self.next = keep(&self.next);
+        self.extra.retain(|k| keep(&Some(*k)).is_some());
         // Move on while the current key has stopped encrypting (or is gone
         // and the next one is there).
         loop {
