@@ -263,3 +263,44 @@ fn a_tarpit_that_never_answers() {
     assert!(w[0].contains(OPENED), "{w:?}");
     assert_eq!(count(&a, CLOSED), 0);
 }
+
+#[test]
+fn a_host_restarted_while_redis_is_down_keeps_the_shared_key() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let mut a = host(&redis.url());
+    let b = host(&redis.url());
+    let key = |d: &TestDaemon| match d
+        .client()
+        .request(&tlsmgr::protocol::Request::TktKey {
+            keyname: bytes::Bytes::new(),
+        })
+        .unwrap()
+    {
+        Reply::TktKey {
+            status: Status::Ok,
+            keybuf,
+        } => keybuf,
+        other => panic!("{other:?}"),
+    };
+    assert!(eventually(|| {
+        for d in [&a, &b] {
+            futures::executor::block_on(d.services().tickets.send(tlsmgr::actors::ticket::Tick))
+                .unwrap();
+        }
+        key(&a) == key(&b)
+    }));
+    let shared = key(&b);
+    redis.kill();
+    let start = Instant::now();
+    a.restart();
+    // Startup does not wait for Redis, and the key from the file goes on.
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(key(&a), shared);
+    assert_eq!(lookup(&mut a.client(), "smtpd", "before-restart"), miss());
+}

@@ -140,7 +140,16 @@ impl TicketActor {
         // Loaded keys may be stale or from a clock that went back: publish
         // only what the clock allows now.
         actor.published.store(Arc::new(KeyRing::new()));
-        actor.rotate(true);
+        // With a shared store, keys by epoch from the first request on (the
+        // store itself is asked at the first cycle, in `started`).
+        let _ = actor.follow_link();
+        let timeout = actor.config.load().ticket_timeout();
+        if actor.shared.is_some() && timeout > 0 {
+            actor.advance_shared(actor.clock.now(), timeout);
+            actor.publish_shared(true);
+        } else {
+            actor.rotate(true);
+        }
         actor
     }
 
@@ -159,7 +168,7 @@ impl TicketActor {
             }
             (None, Some(_)) => {
                 self.shared = Some(SharedState {
-                    keys: EpochKeys::from_ring(&self.ring),
+                    keys: EpochKeys::from_ring(&self.ring, self.config.load().ticket_timeout()),
                     link: id,
                     last_recheck: self.clock.now(),
                     last_skew_check: None,

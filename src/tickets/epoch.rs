@@ -72,12 +72,36 @@ fn make(tout: u64, fill: &mut dyn FnMut(&mut [u8])) -> TicketKey {
 
 impl EpochKeys {
     /// Starts from the keys of a ring (loaded from the key file, or the
-    /// local ring when sharing is turned on): all of them decrypt only.
-    pub fn from_ring(ring: &KeyRing) -> Self {
-        EpochKeys {
-            extra: ring.keys().copied().collect(),
-            ..Default::default()
+    /// local ring when sharing is turned on): a key that ends exactly at an
+    /// epoch boundary of this timeout was an epoch's key and is that
+    /// epoch's candidate again (the store confirms or replaces it), so a
+    /// restart while the store is away keeps the shared key; the others
+    /// only decrypt.
+    pub fn from_ring(ring: &KeyRing, timeout: u32) -> Self {
+        let mut keys = EpochKeys::default();
+        if timeout == 0 {
+            keys.extra = ring.keys().copied().collect();
+            return keys;
         }
+        let len = epoch_len(timeout);
+        keys.len = len;
+        for k in ring.keys() {
+            let tout = u64::try_from(k.tout_secs()).unwrap_or(0);
+            if tout >= len && tout % len == 0 && !keys.slots.contains_key(&(tout / len - 1)) {
+                let e = tout / len - 1;
+                keys.slots.insert(
+                    e,
+                    Slot {
+                        key: *k,
+                        confirmed: false,
+                        fetch_at: e.saturating_sub(1) * len + len / 2,
+                    },
+                );
+            } else {
+                keys.extra.push(*k);
+            }
+        }
+        keys
     }
 
     /// The epoch length in force (0 before the first [`EpochKeys::advance`]).
@@ -347,6 +371,31 @@ mod tests {
         assert_eq!(b.ring(now).next, Some(winner));
         assert!(b.ring(now).decrypt_at(&next.name, now, T).is_err());
         assert!(!b.unpublished().iter().any(|k| k.name == next.name));
+    }
+
+    #[test]
+    fn keys_of_a_saved_ring_are_candidates_again() {
+        let mut k = EpochKeys::default();
+        let now = 1800 * 1000 + 10;
+        k.advance(now, T, &mut counter(), &mut || 0.0);
+        let ring = k.ring(now);
+        let local = TicketKey {
+            name: [0x77; 16],
+            tout: 12345,
+            ..ring.current.unwrap()
+        };
+        let saved = KeyRing {
+            extra: vec![local],
+            ..ring.clone()
+        };
+        let mut again = EpochKeys::from_ring(&saved, T);
+        again.advance(now + 5, T, &mut counter_from(0x90), &mut || 0.0);
+        let r = again.ring(now + 5);
+        assert_eq!(r.current, ring.current);
+        assert_eq!(r.next, ring.next);
+        assert!(r.extra.contains(&local) || local.tout_secs() + 1800 <= now as i64);
+        // Unconfirmed: the store is asked.
+        assert_eq!(again.due(now + 5).len(), 1);
     }
 
     #[test]
