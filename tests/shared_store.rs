@@ -402,3 +402,48 @@ fn a_bad_secret_file_is_refused_at_start_and_at_reload() {
     assert!(!d.services().config.load().shared.enabled());
     assert!(d.services().shared.load().is_none());
 }
+
+#[test]
+fn an_acl_user_limited_to_the_prefix_is_enough() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // The README's ACL line, for site "mx".
+    let mut conn = redis.conn();
+    let acl: Vec<&str> = "SETUSER tlsmgr on >pw-not-in-logs resetkeys ~tlsmgr:mx:* resetchannels -@all +get +set +del +ping +time"
+        .split(' ')
+        .collect();
+    let _: () = redis::cmd("ACL").arg(&acl).query(&mut conn).unwrap();
+    let url = format!("redis://tlsmgr:pw-not-in-logs@127.0.0.1:{}/0", redis.port);
+    let t0 = real_now();
+    let a = host(&url, "mx", SECRET, t0);
+    let b = host(&url, "mx", SECRET, t0);
+    update(&mut a.client(), "smtpd", "acl-1", b"S");
+    assert!(eventually(
+        || lookup(&mut b.client(), "smtpd", "acl-1") == hit(b"S")
+    ));
+    let key = agree(&[&a, &b]);
+    assert_eq!(
+        tktkey(&b, &key[..16]),
+        Reply::TktKey {
+            status: Status::Ok,
+            keybuf: key.clone()
+        }
+    );
+    for h in [&a, &b] {
+        let text = h.log.text();
+        assert!(!text.contains("pw-not-in-logs"), "password logged: {text}");
+        assert!(text.contains("redis://tlsmgr:***@127.0.0.1"), "{text}");
+        assert!(warnings(h).is_empty(), "{:?}", warnings(h));
+    }
+    // Outside the prefix: refused by Redis.
+    let mut limited = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    assert!(redis::cmd("SET")
+        .arg("other:key")
+        .arg("x")
+        .query::<()>(&mut limited)
+        .is_err());
+}
