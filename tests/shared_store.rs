@@ -447,3 +447,65 @@ fn an_acl_user_limited_to_the_prefix_is_enough() {
         .query::<()>(&mut limited)
         .is_err());
 }
+
+#[test]
+fn sharing_is_turned_on_moved_and_off_by_a_main_cf_edit() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let t0 = real_now();
+    let a = host(&redis.url(), "mx", SECRET, t0);
+    // B starts without sharing, and watches its main.cf.
+    let b = TestDaemon::start_at("", t0, true, |dir| {
+        write_secret(&dir.join("shared.key"), SECRET)
+    });
+    update(&mut a.client(), "smtpd", "r-1", b"R1");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lookup(&mut b.client(), "smtpd", "r-1"), miss());
+    // On.
+    std::fs::write(
+        b.dir.join("main.cf"),
+        b.main_cf_with(&shared_cf(&redis.url(), "mx")),
+    )
+    .unwrap();
+    assert!(eventually(
+        || lookup(&mut b.client(), "smtpd", "r-1") == hit(b"R1")
+    ));
+    let reload = reload_lines(&b).join("\n");
+    assert!(
+        reload.contains("tlsmgr_shared_store  -> redis://127.0.0.1"),
+        "{reload}"
+    );
+    // The ticket key follows: B adopts the site's.
+    let key = agree(&[&a, &b]);
+    // Another site: A's state is out of reach.
+    std::fs::write(
+        b.dir.join("main.cf"),
+        b.main_cf_with(&shared_cf(&redis.url(), "other")),
+    )
+    .unwrap();
+    assert!(eventually(|| reload_lines(&b).len() == 2));
+    update(&mut a.client(), "smtpd", "r-2", b"R2");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lookup(&mut b.client(), "smtpd", "r-2"), miss());
+    tick(&b);
+    assert_ne!(current_key(&b), key);
+    // The key B used under site mx still decrypts.
+    assert_eq!(
+        tktkey(&b, &key[..16]),
+        Reply::TktKey {
+            status: Status::Ok,
+            keybuf: key.clone()
+        }
+    );
+    // Off: no more Redis traffic from B.
+    std::fs::write(b.dir.join("main.cf"), b.main_cf_with("")).unwrap();
+    assert!(eventually(|| reload_lines(&b).len() == 3));
+    assert!(b.services().shared.load().is_none());
+    let before = redis.dump().len();
+    update(&mut b.client(), "smtpd", "r-3", b"R3");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(redis.dump().len(), before, "no write from B once off");
+    assert_eq!(lookup(&mut a.client(), "smtpd", "r-3"), miss());
+    assert!(warnings(&b).is_empty(), "{:?}", warnings(&b));
+}

@@ -56,6 +56,9 @@ struct SharedState {
     keys: EpochKeys,
     /// The link these keys were checked against (`Arc` address).
     link: usize,
+    /// The site prefix and secret of that link: keys of one site are never
+    /// offered to another.
+    identity: (String, Arc<crate::shared::secret::Secret>),
     last_recheck: u64,
     last_skew_check: Option<u64>,
     skew_warned: bool,
@@ -161,13 +164,22 @@ impl TicketActor {
         let id = link.as_ref().map_or(0, |l| Arc::as_ptr(l) as usize);
         match (&mut self.shared, &link) {
             (Some(st), Some(_)) if st.link == id => {}
-            (Some(st), Some(_)) => {
-                st.keys.recheck();
+            (Some(st), Some(l)) => {
+                let identity = (l.settings().prefix.clone(), l.settings().secret.clone());
+                if identity == st.identity {
+                    st.keys.recheck();
+                } else {
+                    // Another site or secret: what we hold only decrypts.
+                    st.keys.forget_epochs();
+                    st.identity = identity;
+                    st.foreign_warned = false;
+                }
                 st.link = id;
                 st.last_skew_check = None;
             }
-            (None, Some(_)) => {
+            (None, Some(l)) => {
                 self.shared = Some(SharedState {
+                    identity: (l.settings().prefix.clone(), l.settings().secret.clone()),
                     keys: EpochKeys::from_ring(&self.ring, self.config.load().ticket_timeout()),
                     link: id,
                     last_recheck: self.clock.now(),

@@ -193,6 +193,14 @@ impl EpochKeys {
         }
     }
 
+    /// Keeps every key for decryption only, so that new candidates are
+    /// made (a new site or secret: keys are never carried over).
+    pub fn forget_epochs(&mut self) {
+        self.extra.extend(self.slots.values().map(|s| s.key));
+        self.slots.clear();
+        self.unpublished.clear();
+    }
+
     /// The store answered for `epoch`: `winner` is the key it holds, `None`
     /// when ours was written. A lost candidate that already encrypted
     /// (`now` in or past its epoch) stays, to decrypt, and is to be
