@@ -174,6 +174,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("tlsmgr_shared_store", ""),
     ("tlsmgr_shared_site", "default"),
     ("tlsmgr_shared_secret_file", ""),
+    ("tlsmgr_shared_ca_file", ""),
     ("tlsmgr_shared_caches", "smtpd"),
     ("tlsmgr_shared_lookup_deadline", "20ms"),
     ("tlsmgr_shared_connect_timeout", "1s"),
@@ -197,6 +198,11 @@ pub struct SharedConfig {
     /// The keys derived from the secret file, once read
     /// ([`Config::load_shared_secret`]); `None` while not read or sharing off.
     pub secret: Option<std::sync::Arc<crate::shared::secret::Secret>>,
+    /// `tlsmgr_shared_ca_file`: the CA certificates (PEM) a `rediss://`
+    /// server is checked against; `None`: the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Its contents, read with the secret (before the chroot).
+    pub ca: Option<std::sync::Arc<(PathBuf, Vec<u8>)>>,
     /// `tlsmgr_shared_caches`: which caches are shared, by [`CacheType::index`].
     pub caches: [bool; 3],
     /// `tlsmgr_shared_lookup_deadline`: the most a lookup that missed
@@ -567,6 +573,8 @@ fn shared_config(r: &Resolver<'_>) -> Result<SharedConfig, ConfigError> {
         site,
         secret_file,
         secret: None,
+        ca_file: r.path("tlsmgr_shared_ca_file")?,
+        ca: None,
         caches,
         lookup_deadline,
         connect_timeout: Duration::from_secs(r.time("tlsmgr_shared_connect_timeout", 1, 60)?),
@@ -756,8 +764,22 @@ impl Config {
         let sc = &mut self.shared;
         let Some(path) = sc.secret_file.clone().filter(|_| sc.store.is_some()) else {
             sc.secret = None;
+            sc.ca = None;
             return Ok(());
         };
+        match sc.ca_file.clone() {
+            None => sc.ca = None,
+            Some(ca) if sc.ca.as_ref().is_some_and(|c| c.0 == ca) => {}
+            Some(ca) => {
+                let pem = std::fs::read(&ca).map_err(|e| {
+                    ConfigError::new(format!(
+                        "parameter tlsmgr_shared_ca_file: cannot read {}: {e}",
+                        ca.display()
+                    ))
+                })?;
+                sc.ca = Some(std::sync::Arc::new((ca, pem)));
+            }
+        }
         if sc.secret.as_ref().is_some_and(|s| s.path == path) {
             return Ok(());
         }

@@ -446,6 +446,7 @@ fn serve(st: Startup, fds: Descriptors, pre: PreInit) -> Result<(), Fatal> {
     // After the privilege drop and chroot the secret file cannot be read
     // again: a reload that keeps its path keeps the secret read at start.
     let start_secret = cfg.shared.secret.clone();
+    let start_ca = cfg.shared.ca.clone();
     let opts = Options {
         config: cfg,
         listener: first,
@@ -460,6 +461,12 @@ fn serve(st: Startup, fds: Descriptors, pre: PreInit) -> Result<(), Fatal> {
                     c.shared.store.is_some() && c.shared.secret_file.as_ref() == Some(&s.path)
                 }) {
                     c.shared.secret = Some(s.clone());
+                }
+                if let Some(ca) = start_ca
+                    .as_ref()
+                    .filter(|ca| c.shared.ca_file.as_ref() == Some(&ca.0))
+                {
+                    c.shared.ca = Some(ca.clone());
                 }
                 policy.adjust(c)
             })),

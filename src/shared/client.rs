@@ -67,6 +67,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Write queue bound.
     pub write_queue: usize,
+    /// CA certificates (PEM) for a `rediss://` server; `None`: the system's.
+    pub ca: Option<Arc<(std::path::PathBuf, Vec<u8>)>>,
 }
 
 impl Settings {
@@ -81,6 +83,7 @@ impl Settings {
             lookup_deadline: cfg.lookup_deadline,
             connect_timeout: cfg.connect_timeout,
             write_queue: cfg.write_queue,
+            ca: cfg.ca.clone(),
         })
     }
 
@@ -95,6 +98,27 @@ pub fn check_url(url: &str) -> Result<(), String> {
     redis::Client::open(url)
         .map(|_| ())
         .map_err(|e| format!("{e}"))
+}
+
+fn open_client(settings: &Settings) -> Result<redis::Client, SharedError> {
+    let bad = |e: redis::RedisError| SharedError::BadUrl(e.to_string());
+    if !settings.url.starts_with("rediss://") {
+        return redis::Client::open(settings.url.as_str()).map_err(bad);
+    }
+    // rustls needs a process-wide provider; ring's (another one already
+    // installed is fine too).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match &settings.ca {
+        None => redis::Client::open(settings.url.as_str()).map_err(bad),
+        Some(ca) => redis::Client::build_with_tls(
+            settings.url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.1.clone()),
+            },
+        )
+        .map_err(bad),
+    }
 }
 
 /// Counters of the link (for the metrics).
@@ -210,8 +234,7 @@ impl Shared {
     /// Starts the link's thread. Returns at once: the connection is made
     /// when first needed, and remade in the background after a failure.
     pub fn start(settings: Settings, log: Logger) -> Result<Arc<Shared>, SharedError> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| SharedError::BadUrl(e.to_string()))?;
+        let client = open_client(&settings)?;
         let health = Arc::new(Health {
             breaker: Breaker::new(DEFAULT_THRESHOLD),
             counters: Counters::default(),

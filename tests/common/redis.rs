@@ -35,6 +35,8 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     _dir: tempfile::TempDir,
+    /// With TLS: the CA certificate (PEM) its certificate is signed by.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
@@ -47,14 +49,112 @@ impl RedisServer {
             port: free_port(),
             child: None,
             _dir: tempfile::tempdir().unwrap(),
+            ca: None,
+        };
+        r.spawn();
+        Some(r)
+    }
+
+    /// One that speaks TLS only, with a certificate for 127.0.0.1 from a
+    /// fresh CA (made with the openssl CLI).
+    pub fn start_tls() -> Option<RedisServer> {
+        if !available() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let run = |args: &[&str]| {
+            let st = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success(), "openssl {args:?}");
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=tlsmgr test CA",
+            ],
+        ]
+        .concat());
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "srv.key",
+                "-out",
+                "srv.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat());
+        std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ]);
+        let mut r = RedisServer {
+            port: free_port(),
+            child: None,
+            ca: Some(d.join("ca.pem")),
+            _dir: dir,
         };
         r.spawn();
         Some(r)
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(REDIS_SERVER)
-            .args(["--port", &self.port.to_string()])
+        let mut cmd = Command::new(REDIS_SERVER);
+        match &self.ca {
+            None => {
+                cmd.args(["--port", &self.port.to_string()]);
+            }
+            Some(ca) => {
+                let d = ca.parent().unwrap();
+                cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(d.join("srv.pem"))
+                    .arg("--tls-key-file")
+                    .arg(d.join("srv.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(ca)
+                    .args(["--tls-auth-clients", "no"]);
+            }
+        }
+        let child = cmd
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -82,11 +182,24 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     fn try_conn(&self) -> redis::RedisResult<redis::Connection> {
-        let c = redis::Client::open(self.url())?;
+        let c = match &self.ca {
+            None => redis::Client::open(self.url())?,
+            Some(ca) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                redis::Client::build_with_tls(
+                    self.url(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(std::fs::read(ca).unwrap()),
+                    },
+                )?
+            }
+        };
         c.get_connection_with_timeout(Duration::from_secs(2))
     }
 
