@@ -22,6 +22,25 @@ pub enum ClientError {
     /// The server sent something that is not a valid announcement or reply.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The server's reply does not have the shape of the request's reply.
+    #[error("protocol error: {0}")]
+    Reply(#[from] crate::protocol::reply::ReplyError),
+}
+
+/// Why a command line cannot become a request.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The session file (or standard input, `-`) could not be read.
+    #[error("read {file}: {source}")]
+    Read {
+        /// The file named on the command line.
+        file: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// `tktkey NAME_HEX` with a name that is not hex.
+    #[error("bad hex key name: {0}")]
+    BadKeyName(String),
 }
 
 /// A connection to a tlsmgr server.
@@ -95,7 +114,7 @@ impl Client {
         req.encode(&mut out);
         self.stream.write_all(&out)?;
         let list = self.read_list()?;
-        Reply::decode(req.kind(), &list).map_err(ClientError::Protocol)
+        Ok(Reply::decode(req.kind(), &list)?)
     }
 
     /// The underlying socket.
@@ -153,7 +172,7 @@ fn parse_hex(s: &str) -> Option<Vec<u8>> {
 
 impl ClientCommand {
     /// The protocol request for this command.
-    pub fn to_request(&self) -> Result<Request, String> {
+    pub fn to_request(&self) -> Result<Request, CommandError> {
         let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
         Ok(match self {
             ClientCommand::Seed { size } => Request::Seed { size: *size as i32 },
@@ -173,10 +192,16 @@ impl ClientCommand {
                     let mut v = Vec::new();
                     std::io::stdin()
                         .read_to_end(&mut v)
-                        .map_err(|e| format!("read stdin: {e}"))?;
+                        .map_err(|source| CommandError::Read {
+                            file: "stdin".into(),
+                            source,
+                        })?;
                     v
                 } else {
-                    std::fs::read(file).map_err(|e| format!("read {file}: {e}"))?
+                    std::fs::read(file).map_err(|source| CommandError::Read {
+                        file: file.clone(),
+                        source,
+                    })?
                 };
                 Request::Update {
                     cache_type: b(cache_type),
@@ -191,9 +216,9 @@ impl ClientCommand {
             ClientCommand::Tktkey { name_hex } => Request::TktKey {
                 keyname: match name_hex {
                     None => Bytes::new(),
-                    Some(h) => {
-                        Bytes::from(parse_hex(h).ok_or_else(|| format!("bad hex key name: {h}"))?)
-                    }
+                    Some(h) => Bytes::from(
+                        parse_hex(h).ok_or_else(|| CommandError::BadKeyName(h.clone()))?,
+                    ),
                 },
             },
         })

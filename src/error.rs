@@ -22,6 +22,10 @@ pub enum Error {
     /// A session-cache store could not be opened or used.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A start-up hook of the layer above failed (the master(8) adapter's
+    /// chroot and switch of ids); its error says what.
+    #[error(transparent)]
+    Hook(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Error {

@@ -276,6 +276,44 @@ fn check(dir: Option<PathBuf>, overrides: &[String]) -> ExitCode {
             for (name, value) in &config.effective {
                 println!("{name} = {value}");
             }
+            on_disk(&dir, &config)
+        }
+        Err(e) => {
+            eprintln!("tlsmgr: fatal: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `check`'s last lines, as main.cf comments: where the state is on disk,
+/// given how master.cf starts the service. A location the chroot refuses
+/// is fatal, as it would be at start.
+fn on_disk(dir: &Path, config: &Config) -> ExitCode {
+    use tlsmgr::master::{mastercf, paths};
+    let service = mastercf::tlsmgr_service(dir);
+    let chroot = service.is_some_and(|s| s.chroot);
+    match paths::state_on_disk(config, chroot) {
+        Ok(list) => {
+            match service {
+                Some(s) if s.chroot => println!(
+                    "# on disk ({}/master.cf, line {}: tlsmgr chrooted into {}):",
+                    dir.display(),
+                    s.line,
+                    config.queue_directory.display()
+                ),
+                Some(s) => println!(
+                    "# on disk ({}/master.cf, line {}: tlsmgr not chrooted):",
+                    dir.display(),
+                    s.line
+                ),
+                None => println!(
+                    "# on disk (no tlsmgr service in {}/master.cf; as `tlsmgr serve` uses them):",
+                    dir.display()
+                ),
+            }
+            for (param, path) in list {
+                println!("#   {param}: {}", path.display());
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

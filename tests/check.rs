@@ -134,3 +134,91 @@ fn exponential_expansion_fails_with_file_line_and_parameter() {
         )
     );
 }
+
+/// Issue 11: `check` says where the state is on disk, following master.cf:
+/// chrooted as Debian ships it, the stores and key file are kept at the
+/// same path below queue_directory; unchrooted, where configured; a place
+/// among the jail's system directories is refused as at start.
+#[test]
+fn prints_where_the_state_is_on_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("main.cf"),
+        "queue_directory = /var/spool/postfix\ndata_directory = /var/lib/postfix\n\
+         smtpd_tls_session_cache_database = btree:${data_directory}/smtpd_scache\n\
+         smtp_tls_session_cache_database = btree:/var/spool/postfix/tls/smtp_scache\n",
+    )
+    .unwrap();
+    let master_cf = tmp.path().join("master.cf");
+    let on_disk = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.starts_with("#   "))
+            .map(|l| l[4..].to_string())
+            .collect()
+    };
+
+    // No master.cf: as `serve` uses them.
+    let (ok, out, err) = check(tmp.path(), &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("# on disk (no tlsmgr service in"), "{out}");
+    assert_eq!(
+        on_disk(&out),
+        [
+            "smtpd_tls_session_cache_database: /var/lib/postfix/smtpd_scache.fjall",
+            "smtp_tls_session_cache_database: /var/spool/postfix/tls/smtp_scache.fjall",
+            "tlsmgr_ticket_key_file: /var/lib/postfix/tlsmgr_ticket_keys",
+        ]
+    );
+
+    // Debian's master.cf: chrooted.
+    std::fs::write(
+        &master_cf,
+        "# a comment\nsmtp      inet  n       -       y       -       -       smtpd\n\
+         tlsmgr    unix  -       -       y       1000?   1       tlsmgr\n",
+    )
+    .unwrap();
+    let (ok, out, err) = check(tmp.path(), &[]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("master.cf, line 3: tlsmgr chrooted into /var/spool/postfix):"),
+        "{out}"
+    );
+    assert_eq!(
+        on_disk(&out),
+        [
+            "smtpd_tls_session_cache_database: /var/spool/postfix/var/lib/postfix/smtpd_scache.fjall",
+            "smtp_tls_session_cache_database: /var/spool/postfix/tls/smtp_scache.fjall",
+            "tlsmgr_ticket_key_file: /var/spool/postfix/var/lib/postfix/tlsmgr_ticket_keys",
+        ]
+    );
+
+    // Upstream's master.cf: not chrooted, paths as configured.
+    std::fs::write(
+        &master_cf,
+        "tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n",
+    )
+    .unwrap();
+    let (ok, out, _) = check(tmp.path(), &[]);
+    assert!(ok);
+    assert!(out.contains("tlsmgr not chrooted"), "{out}");
+    assert_eq!(
+        on_disk(&out)[0],
+        "smtpd_tls_session_cache_database: /var/lib/postfix/smtpd_scache.fjall"
+    );
+
+    // Chrooted, with the key file under the jail's etc/: refused.
+    std::fs::write(
+        &master_cf,
+        "tlsmgr    unix  -       -       y       1000?   1       tlsmgr\n",
+    )
+    .unwrap();
+    let (ok, _, err) = check(
+        tmp.path(),
+        &["-o", "tlsmgr_ticket_key_file=/etc/postfix/keys"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("fatal: parameter tlsmgr_ticket_key_file: /etc/postfix/keys would be kept at /var/spool/postfix/etc/postfix/keys"),
+        "{err}"
+    );
+}

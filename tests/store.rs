@@ -899,3 +899,33 @@ fn fjall_memtables_are_written_out_under_a_fast_write_load() {
     assert!(held <= 24 << 20, "memtables not written out: {held} bytes");
     assert_eq!(store.len(), 240_000);
 }
+
+/// A reopen after a full disk passes the count it knows: the store takes
+/// it instead of counting every entry again (and a first open still counts).
+#[test]
+fn a_known_entry_count_is_taken_instead_of_a_recount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.fjall");
+    {
+        let s = FjallStore::open(&dir, keep(Duration::ZERO)).unwrap();
+        for i in 0..10u64 {
+            let e = Entry {
+                stored_at: 1_000 + i,
+                session: vec![1; 16],
+            };
+            s.put(format!("id{i}").as_bytes(), &e, 0).unwrap();
+        }
+    }
+    let counted = FjallStore::open(&dir, keep(Duration::ZERO)).unwrap();
+    assert_eq!(counted.len(), 10);
+    drop(counted);
+    let told = FjallStore::open(
+        &dir,
+        OpenOptions {
+            known_entries: Some(7),
+            ..keep(Duration::ZERO)
+        },
+    )
+    .unwrap();
+    assert_eq!(told.len(), 7, "the count given is taken as it is");
+}

@@ -13,6 +13,12 @@
 //! it out of service and nudges this actor ([`Reopen`]); requests get ERR at
 //! once meanwhile. The actor reopens the store at once and then every
 //! [`REOPEN_INTERVAL`] until it opens.
+//!
+//! A full disk ([`DiskFull`], see `cache`'s module doc) is retried with a
+//! backoff instead, from [`FULL_RETRY_FIRST`] doubling to
+//! [`FULL_RETRY_MAX`]: once the file system has [`FULL_RETRY_MIN_FREE`]
+//! bytes free, the store is reopened with the count it had (no recount),
+//! and writes are let through again. Nothing is logged per retry.
 
 use crate::cache::{Cache, CacheLimits};
 use crate::store::{OpenOptions, StoreStats};
@@ -25,6 +31,14 @@ use std::time::Duration;
 /// How often a down store is retried.
 pub const REOPEN_INTERVAL: Duration = Duration::from_secs(5);
 
+/// First wait before a full disk is looked at again.
+pub const FULL_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two looks at a full disk.
+pub const FULL_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Free bytes the store's file system needs before writes are tried again
+/// (a journal record and a table flush must fit).
+pub const FULL_RETRY_MIN_FREE: u64 = 4 * 1024 * 1024;
+
 /// Entries removed per expiry step.
 pub const SWEEP_STEP: usize = 64;
 
@@ -36,6 +50,11 @@ pub struct CacheActor {
     log: Logger,
     opened_once: bool,
     timers: Vec<SpawnHandle>,
+    /// The next wait of a full-disk retry; `None` when none is scheduled.
+    full_retry: Option<Duration>,
+    /// The entry count of the store closed for a full-disk retry, for the
+    /// reopen (no recount).
+    full_count: Option<u64>,
 }
 
 impl CacheActor {
@@ -55,6 +74,8 @@ impl CacheActor {
             log,
             opened_once: false,
             timers: Vec::new(),
+            full_retry: None,
+            full_count: None,
         }
     }
 
@@ -70,17 +91,24 @@ impl CacheActor {
             opts.empty_on_start = false;
             opts.lock_wait = Duration::ZERO;
         }
+        // During a full-disk episode: no recount, and no line per retry.
+        let quiet = self.cache.writes_refused();
+        if quiet {
+            opts.known_entries = self.full_count;
+        }
         let ct = self.cache.cache_type();
         let location = self.cache.location().clone();
         match catch_unwind(AssertUnwindSafe(|| location.open(opts))) {
             Ok(Ok(store)) => {
-                if self.cache.limits().log_cache || self.opened_once {
+                self.full_count = None;
+                if !quiet && (self.cache.limits().log_cache || self.opened_once) {
                     info!(self.log, "open {} TLS cache {}", ct, location);
                 }
                 self.opened_once = true;
                 self.cache.put_up(store);
                 self.evict_to_bound();
             }
+            Ok(Err(_)) if quiet => {}
             Ok(Err(e)) => {
                 warn!(
                     self.log,
@@ -98,6 +126,37 @@ impl CacheActor {
                 );
             }
         }
+    }
+
+    /// A full-disk retry: with room on the file system, reopens the store
+    /// with the count it had and lets writes through; else waits longer.
+    fn retry_full(&mut self, wait: Duration, ctx: &mut Context<Self>) {
+        if !self.cache.writes_refused() {
+            self.full_retry = None;
+            return;
+        }
+        let room = self
+            .cache
+            .location()
+            .path()
+            .and_then(free_bytes)
+            .is_none_or(|free| free >= FULL_RETRY_MIN_FREE);
+        if room {
+            if let Some(old) = self.cache.take() {
+                self.full_count = Some(old.len());
+                // The last handle closes it; requests in flight finish first.
+                drop(old);
+            }
+            self.open_store();
+            if self.cache.is_up() {
+                self.cache.reopen_after_full_done();
+                self.full_retry = None;
+                return;
+            }
+        }
+        let next = (wait * 2).min(FULL_RETRY_MAX);
+        self.full_retry = Some(next);
+        ctx.run_later(wait, move |act, ctx| act.retry_full(next, ctx));
     }
 
     fn evict_to_bound(&self) {
@@ -161,6 +220,8 @@ impl Actor for CacheActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let addr = ctx.address();
         self.cache.on_down(Box::new(move || addr.do_send(Reopen)));
+        let addr = ctx.address();
+        self.cache.on_full(Box::new(move || addr.do_send(DiskFull)));
         self.open_store();
         self.schedule(ctx);
     }
@@ -195,6 +256,34 @@ impl Handler<Reopen> for CacheActor {
         );
         self.open_store();
     }
+}
+
+/// A write found the disk full: retry later, with a backoff.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DiskFull;
+
+impl Handler<DiskFull> for CacheActor {
+    type Result = ();
+    fn handle(&mut self, _: DiskFull, ctx: &mut Context<Self>) {
+        if self.full_retry.is_some() {
+            return; // one retry at a time
+        }
+        self.full_retry = Some(FULL_RETRY_FIRST);
+        ctx.run_later(FULL_RETRY_FIRST, |act, ctx| {
+            act.retry_full(FULL_RETRY_FIRST * 2, ctx)
+        });
+    }
+}
+
+/// Free bytes for unprivileged writers on the file system that holds
+/// `path` (or its parent, before the store exists); `None` if unknown.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let probe = if path.exists() { path } else { path.parent()? };
+    let st = nix::sys::statvfs::statvfs(probe).ok()?;
+    // The field types differ between platforms (u64 on Linux x86_64).
+    #[allow(clippy::useless_conversion)]
+    Some(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
 }
 
 /// Sweep now; resolves to the number of entries removed.

@@ -66,8 +66,12 @@ pub struct WatchOptions {
 /// See [`WatchOptions::applied`].
 pub type ConfigApplied = std::sync::Arc<dyn Fn(&Config) + Send + Sync>;
 
-/// See [`WatchOptions::adjust`].
-pub type ConfigAdjust = Box<dyn Fn(&mut Config) -> Result<(), String> + Send>;
+/// See [`WatchOptions::adjust`]; the error says why the configuration is
+/// refused (the watcher logs it and keeps the configuration in force).
+pub type ConfigAdjust = Box<dyn Fn(&mut Config) -> Result<(), AdjustError> + Send>;
+
+/// Why an adjust hook refused a configuration (its type is the hook's).
+pub type AdjustError = Box<dyn std::error::Error + Send + Sync>;
 
 impl WatchOptions {
     /// Options for `dir` with the default debounce and no SIGHUP handling.

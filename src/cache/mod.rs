@@ -16,6 +16,14 @@
 //! ([`Cache::take_down`]): every request then gets [`CacheDown`] at once (the
 //! client sees ERR) until the actor has reopened the store and put it back
 //! ([`Cache::put_up`]).
+//!
+//! A full disk is not a failure of the store: a write that finds no space
+//! (`ENOSPC`, `EDQUOT`, `EFBIG`) starts a *full-disk episode*. The store
+//! stays in service for lookups; updates and deletes get ERR at once,
+//! without touching the store, until the actor has found room and reopened
+//! it (fjall refuses writes after a failed one) without counting it again.
+//! The episode is logged twice: one warning when it starts, one line when a
+//! write succeeds again, with the number of writes refused meanwhile.
 
 use crate::clock::SharedClock;
 use crate::protocol::CacheType;
@@ -24,6 +32,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use slog::{info, warn, Logger};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The cache's store is not available; the request was not carried out.
@@ -47,6 +56,19 @@ pub type SharedStore = Arc<Box<dyn Store>>;
 /// Called when a store is taken out of service, so that its owner reopens it.
 pub type DownHook = Box<dyn Fn() + Send + Sync>;
 
+/// State of a full-disk episode (see the module doc).
+#[derive(Debug, Default)]
+struct FullDisk {
+    /// From the first write that found no space to the first that succeeds.
+    on: AtomicBool,
+    /// Writes get ERR without trying, until the store has been reopened.
+    refusing: AtomicBool,
+    /// Updates and deletes refused in this episode.
+    refused: AtomicU64,
+    /// When it began (the cache's clock, seconds).
+    since: AtomicU64,
+}
+
 /// One session cache.
 pub struct Cache {
     cache_type: CacheType,
@@ -56,6 +78,8 @@ pub struct Cache {
     clock: SharedClock,
     log: Logger,
     on_down: std::sync::OnceLock<DownHook>,
+    full: FullDisk,
+    on_full: std::sync::OnceLock<DownHook>,
     #[cfg(feature = "test-hooks")]
     fault: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -91,6 +115,8 @@ impl Cache {
             clock,
             log,
             on_down: std::sync::OnceLock::new(),
+            full: FullDisk::default(),
+            on_full: std::sync::OnceLock::new(),
             #[cfg(feature = "test-hooks")]
             fault: None,
         }
@@ -128,6 +154,70 @@ impl Cache {
     /// Sets what is called when a store is taken out of service (once).
     pub fn on_down(&self, hook: DownHook) {
         let _ = self.on_down.set(hook);
+    }
+
+    /// Sets what is called at each write that finds the disk full (once),
+    /// so that the owner retries later ([`Cache::reopen_after_full_done`]).
+    pub fn on_full(&self, hook: DownHook) {
+        let _ = self.on_full.set(hook);
+    }
+
+    /// True while writes are refused for a full disk.
+    pub fn writes_refused(&self) -> bool {
+        self.full.refusing.load(Ordering::Relaxed)
+    }
+
+    /// Ends the refusal of writes after a full disk: the owner found room
+    /// and reopened the store (with the count the old one had). The
+    /// episode itself ends with the first write that succeeds.
+    pub fn reopen_after_full_done(&self) {
+        self.full.refusing.store(false, Ordering::Relaxed);
+    }
+
+    /// A write found no space: refuse writes from now on, log the start of
+    /// the episode once, and have the owner retry.
+    fn out_of_space(&self, what: &str, why: &StoreError) {
+        self.full.refusing.store(true, Ordering::Relaxed);
+        if !self.full.on.swap(true, Ordering::Relaxed) {
+            self.full.refused.store(0, Ordering::Relaxed);
+            self.full.since.store(self.clock.now(), Ordering::Relaxed);
+            warn!(
+                self.log,
+                "{} TLS cache: {} failed: {} -- updates get ERR until there is room, lookups go on",
+                self.cache_type,
+                what,
+                why
+            );
+        }
+        if let Some(hook) = self.on_full.get() {
+            hook();
+        }
+    }
+
+    /// Refuses a write during a full-disk episode (counted).
+    fn refuse_write(&self) -> Result<(), CacheDown> {
+        if self.full.refusing.load(Ordering::Relaxed) {
+            self.full.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(CacheDown);
+        }
+        Ok(())
+    }
+
+    /// A write succeeded: a full-disk episode, if one was on, is over.
+    fn wrote(&self) {
+        if self.full.on.load(Ordering::Relaxed) && self.full.on.swap(false, Ordering::Relaxed) {
+            let secs = self
+                .clock
+                .now()
+                .saturating_sub(self.full.since.load(Ordering::Relaxed));
+            info!(
+                self.log,
+                "{} TLS cache: there is room again: {} updates refused in {}s",
+                self.cache_type,
+                self.full.refused.load(Ordering::Relaxed),
+                secs
+            );
+        }
     }
 
     /// True while a store is in service.
@@ -188,6 +278,12 @@ impl Cache {
         }
         match catch_unwind(AssertUnwindSafe(|| op(store.as_ref().as_ref()))) {
             Ok(Ok(v)) => Ok(v),
+            // During a full-disk episode a write that raced with the first
+            // failure finds fjall refusing writes: part of the episode too.
+            Ok(Err(e)) if e.is_out_of_space() || self.full.on.load(Ordering::Relaxed) => {
+                self.out_of_space(what, &e);
+                Err(CacheDown)
+            }
             Ok(Err(e)) => {
                 self.take_down(&store, what, &e.to_string());
                 Err(CacheDown)
@@ -217,9 +313,12 @@ impl Cache {
         if id.len() > MAX_CACHE_ID_LEN {
             return Ok(None);
         }
+        let refusing = self.writes_refused();
         let entry = self.with_store("lookup", |s| match s.get(id) {
             Err(StoreError::Malformed(_)) => {
-                s.delete(id)?;
+                if !refusing {
+                    s.delete(id)?;
+                }
                 Ok(None)
             }
             other => other,
@@ -238,7 +337,10 @@ impl Cache {
             );
         }
         if Self::is_stale(limits.timeout, &entry, self.clock.now()) {
-            self.with_store("delete", |s| s.delete(id))?;
+            // On a full disk the stale entry stays until the sweep after.
+            if !self.writes_refused() {
+                self.with_store("delete", |s| s.delete(id))?;
+            }
             return Ok(None);
         }
         Ok(Some(Bytes::from(entry.session)))
@@ -280,8 +382,10 @@ impl Cache {
             stored_at: now,
             session: session.to_vec(),
         };
-        self.with_store("update", |s| s.put(id, &entry, limits.max_entries))
-            .map(|_| ())
+        self.refuse_write()?;
+        self.with_store("update", |s| s.put(id, &entry, limits.max_entries))?;
+        self.wrote();
+        Ok(())
     }
 
     /// Stores a session found in the shared store, with the time it was
@@ -317,7 +421,10 @@ impl Cache {
         if id.len() > MAX_CACHE_ID_LEN {
             return Ok(false);
         }
-        self.with_store("delete", |s| s.delete(id))
+        self.refuse_write()?;
+        let found = self.with_store("delete", |s| s.delete(id))?;
+        self.wrote();
+        Ok(found)
     }
 
     /// One bounded expiry step: removes up to `limit` stale entries.
@@ -327,6 +434,9 @@ impl Cache {
             .clock
             .now()
             .saturating_sub(u64::from(self.limits().timeout));
+        if self.writes_refused() {
+            return Err(CacheDown);
+        }
         self.with_store("expiry scan", |s| s.sweep_before(cutoff, limit))
     }
 
@@ -334,12 +444,16 @@ impl Cache {
     pub fn evict_to_bound(&self) -> Result<u64, CacheDown> {
         match self.limits().max_entries {
             0 => Ok(0),
+            _ if self.writes_refused() => Err(CacheDown),
             max => self.with_store("eviction", |s| s.evict_to(max)),
         }
     }
 
     /// Makes completed writes durable against a power loss.
     pub fn sync(&self) -> Result<(), CacheDown> {
+        if self.writes_refused() {
+            return Err(CacheDown);
+        }
         self.with_store("sync", |s| s.flush())
     }
 

@@ -111,24 +111,30 @@ impl Exp<'_> {
         used: usize,
         before: usize,
         (cap, total): (usize, usize),
-        (what, unit): (&str, &str),
-    ) -> Result<(), String> {
+        (what, unit): (&'static str, &'static str),
+    ) -> Result<(), ExpandError> {
         if used > cap {
-            return Err(format!(
-                "macro processing error: unreasonable {what}: more than {cap} {unit}"
-            ));
+            return Err(ExpandError::Unreasonable {
+                what,
+                limit: cap,
+                unit,
+                in_all: false,
+            });
         }
         if before.saturating_add(used) > total {
-            return Err(format!(
-                "macro processing error: unreasonable {what}: more than {total} {unit} in all parameters"
-            ));
+            return Err(ExpandError::Unreasonable {
+                what,
+                limit: total,
+                unit,
+                in_all: true,
+            });
         }
         Ok(())
     }
 
     /// Appends `s` to `out`, within the length caps.
     /// What is refused is not counted, so the usage never exceeds a cap.
-    fn push(&mut self, out: &mut String, s: &str) -> Result<(), String> {
+    fn push(&mut self, out: &mut String, s: &str) -> Result<(), ExpandError> {
         let len = self.used.len.saturating_add(s.len());
         Self::check(
             len,
@@ -142,7 +148,7 @@ impl Exp<'_> {
     }
 
     /// Counts `n` bytes of text about to be scanned.
-    fn scan(&mut self, n: usize) -> Result<(), String> {
+    fn scan(&mut self, n: usize) -> Result<(), ExpandError> {
         let scanned = self.used.scanned.saturating_add(n);
         Self::check(
             scanned,
@@ -155,7 +161,7 @@ impl Exp<'_> {
     }
 
     /// Looks `name` up, counting the lookup and the raw value's length.
-    fn raw(&mut self, name: &str) -> Result<Option<String>, String> {
+    fn raw(&mut self, name: &str) -> Result<Option<String>, ExpandError> {
         let lookups = self.used.lookups.saturating_add(1);
         Self::check(
             lookups,
@@ -170,18 +176,47 @@ impl Exp<'_> {
     }
 }
 
+/// Why a value could not be expanded. The message is Postfix's, without
+/// the parameter name (the caller adds it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExpandError {
+    /// A cap on the work of one value, or of all values together, was
+    /// reached (a pathological main.cf, e.g. exponential `$x` nesting).
+    #[error(
+        "macro processing error: unreasonable {what}: more than {limit} {unit}{}",
+        if *in_all { " in all parameters" } else { "" }
+    )]
+    Unreasonable {
+        /// What grew too large, e.g. `macro expansion length`.
+        what: &'static str,
+        /// The cap.
+        limit: usize,
+        /// Its unit, e.g. `bytes`.
+        unit: &'static str,
+        /// Whether the cap is the one on all values together.
+        in_all: bool,
+    },
+    /// Malformed macro syntax: what Postfix's `mac_expand` says.
+    #[error("macro processing error: {0}")]
+    Syntax(String),
+}
+
 const WS: &[char] = &[' ', '\t', '\r', '\n'];
 
 /// Expands `text`, resolving names through `lookup`, with a budget of its
 /// own. Errors are messages in Postfix's words, without the parameter name
 /// (the caller adds it).
-pub fn expand(text: &str, lookup: &dyn Lookup) -> Result<String, String> {
+pub fn expand(text: &str, lookup: &dyn Lookup) -> Result<String, ExpandError> {
     expand_with(text, lookup, &mut Budget::new())
 }
 
 /// Like [`expand`], charging the work to `budget`, so that a configuration's
 /// values are capped together as well as one by one.
-pub fn expand_with(text: &str, lookup: &dyn Lookup, budget: &mut Budget) -> Result<String, String> {
+pub fn expand_with(
+    text: &str,
+    lookup: &dyn Lookup,
+    budget: &mut Budget,
+) -> Result<String, ExpandError> {
     let mut x = Exp {
         lookup,
         before: budget.used,
@@ -193,11 +228,16 @@ pub fn expand_with(text: &str, lookup: &dyn Lookup, budget: &mut Budget) -> Resu
     result.map(|()| out)
 }
 
-fn expand_into(text: &str, x: &mut Exp<'_>, depth: usize, out: &mut String) -> Result<(), String> {
+fn expand_into(
+    text: &str,
+    x: &mut Exp<'_>,
+    depth: usize,
+    out: &mut String,
+) -> Result<(), ExpandError> {
     if depth > MAX_DEPTH {
-        return Err(format!(
-            "macro processing error: unreasonable macro call nesting: \"{text}\""
-        ));
+        return Err(ExpandError::Syntax(format!(
+            "unreasonable macro call nesting: \"{text}\""
+        )));
     }
     x.scan(text.len())?;
     let bytes = text.as_bytes();
@@ -217,7 +257,7 @@ fn expand_into(text: &str, x: &mut Exp<'_>, depth: usize, out: &mut String) -> R
             Some(&open @ (b'{' | b'(')) => {
                 let close = if open == b'{' { b'}' } else { b')' };
                 let end = matching(bytes, i, open, close).ok_or_else(|| {
-                    format!("macro processing error: truncated macro reference: \"{text}\"")
+                    ExpandError::Syntax(format!("truncated macro reference: \"{text}\""))
                 })?;
                 eval_expr(&text[i + 1..end], text, x, depth, out)?;
                 i = end + 1;
@@ -229,11 +269,7 @@ fn expand_into(text: &str, x: &mut Exp<'_>, depth: usize, out: &mut String) -> R
                 }
                 i += len;
             }
-            _ => {
-                return Err(format!(
-                    "macro processing error: empty macro name: \"{text}\""
-                ))
-            }
+            _ => return Err(ExpandError::Syntax(format!("empty macro name: \"{text}\""))),
         }
     }
     Ok(())
@@ -261,9 +297,11 @@ fn matching(bytes: &[u8], start: usize, open: u8, close: u8) -> Option<usize> {
 
 /// Splits `{payload}rest` (text starting at `{`) into the payload and the
 /// rest with leading whitespace skipped.
-fn curly(text: &str) -> Result<(&str, &str), String> {
+fn curly(text: &str) -> Result<(&str, &str), ExpandError> {
     let end = matching(text.as_bytes(), 0, b'{', b'}').ok_or_else(|| {
-        format!("macro processing error: unbalanced {{}} in attribute expression: \"{text}\"")
+        ExpandError::Syntax(format!(
+            "unbalanced {{}} in attribute expression: \"{text}\""
+        ))
     })?;
     Ok((&text[1..end], text[end + 1..].trim_start_matches(WS)))
 }
@@ -281,7 +319,7 @@ fn eval_expr(
     x: &mut Exp<'_>,
     depth: usize,
     out: &mut String,
-) -> Result<(), String> {
+) -> Result<(), ExpandError> {
     // The test value (Some non-empty = true) and what follows it.
     let (test, rest): (Option<String>, &str);
     if let Some(t) = at_curly(inner) {
@@ -294,9 +332,9 @@ fn eval_expr(
             }
             Some('?' | ':') => {}
             Some(_) => {
-                return Err(format!(
-                    "macro processing error: \"?\" or \":\" expected at: \"...}}>>>{after}\""
-                ))
+                return Err(ExpandError::Syntax(format!(
+                    "\"?\" or \":\" expected at: \"...}}>>>{after}\""
+                )))
             }
         }
         test = Some(truth.to_string());
@@ -305,17 +343,17 @@ fn eval_expr(
         let split = inner.find(['?', ':']).unwrap_or(inner.len());
         let name = inner[..split].trim_matches(WS);
         if let Some(pos) = name.bytes().position(|c| !is_name_byte(c)) {
-            return Err(format!(
-                "macro processing error: attribute name syntax error at: \"...{}>>>{}\"",
+            return Err(ExpandError::Syntax(format!(
+                "attribute name syntax error at: \"...{}>>>{}\"",
                 &name[..pos],
                 &name[pos..]
-            ));
+            )));
         }
         if split == inner.len() {
             if name.is_empty() {
-                return Err(format!(
-                    "macro processing error: empty macro name: \"{whole}\""
-                ));
+                return Err(ExpandError::Syntax(format!(
+                    "empty macro name: \"{whole}\""
+                )));
             }
             if let Some(raw) = x.raw(name)? {
                 expand_into(&raw, x, depth + 1, out)?;
@@ -335,9 +373,9 @@ fn conditional(
     x: &mut Exp<'_>,
     depth: usize,
     out: &mut String,
-) -> Result<(), String> {
+) -> Result<(), ExpandError> {
     // One operand: `{text}` (then the rest continues) or bare text to the end.
-    fn operand(text: &str) -> Result<(&str, &str), String> {
+    fn operand(text: &str) -> Result<(&str, &str), ExpandError> {
         match at_curly(text) {
             Some(t) => curly(t),
             None => Ok((text, "")),
@@ -353,9 +391,9 @@ fn conditional(
             return Ok(());
         }
         let Some(after) = after.strip_prefix(':') else {
-            return Err(format!(
-                "macro processing error: \":\" expected at: \"...{iftrue}}}>>>{after}\""
-            ));
+            return Err(ExpandError::Syntax(format!(
+                "\":\" expected at: \"...{iftrue}}}>>>{after}\""
+            )));
         };
         rest = after;
     } else if let Some(r) = rest.strip_prefix(':') {
@@ -366,16 +404,20 @@ fn conditional(
         expand_into(iffalse, x, depth + 1, out)?;
     }
     if !after.is_empty() {
-        return Err(format!(
-            "macro processing error: unexpected input at: \"...{iffalse}}}>>>{after}\""
-        ));
+        return Err(ExpandError::Syntax(format!(
+            "unexpected input at: \"...{iffalse}}}>>>{after}\""
+        )));
     }
     Ok(())
 }
 
 /// Parses and evaluates `{a} OP {b}` (text starting at `{`); returns the
 /// result and the text after the right operand (leading whitespace skipped).
-fn logical<'a>(text: &'a str, x: &mut Exp<'_>, depth: usize) -> Result<(bool, &'a str), String> {
+fn logical<'a>(
+    text: &'a str,
+    x: &mut Exp<'_>,
+    depth: usize,
+) -> Result<(bool, &'a str), ExpandError> {
     const ANY_OP: &str = "\"==\" or \"!=\" or \"<\" or \"<=\" or \">=\" or \">\"";
     let (left, after) = curly(text)?;
     let op_len = after
@@ -384,9 +426,9 @@ fn logical<'a>(text: &'a str, x: &mut Exp<'_>, depth: usize) -> Result<(bool, &'
         .count();
     let op = &after[..op_len];
     if !matches!(op, "==" | "!=" | "<" | "<=" | ">" | ">=") {
-        return Err(format!(
-            "macro processing error: {ANY_OP} expected at: \"...{left}}}>>>{after}\""
-        ));
+        return Err(ExpandError::Syntax(format!(
+            "{ANY_OP} expected at: \"...{left}}}>>>{after}\""
+        )));
     }
     let after = &after[op_len..];
     let suffix_len = after.bytes().take_while(|c| is_name_byte(*c)).count();
@@ -394,16 +436,16 @@ fn logical<'a>(text: &'a str, x: &mut Exp<'_>, depth: usize) -> Result<(bool, &'
         "" => false,
         "level" => true,
         _ => {
-            return Err(format!(
-                "macro processing error: bad operator suffix at: \"...{op}>>>{after}\""
-            ))
+            return Err(ExpandError::Syntax(format!(
+                "bad operator suffix at: \"...{op}>>>{after}\""
+            )))
         }
     };
     let after = &after[suffix_len..];
     let Some(right_text) = at_curly(after) else {
-        return Err(format!(
-            "macro processing error: \"{{expression}}\" expected at: \"...{{{left}}} {op}>>>{after}\""
-        ));
+        return Err(ExpandError::Syntax(format!(
+            "\"{{expression}}\" expected at: \"...{{{left}}} {op}>>>{after}\""
+        )));
     };
     let (right, after) = curly(right_text)?;
     let l = {
@@ -437,11 +479,11 @@ fn all_digits(s: &str) -> bool {
 }
 
 /// Numeric when both sides are all digits, else byte-wise (`strcmp`).
-fn compare(l: &str, r: &str) -> Result<Ordering, String> {
+fn compare(l: &str, r: &str) -> Result<Ordering, ExpandError> {
     if all_digits(l) && all_digits(r) {
         let num = |s: &str| {
             s.parse::<i64>()
-                .map_err(|_| format!("macro processing error: bad conversion: {s}"))
+                .map_err(|_| ExpandError::Syntax(format!("bad conversion: {s}")))
         };
         return Ok(num(l)?.cmp(&num(r)?));
     }
@@ -449,8 +491,8 @@ fn compare(l: &str, r: &str) -> Result<Ordering, String> {
 }
 
 /// A `compatibility_level` value: `major[.minor[.patch]]`.
-fn compat_level(s: &str) -> Result<(u64, u64, u64), String> {
-    let bad = || format!("macro processing error: malformed compatibility level syntax: \"{s}\"");
+fn compat_level(s: &str) -> Result<(u64, u64, u64), ExpandError> {
+    let bad = || ExpandError::Syntax(format!("malformed compatibility level syntax: \"{s}\""));
     let mut parts = [0u64; 3];
     for (n, part) in s.split('.').enumerate() {
         if n == 3 || !all_digits(part) {
@@ -558,12 +600,13 @@ mod tests {
         assert_eq!(x("${{0} <level {1} ? {no} : {yes}}"), "no");
         assert!(expand("${{x} <level {1} ? y : n}", &map())
             .unwrap_err()
+            .to_string()
             .contains("malformed compatibility level syntax: \"x\""));
     }
 
     #[test]
     fn errors_are_reported_not_guessed() {
-        let e = |t: &str| expand(t, &map()).unwrap_err();
+        let e = |t: &str| expand(t, &map()).unwrap_err().to_string();
         assert!(e("$loop").contains("nesting"));
         assert!(e("x${a").contains("truncated macro reference"));
         assert!(e("$(a}").contains("truncated macro reference"));
@@ -605,7 +648,7 @@ mod tests {
         };
         // 2^10 copies of 1 KiB: exactly the cap, accepted.
         assert_eq!(expand("$p10", &l).unwrap().len(), MAX_VALUE_LEN);
-        let err = expand("$p26", &l).unwrap_err();
+        let err = expand("$p26", &l).unwrap_err().to_string();
         assert_eq!(
             err,
             "macro processing error: unreasonable macro expansion length: more than 1048576 bytes"
@@ -615,7 +658,7 @@ mod tests {
             zero: "x".into(),
             sep: " ",
         };
-        let err = expand("$p26", &l).unwrap_err();
+        let err = expand("$p26", &l).unwrap_err().to_string();
         assert_eq!(
             err,
             "macro processing error: unreasonable number of macro lookups: more than 20000 lookups"
@@ -630,7 +673,7 @@ mod tests {
             sep: "",
         };
         assert_eq!(expand("$p10", &l).unwrap(), "");
-        let err = expand("$p60", &l).unwrap_err();
+        let err = expand("$p60", &l).unwrap_err().to_string();
         assert_eq!(
             err,
             "macro processing error: unreasonable number of macro lookups: more than 20000 lookups"
@@ -642,7 +685,7 @@ mod tests {
                 (name == "long").then(|| format!("${{x?{}}}", "y".repeat(1 << 20)))
             }
         }
-        let err = expand(&"$long".repeat(100), &Long).unwrap_err();
+        let err = expand(&"$long".repeat(100), &Long).unwrap_err().to_string();
         assert!(err.contains("unreasonable macro expansion work"), "{err}");
     }
 
@@ -657,7 +700,9 @@ mod tests {
         for _ in 0..4 {
             assert!(expand_with("$p10", &l, &mut budget).is_ok());
         }
-        let err = expand_with("$p10", &l, &mut budget).unwrap_err();
+        let err = expand_with("$p10", &l, &mut budget)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "macro processing error: unreasonable macro expansion length: more than 4194304 bytes in all parameters"

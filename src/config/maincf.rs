@@ -31,14 +31,6 @@ pub struct RawConfig {
 }
 
 impl RawConfig {
-    /// Reads `path`. A missing file is an error, as it is for Postfix.
-    pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read(path).map_err(|e| {
-            ConfigError::new(format!("open {}: {}", path.display(), e)).in_file(path, None)
-        })?;
-        Self::parse(&String::from_utf8_lossy(&text), Some(path))
-    }
-
     /// Parses main.cf text; `file` is used in messages only.
     pub fn parse(text: &str, file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut cfg = RawConfig {

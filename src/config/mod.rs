@@ -372,11 +372,11 @@ impl<'a> Resolver<'a> {
             budget: Default::default(),
         }
     }
-    fn err(&self, name: &str, message: String) -> ConfigError {
+    fn err(&self, name: &str, message: impl std::fmt::Display) -> ConfigError {
         ConfigError {
             file: self.source.file().map(Path::to_path_buf),
             line: self.source.line_of(name),
-            message,
+            message: message.to_string(),
         }
     }
     fn string(&self, name: &str) -> Result<String, ConfigError> {
@@ -806,6 +806,7 @@ impl Config {
             lock_wait: self.store_lock_wait,
             block_cache_bytes: self.store_block_cache,
             write_buffer_bytes: self.store_write_buffer,
+            known_entries: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! postlogd when `maillog_file` is set, plus stderr with `-V`.
 
 use super::args::MasterArgs;
+use super::error::MasterError;
 use crate::config::Config;
 use crate::logging::{
     syslog_socket_path, BoxedDrain, DatagramDrain, Framing, PostfixDrain, SwitchDrain,
@@ -70,7 +71,7 @@ pub(super) fn daemon_logger(
     args: &MasterArgs,
     process_name: &str,
     early_log: &Logger,
-) -> Result<(Logger, SwitchDrain), String> {
+) -> Result<(Logger, SwitchDrain), MasterError> {
     let switch = SwitchDrain::new(daemon_drain(
         cfg,
         config_dir,
@@ -155,15 +156,14 @@ fn daemon_drain(
     args: &MasterArgs,
     process_name: &str,
     early_log: &Logger,
-) -> Result<BoxedDrain, String> {
+) -> Result<BoxedDrain, MasterError> {
     let verbose = args.verbose > 0;
     let tag = format!("{}/{}", cfg.syslog_name, process_name);
     let Some(facility) = crate::logging::syslog_facility(&cfg.syslog_facility) else {
-        return Err(format!(
-            "file {}/main.cf: parameter syslog_facility: unrecognized value: {}",
-            config_dir.display(),
-            cfg.syslog_facility
-        ));
+        return Err(MasterError::Facility {
+            main_cf: config_dir.join("main.cf"),
+            value: cfg.syslog_facility.clone(),
+        });
     };
     let postlog = if cfg.maillog_file.is_empty() {
         None

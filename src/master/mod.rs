@@ -30,8 +30,11 @@
 
 pub mod args;
 mod descriptors;
+pub mod error;
+use error::MasterError;
 mod log;
-mod paths;
+pub mod mastercf;
+pub mod paths;
 pub mod privileges;
 pub mod status;
 pub mod watchdog;
@@ -468,7 +471,7 @@ fn serve(st: Startup, fds: Descriptors, pre: PreInit) -> Result<(), Fatal> {
                 {
                     c.shared.ca = Some(ca.clone());
                 }
-                policy.adjust(c)
+                Ok(policy.adjust(c)?)
             })),
             applied: Some(Arc::new(move |c: &Config| log_follower.follow(c))),
             ..WatchOptions::new(dir, overrides)
@@ -485,6 +488,6 @@ fn serve(st: Startup, fds: Descriptors, pre: PreInit) -> Result<(), Fatal> {
     crate::daemon::run_with(opts, extras, shutdown, |_| {}).map_err(|e| fatal(&log, e))
 }
 
-fn startup_error(msg: String) -> crate::Error {
-    crate::Error::io("start", std::io::Error::other(msg))
+fn startup_error(e: MasterError) -> crate::Error {
+    crate::Error::Hook(Box::new(e))
 }

@@ -1,6 +1,7 @@
 //! Where files go: spec §2.9's data_directory redirection for the stores,
 //! and, under `-c`, the paths as seen from inside the chroot.
 
+use super::error::MasterError;
 use super::privileges::{self, MailOwner};
 use crate::config::Config;
 use crate::store::location::Backend;
@@ -30,7 +31,7 @@ pub struct JailPath {
 /// files, e.g. `/var/lib/postfix/smtp_scache.fjall` on disk at
 /// `/var/spool/postfix/var/lib/postfix/smtp_scache.fjall`. A place among
 /// the jail's system directories is refused.
-pub fn jail_path(root: &Path, p: &Path) -> Result<JailPath, String> {
+pub fn jail_path(root: &Path, p: &Path) -> Result<JailPath, MasterError> {
     let (inside, on_disk) = match p.strip_prefix(root) {
         Ok(rel) if p.is_absolute() => (rel.to_path_buf(), p.to_path_buf()),
         _ if p.is_relative() => (p.to_path_buf(), root.join(p)),
@@ -48,15 +49,12 @@ pub fn jail_path(root: &Path, p: &Path) -> Result<JailPath, String> {
         })
         .unwrap_or_default();
     if RESERVED_IN_JAIL.contains(&top.as_str()) {
-        return Err(format!(
-            "{} would be kept at {} inside the chroot's {}/ directory, which Postfix manages; \
-             choose a location outside {}/{}",
-            p.display(),
-            on_disk.display(),
+        return Err(MasterError::ReservedInJail {
+            configured: p.to_path_buf(),
+            on_disk,
+            root: root.to_path_buf(),
             top,
-            root.display(),
-            top
-        ));
+        });
     }
     Ok(JailPath {
         configured: p.to_path_buf(),
@@ -65,10 +63,42 @@ pub fn jail_path(root: &Path, p: &Path) -> Result<JailPath, String> {
     })
 }
 
+/// Where the stores and the ticket key file of `cfg` are on disk, by the
+/// parameter that sets each: as configured, or, when master.cf chroots the
+/// service, at their place below `queue_directory` ([`jail_path`]). `Err`
+/// names a location the chroot refuses. (§2.9 redirection, which depends on
+/// directory owners at start, is not applied.)
+pub fn state_on_disk(cfg: &Config, chroot: bool) -> Result<Vec<(String, PathBuf)>, MasterError> {
+    let mut named: Vec<(String, PathBuf)> = Vec::new();
+    for cc in &cfg.caches {
+        if let Some(Backend::Fjall { dir }) = cc.location.as_ref().map(|l| &l.backend) {
+            named.push((
+                format!("{}_tls_session_cache_database", cc.cache_type),
+                dir.clone(),
+            ));
+        }
+    }
+    if cfg.persistent_state {
+        if let Some(k) = &cfg.ticket_key_file {
+            named.push(("tlsmgr_ticket_key_file".into(), k.clone()));
+        }
+    }
+    if !chroot {
+        return Ok(named);
+    }
+    named
+        .into_iter()
+        .map(|(param, p)| {
+            let jp = jail_path(&cfg.queue_directory, &p).map_err(|e| e.for_parameter(&param))?;
+            Ok((param, jp.on_disk))
+        })
+        .collect()
+}
+
 /// Under `-c`, makes the stores and the ticket key file reachable from
 /// inside `queue_directory` (rule: [`jail_path`]) and rewrites `cfg` to the
 /// inside paths. Returns the paths, or what refuses them.
-pub(super) fn relocate_into_chroot(cfg: &mut Config) -> Result<Vec<JailPath>, String> {
+pub(super) fn relocate_into_chroot(cfg: &mut Config) -> Result<Vec<JailPath>, MasterError> {
     let root = cfg.queue_directory.clone();
     let mut paths = Vec::new();
     for cc in cfg.caches.iter_mut() {
@@ -77,10 +107,7 @@ pub(super) fn relocate_into_chroot(cfg: &mut Config) -> Result<Vec<JailPath>, St
         };
         if let Backend::Fjall { dir } = &loc.backend {
             let jp = jail_path(&root, dir).map_err(|e| {
-                format!(
-                    "parameter {}_tls_session_cache_database: {e}",
-                    cc.cache_type
-                )
+                e.for_parameter(format!("{}_tls_session_cache_database", cc.cache_type))
             })?;
             loc.backend = Backend::Fjall {
                 dir: jp.inside.clone(),
@@ -90,8 +117,7 @@ pub(super) fn relocate_into_chroot(cfg: &mut Config) -> Result<Vec<JailPath>, St
     }
     if cfg.persistent_state {
         if let Some(k) = cfg.ticket_key_file.clone() {
-            let jp = jail_path(&root, &k)
-                .map_err(|e| format!("parameter tlsmgr_ticket_key_file: {e}"))?;
+            let jp = jail_path(&root, &k).map_err(|e| e.for_parameter("tlsmgr_ticket_key_file"))?;
             cfg.ticket_key_file = Some(jp.inside.clone());
             paths.push(jp);
         }
@@ -106,7 +132,7 @@ pub(super) fn prepare_jail(
     root: &Path,
     paths: &[JailPath],
     owner: Option<&MailOwner>,
-) -> Result<Vec<PathBuf>, String> {
+) -> Result<Vec<PathBuf>, MasterError> {
     use std::os::unix::fs::DirBuilderExt;
     let mut created = Vec::new();
     for jp in paths {
@@ -128,14 +154,27 @@ pub(super) fn prepare_jail(
             std::fs::DirBuilder::new()
                 .mode(mode)
                 .create(&dir)
-                .map_err(|e| format!("create {}: {e}", dir.display()))?;
+                .map_err(|source| MasterError::Jail {
+                    op: "create",
+                    path: dir.clone(),
+                    source,
+                })?;
             // The mode is exact whatever the umask.
             std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
-                .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+                .map_err(|source| MasterError::Jail {
+                    op: "chmod",
+                    path: dir.clone(),
+                    source,
+                })?;
             if last {
                 if let Some(o) = owner {
-                    nix::unistd::chown(&dir, Some(o.uid), Some(o.gid))
-                        .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+                    nix::unistd::chown(&dir, Some(o.uid), Some(o.gid)).map_err(|source| {
+                        MasterError::Jail {
+                            op: "chown",
+                            path: dir.clone(),
+                            source: source.into(),
+                        }
+                    })?;
                 }
             }
             created.push(dir.clone());
@@ -185,7 +224,7 @@ impl PathPolicy {
         owner: Option<MailOwner>,
         chroot: bool,
         log: &Logger,
-    ) -> Result<(PathPolicy, Vec<JailPath>), String> {
+    ) -> Result<(PathPolicy, Vec<JailPath>), MasterError> {
         let as_configured = cfg.clone();
         redirect_all(cfg, owner.as_ref(), log);
         let jailed = if chroot {
@@ -204,7 +243,7 @@ impl PathPolicy {
     }
 
     /// Adjusts a freshly read configuration; `Err` refuses it.
-    pub(super) fn adjust(&self, cfg: &mut Config) -> Result<(), String> {
+    pub(super) fn adjust(&self, cfg: &mut Config) -> Result<(), MasterError> {
         let (conf, start) = (&self.as_configured, &self.as_started);
         let mut fresh = cfg.clone();
         redirect_all(&mut fresh, self.owner.as_ref(), &self.log);
@@ -235,13 +274,11 @@ impl PathPolicy {
             for jp in relocate_into_chroot(cfg)? {
                 let holder = jp.inside.parent().filter(|p| !p.as_os_str().is_empty());
                 if let Some(dir) = holder.filter(|d| !d.is_dir()) {
-                    return Err(format!(
-                        "{}: directory {} does not exist inside the chroot {} \
-                         (it is created at the next start)",
-                        jp.configured.display(),
-                        dir.display(),
-                        cfg.queue_directory.display()
-                    ));
+                    return Err(MasterError::MissingInJail {
+                        configured: jp.configured.clone(),
+                        dir: dir.to_path_buf(),
+                        root: cfg.queue_directory.clone(),
+                    });
                 }
             }
         }

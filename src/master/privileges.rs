@@ -3,6 +3,7 @@
 //! then `-c` chroots into `queue_directory` and `-u` drops to `mail_owner`
 //! for good (setgid, initgroups, setuid).
 
+use super::error::MasterError;
 use nix::unistd::{Gid, Uid, User};
 use std::ffi::CString;
 use std::path::Path;
@@ -20,17 +21,18 @@ pub struct MailOwner {
 
 impl MailOwner {
     /// Looks `name` up in the password database.
-    pub fn lookup(name: &str) -> Result<MailOwner, String> {
+    pub fn lookup(name: &str) -> Result<MailOwner, MasterError> {
         match User::from_name(name) {
             Ok(Some(u)) => Ok(MailOwner {
                 name: name.to_string(),
                 uid: u.uid,
                 gid: u.gid,
             }),
-            Ok(None) => Err(format!(
-                "parameter mail_owner: unknown user name value: {name}"
-            )),
-            Err(e) => Err(format!("cannot look up mail_owner {name}: {e}")),
+            Ok(None) => Err(MasterError::UnknownOwner(name.to_string())),
+            Err(source) => Err(MasterError::OwnerLookup {
+                name: name.to_string(),
+                source,
+            }),
         }
     }
 }
@@ -42,35 +44,39 @@ pub fn is_root() -> bool {
 
 /// `SAVE_AND_SET_EUGID`: effective ids of `owner` (process-wide: glibc
 /// applies set*id calls to every thread), so new files are owner's.
-pub fn set_effective(owner: &MailOwner) -> Result<(), String> {
-    nix::unistd::seteuid(Uid::from_raw(0)).map_err(|e| format!("seteuid(0): {e}"))?;
-    nix::unistd::setegid(owner.gid).map_err(|e| format!("setegid({}): {e}", owner.gid))?;
-    nix::unistd::setgroups(&[owner.gid]).map_err(|e| format!("setgroups: {e}"))?;
-    nix::unistd::seteuid(owner.uid).map_err(|e| format!("seteuid({}): {e}", owner.uid))
+pub fn set_effective(owner: &MailOwner) -> Result<(), MasterError> {
+    nix::unistd::seteuid(Uid::from_raw(0)).map_err(MasterError::call("seteuid(0)"))?;
+    nix::unistd::setegid(owner.gid)
+        .map_err(MasterError::call(format!("setegid({})", owner.gid)))?;
+    nix::unistd::setgroups(&[owner.gid]).map_err(MasterError::call("setgroups"))?;
+    nix::unistd::seteuid(owner.uid).map_err(MasterError::call(format!("seteuid({})", owner.uid)))
 }
 
 /// Back to root's effective ids (`RESTORE_SAVED_EUGID`).
-pub fn restore_root() -> Result<(), String> {
-    nix::unistd::seteuid(Uid::from_raw(0)).map_err(|e| format!("seteuid(0): {e}"))?;
-    nix::unistd::setegid(Gid::from_raw(0)).map_err(|e| format!("setegid(0): {e}"))
+pub fn restore_root() -> Result<(), MasterError> {
+    nix::unistd::seteuid(Uid::from_raw(0)).map_err(MasterError::call("seteuid(0)"))?;
+    nix::unistd::setegid(Gid::from_raw(0)).map_err(MasterError::call("setegid(0)"))
 }
 
 /// `chroot_uid`: chroot into `root` (then `chdir("/")`) when asked, then
 /// drop to `owner` for good when asked.
-pub fn chroot_and_drop(root: Option<&Path>, owner: Option<&MailOwner>) -> Result<(), String> {
+pub fn chroot_and_drop(root: Option<&Path>, owner: Option<&MailOwner>) -> Result<(), MasterError> {
     if let Some(owner) = owner {
-        nix::unistd::setgid(owner.gid).map_err(|e| format!("setgid({}): {e}", owner.gid))?;
+        nix::unistd::setgid(owner.gid)
+            .map_err(MasterError::call(format!("setgid({})", owner.gid)))?;
         let cname = CString::new(owner.name.clone())
-            .map_err(|_| format!("bad mail_owner name {}", owner.name))?;
+            .map_err(|_| MasterError::UnknownOwner(owner.name.clone()))?;
         nix::unistd::initgroups(&cname, owner.gid)
-            .map_err(|e| format!("initgroups({}): {e}", owner.name))?;
+            .map_err(MasterError::call(format!("initgroups({})", owner.name)))?;
     }
     if let Some(root) = root {
-        nix::unistd::chroot(root).map_err(|e| format!("chroot({}): {e}", root.display()))?;
-        nix::unistd::chdir("/").map_err(|e| format!("chdir(/): {e}"))?;
+        nix::unistd::chroot(root)
+            .map_err(MasterError::call(format!("chroot({})", root.display())))?;
+        nix::unistd::chdir("/").map_err(MasterError::call("chdir(/)"))?;
     }
     if let Some(owner) = owner {
-        nix::unistd::setuid(owner.uid).map_err(|e| format!("setuid({}): {e}", owner.uid))?;
+        nix::unistd::setuid(owner.uid)
+            .map_err(MasterError::call(format!("setuid({})", owner.uid)))?;
     }
     Ok(())
 }

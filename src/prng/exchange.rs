@@ -54,14 +54,6 @@ pub struct Report {
     pub notes: Vec<(Level, String)>,
 }
 
-fn err_text(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
-}
-
 /// `path` made absolute and free of `.`/`..`, without touching the disk.
 fn lexical_absolute(path: &Path) -> PathBuf {
     let abs = if path.is_absolute() {
@@ -106,7 +98,7 @@ impl ExchangeFile {
             message: format!(
                 "cannot {what} PRNG exchange file {}: {}",
                 self.path.display(),
-                err_text(e)
+                super::strerror(e)
             ),
         }
     }

@@ -167,6 +167,17 @@ impl Pool {
     }
 }
 
+/// An I/O error as Postfix prints it (`strerror()`), without Rust's
+/// ` (os error N)` suffix: the warnings about sources and the exchange
+/// file read like stock's.
+fn strerror(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

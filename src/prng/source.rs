@@ -167,7 +167,7 @@ pub fn open_blocking(source: &RandomSource) -> Result<Option<PreHandle>, Failure
                 Failure::warn(format!(
                     "cannot open entropy device {}: {}",
                     p.display(),
-                    err_text(&e)
+                    super::strerror(&e)
                 ))
             }),
         RandomSource::File(p) => open_nonblocking(p)
@@ -176,7 +176,7 @@ pub fn open_blocking(source: &RandomSource) -> Result<Option<PreHandle>, Failure
                 Failure::warn(format!(
                     "cannot open entropy file {}: {}",
                     p.display(),
-                    err_text(&e)
+                    super::strerror(&e)
                 ))
             }),
         // A UNIX-domain connect does not wait for the server to accept;
@@ -187,7 +187,7 @@ pub fn open_blocking(source: &RandomSource) -> Result<Option<PreHandle>, Failure
                 Failure::warn(format!(
                     "cannot connect to EGD server {}: {}",
                     p.display(),
-                    err_text(&e)
+                    super::strerror(&e)
                 ))
             }),
     }
@@ -203,15 +203,6 @@ pub struct Entropy {
     pub count: usize,
     /// How many were asked for.
     pub requested: usize,
-}
-
-fn err_text(e: &std::io::Error) -> String {
-    // Postfix prints strerror(); drop Rust's " (os error N)" suffix.
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
 }
 
 fn open_nonblocking(path: &Path) -> std::io::Result<File> {
@@ -236,7 +227,7 @@ pub async fn open(source: &RandomSource, timeout: Duration) -> Result<Option<Han
                     Failure::warn(format!(
                         "cannot open entropy device {}: {}",
                         p.display(),
-                        err_text(&e)
+                        super::strerror(&e)
                     ))
                 })
         }
@@ -249,7 +240,7 @@ pub async fn open(source: &RandomSource, timeout: Duration) -> Result<Option<Han
                     Failure::warn(format!(
                         "cannot open entropy file {}: {}",
                         p.display(),
-                        err_text(&e)
+                        super::strerror(&e)
                     ))
                 })
         }
@@ -258,7 +249,7 @@ pub async fn open(source: &RandomSource, timeout: Duration) -> Result<Option<Han
                 Failure::warn(format!(
                     "cannot connect to EGD server {}: {}",
                     p.display(),
-                    err_text(&e)
+                    super::strerror(&e)
                 ))
             };
             match tokio::time::timeout(timeout, UnixStream::connect(p)).await {
@@ -361,7 +352,7 @@ pub async fn read(
                 Err(e) => Err(Failure::info(format!(
                     "cannot read from entropy device {}: {}",
                     p.display(),
-                    err_text(&e)
+                    super::strerror(&e)
                 ))),
             };
             (Some(Handle::Dev(path, file)), result)
@@ -382,7 +373,7 @@ pub async fn read(
                     Err(Failure::warn(format!(
                         "cannot read from entropy file {}: {}",
                         p.display(),
-                        err_text(&e)
+                        super::strerror(&e)
                     ))),
                 ),
                 Err(e) => (
@@ -444,8 +435,9 @@ async fn egd_exchange(
     timeout: Duration,
 ) -> Result<Entropy, Failure> {
     let p = path.display();
-    let io =
-        |what: String| move |e: std::io::Error| Failure::info(format!("{what}: {}", err_text(&e)));
+    let io = |what: String| {
+        move |e: std::io::Error| Failure::info(format!("{what}: {}", super::strerror(&e)))
+    };
     let timed = |r: Result<std::io::Result<()>, tokio::time::error::Elapsed>| match r {
         Ok(x) => x,
         Err(_) => Err(timed_out()),

@@ -107,28 +107,23 @@ impl Reply {
     /// Decodes the reply to a `kind` request (client side). Every attribute
     /// of the shape must be present, in order; the status must be one of
     /// the three codes.
-    pub fn decode(kind: RequestKind, list: &[Attr]) -> Result<Reply, String> {
+    pub fn decode(kind: RequestKind, list: &[Attr]) -> Result<Reply, ReplyError> {
+        let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let mut it = list.iter();
-        let mut next = |want: &str| -> Result<&Bytes, String> {
+        let mut next = |want: &'static str| -> Result<&Bytes, ReplyError> {
             match it.next() {
                 Some((name, value)) if name.as_ref() == want.as_bytes() => Ok(value),
-                Some((name, _)) => Err(format!(
-                    "unexpected attribute {} (expecting: {want})",
-                    String::from_utf8_lossy(name)
-                )),
-                None => Err(format!("missing attribute {want}")),
+                Some((name, _)) => Err(ReplyError::Unexpected {
+                    found: lossy(name),
+                    want,
+                }),
+                None => Err(ReplyError::Missing(want)),
             }
         };
-        let int = |v: &Bytes| {
-            attr::int_value(v)
-                .ok_or_else(|| format!("malformed numerical data: {}", String::from_utf8_lossy(v)))
-        };
-        let data = |v: &Bytes| {
-            attr::data_value(v)
-                .ok_or_else(|| format!("malformed base64 data: {}", String::from_utf8_lossy(v)))
-        };
+        let int = |v: &Bytes| attr::int_value(v).ok_or_else(|| ReplyError::BadNumber(lossy(v)));
+        let data = |v: &Bytes| attr::data_value(v).ok_or_else(|| ReplyError::BadBase64(lossy(v)));
         let code = int(next("status")?)?;
-        let status = Status::from_code(code).ok_or_else(|| format!("unknown status {code}"))?;
+        let status = Status::from_code(code).ok_or(ReplyError::UnknownStatus(code))?;
         Ok(match kind {
             RequestKind::Update | RequestKind::Delete => Reply::Status(status),
             RequestKind::Seed => Reply::Seed {
@@ -154,4 +149,30 @@ impl Reply {
             }
         })
     }
+}
+
+/// Why a server's reply could not be decoded (client side), in the words
+/// of Postfix's attribute reader.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    /// Another attribute came where `want` was expected.
+    #[error("unexpected attribute {found} (expecting: {want})")]
+    Unexpected {
+        /// The name received.
+        found: String,
+        /// The name expected.
+        want: &'static str,
+    },
+    /// The list ended before `0`.
+    #[error("missing attribute {0}")]
+    Missing(&'static str),
+    /// A numeric attribute that is not a number.
+    #[error("malformed numerical data: {0}")]
+    BadNumber(String),
+    /// A data attribute that is not base64.
+    #[error("malformed base64 data: {0}")]
+    BadBase64(String),
+    /// A status that is none of the three codes.
+    #[error("unknown status {0}")]
+    UnknownStatus(i32),
 }

@@ -45,3 +45,19 @@ pub enum StoreError {
         reason: String,
     },
 }
+
+impl StoreError {
+    /// True when the store failed for want of space: a full file system
+    /// (`ENOSPC`), a quota (`EDQUOT`) or a file size limit (`EFBIG`). The
+    /// store is intact but cannot take writes until there is room, which
+    /// is not a reason to reopen it at once and at every request.
+    pub fn is_out_of_space(&self) -> bool {
+        let StoreError::Io { source, .. } = self else {
+            return false;
+        };
+        matches!(
+            source.raw_os_error(),
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG)
+        )
+    }
+}

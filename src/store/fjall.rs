@@ -279,7 +279,13 @@ impl FjallStore {
         if opts.empty_on_start {
             store.clear()?;
         } else {
-            store.len.store(store.count_sessions()?, Ordering::Relaxed);
+            // A batch is all or nothing, even torn by a failed write, so
+            // the count the closed store kept is still exact.
+            let n = match opts.known_entries {
+                Some(n) => n,
+                None => store.count_sessions()?,
+            };
+            store.len.store(n, Ordering::Relaxed);
         }
         Ok(store)
     }

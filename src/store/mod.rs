@@ -87,6 +87,11 @@ pub struct OpenOptions {
     /// Memtable bytes, both keyspaces together, before they are written out
     /// as tables (`tlsmgr_store_write_buffer_size`).
     pub write_buffer_bytes: u64,
+    /// The entry count, when this process knows it: a reopen after a
+    /// failed write (a full disk) passes the count the closed store had, so
+    /// that the store is not counted again, entry by entry, at every retry.
+    /// `None` counts at open.
+    pub known_entries: Option<u64>,
 }
 
 /// Default of [`OpenOptions::block_cache_bytes`]: enough for the index and
@@ -106,6 +111,7 @@ impl Default for OpenOptions {
             lock_wait: Duration::ZERO,
             block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
             write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
+            known_entries: None,
         }
     }
 }
