@@ -89,6 +89,16 @@ pub async fn lookup(svc: &Services, cache: &Cache, id: &[u8]) -> Result<Option<B
             counters
                 .hits
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if cache.limits().log_cache {
+                info!(
+                    svc.log,
+                    "read {} TLS cache entry {}: time={} [data {} bytes] from the shared store",
+                    ct,
+                    String::from_utf8_lossy(id),
+                    stored_at,
+                    session.len()
+                );
+            }
             // A local store that fails now is the cache actor's business;
             // the session is still good for this reply.
             let _ = cache.fill(id, stored_at, &session);
