@@ -230,7 +230,11 @@ fn an_epoch_boundary_leaves_every_host_on_the_same_key() {
             .filter(|l| l.contains("clock is") && l.contains("the store's"))
             .count();
         assert!(skew <= 1 && w.len() == skew, "{w:?}");
-        assert_eq!(skew, usize::from(real_now().abs_diff(t0) > 5), "{w:?}");
+        // (Near the 5 s threshold either answer is right.)
+        let off = real_now().abs_diff(t0);
+        if !(3..=8).contains(&off) {
+            assert_eq!(skew, usize::from(off > 5), "{w:?}");
+        }
     }
 }
 

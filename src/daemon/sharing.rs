@@ -58,6 +58,11 @@ fn link_for(svc: &Services, ct: CacheType) -> Option<Arc<Shared>> {
     svc.shared.load_full().filter(|s| s.settings().shares(ct))
 }
 
+/// Ids the cache refuses are not looked up or written in Redis either.
+fn id_ok(id: &[u8]) -> bool {
+    id.len() <= crate::store::MAX_CACHE_ID_LEN
+}
+
 /// Lookup with read-through.
 pub async fn lookup(svc: &Services, cache: &Cache, id: &[u8]) -> Result<Option<Bytes>, CacheDown> {
     let local = cache.lookup(id)?;
@@ -65,7 +70,7 @@ pub async fn lookup(svc: &Services, cache: &Cache, id: &[u8]) -> Result<Option<B
         return Ok(local);
     }
     let ct = cache.cache_type();
-    let Some(link) = link_for(svc, ct) else {
+    let Some(link) = link_for(svc, ct).filter(|_| id_ok(id)) else {
         return Ok(None);
     };
     let st = link.settings();
@@ -132,7 +137,7 @@ pub fn updated(svc: &Services, cache: &Cache, id: &[u8], session: &[u8]) {
 /// After a local delete: queue the shared one.
 pub fn deleted(svc: &Services, cache: &Cache, id: &[u8]) {
     let ct = cache.cache_type();
-    let Some(link) = link_for(svc, ct) else {
+    let Some(link) = link_for(svc, ct).filter(|_| id_ok(id)) else {
         return;
     };
     let st = link.settings();
