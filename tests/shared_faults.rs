@@ -304,3 +304,61 @@ fn a_host_restarted_while_redis_is_down_keeps_the_shared_key() {
     assert_eq!(key(&a), shared);
     assert_eq!(lookup(&mut a.client(), "smtpd", "before-restart"), miss());
 }
+
+#[test]
+fn a_full_write_queue_drops_and_counts_and_never_waits() {
+    if !redis_server::available() {
+        return;
+    }
+    // A tarpit: the first batch hangs until the call timeout; the queue
+    // (bound 4) fills behind it.
+    let port = free_port();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming() {
+            held.push(s);
+        }
+    });
+    let secret = tlsmgr::shared::secret::Secret::from_bytes("/s".into(), &[1; 32]);
+    let settings = tlsmgr::shared::Settings {
+        url: format!("redis://127.0.0.1:{port}/0"),
+        prefix: "tlsmgr:mx".into(),
+        secret: Arc::new(secret),
+        caches: [true, false, false],
+        lookup_deadline: Duration::from_millis(20),
+        connect_timeout: Duration::from_secs(5),
+        write_queue: 4,
+        ca: None,
+    };
+    let log = tlsmgr::logging::MemoryLog::default();
+    let link = tlsmgr::shared::Shared::start(settings, log.logger("t")).unwrap();
+    let start = Instant::now();
+    let mut accepted = 0;
+    for i in 0..100 {
+        if link.write(tlsmgr::shared::Write::Set {
+            name: format!("tlsmgr:mx:sc:smtpd:{i}"),
+            value: vec![1; 100],
+            ttl: 60,
+        }) {
+            accepted += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let c = link.counters();
+    let dropped = c.writes_dropped.load(Ordering::Relaxed);
+    let queued = c.writes_queued.load(Ordering::Relaxed);
+    eprintln!("write queue of 4 behind a tarpit: {queued} queued, {dropped} dropped");
+    assert_eq!(queued, accepted);
+    assert_eq!(queued + dropped, 100);
+    // At most the bound plus the batch in flight.
+    assert!(
+        queued <= 4 + 256 && dropped >= 90,
+        "{queued} queued, {dropped} dropped"
+    );
+}
