@@ -86,13 +86,48 @@ impl<W: Write + Send> PostfixDrain<W> {
     }
 }
 
-/// The text after the tag: prefix, message and key=value pairs, cut at
-/// Postfix's 2000 characters without splitting a UTF-8 sequence.
+/// Whether Postfix's `printable()` lets `c` through: printable ASCII, and
+/// valid UTF-8 as with `smtputf8_enable = yes` (the default from
+/// compatibility level 1 on). Invalid UTF-8 reaches us as U+FFFD (text
+/// from the wire is converted lossily) and is masked like Postfix masks
+/// it. We also mask what Postfix would let through but a log reader may
+/// take for a line break or a control: C1 controls (U+0085 NEL among
+/// them) and the Unicode line and paragraph separators.
+fn is_printable(c: char) -> bool {
+    if c.is_ascii() {
+        return c == ' ' || c.is_ascii_graphic();
+    }
+    !(c.is_control() || matches!(c, char::REPLACEMENT_CHARACTER | '\u{2028}' | '\u{2029}'))
+}
+
+/// Postfix's `printable(text, '?')`: every character that is not printable
+/// becomes `?`. Log text holds names and values that clients sent; a
+/// newline in one would otherwise start a forged line in the mail log.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().all(is_printable) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| if is_printable(c) { c } else { '?' })
+        .collect::<String>()
+        .into()
+}
+
+/// The text after the tag: prefix, message and key=value pairs, masked by
+/// [`printable`] (as Postfix's msg_output does to every message before any
+/// destination sees it), cut at Postfix's 2000 characters without
+/// splitting a UTF-8 sequence. Every drain (stderr, the memory log,
+/// syslog, postlogd) formats its lines with this, so no call site has to
+/// remember to mask what it logs.
 fn message_text(record: &Record<'_>, values: &OwnedKVList) -> String {
     let mut kv = KvText(String::new());
     let _ = record.kv().serialize(record, &mut kv);
     let _ = values.serialize(record, &mut kv);
-    let mut text = format!("{}{}{}", prefix(record.level()), record.msg(), kv.0);
+    let raw = format!("{}{}{}", prefix(record.level()), record.msg(), kv.0);
+    let mut text = match printable(&raw) {
+        std::borrow::Cow::Borrowed(_) => raw,
+        std::borrow::Cow::Owned(masked) => masked,
+    };
     if text.len() > 2000 {
         let mut cut = 2000;
         while !text.is_char_boundary(cut) {
@@ -377,6 +412,7 @@ impl Write for MemoryLog {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use slog::{info, warn};
@@ -394,5 +430,64 @@ mod tests {
                 "postfix/tlsmgr[{pid}]: warning: bogus cache type \"x\" in \"policy\" request\npostfix/tlsmgr[{pid}]: plain\n"
             )
         );
+    }
+
+    #[test]
+    fn control_characters_and_invalid_utf8_are_masked() {
+        assert_eq!(printable("plain text ~!"), "plain text ~!");
+        assert!(matches!(printable("ok"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(
+            printable("a\nb\rc\td\0e\u{7f}f\u{1b}[1m"),
+            "a?b?c?d?e?f?[1m"
+        );
+        // Valid UTF-8 stays (smtputf8_enable = yes); invalid bytes, C1
+        // controls and Unicode line breaks do not.
+        assert_eq!(printable("caf\u{e9} \u{65e5}"), "caf\u{e9} \u{65e5}");
+        let lossy = String::from_utf8_lossy(b"x\xffy\xc3");
+        assert_eq!(printable(&lossy), "x?y?");
+        assert_eq!(printable("a\u{85}b\u{2028}c\u{2029}d"), "a?b?c?d");
+    }
+
+    #[test]
+    fn every_line_is_masked_where_it_is_formatted() {
+        let mem = MemoryLog::default();
+        let log = mem.logger("postfix/tlsmgr");
+        let name = "seed\npostfix/tlsmgr[1]: fatal: FORGED";
+        warn!(log, "unknown request \"{}\" from tlsmgr socket", name; "k" => "v\nw");
+        let pid = std::process::id();
+        assert_eq!(
+            mem.text(),
+            format!(
+                "postfix/tlsmgr[{pid}]: warning: unknown request \"seed?postfix/tlsmgr[1]: fatal: FORGED\" from tlsmgr socket k=v?w\n"
+            )
+        );
+        // The datagram drains frame the same masked text.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        for framing in [
+            Framing::Syslog {
+                facility: libc::LOG_MAIL,
+            },
+            Framing::Postlog {
+                host: "mx.example".into(),
+            },
+        ] {
+            let drain = DatagramDrain::new(vec![path.clone()], "postfix/tlsmgr", framing, false);
+            let log = slog::Logger::root(drain.ignore_res(), slog::o!());
+            warn!(
+                log,
+                "unexpected attribute {} from tlsmgr socket", "a\r\nb\x00"
+            );
+            let mut buf = [0u8; 512];
+            let n = sock.recv(&mut buf).unwrap();
+            let line = String::from_utf8_lossy(&buf[..n]);
+            assert!(
+                line.ends_with(&format!(
+                    "postfix/tlsmgr[{pid}]: warning: unexpected attribute a??b? from tlsmgr socket"
+                )),
+                "{line}"
+            );
+        }
     }
 }

@@ -278,3 +278,105 @@ fn a_full_disk_gives_err_once_logged_and_recovers_with_nothing_lost() {
     drop(c);
     d.stop();
 }
+
+/// `chattr -R +i` on the store directory: fjall can neither write its
+/// journal nor create the next file. Updates get ERR promptly (never a hang), the store is
+/// retried, and once the flag is gone updates succeed again by themselves;
+/// every update answered OK reads back after a restart.
+#[test]
+fn an_immutable_store_directory_gives_err_then_recovers_with_nothing_lost() {
+    if !nix::unistd::Uid::effective().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the fault suite runs as root"
+        );
+        eprintln!("skipped: chattr +i needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(dir.join("main.cf"), main_cf(dir, &data)).unwrap();
+    let store = data.join("smtpd_scache.fjall");
+    let chattr = |flag: &str| {
+        let ok = Command::new("chattr")
+            .arg("-R")
+            .arg(flag)
+            .arg(&store)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "chattr {flag} {}", store.display());
+    };
+    struct Unfreeze(PathBuf);
+    impl Drop for Unfreeze {
+        fn drop(&mut self) {
+            let _ = Command::new("chattr")
+                .args(["-R", "-i"])
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let d = Daemon::start(dir);
+    let mut c = d.client();
+    let mut acked = Vec::new();
+    let mut n = 0u64;
+    for _ in 0..500 {
+        assert_eq!(update(&mut c, n), Status::Ok);
+        acked.push(n);
+        n += 1;
+    }
+    chattr("+i");
+    let _unfreeze = Unfreeze(store.clone());
+    // Enough to need a new journal and tables (the write buffer is 8 MiB).
+    let (mut ok, mut err, mut slowest) = (0u64, 0u64, Duration::ZERO);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        let t = Instant::now();
+        let s = update(&mut c, n);
+        slowest = slowest.max(t.elapsed());
+        if s == Status::Ok {
+            acked.push(n);
+            ok += 1;
+        } else {
+            err += 1;
+        }
+        n += 1;
+    }
+    println!("immutable: {ok} updates OK, {err} ERR in 8 s, slowest reply {slowest:?}");
+    assert!(err > 0, "updates never failed on an immutable store");
+    assert!(slowest < Duration::from_secs(2), "a reply took {slowest:?}");
+    let warnings = d.log_text().matches("warning:").count();
+    println!("{warnings} warning lines in 8 s");
+    assert!(warnings <= 5, "{}", d.log_text());
+
+    chattr("-i");
+    let freed = Instant::now();
+    while update(&mut c, n) != Status::Ok {
+        n += 1;
+        assert!(
+            freed.elapsed() < Duration::from_secs(30),
+            "updates still fail after chattr -i:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    acked.push(n);
+    println!("updates OK again {:?} after chattr -i", freed.elapsed());
+    drop(c);
+    d.stop();
+
+    let d = Daemon::start(dir);
+    let mut c = d.client();
+    let lost = acked
+        .iter()
+        .filter(|&&k| lookup(&mut c, k).as_deref() != Some(&session(k)[..]))
+        .count();
+    println!(
+        "after a restart: {} acknowledged updates, {lost} lost",
+        acked.len()
+    );
+    assert_eq!(lost, 0);
+    drop(c);
+    d.stop();
+}

@@ -150,6 +150,27 @@ fn oversized_value_closes_the_connection() {
 }
 
 #[test]
+fn oversized_list_closes_the_connection() {
+    let d = TestDaemon::start("");
+    let mut s = raw(&d);
+    // Every value under its cap, but 300 KB in all: cut off at the 256 KiB
+    // list cap (it used to be buffered whole, up to 16 MiB).
+    let mut req = b"request\0update\0".to_vec();
+    for i in 0..3 {
+        req.extend_from_slice(format!("x{i}\0").as_bytes());
+        req.extend(std::iter::repeat_n(b'A', 100_000));
+        req.push(0);
+    }
+    let _ = s.write_all(&req);
+    assert_closed(&mut s);
+    still_serving(&d);
+    assert!(d
+        .log
+        .text()
+        .contains("warning: attribute list longer than 262144 bytes -- closing connection"));
+}
+
+#[test]
 fn peer_disconnecting_mid_request_loses_nothing_else() {
     let d = TestDaemon::start("");
     let mut c = d.client();

@@ -89,10 +89,38 @@ fn feed(input: &[u8], chunks: &[usize], limits: Limits) -> (Vec<Incoming>, bool)
         // Whatever is left is an incomplete list, which the limits bound:
         // at most max_attrs names and values plus their NULs.
         let bound =
-            limits.max_attrs * (limits.max_name + limits.max_value + 2) + limits.max_name + 1;
+            (limits.max_attrs * (limits.max_name + limits.max_value + 2) + limits.max_name + 1)
+                .min(limits.max_list);
         assert!(buf.len() <= bound, "buffered {} > {}", buf.len(), bound);
     }
     (out, false)
+}
+
+/// Like [`feed`], also returning the first error's text and how many bytes
+/// the codec searched for NULs.
+fn feed_counted(
+    input: &[u8],
+    chunks: &[usize],
+    limits: Limits,
+) -> (Vec<Incoming>, Option<String>, u64) {
+    let mut codec = ServerCodec::new(limits);
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut rest = input;
+    let mut sizes = chunks.iter().cycle();
+    while !rest.is_empty() {
+        let n = (*sizes.next().unwrap()).clamp(1, rest.len());
+        buf.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(item)) => out.push(item),
+                Ok(None) => break,
+                Err(e) => return (out, Some(e.to_string()), codec.bytes_scanned()),
+            }
+        }
+    }
+    (out, None, codec.bytes_scanned())
 }
 
 proptest! {
@@ -104,7 +132,7 @@ proptest! {
         chunks in proptest::collection::vec(1usize..64, 1..8),
     ) {
         // Small limits so that the limit paths are hit often.
-        let limits = Limits { max_name: 8, max_value: 32, max_attrs: 4 };
+        let limits = Limits { max_name: 8, max_value: 32, max_attrs: 4, max_list: 100 };
         feed(&input, &chunks, limits);
         feed(&input, &chunks, Limits::default());
     }
@@ -151,5 +179,24 @@ proptest! {
         let (list, used) = decode_list(&wire, &Limits::default()).unwrap().unwrap();
         prop_assert_eq!(used, wire.len());
         prop_assert_eq!(Reply::decode(kind, &list).unwrap(), r);
+    }
+
+    /// The codec resumes its scan between reads: however the bytes are cut,
+    /// it decodes what one read of them decodes, fails at the same point
+    /// with the same error, and searches each byte at most once.
+    #[test]
+    fn chunked_reads_decode_as_one_read_and_scan_each_byte_once(
+        input in proptest::collection::vec(
+            prop_oneof![Just(0u8), Just(b'W'), any::<u8>()], 0..2048),
+        chunks in proptest::collection::vec(1usize..64, 1..8),
+    ) {
+        let small = Limits { max_name: 8, max_value: 32, max_attrs: 4, max_list: 100 };
+        for limits in [small, Limits::default()] {
+            let whole = feed_counted(&input, &[input.len().max(1)], limits);
+            let cut = feed_counted(&input, &chunks, limits);
+            prop_assert_eq!(&cut.0, &whole.0);
+            prop_assert_eq!(&cut.1, &whole.1);
+            prop_assert!(cut.2 <= input.len() as u64, "scanned {} of {}", cut.2, input.len());
+        }
     }
 }

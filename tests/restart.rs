@@ -99,3 +99,40 @@ fn a_locked_store_is_waited_for() {
     assert_eq!(lookup(&mut c, "smtpd", "a"), hit(b"A"));
     releaser.join().unwrap();
 }
+
+/// Fuzz crash `ticket_key_file` aa09d668 (issue 14): a key file whose
+/// current key lies more than t ahead of the clock, and whose next key more
+/// than 2t. Loaded and rotated, no key may encrypt beyond what a key made
+/// now could: current at most now + t, next at most now + 2t.
+#[test]
+fn a_key_file_from_a_fast_clock_keeps_no_key_beyond_its_lifetime() {
+    let raw = std::fs::read("tests/data/fuzz/ticket_key_file-crash-aa09d668").unwrap();
+    // The fuzz input: now (u64 LE), timeout (u32 LE, mapped as the target
+    // maps it), then the file's bytes.
+    let now = u64::from_le_bytes(raw[..8].try_into().unwrap()) % (1 << 40);
+    let timeout = 120 + u32::from_le_bytes(raw[8..12].try_into().unwrap()) % 8_640_000;
+    let mut ring = tlsmgr::tickets::file::from_bytes(&raw[12..]).expect("a key file");
+    let mut n = 0u8;
+    ring.rotate(now, timeout, &mut |b| {
+        for x in b.iter_mut() {
+            n = n.wrapping_add(1);
+            *x = n;
+        }
+    });
+    let t = i64::from(timeout / 2);
+    let now = now as i64;
+    println!("{ring:?}");
+    for (slot, k, latest) in [
+        ("previous", ring.previous, now + t),
+        ("current", ring.current, now + t),
+        ("next", ring.next, now + 2 * t),
+    ] {
+        if let Some(k) = k {
+            assert!(
+                k.tout_secs() <= latest,
+                "{slot} key expires at now + {}",
+                k.tout_secs() - now
+            );
+        }
+    }
+}

@@ -22,7 +22,9 @@ pub(super) fn build_logger(
     Logger::root(build_drain(syslog, postlog, stderr_tag), slog::o!())
 }
 
-/// The drain of [`build_logger`].
+/// The drain of [`build_logger`]. Each drain here masks client text with
+/// [`crate::logging::printable`] where it formats a line, so nothing
+/// needs masking on the way in.
 fn build_drain(
     syslog: Option<DatagramDrain>,
     postlog: Option<DatagramDrain>,

@@ -18,19 +18,29 @@ pub struct Limits {
     /// bytes.
     pub max_name: usize,
     /// Longest attribute value (the encoded text). Real sessions are 1–4 KiB
-    /// of DER, about 5.5 KiB of base64; 1 MiB leaves room for sessions of up
-    /// to 768 KiB.
+    /// of DER, about 5.5 KiB of base64 (spec §1.2); 192 KiB leaves room for
+    /// sessions of up to 144 KiB, over 30 times a large real one, and still
+    /// fits a list of [`Limits::max_list`] with a long cache id.
     pub max_value: usize,
     /// Most attributes in one list. Requests have at most 4.
     pub max_attrs: usize,
+    /// Longest list, every name, value and NUL up to and including the
+    /// terminator. The largest real request, an `update`, is a session of a
+    /// few KiB of base64 plus a cache id well under 1 KiB; 256 KiB holds a
+    /// maximal value with 64 KiB to spare for the id. Without a cap on the
+    /// whole list, `max_attrs` values of `max_value` bytes each let one
+    /// connection make us buffer (and scan) megabytes for nothing: no real
+    /// request comes near this.
+    pub max_list: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_name: 64,
-            max_value: 1 << 20,
+            max_value: 192 << 10,
             max_attrs: 16,
+            max_list: 256 << 10,
         }
     }
 }
@@ -58,18 +68,19 @@ pub enum FrameError {
         /// The limit.
         limit: usize,
     },
-}
-
-/// Finds the next NUL in `buf[from..]`, failing once more than `max` bytes
-/// precede it (or would, when no NUL has arrived yet).
-fn field_end(buf: &[u8], from: usize, max: usize) -> Result<Option<usize>, usize> {
-    let rest = buf.get(from..).unwrap_or_default();
-    let window = &rest[..rest.len().min(max + 1)];
-    match memchr::memchr(0, window) {
-        Some(i) => Ok(Some(from + i)),
-        None if window.len() > max => Err(window.len()),
-        None => Ok(None),
-    }
+    /// A list longer than [`Limits::max_list`].
+    #[error("attribute list longer than {limit} bytes")]
+    ListTooLong {
+        /// The limit.
+        limit: usize,
+    },
+    /// The unfinished requests of all connections together would hold more
+    /// than the process-wide budget (see [`super::codec::Budget`]).
+    #[error("unfinished requests of all connections would hold more than {limit} bytes")]
+    BudgetExceeded {
+        /// The budget.
+        limit: usize,
+    },
 }
 
 /// Where one attribute lies in a list: name `start..name_end`, value
@@ -96,12 +107,17 @@ impl Span {
 /// `Ok(None)`: incomplete, read more. `Ok(Some((attrs, used)))`: a list of
 /// `used` bytes. `Err`: a limit was broken (possibly before the list is
 /// complete).
+///
+/// Stateless: each call scans `buf` from its start. Fine for the client,
+/// which reads replies of a server it trusts; a server reading from
+/// strangers frames with [`split_list`], which resumes.
 pub fn decode_list(buf: &[u8], limits: &Limits) -> Result<Option<(Vec<Attr>, usize)>, FrameError> {
-    let mut spans = Vec::new();
-    let Some(used) = scan_list(buf, limits, &mut spans)? else {
+    let mut scan = Scratch::default();
+    let Some(used) = scan_list(buf, limits, &mut scan)? else {
         return Ok(None);
     };
-    let attrs = spans
+    let attrs = scan
+        .spans
         .iter()
         .map(|s| {
             (
@@ -113,75 +129,138 @@ pub fn decode_list(buf: &[u8], limits: &Limits) -> Result<Option<(Vec<Attr>, usi
     Ok(Some((attrs, used)))
 }
 
-/// Room for the positions [`split_list`] finds, kept by a reader between
-/// lists so that framing allocates nothing for them.
+/// The scan state of one read buffer, kept by its reader between reads:
+/// the positions found so far and where the search for the next NUL
+/// stopped. With it every byte of a list is looked at once however the
+/// list is cut into reads; rescanning the whole unfinished list on each
+/// read made a peer that sends one byte at a time cost time quadratic in
+/// the list's length. The spans' room is reused between lists, so framing
+/// allocates nothing for them.
+///
+/// A `Scratch` belongs to one buffer: between calls the buffer may only
+/// grow at its end, or lose the complete list [`split_list`] took off its
+/// front.
 #[derive(Debug, Default)]
-pub struct Scratch(Vec<Span>);
+pub struct Scratch {
+    /// The attributes complete so far.
+    spans: Vec<Span>,
+    /// Where the attribute being scanned starts (its name).
+    attr_start: usize,
+    /// The end of its name, once the name's NUL has been seen.
+    name_end: Option<usize>,
+    /// `buf[field start..searched]` holds no NUL: the next search starts
+    /// here.
+    searched: usize,
+    /// Bytes searched over this scratch's life (tests and the fuzz target
+    /// check that no byte is searched twice).
+    scanned: u64,
+}
+
+impl Scratch {
+    /// Forgets the list being scanned (the next byte starts a new one).
+    pub fn reset(&mut self) {
+        self.spans.clear();
+        self.attr_start = 0;
+        self.name_end = None;
+        self.searched = 0;
+    }
+
+    /// Bytes of the buffer searched for NULs since this scratch was made.
+    pub fn bytes_scanned(&self) -> u64 {
+        self.scanned
+    }
+}
 
 /// [`decode_list`] for a read buffer: a complete list is split off the
 /// front of `buf`, and names and values are slices of it (no copies).
+/// `scratch` keeps the scan between calls (see [`Scratch`]); after a
+/// complete list or an error it is reset for the next list.
 pub fn split_list(
     buf: &mut BytesMut,
     limits: &Limits,
     scratch: &mut Scratch,
 ) -> Result<Option<Vec<Attr>>, FrameError> {
-    let spans = &mut scratch.0;
-    spans.clear();
-    let Some(used) = scan_list(buf, limits, spans)? else {
-        return Ok(None);
+    let used = match scan_list(buf, limits, scratch) {
+        Ok(Some(used)) => used,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            scratch.reset();
+            return Err(e);
+        }
     };
     let list = buf.split_to(used).freeze();
-    Ok(Some(
-        spans
-            .iter()
-            .map(|s| (list.slice(s.name()), list.slice(s.value())))
-            .collect(),
-    ))
+    let attrs = scratch
+        .spans
+        .iter()
+        .map(|s| (list.slice(s.name()), list.slice(s.value())))
+        .collect();
+    scratch.reset();
+    Ok(Some(attrs))
 }
 
-/// Finds the attributes of one complete list at the start of `buf`, into
-/// `spans`; returns the list's length (see [`decode_list`]).
-fn scan_list(
-    buf: &[u8],
-    limits: &Limits,
-    spans: &mut Vec<Span>,
-) -> Result<Option<usize>, FrameError> {
-    let mut pos = 0;
+/// Goes on finding the attributes of the list at the start of `buf` from
+/// where `scan` stopped; returns the list's length once it is complete
+/// (see [`decode_list`]). Limits fail as soon as they are broken, before
+/// the terminator has arrived.
+fn scan_list(buf: &[u8], limits: &Limits, scan: &mut Scratch) -> Result<Option<usize>, FrameError> {
     loop {
-        let name_end = match field_end(buf, pos, limits.max_name) {
-            Ok(Some(e)) => e,
-            Ok(None) => return Ok(None),
-            Err(_) => {
-                return Err(FrameError::NameTooLong {
-                    limit: limits.max_name,
-                })
-            }
+        let (field, max) = match scan.name_end {
+            None => (scan.attr_start, limits.max_name),
+            Some(e) => (e + 1, limits.max_value),
         };
-        if name_end == pos {
-            return Ok(Some(pos + 1));
-        }
-        if spans.len() == limits.max_attrs {
-            return Err(FrameError::TooManyAttributes {
-                limit: limits.max_attrs,
-            });
-        }
-        let value_start = name_end + 1;
-        let value_end = match field_end(buf, value_start, limits.max_value) {
-            Ok(Some(e)) => e,
-            Ok(None) => return Ok(None),
-            Err(_) => {
-                return Err(FrameError::ValueTooLong {
-                    name: String::from_utf8_lossy(&buf[pos..name_end]).into_owned(),
-                    limit: limits.max_value,
-                })
+        // The field's NUL must come within max + 1 bytes of its start, and
+        // the list's terminator within max_list bytes of the list's start.
+        let field_window = field.saturating_add(max).saturating_add(1);
+        let end = field_window.min(limits.max_list).min(buf.len());
+        let from = scan.searched.max(field);
+        let window = buf.get(from..end).unwrap_or_default();
+        let Some(i) = memchr::memchr(0, window) else {
+            scan.scanned += window.len() as u64;
+            scan.searched = from + window.len();
+            if end == field_window {
+                return Err(match scan.name_end {
+                    None => FrameError::NameTooLong {
+                        limit: limits.max_name,
+                    },
+                    Some(name_end) => FrameError::ValueTooLong {
+                        name: String::from_utf8_lossy(
+                            buf.get(scan.attr_start..name_end).unwrap_or_default(),
+                        )
+                        .into_owned(),
+                        limit: limits.max_value,
+                    },
+                });
             }
+            if end == limits.max_list && !buf.is_empty() {
+                return Err(FrameError::ListTooLong {
+                    limit: limits.max_list,
+                });
+            }
+            return Ok(None);
         };
-        spans.push(Span {
-            start: pos,
-            name_end,
-            value_end,
-        });
-        pos = value_end + 1;
+        scan.scanned += i as u64 + 1;
+        let nul = from + i;
+        scan.searched = nul + 1;
+        match scan.name_end {
+            None if nul == scan.attr_start => return Ok(Some(nul + 1)),
+            None => {
+                if scan.spans.len() == limits.max_attrs {
+                    return Err(FrameError::TooManyAttributes {
+                        limit: limits.max_attrs,
+                    });
+                }
+                scan.name_end = Some(nul);
+            }
+            Some(name_end) => {
+                scan.spans.push(Span {
+                    start: scan.attr_start,
+                    name_end,
+                    value_end: nul,
+                });
+                scan.attr_start = nul + 1;
+                scan.name_end = None;
+            }
+        }
     }
 }
 

@@ -183,7 +183,7 @@ fn age_key(stored_at: u64, id: &[u8]) -> Vec<u8> {
 }
 
 /// The record of `entry`: 8-byte big-endian `stored_at` ++ session.
-fn encode_record(entry: &Entry) -> Vec<u8> {
+pub fn encode_record(entry: &Entry) -> Vec<u8> {
     let mut v = Vec::with_capacity(TS_LEN + entry.session.len());
     v.extend_from_slice(&entry.stored_at.to_be_bytes());
     v.extend_from_slice(&entry.session);
@@ -196,7 +196,10 @@ fn split_ts(bytes: &[u8]) -> Option<(u64, &[u8])> {
     Some((u64::from_be_bytes(*ts), rest))
 }
 
-fn decode_record(bytes: &[u8]) -> Result<Entry, StoreError> {
+/// Reads a stored record back ([`encode_record`]); a record shorter than
+/// its timestamp is [`StoreError::Malformed`] (the cache then drops it).
+/// Public for the `store_value` fuzz target.
+pub fn decode_record(bytes: &[u8]) -> Result<Entry, StoreError> {
     let (stored_at, session) = split_ts(bytes).ok_or_else(|| {
         StoreError::Malformed(format!(
             "record of {} bytes is shorter than its {TS_LEN}-byte timestamp",

@@ -159,7 +159,8 @@ impl EpochKeys {
         }
         let t = i64::from(timeout / 2);
         let now_s = i64::try_from(now).unwrap_or(i64::MAX);
-        let alive = |k: &TicketKey| k.tout_secs() + t > now_s;
+        // Still decrypting, and not from a clock that has since gone back.
+        let alive = |k: &TicketKey| k.tout_secs() + t > now_s && k.tout_secs() <= now_s + 2 * t;
         self.extra.retain(alive);
         self.unpublished.retain(alive);
         let mut seen = std::collections::HashSet::new();
@@ -404,6 +405,26 @@ mod tests {
         assert!(r.extra.contains(&local) || local.tout_secs() + 1800 <= now as i64);
         // Unconfirmed: the store is asked.
         assert_eq!(again.due(now + 5).len(), 1);
+    }
+
+    #[test]
+    fn keys_from_a_clock_that_went_back_do_not_stay() {
+        let now = 1_700_000_000u64;
+        let future = TicketKey {
+            name: [0x99; 16],
+            bits: [0; 32],
+            hmac: [0; 32],
+            tout: (now + 10 * 365 * 86_400) as libc::time_t,
+        };
+        let saved = KeyRing {
+            extra: vec![future],
+            ..Default::default()
+        };
+        let mut k = EpochKeys::from_ring(&saved, T);
+        k.advance(now, T, &mut counter(), &mut || 0.0);
+        let ring = k.ring(now);
+        assert!(ring.decrypt_at(&future.name, now, T).is_err());
+        assert!(ring.current.unwrap().tout_secs() <= now as i64 + 1800);
     }
 
     #[test]

@@ -18,10 +18,10 @@
 //! never waits for a key to be made, unless the clock ran past even the next
 //! key (a suspended machine, a clock step), where it asks the actor.
 //!
-//! Lifetimes are capped by the clock: a key whose `tout` lies more than `2t`
-//! past now (the most a next key can have) was made under a clock that has
-//! since gone back, and is dropped at the next rotation and when the file is
-//! loaded, so a clock that jumped forward and back cannot pin a key for
+//! Lifetimes are capped by the clock: a previous or current key whose `tout`
+//! lies more than `t` past now, or a next key more than `2t` (the most each
+//! can have), was made under a clock that has since gone back, and is
+//! dropped at the next rotation and when the file is loaded, so a clock that jumped forward and back cannot pin a key for
 //! years. Every function takes `now`, so tests step time by hand.
 
 pub mod epoch;
@@ -127,14 +127,17 @@ impl KeyRing {
         let before = self.clone();
         let t = half(timeout);
         let now_s = secs(now);
-        // Decrypting still, and not from the future.
-        let keep = |k: &Option<TicketKey>| {
-            k.filter(|k| k.tout_secs() + t > now_s && k.tout_secs() <= now_s + 2 * t)
+        // Decrypting still, and not from the future: a current key made at
+        // now encrypts until now + t - 1 at most, the next one until
+        // now + 2t - 2, so anything later was made under a clock that has
+        // since gone back.
+        let keep = |k: &Option<TicketKey>, latest: i64| {
+            k.filter(|k| k.tout_secs() + t > now_s && k.tout_secs() <= latest)
         };
-        self.previous = keep(&self.previous);
-        self.current = keep(&self.current);
-        self.next = keep(&self.next);
-        self.extra.retain(|k| keep(&Some(*k)).is_some());
+        self.previous = keep(&self.previous, now_s + t);
+        self.current = keep(&self.current, now_s + t);
+        self.next = keep(&self.next, now_s + 2 * t);
+        self.extra.retain(|k| keep(&Some(*k), now_s + t).is_some());
         // Move on while the current key has stopped encrypting (or is gone
         // and the next one is there).
         loop {
@@ -149,6 +152,12 @@ impl KeyRing {
                     None => break,
                 },
             }
+        }
+        // A next key that became current must not encrypt for longer than
+        // a key made now either.
+        if self.current.is_some_and(|c| c.tout_secs() > now_s + t) {
+            self.current = None;
+            self.next = None;
         }
         if self.current.is_none() {
             self.current = Some(make_key(now_s + t - 1, fill));
