@@ -40,6 +40,7 @@ pub mod master;
 pub mod metrics;
 pub mod prng;
 pub mod protocol;
+pub mod shared;
 pub mod store;
 pub mod tickets;
 

@@ -9,7 +9,10 @@
 //! plot to `target/load-bench/`. Options (after `--`):
 //!
 //! - `--quick`: one round of 1 s at 1 and 64 connections, footprint of 10 000;
-//! - `--servers ours-fjall,ours-memory,stock,ceiling`, `--conns 1,8,64,256`;
+//! - `--servers ours-fjall,ours-memory,ours-shared,stock,ceiling`,
+//!   `--conns 1,8,64,256` (`ours-shared`: fjall, sharing through a
+//!   `redis-server` the bench starts; its table beside `ours-fjall` shows
+//!   the throughput ratio and the added p99);
 //! - `--rounds N` (3), `--secs S` (3), `--warmup S` (0.5);
 //! - `--footprint N` (100000; 0 skips it), `--no-load` (footprint only);
 //! - `--hit-ratio P` (0.5), `--gen-threads N` (2), `--base-dir DIR` (where
@@ -184,6 +187,23 @@ fn run(args: &Args) -> Result<(), String> {
         );
         servers.retain(|k| *k != Kind::Stock);
     }
+    let mut args = args.clone();
+    let _redis = if servers.contains(&Kind::OursShared) {
+        match servers::Redis::start()? {
+            Some(r) => {
+                args.start.shared_store = Some(r.url.clone());
+                Some(r)
+            }
+            None => {
+                eprintln!("load: redis-server not installed: ours-shared left out");
+                servers.retain(|k| *k != Kind::OursShared);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let args = &args;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.gen_threads)
         .enable_all()
@@ -249,6 +269,12 @@ fn run(args: &Args) -> Result<(), String> {
         let table = report::table(&points, &args.conns);
         println!("{table}");
         out.push_str(&table);
+        if servers.contains(&Kind::OursShared) && servers.contains(&Kind::OursFjall) {
+            let t = report::shared_table(&points, &args.conns);
+            println!("\nshared through Redis beside local (fjall):\n{t}");
+            out.push_str("\nshared through Redis beside local (fjall):\n");
+            out.push_str(&t);
+        }
         if args.bench {
             std::fs::create_dir_all(&args.out)
                 .map_err(|e| format!("{}: {e}", args.out.display()))?;
@@ -264,7 +290,12 @@ fn run(args: &Args) -> Result<(), String> {
     }
     if args.footprint > 0 {
         let mut rows = Vec::new();
-        for kind in servers.iter().copied().filter(|k| *k != Kind::Ceiling) {
+        // The shared store adds nothing to a host's own footprint.
+        for kind in servers
+            .iter()
+            .copied()
+            .filter(|k| *k != Kind::Ceiling && *k != Kind::OursShared)
+        {
             let f = footprint::measure(&rt, kind, args.footprint, &args.start)?;
             eprintln!(
                 "footprint {} done in {:.1} s",

@@ -189,11 +189,38 @@ fn color(k: Kind) -> &'static str {
     match k {
         Kind::OursFjall => "#1f77b4",
         Kind::OursMemory => "#2ca02c",
+        Kind::OursShared => "#9467bd",
         Kind::Stock => "#d62728",
         Kind::Ceiling => "#7f7f7f",
         Kind::OursMetrics => "#9467bd",
         Kind::OursBase => "#8c564b",
     }
+}
+
+/// `ours-shared` beside `ours-fjall`, per concurrency: the throughput
+/// ratio and the p99 it adds.
+pub fn shared_table(points: &Points, conns: &[usize]) -> String {
+    let mut s = String::from(
+        "| conns | ours-fjall req/s | ours-shared req/s | shared ÷ local | p99 local µs | p99 shared µs | added p99 µs |\n|---|---|---|---|---|---|---|\n",
+    );
+    for &c in conns {
+        if let (Some(l), Some(sh)) = (
+            points.get(&(Kind::OursFjall, c)),
+            points.get(&(Kind::OursShared, c)),
+        ) {
+            let _ = writeln!(
+                s,
+                "| {c} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {:.0} |",
+                l.rps,
+                sh.rps,
+                ratio(sh.rps, Some(l.rps)),
+                l.p99,
+                sh.p99,
+                sh.p99 - l.p99
+            );
+        }
+    }
+    s
 }
 
 /// Upper bound of a "nice" axis: 1, 2 or 5 times a power of ten.

@@ -2,7 +2,8 @@
 //! peak RSS can be read from /proc:
 //!
 //! - ours (`tlsmgr serve`, the binary cargo built with this bench) with the
-//!   fjall store, and with the memory store;
+//!   fjall store, with the memory store, and with the fjall store shared
+//!   through a local `redis-server` (`ours-shared`, issue 13);
 //! - Debian's stock tlsmgr, started the way master(8) starts it (spec §4.1:
 //!   flow pipe on fds 3/4, status socket on fd 5, listen socket on fd 6,
 //!   `-l -t unix`, `GENERATION`, a `MAIL_CONFIG` with btree caches);
@@ -33,6 +34,8 @@ pub enum Kind {
     OursFjall,
     /// Ours, memory store.
     OursMemory,
+    /// Ours, fjall store, sharing through Redis.
+    OursShared,
     /// Debian's tlsmgr.
     Stock,
     /// The fixed-reply server.
@@ -51,17 +54,19 @@ pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Kind {
     /// The servers of a default run.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::OursFjall,
         Kind::OursMemory,
+        Kind::OursShared,
         Kind::Stock,
         Kind::Ceiling,
     ];
 
     /// Every kind, in report order (the A/B kinds only on request).
-    pub const EVERY: [Kind; 6] = [
+    pub const EVERY: [Kind; 7] = [
         Kind::OursFjall,
         Kind::OursMemory,
+        Kind::OursShared,
         Kind::OursMetrics,
         Kind::OursBase,
         Kind::Stock,
@@ -73,6 +78,7 @@ impl Kind {
         match self {
             Kind::OursFjall => "ours-fjall",
             Kind::OursMemory => "ours-memory",
+            Kind::OursShared => "ours-shared",
             Kind::Stock => "stock",
             Kind::Ceiling => "ceiling",
             Kind::OursMetrics => "ours-metrics",
@@ -123,6 +129,62 @@ pub struct StartOptions {
     pub base_dir: Option<PathBuf>,
     /// Extra main.cf lines.
     pub main_cf_extra: String,
+    /// The Redis URL `ours-shared` shares through.
+    pub shared_store: Option<String>,
+}
+
+/// A `redis-server` for `ours-shared`: loopback, persistence off, killed
+/// when dropped.
+pub struct Redis {
+    child: Child,
+    pub url: String,
+}
+
+impl Redis {
+    /// Starts one; `Ok(None)` when redis-server is not installed (an error
+    /// when `CI` is set).
+    pub fn start() -> Result<Option<Redis>, String> {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            if std::env::var_os("CI").is_some() {
+                return Err("CI must install Debian's redis-server package".into());
+            }
+            return Ok(None);
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(io("free port"))?
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(io("start redis-server"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("redis-server did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Some(Redis {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+        }))
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn tempdir(opts: &StartOptions) -> Result<tempfile::TempDir, String> {
@@ -167,11 +229,42 @@ impl Server {
                 server.wait_ready()?;
                 return Ok(server);
             }
-            Kind::OursFjall | Kind::OursMemory | Kind::OursMetrics | Kind::OursBase => {
+            Kind::OursFjall
+            | Kind::OursMemory
+            | Kind::OursShared
+            | Kind::OursMetrics
+            | Kind::OursBase => {
                 let db = |name: &str| match kind {
-                    Kind::OursFjall => format!("btree:{}/{name}", data_dir.display()),
-                    _ => format!("memory:{name}"),
+                    Kind::OursMemory | Kind::OursMetrics | Kind::OursBase => {
+                        format!("memory:{name}")
+                    }
+                    _ => format!("btree:{}/{name}", data_dir.display()),
                 };
+                let mut extra = opts.main_cf_extra.clone();
+                if kind == Kind::OursShared {
+                    use std::os::unix::fs::PermissionsExt;
+                    let url = opts
+                        .shared_store
+                        .as_deref()
+                        .ok_or("ours-shared needs a redis-server")?;
+                    let secret = root.join("shared.key");
+                    std::fs::write(&secret, [0x5au8; 32]).map_err(io("write secret"))?;
+                    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))
+                        .map_err(io("chmod secret"))?;
+                    // A site per server start: no run finds another's state.
+                    let site: String = root
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                        .chars()
+                        .filter(|c| c.is_ascii_alphanumeric())
+                        .collect();
+                    extra.push_str(&format!(
+                        "\ntlsmgr_shared_store = {url}\ntlsmgr_shared_site = {site}\n\
+                         tlsmgr_shared_secret_file = {}\n",
+                        secret.display()
+                    ));
+                }
                 std::fs::write(
                     root.join("main.cf"),
                     format!(
@@ -182,7 +275,7 @@ impl Server {
                         d = data_dir.display(),
                         smtpd = db("smtpd_scache"),
                         smtp = db("smtp_scache"),
-                        extra = opts.main_cf_extra,
+                        extra = extra,
                     ),
                 )
                 .map_err(io("write main.cf"))?;
@@ -296,7 +389,11 @@ impl Server {
                     let _ = st.shutdown(std::net::Shutdown::Both);
                 }
             }
-            Kind::OursFjall | Kind::OursMemory | Kind::OursMetrics | Kind::OursBase => {
+            Kind::OursFjall
+            | Kind::OursMemory
+            | Kind::OursShared
+            | Kind::OursMetrics
+            | Kind::OursBase => {
                 // SAFETY: kill(2) on our own child's pid; no memory involved.
                 unsafe {
                     libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);

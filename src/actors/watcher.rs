@@ -459,6 +459,17 @@ impl WatcherActor {
                 return None;
             }
         }
+        // After `adjust`, which under master(8) hands over the secret read
+        // at start (the file is out of reach after the chroot and the drop).
+        if let Err(e) = cfg.load_shared_secret() {
+            warn!(
+                self.log,
+                "{}: {} -- keeping the current configuration",
+                path.display(),
+                e
+            );
+            return None;
+        }
         Some(cfg)
     }
 }

@@ -412,6 +412,26 @@ impl Cache {
         Ok(())
     }
 
+    /// Stores a session found in the shared store, with the time it was
+    /// first stored there, so that it expires here when it does there.
+    pub fn fill(&self, id: &[u8], stored_at: u64, session: &[u8]) -> Result<(), CacheDown> {
+        if id.len() > MAX_CACHE_ID_LEN {
+            return Err(CacheDown);
+        }
+        let limits = self.limits();
+        let entry = Entry {
+            stored_at,
+            session: session.to_vec(),
+        };
+        self.with_store("update", |s| s.put(id, &entry, limits.max_entries))
+            .map(|_| ())
+    }
+
+    /// Whether an entry stored at `stored_at` is still fresh now.
+    pub fn fresh(&self, stored_at: u64) -> bool {
+        stored_at.saturating_add(u64::from(self.limits().timeout)) >= self.clock.now()
+    }
+
     /// `delete`: true if there was an entry for `id`.
     pub fn delete(&self, id: &[u8]) -> Result<bool, CacheDown> {
         if self.limits().log_cache {

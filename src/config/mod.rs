@@ -177,10 +177,79 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ),
     ("tlsmgr_metrics_listen", ""),
     ("tlsmgr_stats_log_interval", "0s"),
+    // Sharing through Redis (README, "An MX farm: one TLS memory").
+    ("tlsmgr_shared_store", ""),
+    ("tlsmgr_shared_site", "default"),
+    ("tlsmgr_shared_secret_file", ""),
+    ("tlsmgr_shared_ca_file", ""),
+    ("tlsmgr_shared_caches", "smtpd"),
+    ("tlsmgr_shared_lookup_deadline", "20ms"),
+    ("tlsmgr_shared_connect_timeout", "1s"),
+    ("tlsmgr_shared_write_queue_limit", "10000"),
 ];
 
 /// Longest `tlsmgr_stats_log_interval` (one week).
 pub const MAX_STATS_LOG_INTERVAL: u64 = 7 * 86_400;
+
+/// Longest `tlsmgr_shared_site` (it is part of every Redis key name).
+pub const MAX_SITE_LEN: usize = 64;
+/// Largest `tlsmgr_shared_write_queue_limit`.
+pub const MAX_WRITE_QUEUE: i64 = 1_000_000;
+
+/// Sharing ticket keys and sessions through Redis (`tlsmgr_shared_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedConfig {
+    /// `tlsmgr_shared_store`: the Redis URL; `None` = sharing off.
+    pub store: Option<String>,
+    /// `tlsmgr_shared_site`: hosts share state only within one site.
+    pub site: String,
+    /// `tlsmgr_shared_secret_file`.
+    pub secret_file: Option<PathBuf>,
+    /// The keys derived from the secret file, once read
+    /// ([`Config::load_shared_secret`]); `None` while not read or sharing off.
+    pub secret: Option<std::sync::Arc<crate::shared::secret::Secret>>,
+    /// `tlsmgr_shared_ca_file`: the CA certificates (PEM) a `rediss://`
+    /// server is checked against; `None`: the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Its contents, read with the secret (before the chroot).
+    pub ca: Option<std::sync::Arc<(PathBuf, Vec<u8>)>>,
+    /// `tlsmgr_shared_caches`: which caches are shared, by [`CacheType::index`].
+    pub caches: [bool; 3],
+    /// `tlsmgr_shared_lookup_deadline`: the most a lookup that missed
+    /// locally waits for Redis.
+    pub lookup_deadline: Duration,
+    /// `tlsmgr_shared_connect_timeout`: bound on a connection attempt and
+    /// on every call that is not a read-through.
+    pub connect_timeout: Duration,
+    /// `tlsmgr_shared_write_queue_limit`: writes waiting for Redis; more are
+    /// dropped (and counted).
+    pub write_queue: usize,
+}
+
+impl SharedConfig {
+    /// Whether sharing is on.
+    pub fn enabled(&self) -> bool {
+        self.store.is_some()
+    }
+    /// Whether the sessions of `ct` are shared.
+    pub fn shares(&self, ct: CacheType) -> bool {
+        self.enabled() && self.caches[ct.index()]
+    }
+}
+
+/// `url` without a password (what logs may show).
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &userinfo[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
 
 /// Smallest `tlsmgr_store_block_cache_size` and
 /// `tlsmgr_store_write_buffer_size` (fjall needs some room to work).
@@ -289,6 +358,8 @@ pub struct Config {
     /// `tlsmgr_stats_log_interval`: how often a `statistics:` summary is
     /// logged; zero = never.
     pub stats_log_interval: Duration,
+    /// Sharing through Redis.
+    pub shared: SharedConfig,
     /// Warnings to log (e.g. overridden entries).
     pub warnings: Vec<String>,
     /// The expanded value of every parameter in [`DEFAULTS`], in that order:
@@ -426,6 +497,108 @@ impl Resolver<'_> {
             .map(|(name, _)| Ok((*name, self.string(name)?)))
             .collect()
     }
+}
+
+/// Parses a duration in milliseconds: digits and an optional unit `ms`
+/// (the default) or `s`. Error: `parameter NAME: bad time value or unit: VALUE`.
+pub fn parse_millis(name: &str, value: &str) -> Result<Duration, String> {
+    let bad = || format!("parameter {name}: bad time value or unit: {value}");
+    let t = value.trim();
+    let ndigits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let n: u64 = t[..ndigits].parse().map_err(|_| bad())?;
+    match &t[ndigits..] {
+        "" | "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        _ => Err(bad()),
+    }
+}
+
+fn shared_config(r: &Resolver<'_>) -> Result<SharedConfig, ConfigError> {
+    let store = r.string("tlsmgr_shared_store")?.trim().to_string();
+    let store = if store.is_empty() {
+        None
+    } else {
+        let known = ["redis://", "rediss://", "redis+unix://", "unix://"];
+        if !known.iter().any(|p| store.starts_with(p)) {
+            return Err(r.err(
+                "tlsmgr_shared_store",
+                format!(
+                    "parameter tlsmgr_shared_store: {}: not a redis://, rediss:// or unix:// URL",
+                    redact_url(&store)
+                ),
+            ));
+        }
+        if let Err(e) = crate::shared::client::check_url(&store) {
+            return Err(r.err(
+                "tlsmgr_shared_store",
+                format!("parameter tlsmgr_shared_store: {}: {e}", redact_url(&store)),
+            ));
+        }
+        Some(store)
+    };
+    let site = r.string("tlsmgr_shared_site")?;
+    if site.is_empty()
+        || site.len() > MAX_SITE_LEN
+        || !site
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(r.err(
+            "tlsmgr_shared_site",
+            format!(
+                "parameter tlsmgr_shared_site: \"{site}\": use 1 to {MAX_SITE_LEN} letters, digits, '.', '_' or '-'"
+            ),
+        ));
+    }
+    let secret_file = r.path("tlsmgr_shared_secret_file")?;
+    if store.is_some() && secret_file.is_none() {
+        return Err(r.err(
+            "tlsmgr_shared_secret_file",
+            "parameter tlsmgr_shared_secret_file: required when tlsmgr_shared_store is set"
+                .to_string(),
+        ));
+    }
+    let mut caches = [false; 3];
+    for word in r
+        .string("tlsmgr_shared_caches")?
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+    {
+        match CacheType::from_wire(word.as_bytes()) {
+            Some(ct) => caches[ct.index()] = true,
+            None => {
+                return Err(r.err(
+                    "tlsmgr_shared_caches",
+                    format!(
+                        "parameter tlsmgr_shared_caches: unknown cache type \"{word}\" (smtpd, smtp or lmtp)"
+                    ),
+                ))
+            }
+        }
+    }
+    let name = "tlsmgr_shared_lookup_deadline";
+    let lookup_deadline = parse_millis(name, &r.string(name)?).map_err(|m| r.err(name, m))?;
+    if lookup_deadline < Duration::from_millis(1) || lookup_deadline > Duration::from_secs(5) {
+        return Err(r.err(
+            name,
+            format!(
+                "invalid {name}: {} ms (1 ms to 5 s)",
+                lookup_deadline.as_millis()
+            ),
+        ));
+    }
+    Ok(SharedConfig {
+        store,
+        site,
+        secret_file,
+        secret: None,
+        ca_file: r.path("tlsmgr_shared_ca_file")?,
+        ca: None,
+        caches,
+        lookup_deadline,
+        connect_timeout: Duration::from_secs(r.time("tlsmgr_shared_connect_timeout", 1, 60)?),
+        write_queue: r.int("tlsmgr_shared_write_queue_limit", 1, MAX_WRITE_QUEUE)? as usize,
+    })
 }
 
 /// Sanitizes a cache timeout as tlsmgr does: 0 stays 0 (disabled), 1..119
@@ -593,6 +766,7 @@ impl Config {
                 0,
                 MAX_STATS_LOG_INTERVAL,
             )?),
+            shared: shared_config(&r)?,
             warnings: Vec::new(),
             effective: r.effective()?,
         })
@@ -615,9 +789,11 @@ impl Config {
         Ok(cfg)
     }
 
-    /// What differs from `old`, one `name old -> new` item per parameter.
+    /// What differs from `old`, one `name old -> new` item per parameter
+    /// (a Redis password shown as `***`; new secret-file contents as such).
     pub fn changes_from(&self, old: &Config) -> Vec<String> {
-        self.effective
+        let mut changes: Vec<String> = self
+            .effective
             .iter()
             .zip(old.effective.iter())
             .filter(|((_, new), (_, old))| new != old)
@@ -627,9 +803,54 @@ impl Config {
                 } else {
                     ""
                 };
+                let (old, new) = if *name == "tlsmgr_shared_store" {
+                    (redact_url(old), redact_url(new))
+                } else {
+                    (old.clone(), new.clone())
+                };
                 format!("{name} {old} -> {new}{later}")
             })
-            .collect()
+            .collect();
+        if self.shared.secret_file == old.shared.secret_file
+            && self.shared.secret.is_some()
+            && self.shared.secret != old.shared.secret
+        {
+            changes.push("tlsmgr_shared_secret_file (new contents)".to_string());
+        }
+        changes
+    }
+
+    /// Reads `tlsmgr_shared_secret_file` when sharing is on (and the secret
+    /// is not already there from the same file). A missing, short or
+    /// exposed file is an error naming it. Called at start before the
+    /// chroot and privilege drop, and at each reload.
+    pub fn load_shared_secret(&mut self) -> Result<(), ConfigError> {
+        let sc = &mut self.shared;
+        let Some(path) = sc.secret_file.clone().filter(|_| sc.store.is_some()) else {
+            sc.secret = None;
+            sc.ca = None;
+            return Ok(());
+        };
+        match sc.ca_file.clone() {
+            None => sc.ca = None,
+            Some(ca) if sc.ca.as_ref().is_some_and(|c| c.0 == ca) => {}
+            Some(ca) => {
+                let pem = std::fs::read(&ca).map_err(|e| {
+                    ConfigError::new(format!(
+                        "parameter tlsmgr_shared_ca_file: cannot read {}: {e}",
+                        ca.display()
+                    ))
+                })?;
+                sc.ca = Some(std::sync::Arc::new((ca, pem)));
+            }
+        }
+        if sc.secret.as_ref().is_some_and(|s| s.path == path) {
+            return Ok(());
+        }
+        let secret = crate::shared::secret::Secret::load(&path)
+            .map_err(|e| ConfigError::new(format!("parameter tlsmgr_shared_secret_file: {e}")))?;
+        sc.secret = Some(std::sync::Arc::new(secret));
+        Ok(())
     }
 
     /// The settings of one cache.
@@ -937,6 +1158,53 @@ mod tests {
             ""
         );
         assert_eq!(budget.used().len, 1000);
+    }
+
+    #[test]
+    fn shared_store_parameters() {
+        let c = from(&[]).unwrap();
+        assert!(!c.shared.enabled());
+        assert_eq!(c.shared.site, "default");
+        assert_eq!(c.shared.caches, [true, false, false]);
+        assert_eq!(c.shared.lookup_deadline, Duration::from_millis(20));
+        let c = from(&[
+            ("tlsmgr_shared_store", "redis://127.0.0.1:6379/2"),
+            ("tlsmgr_shared_secret_file", "/etc/postfix/shared.key"),
+            ("tlsmgr_shared_caches", "smtpd, lmtp"),
+            ("tlsmgr_shared_lookup_deadline", "1s"),
+            ("tlsmgr_shared_site", "mx-eu.1"),
+        ])
+        .unwrap();
+        assert!(c.shared.shares(CacheType::Lmtp) && !c.shared.shares(CacheType::Smtp));
+        assert_eq!(c.shared.lookup_deadline, Duration::from_secs(1));
+        let err = |pairs: &[(&str, &str)]| from(pairs).unwrap_err().message;
+        assert_eq!(
+            err(&[("tlsmgr_shared_store", "redis://h:1")]),
+            "parameter tlsmgr_shared_secret_file: required when tlsmgr_shared_store is set"
+        );
+        assert!(err(&[("tlsmgr_shared_store", "http://h")]).contains("not a redis://"));
+        assert!(err(&[("tlsmgr_shared_site", "a:b")]).contains("tlsmgr_shared_site"));
+        assert!(err(&[("tlsmgr_shared_site", "a*")]).contains("tlsmgr_shared_site"));
+        assert!(err(&[("tlsmgr_shared_caches", "smtpd,x")]).contains("\"x\""));
+        assert!(err(&[("tlsmgr_shared_lookup_deadline", "0")]).contains("1 ms to 5 s"));
+        assert!(err(&[("tlsmgr_shared_lookup_deadline", "2h")]).contains("bad time value"));
+        assert!(err(&[("tlsmgr_shared_write_queue_limit", "0")]).contains("< 1"));
+        assert_eq!(
+            redact_url("redis://tlsmgr:s3cret@h:6379/0"),
+            "redis://tlsmgr:***@h:6379/0"
+        );
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        let old = from(&[]).unwrap();
+        let new = from(&[
+            ("tlsmgr_shared_store", "redis://u:pw@h"),
+            ("tlsmgr_shared_secret_file", "/k"),
+        ])
+        .unwrap();
+        let changes = new.changes_from(&old).join(", ");
+        assert!(
+            changes.contains("redis://u:***@h") && !changes.contains("pw"),
+            "{changes}"
+        );
     }
 
     #[test]

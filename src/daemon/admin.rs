@@ -149,7 +149,7 @@ async fn execute(cmd: &str, uid: u32, svc: &Services) -> Result<String, String> 
         (Some("keys"), Some("rotate"), None) => {
             info!(svc.log, "admin: keys rotate requested by uid {}", uid);
             match svc.tickets.send(RotateNow).await {
-                Ok(true) => {
+                Ok(Ok(())) => {
                     let ring = svc.ticket_keys.load();
                     let name = ring.current.map(|k| hex::encode(k.name)).unwrap_or_default();
                     info!(
@@ -160,10 +160,7 @@ async fn execute(cmd: &str, uid: u32, svc: &Services) -> Result<String, String> 
                     );
                     Ok(format!("new current key {name}\n"))
                 }
-                Ok(false) => Err(
-                    "session tickets are disabled (smtpd_tls_session_cache_timeout = 0)"
-                        .to_string(),
-                ),
+                Ok(Err(why)) => Err(why.to_string()),
                 Err(e) => Err(format!("ticket key actor: {e}")),
             }
         }

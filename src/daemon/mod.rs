@@ -23,6 +23,7 @@ pub mod io;
 pub mod limits;
 pub mod reload;
 pub mod requests;
+pub mod sharing;
 pub mod stats;
 
 use crate::actors::cache::Flush;
@@ -73,6 +74,8 @@ pub struct Services {
     pub observer: Option<Arc<dyn RequestObserver>>,
     /// The counters (`tlsmgr stats`, `/metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The link to the shared store, if sharing is on.
+    pub shared: sharing::SharedSlot,
 }
 
 impl crate::actors::watcher::ConfigSink for Services {
@@ -183,6 +186,10 @@ pub fn run_with(
     shutdown: impl Future<Output = ()> + 'static,
     ready: impl FnOnce(Services) + 'static,
 ) -> Result<(), Error> {
+    let mut opts = opts;
+    // Before the chroot and the privilege drop (`before_start`): the
+    // secret file is root's. A bad one is fatal at start.
+    opts.config.load_shared_secret()?;
     let system = actix_rt::System::new();
     let log = opts.log.clone();
     let result = system.block_on(async move {
@@ -217,6 +224,7 @@ pub fn run_with(
             runtime: runtime.clone(),
             observer: extras.observer,
             metrics: metrics.clone(),
+            shared: Default::default(),
         };
         // The exchange file is updated once before serving, as stock does.
         let _ = svc.prng.send(crate::actors::prng::GetStatus).await;
@@ -232,12 +240,21 @@ pub fn run_with(
         if let Some(hook) = extras.before_start {
             hook()?;
         }
+        // Its thread starts after the chroot, as the I/O threads do.
+        svc.shared
+            .store(sharing::start_link(&opts.config, &opts.log));
         // Everything that opens files by path, from where they are now.
         svc.caches
             .store(Arc::new(start_caches(&opts.config, &runtime).await));
         ticket_ctx.run(
-            TicketActor::new(config, ticket_keys, opts.clock.clone(), opts.log.clone())
-                .with_metrics(metrics.clone()),
+            TicketActor::new(
+                config,
+                ticket_keys,
+                svc.shared.clone(),
+                opts.clock.clone(),
+                opts.log.clone(),
+            )
+            .with_metrics(metrics.clone()),
         );
         if let Some(hook) = extras.after_start {
             hook(svc.clone()).await?;

@@ -194,6 +194,7 @@ pub async fn apply(svc: &Services, new: Config) -> Vec<String> {
     let new = Arc::new(new);
     svc.config.store(new.clone());
     svc.caches.store(Arc::new(next));
+    super::sharing::relink(&svc.shared, &new, &svc.log);
     for (addr, msg) in reconfigure {
         addr.do_send(msg);
     }

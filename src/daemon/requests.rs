@@ -9,7 +9,7 @@
 //! clock ran past the whole ring) asks the ticket actor to rotate.
 
 use super::Services;
-use crate::actors::ticket::Tick;
+use crate::actors::ticket::{AdoptKey, Tick};
 use crate::cache::Cache;
 use crate::protocol::{CacheType, Reply, Request, Status};
 use crate::tickets::KeyMiss;
@@ -96,12 +96,13 @@ pub async fn apply(req: Request, svc: &Services) -> Reply {
             cache_type,
             cache_id,
         } => {
-            let session = cache_for(svc, &cache_type, "lookup")
-                .ok_or(Status::Fail)
-                .and_then(|c| match c.lookup(&cache_id) {
+            let session = match cache_for(svc, &cache_type, "lookup") {
+                None => Err(Status::Fail),
+                Some(c) => match super::sharing::lookup(svc, &c, &cache_id).await {
                     Ok(Some(s)) => Ok(s),
                     _ => Err(Status::Err),
-                });
+                },
+            };
             match session {
                 Ok(session) => Reply::Lookup {
                     status: Status::Ok,
@@ -119,14 +120,26 @@ pub async fn apply(req: Request, svc: &Services) -> Reply {
             session,
         } => Reply::Status(match cache_for(svc, &cache_type, "update") {
             None => Status::Fail,
-            Some(c) => status_of(c.update(&cache_id, &session).is_ok()),
+            Some(c) => {
+                let ok = c.update(&cache_id, &session).is_ok();
+                if ok {
+                    super::sharing::updated(svc, &c, &cache_id, &session);
+                }
+                status_of(ok)
+            }
         }),
         Request::Delete {
             cache_type,
             cache_id,
         } => Reply::Status(match cache_for(svc, &cache_type, "delete") {
             None => Status::Fail,
-            Some(c) => status_of(c.delete(&cache_id) == Ok(true)),
+            Some(c) => {
+                let r = c.delete(&cache_id);
+                if r.is_ok() {
+                    super::sharing::deleted(svc, &c, &cache_id);
+                }
+                status_of(r == Ok(true))
+            }
         }),
     }
 }
@@ -160,6 +173,15 @@ async fn tktkey(keyname: Bytes, svc: &Services) -> Reply {
     if found == Err(KeyMiss::Stale) {
         let _ = tokio::time::timeout(ROTATION_DEADLINE, svc.tickets.send(Tick)).await;
         found = lookup();
+    }
+    if let (Err(KeyMiss::Unknown), Some(n)) = (found, &name) {
+        // Made on another host of the site: one bounded lookup.
+        if let Some(key) = super::sharing::key_by_name(svc, n).await {
+            if key.tout_secs() + i64::from(timeout / 2) > svc.clock.now() as i64 {
+                svc.tickets.do_send(AdoptKey(key));
+                found = Ok(key);
+            }
+        }
     }
     svc.metrics.ticket_lookup(name.is_some(), found.is_ok());
     match found {

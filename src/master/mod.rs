@@ -161,7 +161,9 @@ fn startup(argv0: &str, argv: &[String]) -> Result<Startup, Fatal> {
     // Opened before the chroot: live reload reads main.cf through it.
     let dir = ConfigDir::open(&config_dir)
         .map_err(|e| fatal(&early_log, format!("open {}: {e}", config_dir.display())))?;
-    let cfg = Config::load_from(&dir, &overrides).map_err(|e| fatal(&early_log, e))?;
+    let mut cfg = Config::load_from(&dir, &overrides).map_err(|e| fatal(&early_log, e))?;
+    // Still root, before the chroot: the secret file is root's.
+    cfg.load_shared_secret().map_err(|e| fatal(&early_log, e))?;
     let (log, log_switch) = log::daemon_logger(&cfg, &config_dir, &args, &process_name, &early_log)
         .map_err(|text| fatal(&early_log, text))?;
     let log_follower = log::LogFollower::new(
@@ -477,6 +479,10 @@ fn serve(st: Startup, fds: Descriptors, pre: PreInit) -> Result<(), Fatal> {
         ..
     } = st;
     let policy = pre.policy;
+    // After the privilege drop and chroot the secret file cannot be read
+    // again: a reload that keeps its path keeps the secret read at start.
+    let start_secret = cfg.shared.secret.clone();
+    let start_ca = cfg.shared.ca.clone();
     let opts = Options {
         config: cfg,
         listener: first,
@@ -487,7 +493,20 @@ fn serve(st: Startup, fds: Descriptors, pre: PreInit) -> Result<(), Fatal> {
         admin: pre.admin,
         watch: Some(WatchOptions {
             sighup: true,
-            adjust: Some(Box::new(move |c: &mut Config| Ok(policy.adjust(c)?))),
+            adjust: Some(Box::new(move |c: &mut Config| {
+                if let Some(s) = start_secret.as_ref().filter(|s| {
+                    c.shared.store.is_some() && c.shared.secret_file.as_ref() == Some(&s.path)
+                }) {
+                    c.shared.secret = Some(s.clone());
+                }
+                if let Some(ca) = start_ca
+                    .as_ref()
+                    .filter(|ca| c.shared.ca_file.as_ref() == Some(&ca.0))
+                {
+                    c.shared.ca = Some(ca.clone());
+                }
+                Ok(policy.adjust(c)?)
+            })),
             applied: Some(Arc::new(move |c: &Config| log_follower.follow(c))),
             ..WatchOptions::new(dir, overrides)
         }),

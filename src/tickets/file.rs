@@ -61,12 +61,14 @@ pub fn from_bytes(b: &[u8]) -> Option<KeyRing> {
             previous: *previous,
             current: *current,
             next: *next,
+            extra: Vec::new(),
         }),
         // Two slots: newest, previous (no next key yet).
         [newest, previous] => Some(KeyRing {
             previous: *previous,
             current: *newest,
             next: None,
+            extra: Vec::new(),
         }),
         _ => None,
     }
@@ -136,6 +138,7 @@ mod tests {
             previous: None,
             current: Some(key(1, 100)),
             next: Some(key(2, 200)),
+            extra: Vec::new(),
         };
         save(&ring, &path).unwrap();
         assert_eq!(
@@ -159,6 +162,7 @@ mod tests {
                 previous: Some(key(2, 200)),
                 current: Some(key(3, 300)),
                 next: None,
+                extra: Vec::new(),
             })
         );
         let mut bad = old.clone();

@@ -24,6 +24,7 @@
 //! dropped at the next rotation and when the file is loaded, so a clock that jumped forward and back cannot pin a key for
 //! years. Every function takes `now`, so tests step time by hand.
 
+pub mod epoch;
 pub mod file;
 pub mod key;
 
@@ -49,6 +50,10 @@ pub struct KeyRing {
     pub current: Option<TicketKey>,
     /// Encrypts from `current.tout` on; made ahead of time.
     pub next: Option<TicketKey>,
+    /// More keys that only decrypt: with a shared store, keys of older
+    /// epochs, keys made here that lost to another host's, and keys
+    /// fetched by name. Not kept in the key file (they are in the store).
+    pub extra: Vec<TicketKey>,
 }
 
 fn half(timeout: u32) -> i64 {
@@ -74,6 +79,7 @@ impl KeyRing {
         [&self.previous, &self.current, &self.next]
             .into_iter()
             .flatten()
+            .chain(self.extra.iter())
     }
 
     /// The key that encrypts at `now`: the current one while its `tout` is
@@ -131,6 +137,7 @@ impl KeyRing {
         self.previous = keep(&self.previous, now_s + t);
         self.current = keep(&self.current, now_s + t);
         self.next = keep(&self.next, now_s + 2 * t);
+        self.extra.retain(|k| keep(&Some(*k), now_s + t).is_some());
         // Move on while the current key has stopped encrypting (or is gone
         // and the next one is there).
         loop {

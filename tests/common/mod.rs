@@ -71,10 +71,26 @@ impl TestDaemon {
         Self::start_full(extra, watch, None, setup)
     }
 
+    /// Like [`TestDaemon::start_with`], with the clock at `t0` (tests that
+    /// compare it with another process's clock, such as Redis's).
+    pub fn start_at(extra: &str, t0: u64, watch: bool, setup: impl FnOnce(&Path)) -> TestDaemon {
+        Self::start_clocked(extra, watch, None, t0, setup)
+    }
+
     fn start_full(
         extra: &str,
         watch: bool,
         debounce: Option<Duration>,
+        setup: impl FnOnce(&Path),
+    ) -> TestDaemon {
+        Self::start_clocked(extra, watch, debounce, T0, setup)
+    }
+
+    fn start_clocked(
+        extra: &str,
+        watch: bool,
+        debounce: Option<Duration>,
+        t0: u64,
         setup: impl FnOnce(&Path),
     ) -> TestDaemon {
         let tmp = tempfile::tempdir().unwrap();
@@ -86,7 +102,7 @@ impl TestDaemon {
             admin_socket: dir.join("tlsmgr.admin"),
             dir,
             _tmp: Some(tmp),
-            clock: ManualClock::new(T0),
+            clock: ManualClock::new(t0),
             log: MemoryLog::default(),
             faults: Default::default(),
             handle: None,

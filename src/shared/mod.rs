@@ -1,0 +1,20 @@
+//! Sharing ticket keys and session caches between the MX hosts of a site
+//! through Redis (`tlsmgr_shared_*`; README, "An MX farm").
+//!
+//! - [`secret`]: the site secret file and the keys derived from it.
+//! - [`seal`]: pure functions: Redis key names (HMAC'd cache ids), sealed
+//!   values (XChaCha20-Poly1305, associated data = key name and format
+//!   version), the portable ticket-key record.
+//! - [`breaker`]: the circuit breaker in front of Redis.
+//! - [`client`]: the Redis link, owned by one thread; read-through,
+//!   write-behind, calls, all bounded.
+//!
+//! Everything in Redis is encrypted and authenticated; what does not open
+//! is a miss. When Redis is away each host serves from its own state.
+
+pub mod breaker;
+pub mod client;
+pub mod seal;
+pub mod secret;
+
+pub use client::{Settings, Shared, SharedError, Write};

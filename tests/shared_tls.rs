@@ -1,0 +1,65 @@
+//! The link to Redis over TLS (`rediss://`): the server's certificate is
+//! checked against `tlsmgr_shared_ca_file`; without that CA the link never
+//! comes up, which is one warning and no failed reply.
+#![allow(clippy::unwrap_used)]
+mod common;
+#[path = "common/redis.rs"]
+mod redis_server;
+
+use common::*;
+use redis_server::{real_now, write_secret, RedisServer};
+
+fn host(url: &str, ca: Option<&std::path::Path>) -> TestDaemon {
+    let ca = ca.map_or(String::new(), |p| {
+        format!("tlsmgr_shared_ca_file = {}\n", p.display())
+    });
+    let cf = format!(
+        "tlsmgr_shared_store = {url}\ntlsmgr_shared_site = mx\n\
+         tlsmgr_shared_secret_file = ${{queue_directory}}/shared.key\n{ca}"
+    );
+    TestDaemon::start_at(&cf, real_now(), false, |dir| {
+        write_secret(
+            &dir.join("shared.key"),
+            b"tls test secret, 32 bytes or more ...",
+        )
+    })
+}
+
+#[test]
+fn sessions_are_shared_over_tls_and_an_unknown_ca_is_refused() {
+    let Some(redis) = RedisServer::start_tls() else {
+        return;
+    };
+    let ca = redis.ca.clone().unwrap();
+    let a = host(&redis.url(), Some(&ca));
+    let b = host(&redis.url(), Some(&ca));
+    update(&mut a.client(), "smtpd", "over-tls", b"SESSION");
+    assert!(eventually(
+        || lookup(&mut b.client(), "smtpd", "over-tls") == hit(b"SESSION")
+    ));
+    assert!(redis
+        .dump()
+        .iter()
+        .any(|(n, _)| n.starts_with("tlsmgr:mx:sc:smtpd:")));
+    for h in [&a, &b] {
+        assert!(!h.log.text().contains("warning:"), "{}", h.log.text());
+    }
+    // Without the CA (the system store does not know it): never connected.
+    let c = host(&redis.url(), None);
+    for i in 0..20 {
+        assert_eq!(lookup(&mut c.client(), "smtpd", &format!("x{i}")), miss());
+    }
+    assert_eq!(lookup(&mut c.client(), "smtpd", "over-tls"), miss());
+    assert!(eventually(|| c.log.text().contains("consecutive failures")));
+    let warnings = c
+        .log
+        .text()
+        .lines()
+        .filter(|l| l.contains("warning:"))
+        .count();
+    assert_eq!(warnings, 1, "{}", c.log.text());
+    // Its probes (about one a second) never get through either.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert!(!c.log.text().contains("answers again"), "{}", c.log.text());
+    assert_eq!(lookup(&mut c.client(), "smtpd", "over-tls"), miss());
+}
