@@ -376,6 +376,7 @@ fn a_bad_secret_file_is_refused_at_start_and_at_reload() {
             log: tlsmgr::logging::MemoryLog::default().logger("t"),
             fault_injection: None,
             watch: None,
+            admin: None,
         })
         .err()
         .unwrap_or_else(|| panic!("{what}: started"));
