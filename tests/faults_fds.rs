@@ -228,3 +228,107 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_limit() {
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&fields[3..5], &["2048", "2048"], "{line}");
 }
+
+/// Issue 14's case: 5 000 idle connections against a daemon at a 1024
+/// descriptor limit, while a well-behaved client that connected first
+/// keeps asking for seeds. It is answered during the flood as before it
+/// (every request; the latencies are printed, not asserted: speed belongs
+/// to the benches), no idle client hangs, and once the idle clients have
+/// gone new clients are served again.
+#[test]
+fn five_thousand_idle_clients_at_1024_descriptors() {
+    const LIMIT: u64 = 1024;
+    const IDLE: usize = 5000;
+    // This process holds the idle clients' ends: give it room.
+    let mut own = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit(2) read and write only `own`.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut own);
+        if own.rlim_max < 2 * IDLE as u64 {
+            own.rlim_max = 2 * IDLE as u64; // raising the hard limit needs root
+        }
+        own.rlim_cur = own.rlim_max;
+        assert_eq!(
+            libc::setrlimit(libc::RLIMIT_NOFILE, &own),
+            0,
+            "cannot raise this test's descriptor limit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let child = serve(dir, LIMIT, LIMIT);
+    let pid = child.0.id();
+    let Outcome::Served(mut good) = connect(dir, Duration::from_secs(3)) else {
+        panic!("the well-behaved client was not served");
+    };
+    let sample = |s: &mut UnixStream, n: usize| -> Vec<Duration> {
+        let mut v: Vec<Duration> = (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                assert!(seed(s), "a seed request was not answered: {}", stderr(dir));
+                t.elapsed()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let pct = |v: &[Duration], p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    let before = sample(&mut good, 500);
+
+    // The flood, from another thread, while the good client goes on.
+    let d = dir.to_path_buf();
+    let flood = std::thread::spawn(move || {
+        let (mut idle, mut closed, mut hung) = (Vec::new(), 0usize, 0usize);
+        for _ in 0..IDLE {
+            match connect(&d, Duration::from_secs(3)) {
+                Outcome::Served(s) => idle.push(s),
+                Outcome::Closed => closed += 1,
+                Outcome::Hung => hung += 1,
+            }
+        }
+        (idle, closed, hung)
+    });
+    let mut during = Vec::new();
+    while !flood.is_finished() {
+        during.extend(sample(&mut good, 50));
+    }
+    let (idle, closed, hung) = flood.join().unwrap();
+    during.extend(sample(&mut good, 200)); // with ~1000 idle clients held
+    during.sort();
+    println!(
+        "{IDLE} idle clients at limit {LIMIT}: {} held, {closed} closed at once, {hung} hung; daemon at {} descriptors",
+        idle.len(),
+        open_fds(pid)
+    );
+    println!(
+        "well-behaved client: before p50 {:?} p99 {:?} ({} requests); during p50 {:?} p99 {:?} ({} requests)",
+        pct(&before, 0.5),
+        pct(&before, 0.99),
+        before.len(),
+        pct(&during, 0.5),
+        pct(&during, 0.99),
+        during.len()
+    );
+    assert_eq!(hung, 0, "{}", stderr(dir));
+    assert_eq!(idle.len() + closed, IDLE);
+    assert!(closed > 0, "the limit was never reached");
+    let log = stderr(dir);
+    let errors = log.matches("error: accept connection:").count();
+    assert!(errors <= 2, "{errors} accept error lines:\n{log}");
+
+    // The idle clients leave: new clients are served again.
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut back = 0;
+    for _ in 0..20 {
+        if let Outcome::Served(mut s) = connect(dir, Duration::from_secs(3)) {
+            back += usize::from(seed(&mut s));
+        }
+    }
+    assert_eq!(back, 20, "{}", stderr(dir));
+    drop(child);
+}
