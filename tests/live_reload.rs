@@ -521,7 +521,10 @@ fn pathological_main_cf_does_not_hold_up_requests() {
     }
     save(&d, &huge);
     assert!(
-        eventually(|| count(&d, "main.cf changed, but no parameter that tlsmgr uses") == 1),
+        eventually_within(std::time::Duration::from_secs(90), || count(
+            &d,
+            "main.cf changed, but no parameter that tlsmgr uses"
+        ) == 1),
         "{}",
         d.log.text()
     );
