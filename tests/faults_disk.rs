@@ -214,7 +214,9 @@ fn a_full_disk_gives_err_once_logged_and_recovers_with_nothing_lost() {
     let warnings = |t: &str| t.lines().filter(|l| l.contains("warning:")).count();
     assert_eq!(warnings(&during), 1, "one warning per episode:\n{during}");
     assert!(
-        during.contains("No space left on device")
+        // The write that fails is ours (ENOSPC) or follows fjall's own
+        // background flush that failed (the store then says Poisoned).
+        (during.contains("No space left on device") || during.contains("(Poisoned)"))
             && during.contains("updates get ERR until there is room"),
         "{during}"
     );

@@ -37,7 +37,7 @@ pub const FULL_RETRY_FIRST: Duration = Duration::from_secs(1);
 pub const FULL_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Free bytes the store's file system needs before writes are tried again
 /// (a journal record and a table flush must fit).
-pub const FULL_RETRY_MIN_FREE: u64 = 4 * 1024 * 1024;
+pub const FULL_RETRY_MIN_FREE: u64 = crate::store::error::LOW_SPACE;
 
 /// Entries removed per expiry step.
 pub const SWEEP_STEP: usize = 64;
@@ -139,7 +139,7 @@ impl CacheActor {
             .cache
             .location()
             .path()
-            .and_then(free_bytes)
+            .and_then(crate::store::error::free_bytes)
             .is_none_or(|free| free >= FULL_RETRY_MIN_FREE);
         if room {
             if let Some(old) = self.cache.take() {
@@ -274,16 +274,6 @@ impl Handler<DiskFull> for CacheActor {
             act.retry_full(FULL_RETRY_FIRST * 2, ctx)
         });
     }
-}
-
-/// Free bytes for unprivileged writers on the file system that holds
-/// `path` (or its parent, before the store exists); `None` if unknown.
-fn free_bytes(path: &std::path::Path) -> Option<u64> {
-    let probe = if path.exists() { path } else { path.parent()? };
-    let st = nix::sys::statvfs::statvfs(probe).ok()?;
-    // The field types differ between platforms (u64 on Linux x86_64).
-    #[allow(clippy::useless_conversion)]
-    Some(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
 }
 
 /// Sweep now; resolves to the number of entries removed.

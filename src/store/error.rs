@@ -21,6 +21,14 @@ pub enum StoreError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The store refuses writes after an earlier write failed (fjall
+    /// "poisons" itself; a background flush can do it on a full disk, so
+    /// a request may see this before it sees `ENOSPC`). Reopening clears it.
+    #[error("store {path}: refuses writes after a failed write (Poisoned)")]
+    Poisoned {
+        /// The store's location.
+        path: PathBuf,
+    },
     /// The backend reported an error of its own; the text is its message.
     #[error("store {path}: {message}")]
     Backend {
@@ -52,6 +60,11 @@ impl StoreError {
     /// store is intact but cannot take writes until there is room, which
     /// is not a reason to reopen it at once and at every request.
     pub fn is_out_of_space(&self) -> bool {
+        if let StoreError::Poisoned { path } = self {
+            // Poisoned by a write that found no space (often fjall's own
+            // background flush): the file system says so.
+            return free_bytes(path).is_some_and(|free| free < LOW_SPACE);
+        }
         let StoreError::Io { source, .. } = self else {
             return false;
         };
@@ -60,4 +73,18 @@ impl StoreError {
             Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG)
         )
     }
+}
+
+/// Free bytes below which a poisoned store is taken to have run out of
+/// space (a journal record and a table flush must fit).
+pub const LOW_SPACE: u64 = 4 * 1024 * 1024;
+
+/// Free bytes for unprivileged writers on the file system that holds
+/// `path` (or its parent, before it exists); `None` if unknown.
+pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let probe = if path.exists() { path } else { path.parent()? };
+    let st = nix::sys::statvfs::statvfs(probe).ok()?;
+    // The field types differ between platforms (u64 on Linux x86_64).
+    #[allow(clippy::useless_conversion)]
+    Some(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
 }

@@ -500,6 +500,9 @@ fn map_err(path: &Path, e: fjall::Error) -> StoreError {
         fjall::Error::Locked => StoreError::Locked {
             path: path.to_path_buf(),
         },
+        fjall::Error::Poisoned => StoreError::Poisoned {
+            path: path.to_path_buf(),
+        },
         other => StoreError::Backend {
             path: path.to_path_buf(),
             message: other.to_string(),
@@ -876,7 +879,7 @@ mod tests {
             map_err(p, fjall::Error::Locked),
             StoreError::Locked { .. }
         ));
-        let other = map_err(p, fjall::Error::Poisoned);
-        assert!(matches!(other, StoreError::Backend { .. }));
+        let poisoned = map_err(p, fjall::Error::Poisoned);
+        assert!(matches!(poisoned, StoreError::Poisoned { .. }));
     }
 }
