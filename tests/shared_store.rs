@@ -81,6 +81,18 @@ fn warnings(d: &TestDaemon) -> Vec<String> {
         .collect()
 }
 
+/// The `shared` member of `tlsmgr stats --json` from `d`'s admin socket.
+fn shared_stats(d: &TestDaemon) -> serde_json::Value {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
+        .args(["stats", "--json", "--socket"])
+        .arg(&d.admin_socket)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["shared"].clone()
+}
+
 #[test]
 fn sessions_and_ticket_keys_cross_hosts() {
     let Some(redis) = RedisServer::start() else {
@@ -99,6 +111,12 @@ fn sessions_and_ticket_keys_cross_hosts() {
         || lookup(&mut b.client(), "smtpd", "sess-1") == hit(b"DER-one")
     ));
     assert_eq!(lookup(&mut c.client(), "smtpd", "sess-1"), hit(b"DER-one"));
+    // C's counters (issue 12's stats): exactly that one read-through, a hit.
+    let stats = shared_stats(&c);
+    assert_eq!(stats["enabled"], true, "{stats}");
+    assert_eq!(stats["lookups"]["hit"], 1, "{stats}");
+    assert_eq!(stats["lookups"]["miss"], 0, "{stats}");
+    assert_eq!(stats["breaker_opened"], 0, "{stats}");
     // The hit filled B's own store: found with Redis gone too (below).
     // smtp is shared in this configuration, lmtp is not.
     update(&mut b.client(), "smtp", "client-1", b"C1");

@@ -14,6 +14,20 @@ use std::time::Duration;
 /// on a blocking thread (fjall's disk space walks its files).
 pub async fn snapshot(svc: &Services) -> Snapshot {
     let mut snap = svc.metrics.snapshot(svc.clock.now());
+    if let Some(link) = svc.shared.load_full() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = link.counters();
+        snap.shared = crate::metrics::SharedCounts {
+            enabled: true,
+            lookups_hit: c.hits.load(Relaxed),
+            lookups_miss: c.misses.load(Relaxed),
+            lookups_failed: c.lookup_failures.load(Relaxed),
+            writes_queued: c.writes_queued.load(Relaxed),
+            writes_dropped: c.writes_dropped.load(Relaxed),
+            writes_failed: c.writes_failed.load(Relaxed),
+            breaker_opened: c.breaker_opened.load(Relaxed),
+        };
+    }
     let caches = svc.caches.load_full();
     let stores: Vec<_> = CacheType::ALL
         .iter()

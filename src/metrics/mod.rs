@@ -371,6 +371,7 @@ impl Metrics {
             connections_open: u64::try_from(open).unwrap_or(0),
             connections_total: self.sum(|s| s.connections_total.load(Relaxed)),
             process: ProcessFigures::default(),
+            shared: SharedCounts::default(),
         }
     }
 }
@@ -554,6 +555,32 @@ pub struct Snapshot {
     pub connections_total: u64,
     /// CPU and memory.
     pub process: ProcessFigures,
+    /// The shared store's figures (`tlsmgr_shared_store`); zeros while
+    /// sharing is off. They start again from zero when a reload makes a
+    /// new link (another URL, site or secret).
+    pub shared: SharedCounts,
+}
+
+/// What the link to the shared store did (issue 13), copied from its
+/// counters when a snapshot is taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SharedCounts {
+    /// Sharing is on.
+    pub enabled: bool,
+    /// Read-throughs after a local miss, by result.
+    pub lookups_hit: u64,
+    /// Read-throughs that found nothing (or a value that did not open).
+    pub lookups_miss: u64,
+    /// Read-throughs skipped or failed (breaker open, deadline, error).
+    pub lookups_failed: u64,
+    /// Writes queued for Redis.
+    pub writes_queued: u64,
+    /// Writes dropped (queue full, breaker open).
+    pub writes_dropped: u64,
+    /// Writes in a batch that failed.
+    pub writes_failed: u64,
+    /// Times the circuit breaker opened.
+    pub breaker_opened: u64,
 }
 
 impl Snapshot {
@@ -655,6 +682,20 @@ impl Snapshot {
             "process": {
                 "cpu_seconds": self.process.cpu_seconds,
                 "max_rss_bytes": self.process.max_rss_bytes,
+            },
+            "shared": {
+                "enabled": self.shared.enabled,
+                "lookups": {
+                    "hit": self.shared.lookups_hit,
+                    "miss": self.shared.lookups_miss,
+                    "failed": self.shared.lookups_failed,
+                },
+                "writes": {
+                    "queued": self.shared.writes_queued,
+                    "dropped": self.shared.writes_dropped,
+                    "failed": self.shared.writes_failed,
+                },
+                "breaker_opened": self.shared.breaker_opened,
             },
         })
     }

@@ -250,6 +250,32 @@ impl Collector for SnapshotCollector {
             "Client connections accepted since start.",
             s.connections_total,
         )?;
+        counter_family(
+            &mut enc,
+            "postfix_tlsmgr_shared_lookups",
+            "Read-throughs to the shared store after a local miss, by result.",
+            &[
+                (vec![("result", "hit")], s.shared.lookups_hit),
+                (vec![("result", "miss")], s.shared.lookups_miss),
+                (vec![("result", "failed")], s.shared.lookups_failed),
+            ],
+        )?;
+        counter_family(
+            &mut enc,
+            "postfix_tlsmgr_shared_writes",
+            "Writes for the shared store, by outcome (queued, dropped, failed).",
+            &[
+                (vec![("result", "queued")], s.shared.writes_queued),
+                (vec![("result", "dropped")], s.shared.writes_dropped),
+                (vec![("result", "failed")], s.shared.writes_failed),
+            ],
+        )?;
+        counter(
+            &mut enc,
+            "postfix_tlsmgr_shared_breaker_opened",
+            "Times the circuit breaker of the shared store opened.",
+            s.shared.breaker_opened,
+        )?;
         gauge_family(
             &mut enc,
             "postfix_tlsmgr_build_info",
@@ -318,6 +344,9 @@ mod tests {
             "postfix_tlsmgr_seed_bytes_total 0",
             "postfix_tlsmgr_connections 0",
             "postfix_tlsmgr_cache_entries{cache=\"smtp\"} 0",
+            "postfix_tlsmgr_shared_lookups_total{result=\"hit\"} 0",
+            "postfix_tlsmgr_shared_writes_total{result=\"dropped\"} 0",
+            "postfix_tlsmgr_shared_breaker_opened_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
