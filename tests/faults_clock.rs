@@ -8,13 +8,11 @@
 
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tlsmgr::client::Client;
 use tlsmgr::protocol::{Reply, Request, Status};
 use tlsmgr::tickets::TicketKey;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tlsmgr");
 const TEN_YEARS: i64 = 3650 * 86_400;
 /// smtpd_tls_session_cache_timeout of the test: t = T/2 = 1800 s.
 const T: i64 = 3600;
@@ -41,9 +39,12 @@ fn need_faketime() -> Option<PathBuf> {
     lib
 }
 
+#[path = "common/serve.rs"]
+mod serve;
+
+/// A daemon whose wall clock is moved through a timestamp file.
 struct Faked {
-    child: Child,
-    socket: PathBuf,
+    daemon: serve::ServeProcess,
     stamp: PathBuf,
 }
 
@@ -53,52 +54,28 @@ impl Faked {
     fn start(lib: &Path, dir: &Path, offset: i64) -> Faked {
         let stamp = dir.join("faketime");
         set_offset(&stamp, offset);
-        let child = Command::new(BIN)
-            .args(["serve", "-c"])
-            .arg(dir)
-            .env("LD_PRELOAD", lib)
-            .env("FAKETIME_TIMESTAMP_FILE", &stamp)
-            .env("FAKETIME_NO_CACHE", "1")
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("stderr.log")).unwrap(),
-            ))
-            .spawn()
-            .unwrap();
-        let socket = dir.join("private/tlsmgr");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Client::connect(&socket, Duration::from_secs(5)).is_err() {
-            assert!(Instant::now() < deadline, "tlsmgr serve did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Faked {
-            child,
-            socket,
-            stamp,
-        }
+        let daemon = serve::ServeProcess::start(
+            dir,
+            &[
+                ("LD_PRELOAD", lib.as_os_str()),
+                ("FAKETIME_TIMESTAMP_FILE", stamp.as_os_str()),
+                ("FAKETIME_NO_CACHE", "1".as_ref()),
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1".as_ref()),
+            ],
+        );
+        Faked { daemon, stamp }
     }
 
     fn client(&self) -> Client {
-        Client::connect(&self.socket, Duration::from_secs(10)).unwrap()
+        self.daemon.client()
     }
 
     fn jump(&self, offset: i64) {
         set_offset(&self.stamp, offset);
     }
 
-    fn stop(mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Faked {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) {
+        self.daemon.stop();
     }
 }
 

@@ -9,12 +9,11 @@
 
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tlsmgr::client::Client;
 use tlsmgr::protocol::{Reply, Request, Status};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tlsmgr");
 const SESSION_LEN: usize = 2048;
 
 /// A tmpfs mounted for the test, unmounted when dropped.
@@ -49,58 +48,14 @@ impl Drop for Tmpfs {
     }
 }
 
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
+#[path = "common/serve.rs"]
+mod serve;
 
-impl Daemon {
-    fn start(dir: &Path) -> Daemon {
-        let log = dir.join("stderr.log");
-        let child = Command::new(BIN)
-            .args(["serve", "-c"])
-            .arg(dir)
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            ))
-            .spawn()
-            .unwrap();
-        let socket = dir.join("private/tlsmgr");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Client::connect(&socket, Duration::from_secs(5)).is_err() {
-            assert!(Instant::now() < deadline, "tlsmgr serve did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Daemon { child, socket, log }
-    }
+/// The daemon, as the fault tests start it.
+type Daemon = serve::ServeProcess;
 
-    fn client(&self) -> Client {
-        Client::connect(&self.socket, Duration::from_secs(10)).unwrap()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(dir: &Path) -> Daemon {
+    Daemon::start::<&str, &str>(dir, &[])
 }
 
 fn session(n: u64) -> Vec<u8> {
@@ -166,7 +121,7 @@ fn a_full_disk_gives_err_once_logged_and_recovers_with_nothing_lost() {
     let filler = data.join("filler");
     std::fs::write(&filler, vec![0u8; 8 << 20]).unwrap();
 
-    let d = Daemon::start(dir);
+    let d = start(dir);
     let mut c = d.client();
     let mut acked: Vec<u64> = Vec::new();
     let mut n = 0u64;
@@ -264,7 +219,7 @@ fn a_full_disk_gives_err_once_logged_and_recovers_with_nothing_lost() {
     d.stop();
 
     // Nothing acknowledged is lost, across a restart.
-    let d = Daemon::start(dir);
+    let d = start(dir);
     let mut c = d.client();
     let lost: Vec<u64> = acked
         .iter()
@@ -319,7 +274,7 @@ fn an_immutable_store_directory_gives_err_then_recovers_with_nothing_lost() {
                 .status();
         }
     }
-    let d = Daemon::start(dir);
+    let d = start(dir);
     let mut c = d.client();
     let mut acked = Vec::new();
     let mut n = 0u64;
@@ -368,7 +323,7 @@ fn an_immutable_store_directory_gives_err_then_recovers_with_nothing_lost() {
     drop(c);
     d.stop();
 
-    let d = Daemon::start(dir);
+    let d = start(dir);
     let mut c = d.client();
     let lost = acked
         .iter()

@@ -1,0 +1,69 @@
+//! A real `tlsmgr serve -c DIR` process for the fault tests: started with
+//! extra environment (libfaketime), its stderr appended to `DIR/stderr.log`,
+//! stopped with SIGTERM (and killed if a test fails first).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tlsmgr::client::Client;
+
+pub struct ServeProcess {
+    child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl ServeProcess {
+    /// Starts the daemon on `dir`'s main.cf with `env` added, and waits
+    /// until `$queue_directory/private/tlsmgr` (queue_directory = `dir`)
+    /// answers.
+    pub fn start<K: AsRef<OsStr>, V: AsRef<OsStr>>(dir: &Path, env: &[(K, V)]) -> ServeProcess {
+        let log = dir.join("stderr.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlsmgr"));
+        cmd.args(["serve", "-c"]).arg(dir).stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap(),
+        ));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let socket = dir.join("private/tlsmgr");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Client::connect(&socket, Duration::from_secs(5)).is_err() {
+            assert!(Instant::now() < deadline, "tlsmgr serve did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ServeProcess { child, socket, log }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket, Duration::from_secs(10)).unwrap()
+    }
+
+    /// What the daemon logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and waits for the exit (state saved, stores flushed).
+    pub fn stop(mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
