@@ -82,7 +82,13 @@ fn sighup_reloads_and_edits_apply_live() {
         "{}",
         log()
     );
-    assert!(log().contains("reload: smtpd_tls_session_cache_timeout 600 -> 1200"));
+    // The reload line is written after the new configuration is in force
+    // (stderr goes through an asynchronous drain): wait for it too.
+    assert!(
+        eventually(|| log().contains("reload: smtpd_tls_session_cache_timeout 600 -> 1200")),
+        "{}",
+        log()
+    );
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     assert!(child.wait().unwrap().success());
