@@ -136,3 +136,24 @@ fn a_key_file_from_a_fast_clock_keeps_no_key_beyond_its_lifetime() {
         }
     }
 }
+
+/// Fuzz crash `ticket_key_file` 9a4cc393 (issue 14, found by the CI fuzz
+/// run): a key file with a key whose expiry is near the end of time made
+/// the lifetime check overflow. Loaded and rotated, it is dropped.
+#[test]
+fn a_key_file_with_an_expiry_at_the_end_of_time_is_dropped() {
+    let raw = std::fs::read("tests/data/fuzz/ticket_key_file-crash-9a4cc393").unwrap();
+    let now = u64::from_le_bytes(raw[..8].try_into().unwrap()) % (1 << 40);
+    let timeout = 120 + u32::from_le_bytes(raw[8..12].try_into().unwrap()) % 8_640_000;
+    let Some(mut ring) = tlsmgr::tickets::file::from_bytes(&raw[12..]) else {
+        return; // not a key file: nothing to rotate
+    };
+    ring.rotate(now, timeout, &mut |b| b.fill(7));
+    let t = i64::from(timeout / 2);
+    for k in [ring.previous, ring.current, ring.next]
+        .into_iter()
+        .flatten()
+    {
+        assert!(k.tout_secs() <= now as i64 + 2 * t);
+    }
+}

@@ -160,7 +160,9 @@ impl EpochKeys {
         let t = i64::from(timeout / 2);
         let now_s = i64::try_from(now).unwrap_or(i64::MAX);
         // Still decrypting, and not from a clock that has since gone back.
-        let alive = |k: &TicketKey| k.tout_secs() + t > now_s && k.tout_secs() <= now_s + 2 * t;
+        let alive = |k: &TicketKey| {
+            k.tout_secs().saturating_add(t) > now_s && k.tout_secs() <= now_s.saturating_add(2 * t)
+        };
         self.extra.retain(alive);
         self.unpublished.retain(alive);
         let mut seen = std::collections::HashSet::new();

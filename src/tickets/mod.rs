@@ -109,7 +109,7 @@ impl KeyRing {
         }
         let now = secs(now);
         match self.keys().find(|k| &k.name == name) {
-            Some(k) if k.tout_secs() + half(timeout) > now => Ok(*k),
+            Some(k) if k.tout_secs().saturating_add(half(timeout)) > now => Ok(*k),
             _ => Err(KeyMiss::Unknown),
         }
     }
@@ -132,12 +132,13 @@ impl KeyRing {
         // now + 2t - 2, so anything later was made under a clock that has
         // since gone back.
         let keep = |k: &Option<TicketKey>, latest: i64| {
-            k.filter(|k| k.tout_secs() + t > now_s && k.tout_secs() <= latest)
+            k.filter(|k| k.tout_secs().saturating_add(t) > now_s && k.tout_secs() <= latest)
         };
-        self.previous = keep(&self.previous, now_s + t);
-        self.current = keep(&self.current, now_s + t);
-        self.next = keep(&self.next, now_s + 2 * t);
-        self.extra.retain(|k| keep(&Some(*k), now_s + t).is_some());
+        let (in_t, in_2t) = (now_s.saturating_add(t), now_s.saturating_add(2 * t));
+        self.previous = keep(&self.previous, in_t);
+        self.current = keep(&self.current, in_t);
+        self.next = keep(&self.next, in_2t);
+        self.extra.retain(|k| keep(&Some(*k), in_t).is_some());
         // Move on while the current key has stopped encrypting (or is gone
         // and the next one is there).
         loop {
@@ -155,16 +156,16 @@ impl KeyRing {
         }
         // A next key that became current must not encrypt for longer than
         // a key made now either.
-        if self.current.is_some_and(|c| c.tout_secs() > now_s + t) {
+        if self.current.is_some_and(|c| c.tout_secs() > in_t) {
             self.current = None;
             self.next = None;
         }
         if self.current.is_none() {
-            self.current = Some(make_key(now_s + t - 1, fill));
+            self.current = Some(make_key(in_t - 1, fill));
         }
         let cur_tout = self.current.map_or(now_s, |c| c.tout_secs());
         if self.next.is_none() {
-            self.next = Some(make_key(cur_tout + t - 1, fill));
+            self.next = Some(make_key(cur_tout.saturating_add(t) - 1, fill));
         }
         *self != before
     }
