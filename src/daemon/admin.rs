@@ -13,7 +13,6 @@ use crate::actors::ticket::RotateNow;
 use crate::admin::{MAX_LINE, TIMEOUT};
 use crate::protocol::CacheType;
 use slog::{info, warn};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -50,15 +49,9 @@ pub fn bind(path: &Path) -> Result<UnixListener, crate::Error> {
         std::fs::remove_file(path)
             .map_err(|e| crate::Error::io(format!("remove stale {}", path.display()), e))?;
     }
-    // Created 0600 at bind(2) (see `super::Umask`), the chmod below only
-    // confirms it: no window in which another user could connect.
-    let listener = {
-        let _mask = super::Umask::set(0o177);
-        UnixListener::bind(path)
-    }
-    .map_err(|e| crate::Error::io(format!("bind {}", path.display()), e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| crate::Error::io(format!("chmod {}", path.display()), e))?;
+    // Exactly 0600 before anyone can connect (see `super::private_socket`).
+    let listener = super::private_socket::bind_with_mode(path, 0o600)
+        .map_err(|e| crate::Error::io(format!("bind {}", path.display()), e))?;
     Ok(listener)
 }
 

@@ -21,6 +21,7 @@ pub mod connection;
 pub mod http;
 pub mod io;
 pub mod limits;
+pub mod private_socket;
 pub mod reload;
 pub mod requests;
 pub mod sharing;
@@ -461,8 +462,8 @@ pub fn standalone(
     log: Logger,
     watch: Option<WatchOptions>,
 ) -> Result<(), Error> {
-    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
-    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::os::unix::net::UnixStream;
     limits::raise_nofile_limit(&log);
     for dir in [socket.parent(), Some(config.data_directory.as_path())]
         .into_iter()
@@ -471,17 +472,10 @@ pub fn standalone(
     {
         // Private to the daemon's user, as master(8) makes
         // $queue_directory/private: the socket below it hands out the
-        // current ticket key and every cached session. Created under umask
-        // 077, so that every directory made here (parents included) is
-        // exactly 0700 from the start, whatever the caller's umask.
-        {
-            let _mask = Umask::set(0o077);
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        }
+        // current ticket key and every cached session. Every directory made
+        // here (parents included) is exactly 0700, whatever the umask.
+        private_socket::create_dirs_with_mode(dir, 0o700)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         info!(log, "created directory {}", dir.display());
     }
     // symlink_metadata: a symbolic link at the path is not a socket either,
@@ -518,16 +512,12 @@ pub fn standalone(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(format!("stat {}", socket.display()), e)),
     }
-    // The socket's mode comes from the umask at bind(2): binding under
-    // umask 0177 creates it 0600 at once. A chmod after the bind would
-    // leave a window in which a socket in a shared directory is already
-    // listening with the caller's (maybe 000) umask, and a client that
-    // connects in that window keeps its connection after the chmod.
-    let listener = {
-        let _mask = Umask::set(0o177);
-        UnixListener::bind(socket)
-    }
-    .map_err(|e| Error::io(format!("bind {}", socket.display()), e))?;
+    // Exactly 0600 before anyone can reach it (see `private_socket`): a
+    // chmod after a bind in place would leave a window in which a socket in
+    // a shared directory listens with the caller's (maybe 000) umask, and a
+    // client that connects in that window keeps its connection.
+    let listener = private_socket::bind_with_mode(socket, 0o600)
+        .map_err(|e| Error::io(format!("bind {}", socket.display()), e))?;
     // What we bound, so that the clean-up at exit removes our socket and
     // not one a newer tlsmgr bound at the same path meanwhile.
     let bound = std::fs::symlink_metadata(socket)
@@ -578,28 +568,6 @@ pub fn standalone(
         let _ = std::fs::remove_file(p);
     }
     result
-}
-
-/// Sets the process umask and puts the previous one back when dropped.
-///
-/// The umask is process-wide, so while this is alive every file any thread
-/// creates gets at most the bits it leaves; it is only held around
-/// `tlsmgr serve`'s own directory and socket creation, before the daemon's
-/// threads start, and it only ever removes bits.
-struct Umask(nix::sys::stat::Mode);
-
-impl Umask {
-    fn set(mask: u32) -> Umask {
-        Umask(nix::sys::stat::umask(
-            nix::sys::stat::Mode::from_bits_truncate(mask as nix::libc::mode_t),
-        ))
-    }
-}
-
-impl Drop for Umask {
-    fn drop(&mut self) {
-        nix::sys::stat::umask(self.0);
-    }
 }
 
 fn file_kind(t: &std::fs::FileType) -> &'static str {
