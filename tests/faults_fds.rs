@@ -1,10 +1,12 @@
 //! Out of file descriptors, as a real `tlsmgr serve` process with a low
 //! `RLIMIT_NOFILE` (soft and hard, so that raising cannot help): more
-//! clients than descriptors. Clients already connected keep being served,
-//! each client beyond the limit is closed at once instead of hanging, the
-//! shortage is logged once (not 10 times a second), and new clients are
-//! served again as soon as others leave. Also: the soft limit is raised to
-//! the hard one at start.
+//! clients than descriptors. Each client beyond the limit is served, in
+//! place of the connection idle the longest, which the daemon closes (a
+//! Postfix client reconnects at its next request); a client that keeps
+//! asking is never the one closed, however old; nobody hangs; the shortage
+//! is logged once (not 10 times a second), and new clients are served
+//! without replacing anyone as soon as others leave. Also: the soft limit
+//! is raised to the hard one at start.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
@@ -120,6 +122,16 @@ fn seed(s: &mut UnixStream) -> bool {
     matches!(s.read(&mut reply), Ok(n) if n > 0 && reply.starts_with(b"status\x000\0"))
 }
 
+/// True when the daemon has closed `s` (end of file waiting), false
+/// while it is open and quiet.
+fn closed_by_daemon(s: &UnixStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 1];
+    let closed = matches!((&*s).read(&mut buf), Ok(0));
+    s.set_nonblocking(false).unwrap();
+    closed
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -127,7 +139,7 @@ fn open_fds(pid: u32) -> usize {
 }
 
 #[test]
-fn more_clients_than_descriptors_hang_nobody_and_log_once() {
+fn more_clients_than_descriptors_replace_the_longest_idle_and_log_once() {
     const LIMIT: u64 = 96;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -137,73 +149,99 @@ fn more_clients_than_descriptors_hang_nobody_and_log_once() {
         "daemon holds {} descriptors at start, limit {LIMIT}",
         open_fds(pid)
     );
+    // The oldest connection of all, which keeps asking: never replaced.
+    let Outcome::Served(mut active) = connect(dir, Duration::from_secs(3)) else {
+        panic!("first client not served: {}", stderr(dir));
+    };
 
-    // Clients one after the other until well past the limit.
+    // Clients one after the other until well past the limit, then new
+    // clients for two more seconds (the load that used to log an error 10
+    // times a second), the active client asking between them.
     let mut served = Vec::new();
-    let (mut closed, mut hung) = (0, 0);
+    let (mut closed, mut hung, mut answered, mut asked) = (0, 0, 0, 0);
+    let mut new_client = |served: &mut Vec<UnixStream>| match connect(dir, Duration::from_secs(3)) {
+        Outcome::Served(s) => served.push(s),
+        Outcome::Closed => closed += 1,
+        Outcome::Hung => hung += 1,
+    };
     let start = Instant::now();
     for _ in 0..LIMIT + 40 {
-        match connect(dir, Duration::from_secs(3)) {
-            Outcome::Served(s) => served.push(s),
-            Outcome::Closed => closed += 1,
-            Outcome::Hung => hung += 1,
-        }
+        new_client(&mut served);
+        asked += 1;
+        answered += usize::from(seed(&mut active));
     }
-    // Then new clients for two more seconds, the load that used to log an
-    // error 10 times a second.
-    let mut more = 0;
     let flood = Instant::now();
     while flood.elapsed() < Duration::from_secs(2) {
-        match connect(dir, Duration::from_secs(3)) {
-            Outcome::Served(s) => served.push(s),
-            Outcome::Closed => closed += 1,
-            Outcome::Hung => hung += 1,
-        }
-        more += 1;
+        new_client(&mut served);
+        asked += 1;
+        answered += usize::from(seed(&mut active));
         std::thread::sleep(Duration::from_millis(20));
     }
     let log = stderr(dir);
     let errors = log.matches("error: accept connection:").count();
+    let total = served.len() + closed + hung;
+    // The daemon closed the longest-idle ones: a run of the oldest, and
+    // every newer one is still open and answers.
+    let replaced = served.iter().take_while(|s| closed_by_daemon(s)).count();
+    let still_closed = served[replaced..]
+        .iter()
+        .filter(|s| closed_by_daemon(s))
+        .count();
+    let open_answered = served[replaced..]
+        .iter_mut()
+        .map(seed)
+        .filter(|&ok| ok)
+        .count();
     println!(
-        "{} clients in {:?}: {} served, {closed} closed at once, {hung} hung; daemon at {} descriptors; {errors} accept error lines",
-        LIMIT + 40 + more,
+        "{total} new clients in {:?}: {} served, {closed} closed at once, {hung} hung; \
+         {replaced} of the oldest idle ones closed by the daemon, {open_answered} newer ones open and answered; \
+         the active first client answered {answered} of {asked}; daemon at {} descriptors; {errors} accept error lines",
         start.elapsed(),
         served.len(),
         open_fds(pid)
     );
     assert_eq!(hung, 0, "{log}");
-    assert!(closed > 40, "{closed} closed: {log}");
-    assert!(
-        served.len() > (LIMIT / 2) as usize,
-        "{} served",
-        served.len()
+    assert_eq!(closed, 0, "idle connections were there to replace: {log}");
+    assert_eq!(answered, asked, "the active client was cut off: {log}");
+    assert!(replaced > 40, "{replaced} replaced: {log}");
+    assert_eq!(
+        still_closed, 0,
+        "a newer one closed while older ones stayed"
     );
-    // Everyone connected before the limit is still served.
-    let answered = served.iter_mut().map(seed).filter(|&ok| ok).count();
-    assert_eq!(answered, served.len(), "{log}");
+    assert_eq!(open_answered, served.len() - replaced, "{log}");
     // One line for the whole shortage.
     assert_eq!(errors, 1, "{log}");
     assert!(
         log.contains(&format!(
-            "error: accept connection: Too many open files (descriptor limit {LIMIT}): new clients are closed at once until descriptors are free"
+            "error: accept connection: Too many open files (descriptor limit {LIMIT}): each new client takes the place of the longest-idle one"
         )),
         "{log}"
     );
 
-    // Recovery: ten clients leave, ten new ones are served.
+    // Recovery: ten clients leave, ten new ones are served with nobody
+    // replaced.
     let before = served.len();
     served.truncate(before - 10);
     std::thread::sleep(Duration::from_millis(200));
-    let mut back = 0;
+    let mut back = Vec::new();
     for _ in 0..10 {
         if let Outcome::Served(mut s) = connect(dir, Duration::from_secs(3)) {
-            back += usize::from(seed(&mut s));
-            served.push(s);
+            if seed(&mut s) {
+                back.push(s);
+            }
         }
     }
     let log = stderr(dir);
-    println!("after 10 left: {back} of 10 new clients served");
-    assert_eq!(back, 10, "{log}");
+    let lost = served[replaced..]
+        .iter()
+        .filter(|s| closed_by_daemon(s))
+        .count();
+    println!(
+        "after 10 left: {} of 10 new clients served, {lost} others closed",
+        back.len()
+    );
+    assert_eq!(back.len(), 10, "{log}");
+    assert_eq!(lost, 0, "{log}");
     assert!(
         log.contains("]: accept connection: descriptors available again after "),
         "{log}"
@@ -233,8 +271,10 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_limit() {
 /// descriptor limit, while a well-behaved client that connected first
 /// keeps asking for seeds. It is answered during the flood as before it
 /// (every request; the latencies are printed, not asserted: speed belongs
-/// to the benches), no idle client hangs, and once the idle clients have
-/// gone new clients are served again.
+/// to the benches), although it is the oldest connection; every idle
+/// client is served, the oldest idle ones are closed to make room, none
+/// hangs, and once the idle clients have gone new clients are served
+/// again.
 #[test]
 fn five_thousand_idle_clients_at_1024_descriptors() {
     const LIMIT: u64 = 1024;
@@ -299,8 +339,14 @@ fn five_thousand_idle_clients_at_1024_descriptors() {
     let (idle, closed, hung) = flood.join().unwrap();
     during.extend(sample(&mut good, 200)); // with ~1000 idle clients held
     during.sort();
+    let replaced = idle.iter().take_while(|s| closed_by_daemon(s)).count();
+    let held = idle[replaced..]
+        .iter()
+        .filter(|s| !closed_by_daemon(s))
+        .count();
     println!(
-        "{IDLE} idle clients at limit {LIMIT}: {} held, {closed} closed at once, {hung} hung; daemon at {} descriptors",
+        "{IDLE} idle clients at limit {LIMIT}: {} served, {closed} closed at once, {hung} hung; \
+         the {replaced} oldest closed later to make room, the {held} newest held; daemon at {} descriptors",
         idle.len(),
         open_fds(pid)
     );
@@ -314,8 +360,9 @@ fn five_thousand_idle_clients_at_1024_descriptors() {
         during.len()
     );
     assert_eq!(hung, 0, "{}", stderr(dir));
-    assert_eq!(idle.len() + closed, IDLE);
-    assert!(closed > 0, "the limit was never reached");
+    assert_eq!(idle.len(), IDLE, "{closed} closed at once: {}", stderr(dir));
+    assert!(replaced > 0, "the limit was never reached");
+    assert_eq!(replaced + held, IDLE, "not the oldest that were closed");
     let log = stderr(dir);
     let errors = log.matches("error: accept connection:").count();
     assert!(errors <= 2, "{errors} accept error lines:\n{log}");

@@ -2,12 +2,15 @@
 //! reply each (spec §1.3, §1.4). A connection that stalls mid-request stalls
 //! only itself, and only for `ipc_timeout`; limits and garbage close it.
 
+use super::idle::{IdleConnections, Registration};
 use super::requests::apply;
 use super::Services;
 use crate::protocol::codec::ServerCodec;
 use crate::protocol::{Incoming, Malformed, Reply, Status, ANNOUNCEMENT};
 use futures::{SinkExt, StreamExt};
 use slog::{debug, warn};
+use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
@@ -50,8 +53,9 @@ impl Drop for ObservedRequest<'_> {
     }
 }
 
-/// Serves one connection until the peer closes, errs, or times out.
-pub async fn serve(mut stream: UnixStream, svc: Services) {
+/// Serves one connection until the peer closes, errs, or times out, or is
+/// shut down to make room for a new client ([`IdleConnections`]).
+pub async fn serve(mut stream: UnixStream, svc: Services, idle: Arc<IdleConnections>) {
     let metrics = svc.metrics.clone();
     let _counted = metrics.connection();
     let ipc_timeout = svc.config.load().ipc_timeout;
@@ -61,6 +65,22 @@ pub async fn serve(mut stream: UnixStream, svc: Services) {
         _ => return,
     }
     let mut framed = Framed::new(stream, ServerCodec::default());
+    let registration = idle.register(framed.get_ref().as_fd());
+    requests(&mut framed, &svc, &registration, ipc_timeout).await;
+    // In this order: out of the registry while the socket is open (so that
+    // nobody shuts down a reused descriptor), then closed, then, if it was
+    // closed to make room, the accept loop told that the slot is free.
+    let closed = registration.unregister();
+    drop(framed);
+    closed.socket_closed();
+}
+
+async fn requests(
+    framed: &mut Framed<UnixStream, ServerCodec>,
+    svc: &Services,
+    registration: &Registration,
+    ipc_timeout: Duration,
+) {
     loop {
         let incoming = match timeout(ipc_timeout, framed.next()).await {
             Err(_) => {
@@ -70,15 +90,16 @@ pub async fn serve(mut stream: UnixStream, svc: Services) {
             Ok(None) => return,
             Ok(Some(Err(e))) => {
                 // Stock serves (and reports to master) a truncated request too.
-                let _observed = ObservedRequest::start(&svc);
+                let _observed = ObservedRequest::start(svc);
                 warn!(svc.log, "{} -- closing connection", e);
                 return;
             }
             Ok(Some(Ok(incoming))) => incoming,
         };
+        registration.busy();
         // master counts one use from TAKEN to AVAIL; stock reports the
         // wakeup as one too (tests/master_child.rs compares).
-        let _observed = ObservedRequest::start(&svc);
+        let _observed = ObservedRequest::start(svc);
         let reply = match incoming {
             Incoming::Wakeup => {
                 debug!(svc.log, "received master trigger");
@@ -88,7 +109,7 @@ pub async fn serve(mut stream: UnixStream, svc: Services) {
                 #[cfg(feature = "test-hooks")]
                 test_stall(&req);
                 let (kind, started) = (req.kind(), std::time::Instant::now());
-                let reply = apply(req, &svc).await;
+                let reply = apply(req, svc).await;
                 svc.metrics.request(kind, reply.status(), started.elapsed());
                 reply
             }
@@ -110,7 +131,7 @@ pub async fn serve(mut stream: UnixStream, svc: Services) {
             }
         };
         match timeout(ipc_timeout, framed.send(reply)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => registration.idle(),
             _ => return,
         }
     }

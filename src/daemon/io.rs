@@ -10,16 +10,21 @@
 //! The arbiters are stopped at shutdown, which drops their connections.
 
 use super::connection;
+use super::idle::IdleConnections;
 use super::{RequestObserver, Services};
 use actix::Arbiter;
 use slog::error;
 use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 
 /// The connection-serving threads.
 pub struct IoThreads {
     threads: RefCell<Vec<Arbiter>>,
     /// Where the next connection goes.
     next: Cell<usize>,
+    /// Every open connection, to close the longest-idle one when
+    /// descriptors run out.
+    idle: Arc<IdleConnections>,
 }
 
 /// How many threads `tlsmgr_io_threads = configured` means: 0 is one per
@@ -53,6 +58,7 @@ impl IoThreads {
         IoThreads {
             threads: RefCell::new(threads),
             next: Cell::new(0),
+            idle: Arc::default(),
         }
     }
 
@@ -74,12 +80,18 @@ impl IoThreads {
                 return;
             }
         };
+        let idle = self.idle.clone();
         arbiter.spawn_fn(move || match tokio::net::UnixStream::from_std(std_stream) {
             Ok(stream) => {
-                actix_rt::spawn(connection::serve(stream, svc));
+                actix_rt::spawn(connection::serve(stream, svc, idle));
             }
             Err(e) => error!(svc.log, "register connection on an I/O thread: {}", e),
         });
+    }
+
+    /// The open connections.
+    pub fn connections(&self) -> &IdleConnections {
+        &self.idle
     }
 
     /// Stops the threads (their connections are dropped) and returns them,

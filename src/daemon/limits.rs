@@ -10,13 +10,15 @@
 //! readable, so a plain retry loop spins and the client hangs until some
 //! descriptor is freed. Stock tlsmgr logs `error: accept connection: Too
 //! many open files` each time, and msg_error's limit of 13 errors ends the
-//! process (master restarts it). Stock never closes idle clients itself
-//! (they leave after `ipc_idle`), and neither do we. Instead [`Spare`]
-//! keeps one descriptor in reserve: at EMFILE it is let go, the waiting
-//! client is accepted and closed at once (it sees EOF before the
-//! announcement and retries like after any failed request, instead of
-//! hanging), and the reserve is taken back. [`Exhaustion`] keeps the log
-//! to one line per episode and one per [`EXHAUSTION_LOG_INTERVAL`].
+//! process (master restarts it). Instead [`Spare`] keeps one descriptor in
+//! reserve: at EMFILE it is let go and the waiting client is accepted into
+//! its slot. It is served, and the longest-idle connection is shut down to
+//! make room ([`super::idle`]); its Postfix client reconnects at its next
+//! request. When no connection is idle (all are mid-request), the newcomer
+//! is closed at once instead: it sees EOF before the announcement and
+//! retries like after any failed request, instead of hanging. Then the
+//! reserve is taken back. [`Exhaustion`] keeps the log to one line per
+//! episode and one per [`EXHAUSTION_LOG_INTERVAL`].
 
 use crate::prng::strerror;
 use slog::{debug, warn, Logger};
@@ -140,6 +142,17 @@ fn open_spare() -> Option<OwnedFd> {
     std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
 }
 
+/// What became of the client waiting when accept(2) found no descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShortageOutcome {
+    /// Served, in place of the longest-idle connection, which was closed.
+    Replaced,
+    /// Closed at once: no connection was idle.
+    ClosedNew,
+    /// Nobody could be accepted (not even into the reserve's slot).
+    Nothing,
+}
+
 /// How often a continuing descriptor shortage is logged again.
 pub const EXHAUSTION_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -150,44 +163,51 @@ pub const EXHAUSTION_LOG_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Exhaustion {
     /// Since when descriptors are short, and when it was last logged.
     episode: Option<(Instant, Instant)>,
-    /// Clients closed at once since the last line.
+    /// Idle connections closed to make room since the last line.
+    replaced: u64,
+    /// New clients closed at once since the last line.
     closed: u64,
     /// Failed accepts since the last line.
     failures: u64,
 }
 
 impl Exhaustion {
-    /// An accept failed for want of descriptors; `closed` tells whether the
-    /// waiting client was accepted and closed. Returns the line to log as
-    /// an error, if one is due.
-    pub fn failed(&mut self, now: Instant, err: &std::io::Error, closed: bool) -> Option<String> {
+    /// An accept failed for want of descriptors, and `outcome` is what
+    /// became of the waiting client. Returns the line to log as an error,
+    /// if one is due.
+    pub fn failed(
+        &mut self,
+        now: Instant,
+        err: &std::io::Error,
+        outcome: ShortageOutcome,
+    ) -> Option<String> {
         self.failures += 1;
-        self.closed += u64::from(closed);
+        self.replaced += u64::from(outcome == ShortageOutcome::Replaced);
+        self.closed += u64::from(outcome == ShortageOutcome::ClosedNew);
         match self.episode {
             None => {
                 self.episode = Some((now, now));
                 let limit = nofile_limit().map_or_else(|| "unknown".into(), |l| l.to_string());
                 let line = format!(
-                    "accept connection: {} (descriptor limit {limit}): new clients are closed at once until descriptors are free; this is logged once every {}s",
+                    "accept connection: {} (descriptor limit {limit}): each new client takes the place of the longest-idle one, which is closed (Postfix clients reconnect), or is closed at once when none is idle; this is logged once every {}s",
                     strerror(err),
                     EXHAUSTION_LOG_INTERVAL.as_secs()
                 );
-                self.failures = 0;
-                self.closed = 0;
+                self.reset();
                 Some(line)
             }
             Some((since, last)) if now.duration_since(last) >= EXHAUSTION_LOG_INTERVAL => {
                 self.episode = Some((since, now));
                 let line = format!(
-                    "accept connection: {}: still out of descriptors after {}s; {} accepts failed and {} new clients were closed at once in the last {}s",
+                    "accept connection: {}: still out of descriptors after {}s; {} accepts failed, {} idle clients were closed to make room and {} new clients were closed at once in the last {}s",
                     strerror(err),
                     now.duration_since(since).as_secs(),
                     self.failures,
+                    self.replaced,
                     self.closed,
                     now.duration_since(last).as_secs()
                 );
-                self.failures = 0;
-                self.closed = 0;
+                self.reset();
                 Some(line)
             }
             Some(_) => None,
@@ -200,14 +220,20 @@ impl Exhaustion {
     pub fn accepted(&mut self, now: Instant) -> Option<String> {
         let (since, _) = self.episode.take()?;
         let line = format!(
-            "accept connection: descriptors available again after {}s; {} more accepts failed and {} new clients were closed at once since the last report",
+            "accept connection: descriptors available again after {}s; {} more accepts failed, {} idle clients were closed to make room and {} new clients were closed at once since the last report",
             now.duration_since(since).as_secs(),
             self.failures,
+            self.replaced,
             self.closed
         );
-        self.failures = 0;
-        self.closed = 0;
+        self.reset();
         Some(line)
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+        self.replaced = 0;
+        self.closed = 0;
     }
 }
 
@@ -223,7 +249,8 @@ mod tests {
         let e = std::io::Error::from_raw_os_error(libc::EMFILE);
         let mut x = Exhaustion::default();
         assert_eq!(x.accepted(s(0)), None);
-        let first = x.failed(s(0), &e, true).unwrap();
+        use ShortageOutcome::{ClosedNew, Nothing, Replaced};
+        let first = x.failed(s(0), &e, Replaced).unwrap();
         assert!(
             first.starts_with("accept connection: Too many open files (descriptor limit "),
             "{first}"
@@ -231,23 +258,28 @@ mod tests {
         // 10 failures a second for 59.9 s: nothing more.
         let mut lines = 0;
         for ms in (100..60_000).step_by(100) {
-            lines += usize::from(x.failed(s(ms), &e, ms % 200 == 0).is_some());
+            let outcome = match ms % 400 {
+                0 => ClosedNew,
+                200 => Replaced,
+                _ => Nothing,
+            };
+            lines += usize::from(x.failed(s(ms), &e, outcome).is_some());
         }
         assert_eq!(lines, 0);
-        let again = x.failed(s(60_000), &e, true).unwrap();
+        let again = x.failed(s(60_000), &e, ClosedNew).unwrap();
         assert_eq!(
             again,
-            "accept connection: Too many open files: still out of descriptors after 60s; 600 accepts failed and 300 new clients were closed at once in the last 60s"
+            "accept connection: Too many open files: still out of descriptors after 60s; 600 accepts failed, 150 idle clients were closed to make room and 150 new clients were closed at once in the last 60s"
         );
-        assert_eq!(x.failed(s(60_001), &e, false), None);
+        assert_eq!(x.failed(s(60_001), &e, Replaced), None);
         assert_eq!(
             x.accepted(s(61_500)).unwrap(),
-            "accept connection: descriptors available again after 61s; 1 more accepts failed and 0 new clients were closed at once since the last report"
+            "accept connection: descriptors available again after 61s; 1 more accepts failed, 1 idle clients were closed to make room and 0 new clients were closed at once since the last report"
         );
         assert_eq!(x.accepted(s(61_600)), None);
         // A new shortage starts a new episode, logged at once.
         assert!(x
-            .failed(s(61_700), &e, true)
+            .failed(s(61_700), &e, Nothing)
             .unwrap()
             .contains("descriptor limit"));
     }

@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod connection;
 pub mod http;
+pub mod idle;
 pub mod io;
 pub mod limits;
 pub mod private_socket;
@@ -318,55 +319,75 @@ pub fn run_with(
 }
 
 /// Accepts clients on `listener` and hands them to the I/O threads. Out of
-/// descriptors, each waiting client is closed at once rather than left
-/// hanging, and the shortage is logged once a minute, not per failure
-/// ([`limits`]).
+/// descriptors, a waiting client takes the place of the longest-idle
+/// connection, or is closed at once when none is idle, rather than left
+/// hanging; the shortage is logged once a minute, not per failure
+/// ([`limits`], [`idle`]).
 async fn accept_loop(
     listener: tokio::net::UnixListener,
     svc: Services,
     io: std::rc::Rc<io::IoThreads>,
 ) {
+    use limits::ShortageOutcome;
+    /// How long to wait for a connection shut down to make room to close
+    /// its descriptor (it only has to wake up and return).
+    const CLOSE_WAIT: Duration = Duration::from_millis(100);
     let mut spare = limits::Spare::new();
     let mut shortage = limits::Exhaustion::default();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                if let Some(line) = shortage.accepted(std::time::Instant::now()) {
+                let now = std::time::Instant::now();
+                io.connections().tick(now);
+                if let Some(line) = shortage.accepted(now) {
                     info!(svc.log, "{}", line);
                 }
                 io.serve(stream, svc.clone())
             }
             Err(e) if limits::out_of_descriptors(&e) => {
+                let now = std::time::Instant::now();
+                io.connections().tick(now);
                 // Linux fails accept(2) with EMFILE before it looks at the
                 // queue, so this may be a client waiting or nobody. The
-                // reserve descriptor's slot takes the waiting client, which
-                // is closed at once (EOF before the announcement: it
-                // retries, as after any failed request). Polled once with a
-                // no-op waker, so nothing blocks here with the reserve let
-                // go; Pending means nobody was waiting, and the next
-                // accept waits for the next client.
+                // reserve descriptor's slot takes the waiting client.
+                // Polled once with a no-op waker, so nothing blocks here
+                // with the reserve let go; Pending means nobody was
+                // waiting, and the next accept waits for the next client.
                 spare.release();
                 let polled = listener
                     .poll_accept(&mut std::task::Context::from_waker(std::task::Waker::noop()));
-                let closed = match polled {
+                let outcome = match polled {
                     std::task::Poll::Ready(Ok((stream, _))) => {
-                        // Closed before the reserve is taken back: its slot
-                        // is the one the reserve needs.
-                        drop(stream);
-                        true
+                        if io.connections().close_longest_idle() {
+                            io.serve(stream, svc.clone());
+                            ShortageOutcome::Replaced
+                        } else {
+                            // Nobody idle: closed (EOF before the
+                            // announcement: it retries, as after any
+                            // failed request) before the reserve is taken
+                            // back, since its slot is the one the reserve
+                            // needs.
+                            drop(stream);
+                            ShortageOutcome::ClosedNew
+                        }
                     }
-                    std::task::Poll::Ready(Err(_)) => false,
+                    std::task::Poll::Ready(Err(_)) => ShortageOutcome::Nothing,
                     std::task::Poll::Pending => {
                         spare.restore();
                         continue;
                     }
                 };
+                if outcome == ShortageOutcome::Replaced {
+                    // The reserve's slot went to the newcomer; the one the
+                    // closed connection frees becomes the reserve.
+                    io.connections().wait_closed(CLOSE_WAIT).await;
+                }
                 let restored = spare.restore();
-                if let Some(line) = shortage.failed(std::time::Instant::now(), &e, closed) {
+                if let Some(line) = shortage.failed(now, &e, outcome) {
                     error!(svc.log, "{}", line);
                 }
-                if !closed || !restored {
-                    // A client waits and could not be closed (no reserve):
+                if outcome == ShortageOutcome::Nothing || !restored {
+                    // A client waits and could not be taken (no reserve):
                     // back off rather than spin on a listener that stays
                     // readable.
                     actix_rt::time::sleep(Duration::from_millis(100)).await;
