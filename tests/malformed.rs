@@ -203,6 +203,40 @@ fn a_stalled_client_stalls_only_itself() {
         .contains("timeout while waiting for data from tlsmgr socket"));
 }
 
+/// What must not happen: `ipc_timeout` counts from the last reply, so a
+/// client that keeps asking, more slowly than the timeout's sweep but
+/// faster than the timeout, is never cut off, while a quiet one beside it
+/// is, once, with one warning.
+#[test]
+fn a_client_that_keeps_asking_is_never_timed_out() {
+    let d = TestDaemon::start("ipc_timeout = 1s");
+    let mut busy = raw(&d);
+    let mut quiet = raw(&d);
+    let started = std::time::Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_millis(3500) {
+        std::thread::sleep(Duration::from_millis(400));
+        busy.write_all(b"request\0seed\0size\x008\0\0").unwrap();
+        let reply = read_n(&mut busy, 10);
+        assert_eq!(
+            &reply, b"status\x000\0s",
+            "cut off after {answered} answers"
+        );
+        let mut rest = [0u8; 64];
+        let _ = busy.read(&mut rest).unwrap();
+        answered += 1;
+    }
+    assert!(answered >= 8, "{answered}");
+    assert_closed(&mut quiet);
+    let log = d.log.text();
+    assert_eq!(
+        log.matches("timeout while waiting for data from tlsmgr socket")
+            .count(),
+        1,
+        "{log}"
+    );
+}
+
 #[test]
 fn garbage_never_stops_the_daemon() {
     let d = TestDaemon::start("");

@@ -67,12 +67,34 @@ pub async fn serve(mut stream: UnixStream, svc: Services, idle: Arc<IdleConnecti
     let mut framed = Framed::new(stream, ServerCodec::default());
     let registration = idle.register(framed.get_ref().as_fd());
     requests(&mut framed, &svc, &registration, ipc_timeout).await;
+    if registration.timed_out() {
+        warn!(svc.log, "timeout while waiting for data from tlsmgr socket");
+    }
     // In this order: out of the registry while the socket is open (so that
     // nobody shuts down a reused descriptor), then closed, then, if it was
     // closed to make room, the accept loop told that the slot is free.
     let closed = registration.unregister();
     drop(framed);
     closed.socket_closed();
+}
+
+/// Writes `reply`; true when it went out. A reply nearly always fits in the
+/// socket buffer at once, so a timer is armed only when it does not.
+async fn send(
+    framed: &mut Framed<UnixStream, ServerCodec>,
+    reply: Reply,
+    ipc_timeout: Duration,
+) -> bool {
+    use futures::FutureExt;
+    if framed.feed(reply).await.is_err() {
+        return false;
+    }
+    // Dropping a pending flush loses nothing: what is unwritten stays in
+    // the buffer, and the flush below goes on with it.
+    match framed.flush().now_or_never() {
+        Some(done) => done.is_ok(),
+        None => matches!(timeout(ipc_timeout, framed.flush()).await, Ok(Ok(()))),
+    }
 }
 
 async fn requests(
@@ -82,19 +104,18 @@ async fn requests(
     ipc_timeout: Duration,
 ) {
     loop {
-        let incoming = match timeout(ipc_timeout, framed.next()).await {
-            Err(_) => {
-                warn!(svc.log, "timeout while waiting for data from tlsmgr socket");
-                return;
-            }
-            Ok(None) => return,
-            Ok(Some(Err(e))) => {
+        // No timer here: `ipc_timeout` between requests is the sweeper's
+        // ([`super::idle::sweep`]), which shuts the socket down, and this
+        // read then ends.
+        let incoming = match framed.next().await {
+            None => return,
+            Some(Err(e)) => {
                 // Stock serves (and reports to master) a truncated request too.
                 let _observed = ObservedRequest::start(svc);
                 warn!(svc.log, "{} -- closing connection", e);
                 return;
             }
-            Ok(Some(Ok(incoming))) => incoming,
+            Some(Ok(incoming)) => incoming,
         };
         registration.busy();
         // master counts one use from TAKEN to AVAIL; stock reports the
@@ -130,9 +151,9 @@ async fn requests(
                 }
             }
         };
-        match timeout(ipc_timeout, framed.send(reply)).await {
-            Ok(Ok(())) => registration.idle(),
-            _ => return,
+        if !send(framed, reply, ipc_timeout).await {
+            return;
         }
+        registration.idle();
     }
 }

@@ -1,5 +1,7 @@
-//! Which connection gives up its descriptor when the daemon runs out of
-//! them: the one that has waited longest for its next request.
+//! Every open connection and how long it has waited for its next request:
+//! which connection gives up its descriptor when the daemon runs out of
+//! them (the one that has waited longest), and which have waited longer
+//! than `ipc_timeout` ([`sweep`]).
 //!
 //! Every smtpd(8), smtp(8) and lmtp process keeps its tlsmgr connection
 //! open between requests, most of them idle. At the descriptor limit a new
@@ -11,18 +13,32 @@
 //! connection down ([`IdleConnections::close_longest_idle`]), and takes the
 //! reserve back once that connection's descriptor is closed.
 //!
+//! `ipc_timeout` is enforced here too, not by a timer per request: [`sweep`]
+//! shuts down the connections that have been idle too long (a request left
+//! half sent counts as idle since the previous reply, as before), a few
+//! times per `ipc_timeout`. So the data path arms no timer and reads no
+//! clock for it.
+//!
 //! Cost on the data path: two relaxed stores per request (busy, idle) into
 //! the connection's own slot. The registry's lock is taken only when a
-//! connection starts or ends, and when one is chosen to be closed.
+//! connection starts or ends, when one is chosen to be closed, and once
+//! per sweep.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// `Activity::since` of a connection that is serving a request.
 const BUSY: u64 = u64::MAX;
+
+/// `Activity::closing`: open.
+const OPEN: u8 = 0;
+/// `Activity::closing`: shut down to make room for a new client.
+const EVICTED: u8 = 1;
+/// `Activity::closing`: shut down after `ipc_timeout` without a request.
+const TIMED_OUT: u8 = 2;
 
 /// The connections that are open, with when each was last active.
 #[derive(Debug)]
@@ -55,8 +71,9 @@ struct Activity {
     /// The registry's clock when the connection last became idle, or
     /// [`BUSY`].
     since: AtomicU64,
-    /// Chosen to be closed: the accept loop waits for its descriptor.
-    evicted: AtomicBool,
+    /// [`OPEN`], or why it was shut down ([`EVICTED`]: the accept loop
+    /// waits for its descriptor; [`TIMED_OUT`]).
+    closing: AtomicU8,
 }
 
 impl Default for IdleConnections {
@@ -84,7 +101,7 @@ impl IdleConnections {
     pub fn register(self: &Arc<Self>, fd: BorrowedFd<'_>) -> Registration {
         let activity = Arc::new(Activity {
             since: AtomicU64::new(self.clock.load(Relaxed)),
-            evicted: AtomicBool::new(false),
+            closing: AtomicU8::new(OPEN),
         });
         let id = self.next_id.fetch_add(1, Relaxed);
         let slot = Slot {
@@ -121,20 +138,40 @@ impl IdleConnections {
         };
         let victim = slots
             .iter()
-            .filter(|(_, s)| !s.activity.evicted.load(Relaxed))
+            .filter(|(_, s)| s.activity.closing.load(Relaxed) == OPEN)
             .map(|(id, s)| (s.activity.since.load(Relaxed), *id, s))
             .filter(|(since, _, _)| *since != BUSY)
             .min_by_key(|(since, id, _)| (*since, *id));
         let Some((_, _, slot)) = victim else {
             return false;
         };
-        slot.activity.evicted.store(true, Relaxed);
-        // The descriptor is the connection's open socket: its slot is still
-        // in the map, which we hold locked, and the connection removes the
-        // slot (under this lock) before it closes the socket. shutdown(2)
-        // wakes its reader with end of file and closes nothing itself.
-        let _ = nix::sys::socket::shutdown(slot.fd, nix::sys::socket::Shutdown::Both);
+        shut_down(slot, EVICTED);
         true
+    }
+
+    /// Shuts down every connection that has waited for its next request
+    /// for at least `max` (by the coarse clock, advanced to `now` first,
+    /// which may lag by up to `lag`: so `max + lag` is what is compared).
+    /// Returns how many.
+    pub fn close_timed_out(&self, now: Instant, max: Duration, lag: Duration) -> usize {
+        self.tick(now);
+        let clock = self.clock.load(Relaxed);
+        let limit = u64::try_from((max + lag).as_millis()).unwrap_or(u64::MAX);
+        let Ok(slots) = self.slots.lock() else {
+            return 0;
+        };
+        let mut closed = 0;
+        for slot in slots.values() {
+            let since = slot.activity.since.load(Relaxed);
+            if since != BUSY
+                && clock.saturating_sub(since) >= limit
+                && slot.activity.closing.load(Relaxed) == OPEN
+            {
+                shut_down(slot, TIMED_OUT);
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Waits until a connection chosen by
@@ -144,6 +181,31 @@ impl IdleConnections {
         tokio::time::timeout(max, self.closed.notified())
             .await
             .is_ok()
+    }
+}
+
+/// Marks `slot` as closing for `why` and shuts its socket down. Called with
+/// the registry's lock held.
+fn shut_down(slot: &Slot, why: u8) {
+    slot.activity.closing.store(why, Relaxed);
+    // The descriptor is the connection's open socket: its slot is still in
+    // the map, which the caller holds locked, and the connection removes
+    // the slot (under this lock) before it closes the socket. shutdown(2)
+    // wakes its reader with end of file and closes nothing itself.
+    let _ = nix::sys::socket::shutdown(slot.fd, nix::sys::socket::Shutdown::Both);
+}
+
+/// Enforces `ipc_timeout` (read from `timeout` at every round, so a reload
+/// applies to open connections too) on the connections of `registry`: a
+/// round every quarter of it, at least every 10 ms and at most every
+/// second. Runs until the daemon stops.
+pub async fn sweep(registry: Arc<IdleConnections>, timeout: impl Fn() -> Duration) {
+    loop {
+        let max = timeout();
+        let period = (max / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        tokio::time::sleep(period).await;
+        // The clock lags by at most one period (this sweep ticks it).
+        registry.close_timed_out(Instant::now(), max, period);
     }
 }
 
@@ -169,6 +231,11 @@ impl Registration {
         self.activity
             .since
             .store(self.registry.clock.load(Relaxed), Relaxed);
+    }
+
+    /// True when [`sweep`] shut this connection down for want of requests.
+    pub fn timed_out(&self) -> bool {
+        self.activity.closing.load(Relaxed) == TIMED_OUT
     }
 
     /// Removes the registration and returns what is needed once the
@@ -201,7 +268,7 @@ impl Closed {
     /// The connection's socket is closed: if it was chosen to make room,
     /// its descriptor is free now, and the accept loop is told.
     pub fn socket_closed(self) {
-        if self.activity.evicted.load(Relaxed) {
+        if self.activity.closing.load(Relaxed) == EVICTED {
             self.registry.closed.notify_one();
         }
     }
@@ -244,7 +311,41 @@ mod tests {
         regs[0].idle();
         assert!(reg.close_longest_idle());
         assert_eq!(reg.len(), 3);
+        assert!(!regs[0].timed_out());
         drop(regs);
         assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn only_connections_idle_for_the_timeout_are_timed_out() {
+        let reg = Arc::new(IdleConnections::default());
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let pairs: Vec<(UnixStream, UnixStream)> =
+            (0..3).map(|_| UnixStream::pair().unwrap()).collect();
+        let regs: Vec<Registration> = pairs
+            .iter()
+            .map(|(ours, _)| reg.register(ours.as_fd()))
+            .collect();
+        // 0: busy for long; 1: idle since 0; 2: idle again at 1240 ms.
+        regs[0].busy();
+        let (max, lag) = (Duration::from_millis(1000), Duration::from_millis(250));
+        // At 1200 ms nobody has waited 1000 + 250 ms.
+        assert_eq!(reg.close_timed_out(ms(1200), max, lag), 0);
+        reg.tick(ms(1240));
+        regs[2].idle();
+        // At 1250 ms the second has; the busy one and the recent one not.
+        assert_eq!(reg.close_timed_out(ms(1250), max, lag), 1);
+        assert!(regs[1].timed_out() && !regs[0].timed_out() && !regs[2].timed_out());
+        let mut buf = [0u8; 1];
+        let mut peer = &pairs[1].1;
+        assert_eq!(peer.read(&mut buf).unwrap(), 0);
+        // Not twice; the third at 1240 + 1250.
+        assert_eq!(reg.close_timed_out(ms(2489), max, lag), 0);
+        assert_eq!(reg.close_timed_out(ms(2490), max, lag), 1);
+        assert!(regs[2].timed_out());
+        // A connection shut down for want of requests frees no room the
+        // accept loop waits for.
+        assert!(!reg.close_longest_idle());
     }
 }

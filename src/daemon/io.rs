@@ -90,7 +90,7 @@ impl IoThreads {
     }
 
     /// The open connections.
-    pub fn connections(&self) -> &IdleConnections {
+    pub fn connections(&self) -> &Arc<IdleConnections> {
         &self.idle
     }
 

@@ -267,6 +267,12 @@ pub fn run_with(
             opts.config.io_threads,
             svc.observer.as_deref(),
         ));
+        {
+            let config = svc.config.clone();
+            actix_rt::spawn(idle::sweep(io.connections().clone(), move || {
+                config.load().ipc_timeout
+            }));
+        }
         let mut accepts = Vec::new();
         for std_listener in std::iter::once(opts.listener).chain(extras.more_listeners) {
             std_listener
