@@ -67,9 +67,6 @@ pub async fn serve(mut stream: UnixStream, svc: Services, idle: Arc<IdleConnecti
     let mut framed = Framed::new(stream, ServerCodec::default());
     let registration = idle.register(framed.get_ref().as_fd());
     requests(&mut framed, &svc, &registration, ipc_timeout).await;
-    if registration.timed_out() {
-        warn!(svc.log, "timeout while waiting for data from tlsmgr socket");
-    }
     // In this order: out of the registry while the socket is open (so that
     // nobody shuts down a reused descriptor), then closed, then, if it was
     // closed to make room, the accept loop told that the slot is free.

@@ -152,8 +152,15 @@ impl IdleConnections {
     /// Shuts down every connection that has waited for its next request
     /// for at least `max` (by the coarse clock, advanced to `now` first,
     /// which may lag by up to `lag`: so `max + lag` is what is compared).
-    /// Returns how many.
-    pub fn close_timed_out(&self, now: Instant, max: Duration, lag: Duration) -> usize {
+    /// `before` is called before each one is shut down (the warning goes
+    /// out before its client can see the end of file). Returns how many.
+    pub fn close_timed_out(
+        &self,
+        now: Instant,
+        max: Duration,
+        lag: Duration,
+        mut before: impl FnMut(),
+    ) -> usize {
         self.tick(now);
         let clock = self.clock.load(Relaxed);
         let limit = u64::try_from((max + lag).as_millis()).unwrap_or(u64::MAX);
@@ -167,6 +174,7 @@ impl IdleConnections {
                 && clock.saturating_sub(since) >= limit
                 && slot.activity.closing.load(Relaxed) == OPEN
             {
+                before();
                 shut_down(slot, TIMED_OUT);
                 closed += 1;
             }
@@ -198,14 +206,21 @@ fn shut_down(slot: &Slot, why: u8) {
 /// Enforces `ipc_timeout` (read from `timeout` at every round, so a reload
 /// applies to open connections too) on the connections of `registry`: a
 /// round every quarter of it, at least every 10 ms and at most every
-/// second. Runs until the daemon stops.
-pub async fn sweep(registry: Arc<IdleConnections>, timeout: impl Fn() -> Duration) {
+/// second, with stock's warning for each connection closed. Runs until the
+/// daemon stops.
+pub async fn sweep(
+    registry: Arc<IdleConnections>,
+    timeout: impl Fn() -> Duration,
+    log: slog::Logger,
+) {
     loop {
         let max = timeout();
         let period = (max / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         tokio::time::sleep(period).await;
         // The clock lags by at most one period (this sweep ticks it).
-        registry.close_timed_out(Instant::now(), max, period);
+        registry.close_timed_out(Instant::now(), max, period, || {
+            slog::warn!(log, "timeout while waiting for data from tlsmgr socket")
+        });
     }
 }
 
@@ -231,11 +246,6 @@ impl Registration {
         self.activity
             .since
             .store(self.registry.clock.load(Relaxed), Relaxed);
-    }
-
-    /// True when [`sweep`] shut this connection down for want of requests.
-    pub fn timed_out(&self) -> bool {
-        self.activity.closing.load(Relaxed) == TIMED_OUT
     }
 
     /// Removes the registration and returns what is needed once the
@@ -311,7 +321,6 @@ mod tests {
         regs[0].idle();
         assert!(reg.close_longest_idle());
         assert_eq!(reg.len(), 3);
-        assert!(!regs[0].timed_out());
         drop(regs);
         assert!(reg.is_empty());
     }
@@ -331,19 +340,17 @@ mod tests {
         regs[0].busy();
         let (max, lag) = (Duration::from_millis(1000), Duration::from_millis(250));
         // At 1200 ms nobody has waited 1000 + 250 ms.
-        assert_eq!(reg.close_timed_out(ms(1200), max, lag), 0);
+        assert_eq!(reg.close_timed_out(ms(1200), max, lag, || ()), 0);
         reg.tick(ms(1240));
         regs[2].idle();
         // At 1250 ms the second has; the busy one and the recent one not.
-        assert_eq!(reg.close_timed_out(ms(1250), max, lag), 1);
-        assert!(regs[1].timed_out() && !regs[0].timed_out() && !regs[2].timed_out());
+        assert_eq!(reg.close_timed_out(ms(1250), max, lag, || ()), 1);
         let mut buf = [0u8; 1];
         let mut peer = &pairs[1].1;
         assert_eq!(peer.read(&mut buf).unwrap(), 0);
         // Not twice; the third at 1240 + 1250.
-        assert_eq!(reg.close_timed_out(ms(2489), max, lag), 0);
-        assert_eq!(reg.close_timed_out(ms(2490), max, lag), 1);
-        assert!(regs[2].timed_out());
+        assert_eq!(reg.close_timed_out(ms(2489), max, lag, || ()), 0);
+        assert_eq!(reg.close_timed_out(ms(2490), max, lag, || ()), 1);
         // A connection shut down for want of requests frees no room the
         // accept loop waits for.
         assert!(!reg.close_longest_idle());

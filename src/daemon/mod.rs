@@ -269,9 +269,11 @@ pub fn run_with(
         ));
         {
             let config = svc.config.clone();
-            actix_rt::spawn(idle::sweep(io.connections().clone(), move || {
-                config.load().ipc_timeout
-            }));
+            actix_rt::spawn(idle::sweep(
+                io.connections().clone(),
+                move || config.load().ipc_timeout,
+                svc.log.clone(),
+            ));
         }
         let mut accepts = Vec::new();
         for std_listener in std::iter::once(opts.listener).chain(extras.more_listeners) {

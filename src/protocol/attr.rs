@@ -154,11 +154,15 @@ pub struct Scratch {
     /// Bytes searched over this scratch's life (tests and the fuzz target
     /// check that no byte is searched twice).
     scanned: u64,
+    /// The spans are those of a list already split off (a [`Frame`] may
+    /// still be reading them): the next scan starts afresh.
+    complete: bool,
 }
 
 impl Scratch {
     /// Forgets the list being scanned (the next byte starts a new one).
     pub fn reset(&mut self) {
+        self.complete = false;
         self.spans.clear();
         self.attr_start = 0;
         self.name_end = None;
@@ -171,15 +175,88 @@ impl Scratch {
     }
 }
 
+/// An attribute list read by position: names and values as bytes, and a
+/// value as a [`Bytes`] that shares the buffer it came from. Requests are
+/// decoded from this ([`super::request::decode`]), so the server needs no
+/// list of pairs per request; a slice of decoded pairs is one too.
+pub trait AttrList {
+    /// How many attributes.
+    fn count(&self) -> usize;
+    /// The name of attribute `i` (`i < count()`).
+    fn name(&self, i: usize) -> &[u8];
+    /// The raw value of attribute `i`.
+    fn value(&self, i: usize) -> &[u8];
+    /// The raw value of attribute `i`, as a handle on the same memory.
+    fn value_bytes(&self, i: usize) -> Bytes;
+}
+
+impl AttrList for [Attr] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn name(&self, i: usize) -> &[u8] {
+        &self[i].0
+    }
+    fn value(&self, i: usize) -> &[u8] {
+        &self[i].1
+    }
+    fn value_bytes(&self, i: usize) -> Bytes {
+        self[i].1.clone()
+    }
+}
+
+impl AttrList for Vec<Attr> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn name(&self, i: usize) -> &[u8] {
+        self.as_slice().name(i)
+    }
+    fn value(&self, i: usize) -> &[u8] {
+        self.as_slice().value(i)
+    }
+    fn value_bytes(&self, i: usize) -> Bytes {
+        self.as_slice().value_bytes(i)
+    }
+}
+
+/// One complete list split off a read buffer: its bytes, and where each
+/// attribute lies in them (borrowed from the reader's [`Scratch`], whose
+/// room is reused, so framing allocates nothing per list).
+#[derive(Debug)]
+pub struct Frame<'a> {
+    list: Bytes,
+    spans: &'a [Span],
+}
+
+impl AttrList for Frame<'_> {
+    fn count(&self) -> usize {
+        self.spans.len()
+    }
+    fn name(&self, i: usize) -> &[u8] {
+        &self.list[self.spans[i].name()]
+    }
+    fn value(&self, i: usize) -> &[u8] {
+        &self.list[self.spans[i].value()]
+    }
+    fn value_bytes(&self, i: usize) -> Bytes {
+        self.list.slice(self.spans[i].value())
+    }
+}
+
 /// [`decode_list`] for a read buffer: a complete list is split off the
-/// front of `buf`, and names and values are slices of it (no copies).
-/// `scratch` keeps the scan between calls (see [`Scratch`]); after a
-/// complete list or an error it is reset for the next list.
-pub fn split_list(
+/// front of `buf` and returned as a [`Frame`] over its bytes (no copies).
+/// `scratch` keeps the scan between calls (see [`Scratch`]); after an
+/// error it is reset, and after a complete list the next call starts a
+/// new one.
+pub fn split_frame<'a>(
     buf: &mut BytesMut,
     limits: &Limits,
-    scratch: &mut Scratch,
-) -> Result<Option<Vec<Attr>>, FrameError> {
+    scratch: &'a mut Scratch,
+) -> Result<Option<Frame<'a>>, FrameError> {
+    if scratch.complete {
+        scratch.reset();
+    }
     let used = match scan_list(buf, limits, scratch) {
         Ok(Some(used)) => used,
         Ok(None) => return Ok(None),
@@ -189,13 +266,29 @@ pub fn split_list(
         }
     };
     let list = buf.split_to(used).freeze();
-    let attrs = scratch
-        .spans
-        .iter()
-        .map(|s| (list.slice(s.name()), list.slice(s.value())))
-        .collect();
-    scratch.reset();
-    Ok(Some(attrs))
+    scratch.complete = true;
+    Ok(Some(Frame {
+        list,
+        spans: &scratch.spans,
+    }))
+}
+
+/// [`split_frame`], with the attributes as name/value pairs.
+pub fn split_list(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    scratch: &mut Scratch,
+) -> Result<Option<Vec<Attr>>, FrameError> {
+    Ok(split_frame(buf, limits, scratch)?.map(|frame| {
+        (0..frame.count())
+            .map(|i| {
+                (
+                    frame.list.slice(frame.spans[i].name()),
+                    frame.value_bytes(i),
+                )
+            })
+            .collect()
+    }))
 }
 
 /// Goes on finding the attributes of the list at the start of `buf` from

@@ -164,12 +164,13 @@ impl Decoder for ServerCodec {
             self.release();
             return Ok(Some(Incoming::Wakeup));
         }
-        match attr::split_list(src, &self.limits, &mut self.scratch) {
-            Ok(Some(list)) => {
+        match attr::split_frame(src, &self.limits, &mut self.scratch) {
+            Ok(Some(frame)) => {
+                let incoming = request::decode(&frame);
                 // Complete: what follows it is charged when it is scanned,
                 // on the next call.
                 self.release();
-                Ok(Some(request::decode(&list)))
+                Ok(Some(incoming))
             }
             Ok(None) => {
                 // All of `src` is the unfinished list (complete ones were

@@ -1,7 +1,7 @@
 //! Typed requests (spec §1.5): decoding a complete attribute list into an
 //! [`Incoming`] with Postfix's strict rules (exact order, no missing and no
 //! extra attributes, typed values), and encoding for the client side.
-use super::attr::{self, Attr};
+use super::attr::{self, AttrList};
 use bytes::{Bytes, BytesMut};
 
 /// Which request a list was (or claimed to be); decides the shape of a FAIL reply.
@@ -153,8 +153,11 @@ impl RequestKind {
     }
 }
 
-/// A typed attribute value.
+/// A typed attribute value (`None`: not in this request's schema).
+#[derive(Default)]
 enum Value {
+    #[default]
+    None,
     Str(Bytes),
     Int(i32),
     Data(Bytes),
@@ -172,42 +175,48 @@ fn truncated(b: &[u8]) -> String {
     }
 }
 
-/// Decodes a complete list (the `W\0` wakeup is recognized by the codec).
-pub fn decode(list: &[Attr]) -> Incoming {
-    let Some((name, value)) = list.first() else {
+/// Decodes a complete list (the `W\0` wakeup is recognized by the codec):
+/// a framed one straight from the read buffer ([`attr::Frame`]) or decoded
+/// pairs.
+pub fn decode<L: AttrList + ?Sized>(list: &L) -> Incoming {
+    if list.count() == 0 {
         return Incoming::Malformed(Malformed::NoRequestName {
             warning: "missing attribute request in input from tlsmgr socket".into(),
         });
-    };
-    if name.as_ref() != b"request" {
+    }
+    if list.name(0) != b"request" {
         return Incoming::Malformed(Malformed::NoRequestName {
             warning: format!(
                 "unexpected attribute {} from tlsmgr socket (expecting: request)",
-                lossy(name)
+                lossy(list.name(0))
             ),
         });
     }
-    let Some(kind) = RequestKind::from_wire(value) else {
-        return Incoming::Malformed(Malformed::UnknownRequest { name: lossy(value) });
+    let Some(kind) = RequestKind::from_wire(list.value(0)) else {
+        return Incoming::Malformed(Malformed::UnknownRequest {
+            name: lossy(list.value(0)),
+        });
     };
     let bad = |warning: String| Incoming::Malformed(Malformed::BadAttributes { kind, warning });
     let schema = kind.schema();
-    let mut values = Vec::with_capacity(schema.len());
-    let mut rest = list.iter().skip(1);
-    for (want, ty) in schema {
-        let Some((name, value)) = rest.next() else {
+    // At most three attributes follow `request` (update's).
+    let mut values: [Value; 3] = Default::default();
+    for (i, (want, ty)) in schema.iter().enumerate() {
+        let at = i + 1;
+        if at >= list.count() {
             return bad(format!(
                 "missing attribute {want} in input from tlsmgr socket"
             ));
-        };
-        if name.as_ref() != want.as_bytes() {
+        }
+        if list.name(at) != want.as_bytes() {
             return bad(format!(
                 "unexpected attribute {} from tlsmgr socket (expecting: {want})",
-                lossy(name)
+                lossy(list.name(at))
             ));
         }
-        values.push(match ty {
-            Kind::Str => Value::Str(value.clone()),
+        let value = list.value(at);
+        values[i] = match ty {
+            Kind::Str => Value::Str(list.value_bytes(at)),
             Kind::Int => match attr::int_value(value) {
                 Some(v) => Value::Int(v),
                 None => {
@@ -226,36 +235,32 @@ pub fn decode(list: &[Attr]) -> Incoming {
                     ))
                 }
             },
-        });
+        };
     }
-    if let Some((name, _)) = rest.next() {
+    if list.count() > schema.len() + 1 {
         return bad(format!(
             "unexpected attribute {} from tlsmgr socket (expecting: (list terminator))",
-            lossy(name)
+            lossy(list.name(schema.len() + 1))
         ));
     }
     use Value::{Data, Int, Str};
-    let req = match (kind, values.as_slice()) {
-        (RequestKind::Seed, [Int(size)]) => Request::Seed { size: *size },
-        (RequestKind::Policy, [Str(ct)]) => Request::Policy {
-            cache_type: ct.clone(),
+    let req = match (kind, values) {
+        (RequestKind::Seed, [Int(size), ..]) => Request::Seed { size },
+        (RequestKind::Policy, [Str(cache_type), ..]) => Request::Policy { cache_type },
+        (RequestKind::Lookup, [Str(cache_type), Str(cache_id), _]) => Request::Lookup {
+            cache_type,
+            cache_id,
         },
-        (RequestKind::Lookup, [Str(ct), Str(id)]) => Request::Lookup {
-            cache_type: ct.clone(),
-            cache_id: id.clone(),
+        (RequestKind::Update, [Str(cache_type), Str(cache_id), Data(session)]) => Request::Update {
+            cache_type,
+            cache_id,
+            session,
         },
-        (RequestKind::Update, [Str(ct), Str(id), Data(session)]) => Request::Update {
-            cache_type: ct.clone(),
-            cache_id: id.clone(),
-            session: session.clone(),
+        (RequestKind::Delete, [Str(cache_type), Str(cache_id), _]) => Request::Delete {
+            cache_type,
+            cache_id,
         },
-        (RequestKind::Delete, [Str(ct), Str(id)]) => Request::Delete {
-            cache_type: ct.clone(),
-            cache_id: id.clone(),
-        },
-        (RequestKind::TktKey, [Data(name)]) => Request::TktKey {
-            keyname: name.clone(),
-        },
+        (RequestKind::TktKey, [Data(keyname), ..]) => Request::TktKey { keyname },
         // Unreachable: the values were read by the same schema.
         _ => return bad("internal error: request schema mismatch".into()),
     };
