@@ -126,9 +126,13 @@ async fn requests(
             Incoming::Request(req) => {
                 #[cfg(feature = "test-hooks")]
                 test_stall(&req);
-                let (kind, started) = (req.kind(), std::time::Instant::now());
+                let (kind, started) = (req.kind(), crate::metrics::stamp());
                 let reply = apply(req, svc).await;
-                svc.metrics.request(kind, reply.status(), started.elapsed());
+                svc.metrics.request_ns(
+                    kind,
+                    reply.status(),
+                    crate::metrics::stamp().saturating_sub(started),
+                );
                 reply
             }
             Incoming::Malformed(m) => {

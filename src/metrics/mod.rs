@@ -126,6 +126,19 @@ thread_local! {
     static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
+/// A monotonic timestamp in nanoseconds, for request latencies: one
+/// clock_gettime(2) (a vDSO call) and plain u64 arithmetic, where
+/// `Instant::now` and `elapsed` add checked `Duration` arithmetic on every
+/// request. 0 if the clock cannot be read (latencies then read 0).
+#[inline]
+pub fn stamp() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        (t.tv_sec() as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(t.tv_nsec() as u64)
+    })
+}
+
 fn shard_index() -> usize {
     SHARD.with(|s| match s.get() {
         Some(i) => i,
@@ -254,9 +267,6 @@ impl Metrics {
 
     /// A request was answered with `status` after `elapsed`.
     pub fn request(&self, kind: RequestKind, status: Status, elapsed: Duration) {
-        let s = self.shard();
-        let k = index_of_request(kind);
-        s.requests[k][index_of_status(status)].fetch_add(1, Relaxed);
         // u64 arithmetic: Duration's as_nanos/as_micros go through u128,
         // a library division per call on the data path. Saturates after
         // 584 years.
@@ -264,6 +274,15 @@ impl Metrics {
             .as_secs()
             .saturating_mul(1_000_000_000)
             .saturating_add(u64::from(elapsed.subsec_nanos()));
+        self.request_ns(kind, status, ns);
+    }
+
+    /// [`Metrics::request`] with the latency in nanoseconds, the
+    /// difference of two [`stamp`]s.
+    pub fn request_ns(&self, kind: RequestKind, status: Status, ns: u64) {
+        let s = self.shard();
+        let k = index_of_request(kind);
+        s.requests[k][index_of_status(status)].fetch_add(1, Relaxed);
         // Rounded up: a bucket holds what took at most its bound.
         let us = ns.div_ceil(1000);
         let b = LATENCY_BUCKETS_US.partition_point(|&le| le < us);
