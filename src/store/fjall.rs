@@ -121,6 +121,24 @@ const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 /// fjall's memtable limit, as a multiple of ours.
 const FJALL_ROTATION_BACKSTOP: u64 = 4;
 
+/// What fjall adds to a memtable item's key and value when it sizes the
+/// memtable (lsm-tree counts `size_of::<InternalValue>()`, about 60 bytes
+/// in lsm-tree 3.1), rounded up. Counting it is what keeps our rotation
+/// ahead of fjall's own: an index item has a key of 16 bytes or so and no
+/// value, and counted without its overhead it filled fjall's memtable more
+/// than 4 times faster than we counted, so fjall's backstop fired on every
+/// commit and flooded its worker's channel after all (a CI run hung so in
+/// tests/store.rs). Overcounting is harmless: we only rotate a bit early.
+const MEMTABLE_ITEM_OVERHEAD: u64 = 128;
+
+/// The memtable bytes one item (insert or tombstone) costs, by fjall's
+/// measure or more.
+fn memtable_cost(key_len: usize, value_len: usize) -> u64 {
+    (key_len as u64)
+        .saturating_add(value_len as u64)
+        .saturating_add(MEMTABLE_ITEM_OVERHEAD)
+}
+
 /// fjall's marker files; a non-empty directory with neither is not ours.
 const FJALL_MARKERS: [&str; 2] = ["version", "lock"];
 
@@ -383,12 +401,12 @@ impl FjallStore {
             let akey = guard.key().map_err(|e| self.err(e))?;
             if let IndexTarget::Entry(skey) = self.target_of(&akey)? {
                 if removed_keys.insert(skey.clone()) {
-                    tombstone_bytes[0] += skey.len() as u64;
+                    tombstone_bytes[0] += memtable_cost(skey.len(), 0);
                     batch.remove(&self.sessions, skey);
                     removed += 1;
                 }
             }
-            tombstone_bytes[1] += akey.len() as u64;
+            tombstone_bytes[1] += memtable_cost(akey.len(), 0);
             batch.remove(&self.by_age, akey.clone());
             last_removed = Some(akey);
         }
@@ -561,11 +579,14 @@ impl Store for FjallStore {
             old
         };
         let mut batch = self.db.batch();
+        let mut index_bytes = 0;
         if let Some((old_ts, _)) = old.as_deref().and_then(split_ts) {
             // Same timestamp: the insert below rewrites the same index key;
             // a remove of it in the same batch would race with that insert.
             if old_ts != entry.stored_at {
-                batch.remove(&self.by_age, age_key(old_ts, id));
+                let old_akey = age_key(old_ts, id);
+                index_bytes += memtable_cost(old_akey.len(), 0);
+                batch.remove(&self.by_age, old_akey);
             }
         }
         let akey = age_key(entry.stored_at, id);
@@ -574,8 +595,9 @@ impl Store for FjallStore {
         if akey < w.scan_from {
             w.scan_from.clone_from(&akey);
         }
-        let (record, akey_len) = (encode_record(entry), akey.len() as u64);
-        let session_bytes = (skey.len() + record.len()) as u64;
+        let record = encode_record(entry);
+        index_bytes += memtable_cost(akey.len(), 0);
+        let session_bytes = memtable_cost(skey.len(), record.len());
         batch.insert(&self.sessions, skey, record);
         batch.insert(&self.by_age, akey, Vec::new());
         batch.commit().map_err(|e| self.err(e))?;
@@ -583,7 +605,7 @@ impl Store for FjallStore {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
         self.committed(&mut w, 0, session_bytes)?;
-        self.committed(&mut w, 1, akey_len)?;
+        self.committed(&mut w, 1, index_bytes)?;
         Ok(PutOutcome {
             inserted: old.is_none(),
             evicted,
@@ -603,13 +625,13 @@ impl Store for FjallStore {
         if let Some((old_ts, _)) = split_ts(&old) {
             batch.remove(&self.by_age, age_key(old_ts, id));
         }
-        let skey_len = skey.len() as u64;
+        let skey_cost = memtable_cost(skey.len(), 0);
         batch.remove(&self.sessions, skey);
         batch.commit().map_err(|e| self.err(e))?;
         self.sub_len(1);
         // Tombstones fill memtables too.
-        self.committed(&mut w, 0, skey_len)?;
-        self.committed(&mut w, 1, TS_LEN as u64 + id.len() as u64)?;
+        self.committed(&mut w, 0, skey_cost)?;
+        self.committed(&mut w, 1, memtable_cost(TS_LEN + id.len(), 0))?;
         Ok(true)
     }
 
@@ -688,6 +710,48 @@ mod tests {
 
     fn open_in(tmp: &tempfile::TempDir) -> FjallStore {
         FjallStore::open(&tmp.path().join("c.fjall"), keep()).unwrap()
+    }
+
+    /// What we count towards a rotation is at least what fjall adds to its
+    /// memtables, item by item, for every kind of write: otherwise fjall's
+    /// own rotation fires first and floods its worker (fjall-rs/fjall#323).
+    /// A flush finishing between the two readings only makes fjall's
+    /// figure smaller.
+    #[test]
+    fn rotation_counts_at_least_what_fjall_puts_in_its_memtables() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open_in(&tmp);
+        let counted = |s: &FjallStore| {
+            let w = s.writer();
+            w.unrotated[0] + w.unrotated[1]
+        };
+        let mut check = |what: &str, op: &dyn Fn(&FjallStore)| {
+            let (ours0, theirs0) = (counted(&store), store.memtable_bytes());
+            op(&store);
+            let (ours1, theirs1) = (counted(&store), store.memtable_bytes());
+            // A rotation in between resets our count: skip that sample.
+            if ours1 >= ours0 {
+                assert!(
+                    ours1 - ours0 >= theirs1.saturating_sub(theirs0),
+                    "{what}: we counted {} bytes, fjall {}",
+                    ours1 - ours0,
+                    theirs1.saturating_sub(theirs0)
+                );
+            }
+        };
+        for i in 0..200u64 {
+            let id = format!("i{i}");
+            check("insert, tiny", &|s| {
+                s.put(id.as_bytes(), &entry(i, b"x"), 0).unwrap();
+            });
+            check("replace, newer", &|s| {
+                s.put(id.as_bytes(), &entry(i + 1000, &[7; 3000]), 0)
+                    .unwrap();
+            });
+            check("delete", &|s| {
+                s.delete(id.as_bytes()).unwrap();
+            });
+        }
     }
 
     #[test]
