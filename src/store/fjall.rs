@@ -725,7 +725,7 @@ mod tests {
             let w = s.writer();
             w.unrotated[0] + w.unrotated[1]
         };
-        let mut check = |what: &str, op: &dyn Fn(&FjallStore)| {
+        let check = |what: &str, op: &dyn Fn(&FjallStore)| {
             let (ours0, theirs0) = (counted(&store), store.memtable_bytes());
             op(&store);
             let (ours1, theirs1) = (counted(&store), store.memtable_bytes());
