@@ -8,11 +8,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/keys.rs"]
+mod keys;
 #[path = "common/stock.rs"]
 mod stock;
 
 use bytes::Bytes;
 use child::{instance, owner_mode, postfix_uid, MasterChild, OURS};
+use keys::current_key;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tlsmgr::client::Client;
@@ -49,21 +52,6 @@ fn lookup(c: &mut Client, id: &str) -> Reply {
         cache_id: Bytes::copy_from_slice(id.as_bytes()),
     })
     .unwrap()
-}
-
-fn current_key(c: &mut Client) -> Bytes {
-    match c
-        .request(&Request::TktKey {
-            keyname: Bytes::new(),
-        })
-        .unwrap()
-    {
-        Reply::TktKey {
-            status: Status::Ok,
-            keybuf,
-        } => keybuf,
-        other => panic!("{other:?}"),
-    }
 }
 
 fn hit(session: &[u8]) -> Reply {

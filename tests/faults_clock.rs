@@ -6,7 +6,11 @@
 //! forward jump that is shorter than their timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/keys.rs"]
+mod keys;
+
 use bytes::Bytes;
+use keys::current_ticket_key;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tlsmgr::client::Client;
@@ -91,21 +95,6 @@ fn real_now() -> i64 {
         .as_secs() as i64
 }
 
-fn current_key(c: &mut Client) -> TicketKey {
-    match c
-        .request(&Request::TktKey {
-            keyname: Bytes::new(),
-        })
-        .unwrap()
-    {
-        Reply::TktKey {
-            status: Status::Ok,
-            keybuf,
-        } => TicketKey::from_bytes(&keybuf).unwrap(),
-        other => panic!("tktkey: {other:?}"),
-    }
-}
-
 fn key_by_name(c: &mut Client, k: &TicketKey) -> Status {
     match c
         .request(&Request::TktKey {
@@ -123,7 +112,7 @@ fn key_by_name(c: &mut Client, k: &TicketKey) -> Status {
 fn wait_for_key(c: &mut Client, what: &str, cond: impl Fn(&TicketKey) -> bool) -> TicketKey {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let k = current_key(c);
+        let k = current_ticket_key(c);
         if cond(&k) {
             return k;
         }
@@ -161,7 +150,7 @@ fn a_jump_forward_and_back_pins_no_key_in_the_daemon_or_its_file() {
     let dir = tmp.path();
     let d = Faked::start(&lib, dir, 0);
     let mut c = d.client();
-    let before = current_key(&mut c);
+    let before = current_ticket_key(&mut c);
     let lifetime = before.tout_secs() - real_now();
     assert!(
         (0..=T / 2).contains(&lifetime),
@@ -196,7 +185,7 @@ fn a_jump_forward_and_back_pins_no_key_in_the_daemon_or_its_file() {
     // real time serves the same, normal key.
     let d = Faked::start(&lib, dir, 0);
     let mut c = d.client();
-    let restarted = current_key(&mut c);
+    let restarted = current_ticket_key(&mut c);
     assert!(
         restarted.tout_secs() <= real_now() + T,
         "key from the file expires in {} s",
@@ -215,7 +204,7 @@ fn a_key_file_written_ten_years_ahead_is_not_trusted_at_start() {
     // A daemon whose clock stood ten years ahead saved its keys, and exited.
     let d = Faked::start(&lib, dir, TEN_YEARS);
     let mut c = d.client();
-    let future = current_key(&mut c);
+    let future = current_ticket_key(&mut c);
     assert!(future.tout_secs() > real_now() + TEN_YEARS - T);
     drop(c);
     d.stop();
@@ -224,7 +213,7 @@ fn a_key_file_written_ten_years_ahead_is_not_trusted_at_start() {
     // Started again at the right time, it drops those keys when loading.
     let d = Faked::start(&lib, dir, 0);
     let mut c = d.client();
-    let now_key = current_key(&mut c);
+    let now_key = current_ticket_key(&mut c);
     assert_ne!(now_key.name, future.name);
     assert!(now_key.tout_secs() <= real_now() + T);
     assert_eq!(key_by_name(&mut c, &future), Status::Err);

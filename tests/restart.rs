@@ -4,25 +4,12 @@
 //! waited for.
 #![allow(clippy::unwrap_used)]
 mod common;
+#[path = "common/keys.rs"]
+mod keys;
 
-use bytes::Bytes;
 use common::*;
+use keys::current_key;
 use tlsmgr::protocol::{Reply, Request, Status};
-
-fn current_key(c: &mut tlsmgr::client::Client) -> Bytes {
-    match c
-        .request(&Request::TktKey {
-            keyname: Bytes::new(),
-        })
-        .unwrap()
-    {
-        Reply::TktKey {
-            status: Status::Ok,
-            keybuf,
-        } => keybuf,
-        other => panic!("{other:?}"),
-    }
-}
 
 #[test]
 fn sessions_and_ticket_keys_survive_a_restart() {
