@@ -4,21 +4,15 @@
 //! with what the client sends, and it must keep answering everyone else.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/serve.rs"]
+mod serve;
+
+use serve::ServeProcess;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SEED_REQUEST: &[u8] = b"request\0seed\0size\x00255\0\0";
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -50,23 +44,9 @@ fn clients_that_never_read_hold_no_memory_and_stall_nobody() {
         ),
     )
     .unwrap();
-    let sock = dir.join("sock");
-    let child = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
-            .args(["serve", "-c"])
-            .arg(dir)
-            .arg("--socket")
-            .arg(&sock)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < deadline, "not serving");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let pid = child.0.id();
+    let child = ServeProcess::start(dir, ServeProcess::NO_ENV);
+    let sock = child.socket.clone();
+    let pid = child.pid();
     let mut good = connect(&sock);
     let ask = |s: &mut UnixStream| -> Duration {
         let t = Instant::now();

@@ -9,32 +9,22 @@
 //! is raised to the hard one at start.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/serve.rs"]
+mod serve;
+
+use serve::ServeProcess;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ANNOUNCEMENT: usize = 26;
 const SEED_REQUEST: &[u8] = b"request\0seed\0size\x008\0\0";
 
-/// A `tlsmgr serve` process, stopped (SIGTERM, then waited for) when
-/// dropped, also when an assertion fails.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid of a child we spawned and have not
-        // waited for.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
 /// `tlsmgr serve` in `dir` with RLIMIT_NOFILE set to `soft`/`hard` before
-/// exec; stderr goes to `dir/stderr`.
-fn serve(dir: &Path, soft: u64, hard: u64) -> Daemon {
+/// exec; its log in `dir/stderr.log`.
+fn serve(dir: &Path, soft: u64, hard: u64) -> ServeProcess {
     std::fs::write(
         dir.join("main.cf"),
         format!(
@@ -45,41 +35,27 @@ fn serve(dir: &Path, soft: u64, hard: u64) -> Daemon {
         ),
     )
     .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlsmgr"));
-    cmd.arg("serve")
-        .arg("-c")
-        .arg(dir)
-        .arg("--socket")
-        .arg(dir.join("sock"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("stderr")).unwrap());
-    // SAFETY: setrlimit(2) is async-signal-safe and reads only the struct on
-    // this closure's stack; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: soft,
-                rlim_max: hard,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = Daemon(cmd.spawn().unwrap());
-    for _ in 0..200 {
-        if UnixStream::connect(dir.join("sock")).is_ok() {
-            return child;
+    ServeProcess::start_with(dir, ServeProcess::NO_ENV, |cmd| {
+        // SAFETY: setrlimit(2) is async-signal-safe and reads only the
+        // struct on this closure's stack; nothing else runs between fork
+        // and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("not serving: {}", stderr(dir));
+    })
 }
 
 fn stderr(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("stderr")).unwrap_or_default()
+    std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
 }
 
 /// What happened to one new client within `wait`.
@@ -94,7 +70,7 @@ enum Outcome {
 }
 
 fn connect(dir: &Path, wait: Duration) -> Outcome {
-    let Ok(mut s) = UnixStream::connect(dir.join("sock")) else {
+    let Ok(mut s) = UnixStream::connect(dir.join("private/tlsmgr")) else {
         return Outcome::Closed;
     };
     s.set_read_timeout(Some(wait)).unwrap();
@@ -144,7 +120,7 @@ fn more_clients_than_descriptors_replace_the_longest_idle_and_log_once() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let child = serve(dir, LIMIT, LIMIT);
-    let pid = child.0.id();
+    let pid = child.pid();
     println!(
         "daemon holds {} descriptors at start, limit {LIMIT}",
         open_fds(pid)
@@ -255,7 +231,7 @@ fn more_clients_than_descriptors_replace_the_longest_idle_and_log_once() {
 fn the_soft_descriptor_limit_is_raised_to_the_hard_limit() {
     let tmp = tempfile::tempdir().unwrap();
     let child = serve(tmp.path(), 64, 2048);
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.pid())).unwrap();
     let line = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
@@ -301,7 +277,7 @@ fn five_thousand_idle_clients_at_1024_descriptors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let child = serve(dir, LIMIT, LIMIT);
-    let pid = child.0.id();
+    let pid = child.pid();
     let Outcome::Served(mut good) = connect(dir, Duration::from_secs(3)) else {
         panic!("the well-behaved client was not served");
     };

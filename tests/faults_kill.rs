@@ -5,38 +5,21 @@
 //! updates, killed mid-load.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/serve.rs"]
+mod serve;
+
 use bytes::Bytes;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use serve::ServeProcess;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tlsmgr::client::Client;
 use tlsmgr::protocol::{Reply, Request, Status};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tlsmgr");
 const CONNECTIONS: usize = 64;
 const SESSION_LEN: usize = 2048;
 const LOAD_TIME: Duration = Duration::from_secs(6);
-
-fn start(dir: &Path) -> (Child, PathBuf) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "-c"])
-        .arg(dir)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let socket = dir.join("private/tlsmgr");
-    for _ in 0..400 {
-        if Client::connect(&socket, Duration::from_secs(5)).is_ok() {
-            return (child, socket);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("tlsmgr serve did not start");
-}
 
 /// The session bytes of update `n` of connection `c`: recognisable, so a
 /// read-back shows a torn or misplaced value.
@@ -68,7 +51,8 @@ fn every_acknowledged_update_survives_sigkill() {
         ),
     )
     .unwrap();
-    let (mut child, socket) = start(dir);
+    let daemon = ServeProcess::start(dir, ServeProcess::NO_ENV);
+    let socket = daemon.socket.clone();
     // Per connection: the highest n answered OK (ids are n = 0, 1, 2, ...),
     // and the one in flight when the kill came (may or may not be stored).
     let acked: Arc<Mutex<Vec<Option<u64>>>> = Arc::new(Mutex::new(vec![None; CONNECTIONS]));
@@ -101,8 +85,7 @@ fn every_acknowledged_update_survives_sigkill() {
     let started = Instant::now();
     std::thread::sleep(LOAD_TIME);
     // SIGKILL mid-load: no flush, no exit hook.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    daemon.kill();
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     for w in workers {
@@ -125,7 +108,8 @@ fn every_acknowledged_update_survives_sigkill() {
         "too little load to exercise memtable writes: {total} updates"
     );
 
-    let (mut child, socket) = start(dir);
+    let daemon = ServeProcess::start(dir, ServeProcess::NO_ENV);
+    let socket = daemon.socket.clone();
     let mut client = Client::connect(&socket, Duration::from_secs(10)).unwrap();
     let (mut checked, mut in_flight_stored) = (0u64, 0u64);
     for (c, last) in acked.iter().enumerate() {
@@ -168,8 +152,7 @@ fn every_acknowledged_update_survives_sigkill() {
          0 lost; {in_flight_stored} of {CONNECTIONS} in-flight updates were stored too"
     );
     assert_eq!(checked, total);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    daemon.kill();
 }
 
 fn walk_bytes(dir: &Path) -> u64 {

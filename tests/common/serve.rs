@@ -20,6 +20,16 @@ impl ServeProcess {
     /// until `$queue_directory/private/tlsmgr` (queue_directory = `dir`)
     /// answers.
     pub fn start<K: AsRef<OsStr>, V: AsRef<OsStr>>(dir: &Path, env: &[(K, V)]) -> ServeProcess {
+        Self::start_with(dir, env, |_| {})
+    }
+
+    /// [`ServeProcess::start`], with `customize` applied to the command
+    /// before it is spawned (resource limits, more arguments).
+    pub fn start_with<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+        dir: &Path,
+        env: &[(K, V)],
+        customize: impl FnOnce(&mut Command),
+    ) -> ServeProcess {
         let log = dir.join("stderr.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlsmgr"));
         cmd.args(["serve", "-c"]).arg(dir).stderr(Stdio::from(
@@ -32,6 +42,7 @@ impl ServeProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        customize(&mut cmd);
         let child = cmd.spawn().unwrap();
         let socket = dir.join("private/tlsmgr");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -40,6 +51,20 @@ impl ServeProcess {
             std::thread::sleep(Duration::from_millis(50));
         }
         ServeProcess { child, socket, log }
+    }
+
+    /// No environment added (for [`ServeProcess::start`]).
+    pub const NO_ENV: &'static [(&'static str, &'static str)] = &[];
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and waits for it: nothing saved, nothing flushed.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     pub fn client(&self) -> Client {
