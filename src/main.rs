@@ -164,7 +164,11 @@ fn admin_socket(command: &str, args: AdminArgs) -> Result<PathBuf, ExitCode> {
         .map_err(|e| tlsmgr::config::ConfigError::new(format!("open {}: {e}", dir.display())))
         .and_then(|handle| tlsmgr::config::read_raw(&handle, &[]))
         .and_then(|raw| {
-            tlsmgr::config::expand_parameter(&raw, "tlsmgr_admin_socket", &mut Default::default())
+            tlsmgr::config::expand_parameter(
+                &raw,
+                tlsmgr::config::params::TLSMGR_ADMIN_SOCKET,
+                &mut Default::default(),
+            )
         });
     match path {
         Ok(p) if !p.is_empty() => Ok(PathBuf::from(p)),

@@ -15,6 +15,7 @@
 pub mod dir;
 pub mod expand;
 pub mod maincf;
+pub mod params;
 pub mod values;
 
 use crate::protocol::CacheType;
@@ -35,13 +36,13 @@ pub const MAX_RANDOM_PERIOD: u64 = 8_421_504;
 /// Parameters a running daemon cannot change: they take effect when it
 /// next starts (a reload says so).
 pub const START_ONLY: &[&str] = &[
-    "queue_directory",
-    "tlsmgr_admin_socket",
-    "tlsmgr_io_threads",
-    "tlsmgr_persistent_state",
-    "tlsmgr_store_block_cache_size",
-    "tlsmgr_store_write_buffer_size",
-    "tlsmgr_ticket_key_file",
+    params::QUEUE_DIRECTORY,
+    params::TLSMGR_ADMIN_SOCKET,
+    params::TLSMGR_IO_THREADS,
+    params::TLSMGR_PERSISTENT_STATE,
+    params::TLSMGR_STORE_BLOCK_CACHE_SIZE,
+    params::TLSMGR_STORE_WRITE_BUFFER_SIZE,
+    params::TLSMGR_TICKET_KEY_FILE,
 ];
 
 /// Upper bound of `tlsmgr_io_threads`.
@@ -125,68 +126,7 @@ impl Source for HashMap<String, String> {
     }
 }
 
-/// Built-in defaults of every parameter we read (Postfix 3.7 on Linux/Debian,
-/// plus our own `tlsmgr_*` parameters).
-pub const DEFAULTS: &[(&str, &str)] = &[
-    ("config_directory", "/etc/postfix"),
-    ("queue_directory", "/var/spool/postfix"),
-    ("data_directory", "/var/lib/postfix"),
-    ("daemon_directory", "/usr/lib/postfix/sbin"),
-    ("mail_owner", "postfix"),
-    ("default_database_type", "hash"),
-    ("compatibility_level", "0"),
-    ("multi_instance_name", ""),
-    (
-        "syslog_name",
-        "${multi_instance_name?{$multi_instance_name}:{postfix}}",
-    ),
-    ("syslog_facility", "mail"),
-    ("maillog_file", ""),
-    ("postlog_service_name", "postlog"),
-    ("ipc_timeout", "3600s"),
-    ("daemon_timeout", "18000s"),
-    ("tls_random_source", "dev:/dev/urandom"),
-    ("tls_random_exchange_name", "${data_directory}/prng_exch"),
-    ("tls_random_bytes", "32"),
-    ("tls_random_reseed_period", "3600s"),
-    ("tls_random_prng_update_period", "3600s"),
-    ("smtpd_tls_session_cache_database", ""),
-    ("smtp_tls_session_cache_database", ""),
-    ("lmtp_tls_session_cache_database", ""),
-    ("smtpd_tls_session_cache_timeout", "3600s"),
-    ("smtp_tls_session_cache_timeout", "3600s"),
-    ("lmtp_tls_session_cache_timeout", "3600s"),
-    ("smtpd_tls_loglevel", "0"),
-    ("smtp_tls_loglevel", "0"),
-    ("lmtp_tls_loglevel", "0"),
-    // Ours. Documented in README.md ("Parameters beyond Postfix").
-    ("tlsmgr_session_cache_max_entries", "100000"),
-    ("tlsmgr_persistent_state", "yes"),
-    (
-        "tlsmgr_ticket_key_file",
-        "${data_directory}/tlsmgr_ticket_keys",
-    ),
-    ("tlsmgr_store_lock_wait", "10s"),
-    ("tlsmgr_io_threads", "0"),
-    ("tlsmgr_session_cache_sync_interval", "1s"),
-    ("tlsmgr_store_block_cache_size", "2097152"),
-    ("tlsmgr_store_write_buffer_size", "8388608"),
-    (
-        "tlsmgr_admin_socket",
-        "${queue_directory}/private/tlsmgr.admin",
-    ),
-    ("tlsmgr_metrics_listen", ""),
-    ("tlsmgr_stats_log_interval", "0s"),
-    // Sharing through Redis (README, "An MX farm: one TLS memory").
-    ("tlsmgr_shared_store", ""),
-    ("tlsmgr_shared_site", "default"),
-    ("tlsmgr_shared_secret_file", ""),
-    ("tlsmgr_shared_ca_file", ""),
-    ("tlsmgr_shared_caches", "smtpd"),
-    ("tlsmgr_shared_lookup_deadline", "20ms"),
-    ("tlsmgr_shared_connect_timeout", "1s"),
-    ("tlsmgr_shared_write_queue_limit", "10000"),
-];
+pub use params::DEFAULTS;
 
 /// Longest `tlsmgr_stats_log_interval` (one week).
 pub const MAX_STATS_LOG_INTERVAL: u64 = 7 * 86_400;
@@ -458,7 +398,7 @@ pub fn parse_raw(
     let path = dir.display_path("main.cf");
     let mut raw = RawConfig::parse(&String::from_utf8_lossy(text), Some(&path))?;
     raw.entries.insert(
-        "config_directory".to_string(),
+        params::CONFIG_DIRECTORY.to_string(),
         maincf::RawValue {
             value: dir.path().display().to_string(),
             line: None,
@@ -514,14 +454,14 @@ pub fn parse_millis(name: &str, value: &str) -> Result<Duration, String> {
 }
 
 fn shared_config(r: &Resolver<'_>) -> Result<SharedConfig, ConfigError> {
-    let store = r.string("tlsmgr_shared_store")?.trim().to_string();
+    let store = r.string(params::TLSMGR_SHARED_STORE)?.trim().to_string();
     let store = if store.is_empty() {
         None
     } else {
         let known = ["redis://", "rediss://", "redis+unix://", "unix://"];
         if !known.iter().any(|p| store.starts_with(p)) {
             return Err(r.err(
-                "tlsmgr_shared_store",
+                params::TLSMGR_SHARED_STORE,
                 format!(
                     "parameter tlsmgr_shared_store: {}: not a redis://, rediss:// or unix:// URL",
                     redact_url(&store)
@@ -530,13 +470,13 @@ fn shared_config(r: &Resolver<'_>) -> Result<SharedConfig, ConfigError> {
         }
         if let Err(e) = crate::shared::client::check_url(&store) {
             return Err(r.err(
-                "tlsmgr_shared_store",
+                params::TLSMGR_SHARED_STORE,
                 format!("parameter tlsmgr_shared_store: {}: {e}", redact_url(&store)),
             ));
         }
         Some(store)
     };
-    let site = r.string("tlsmgr_shared_site")?;
+    let site = r.string(params::TLSMGR_SHARED_SITE)?;
     if site.is_empty()
         || site.len() > MAX_SITE_LEN
         || !site
@@ -544,23 +484,23 @@ fn shared_config(r: &Resolver<'_>) -> Result<SharedConfig, ConfigError> {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     {
         return Err(r.err(
-            "tlsmgr_shared_site",
+            params::TLSMGR_SHARED_SITE,
             format!(
                 "parameter tlsmgr_shared_site: \"{site}\": use 1 to {MAX_SITE_LEN} letters, digits, '.', '_' or '-'"
             ),
         ));
     }
-    let secret_file = r.path("tlsmgr_shared_secret_file")?;
+    let secret_file = r.path(params::TLSMGR_SHARED_SECRET_FILE)?;
     if store.is_some() && secret_file.is_none() {
         return Err(r.err(
-            "tlsmgr_shared_secret_file",
+            params::TLSMGR_SHARED_SECRET_FILE,
             "parameter tlsmgr_shared_secret_file: required when tlsmgr_shared_store is set"
                 .to_string(),
         ));
     }
     let mut caches = [false; 3];
     for word in r
-        .string("tlsmgr_shared_caches")?
+        .string(params::TLSMGR_SHARED_CACHES)?
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|w| !w.is_empty())
     {
@@ -568,7 +508,7 @@ fn shared_config(r: &Resolver<'_>) -> Result<SharedConfig, ConfigError> {
             Some(ct) => caches[ct.index()] = true,
             None => {
                 return Err(r.err(
-                    "tlsmgr_shared_caches",
+                    params::TLSMGR_SHARED_CACHES,
                     format!(
                         "parameter tlsmgr_shared_caches: unknown cache type \"{word}\" (smtpd, smtp or lmtp)"
                     ),
@@ -576,7 +516,7 @@ fn shared_config(r: &Resolver<'_>) -> Result<SharedConfig, ConfigError> {
             }
         }
     }
-    let name = "tlsmgr_shared_lookup_deadline";
+    let name = params::TLSMGR_SHARED_LOOKUP_DEADLINE;
     let lookup_deadline = parse_millis(name, &r.string(name)?).map_err(|m| r.err(name, m))?;
     if lookup_deadline < Duration::from_millis(1) || lookup_deadline > Duration::from_secs(5) {
         return Err(r.err(
@@ -592,12 +532,16 @@ fn shared_config(r: &Resolver<'_>) -> Result<SharedConfig, ConfigError> {
         site,
         secret_file,
         secret: None,
-        ca_file: r.path("tlsmgr_shared_ca_file")?,
+        ca_file: r.path(params::TLSMGR_SHARED_CA_FILE)?,
         ca: None,
         caches,
         lookup_deadline,
-        connect_timeout: Duration::from_secs(r.time("tlsmgr_shared_connect_timeout", 1, 60)?),
-        write_queue: r.int("tlsmgr_shared_write_queue_limit", 1, MAX_WRITE_QUEUE)? as usize,
+        connect_timeout: Duration::from_secs(r.time(
+            params::TLSMGR_SHARED_CONNECT_TIMEOUT,
+            1,
+            60,
+        )?),
+        write_queue: r.int(params::TLSMGR_SHARED_WRITE_QUEUE_LIMIT, 1, MAX_WRITE_QUEUE)? as usize,
     })
 }
 
@@ -615,19 +559,19 @@ impl Config {
     /// Builds a snapshot from raw values plus Postfix's defaults.
     pub fn from_source(source: &dyn Source) -> Result<Config, ConfigError> {
         let r = Resolver::new(source);
-        let default_db_type = r.string("default_database_type")?;
+        let default_db_type = r.string(params::DEFAULT_DATABASE_TYPE)?;
         let mut caches = Vec::with_capacity(3);
         for ct in CacheType::ALL {
-            let db_param = format!("{ct}_tls_session_cache_database");
-            let timeout_param = format!("{ct}_tls_session_cache_timeout");
-            let database = r.string(&db_param)?;
-            let timeout = sanitize_timeout(r.time(&timeout_param, 0, SESSION_LIFEMAX)?);
+            let db_param = params::cache_database(ct);
+            let database = r.string(db_param)?;
+            let timeout =
+                sanitize_timeout(r.time(params::cache_timeout(ct), 0, SESSION_LIFEMAX)?);
             let location = if database.is_empty() || timeout == 0 {
                 None
             } else {
                 Some(
                     parse_database(&database, &default_db_type)
-                        .map_err(|e| r.err(&db_param, format!("parameter {db_param}: {e}")))?,
+                        .map_err(|e| r.err(db_param, format!("parameter {db_param}: {e}")))?,
                 )
             };
             caches.push(CacheConfig {
@@ -635,7 +579,7 @@ impl Config {
                 database,
                 location,
                 timeout,
-                loglevel: r.string(&format!("{ct}_tls_loglevel"))?,
+                loglevel: r.string(params::tls_loglevel(ct))?,
             });
         }
         // Postfix: the same database for two cache types is fatal. A
@@ -646,11 +590,11 @@ impl Config {
         for (i, a) in caches.iter().enumerate() {
             for b in caches.iter().skip(i + 1) {
                 if let (Some(la), Some(lb)) = (shared_file(a), shared_file(b)) {
-                    let param_b = format!("{}_tls_session_cache_database", b.cache_type);
+                    let param_b = params::cache_database(b.cache_type);
                     if a.database == b.database {
                         // Stock's words for one string used twice.
                         return Err(r.err(
-                            &param_b,
+                            param_b,
                             format!(
                                 "do not use the same TLS cache file {} for {} and {}",
                                 b.database, a.cache_type, b.cache_type
@@ -670,7 +614,7 @@ impl Config {
                             })
                             .unwrap_or_default();
                         return Err(r.err(
-                            &param_b,
+                            param_b,
                             format!(
                                 "do not use the same TLS cache file for {}_tls_session_cache_database ({}) and {} ({}): both are stored in {}",
                                 a.cache_type, a.database, param_b, b.database, place
@@ -687,72 +631,76 @@ impl Config {
             Ok(r.time(name, 1, 0)?.min(MAX_RANDOM_PERIOD))
         };
         Ok(Config {
-            config_directory: PathBuf::from(r.string("config_directory")?),
-            queue_directory: PathBuf::from(r.string("queue_directory")?),
-            data_directory: PathBuf::from(r.string("data_directory")?),
-            mail_owner: r.string("mail_owner")?,
-            syslog_name: r.string("syslog_name")?,
-            syslog_facility: r.string("syslog_facility")?,
-            maillog_file: r.string("maillog_file")?,
-            postlog_service_name: r.string("postlog_service_name")?,
-            ipc_timeout: Duration::from_secs(r.time("ipc_timeout", 1, 0)?),
-            daemon_timeout: Duration::from_secs(r.time("daemon_timeout", 1, 0)?),
-            tls_random_source: r.string("tls_random_source")?,
-            tls_random_exchange_name: r.path("tls_random_exchange_name")?,
-            tls_random_bytes: r.int("tls_random_bytes", 1, 0)? as u32,
-            tls_random_reseed_period: period("tls_random_reseed_period")?,
-            tls_random_prng_update_period: period("tls_random_prng_update_period")?,
+            config_directory: PathBuf::from(r.string(params::CONFIG_DIRECTORY)?),
+            queue_directory: PathBuf::from(r.string(params::QUEUE_DIRECTORY)?),
+            data_directory: PathBuf::from(r.string(params::DATA_DIRECTORY)?),
+            mail_owner: r.string(params::MAIL_OWNER)?,
+            syslog_name: r.string(params::SYSLOG_NAME)?,
+            syslog_facility: r.string(params::SYSLOG_FACILITY)?,
+            maillog_file: r.string(params::MAILLOG_FILE)?,
+            postlog_service_name: r.string(params::POSTLOG_SERVICE_NAME)?,
+            ipc_timeout: Duration::from_secs(r.time(params::IPC_TIMEOUT, 1, 0)?),
+            daemon_timeout: Duration::from_secs(r.time(params::DAEMON_TIMEOUT, 1, 0)?),
+            tls_random_source: r.string(params::TLS_RANDOM_SOURCE)?,
+            tls_random_exchange_name: r.path(params::TLS_RANDOM_EXCHANGE_NAME)?,
+            tls_random_bytes: r.int(params::TLS_RANDOM_BYTES, 1, 0)? as u32,
+            tls_random_reseed_period: period(params::TLS_RANDOM_RESEED_PERIOD)?,
+            tls_random_prng_update_period: period(params::TLS_RANDOM_PRNG_UPDATE_PERIOD)?,
             caches,
             max_entries: r
-                .int("tlsmgr_session_cache_max_entries", 0, 0)
+                .int(params::TLSMGR_SESSION_CACHE_MAX_ENTRIES, 0, 0)
                 .and_then(|n| {
                     u64::try_from(n).map_err(|_| {
                         r.err(
-                            "tlsmgr_session_cache_max_entries",
+                            params::TLSMGR_SESSION_CACHE_MAX_ENTRIES,
                             format!(
                                 "invalid tlsmgr_session_cache_max_entries parameter value {n} < 0"
                             ),
                         )
                     })
                 })?,
-            persistent_state: r.bool("tlsmgr_persistent_state")?,
-            ticket_key_file: r.path("tlsmgr_ticket_key_file")?,
-            store_lock_wait: Duration::from_secs(r.time("tlsmgr_store_lock_wait", 0, 3600)?),
+            persistent_state: r.bool(params::TLSMGR_PERSISTENT_STATE)?,
+            ticket_key_file: r.path(params::TLSMGR_TICKET_KEY_FILE)?,
+            store_lock_wait: Duration::from_secs(r.time(
+                params::TLSMGR_STORE_LOCK_WAIT,
+                0,
+                3600,
+            )?),
             io_threads: r
-                .int("tlsmgr_io_threads", 0, MAX_IO_THREADS)
+                .int(params::TLSMGR_IO_THREADS, 0, MAX_IO_THREADS)
                 .and_then(|n| {
                     usize::try_from(n).map_err(|_| {
                         r.err(
-                            "tlsmgr_io_threads",
+                            params::TLSMGR_IO_THREADS,
                             format!("invalid tlsmgr_io_threads parameter value {n} < 0"),
                         )
                     })
                 })?,
             sync_interval: Duration::from_secs(r.time(
-                "tlsmgr_session_cache_sync_interval",
+                params::TLSMGR_SESSION_CACHE_SYNC_INTERVAL,
                 0,
                 3600,
             )?),
             store_block_cache: r.int(
-                "tlsmgr_store_block_cache_size",
+                params::TLSMGR_STORE_BLOCK_CACHE_SIZE,
                 MIN_STORE_BUFFER,
                 MAX_STORE_BUFFER,
             )? as u64,
             store_write_buffer: r.int(
-                "tlsmgr_store_write_buffer_size",
+                params::TLSMGR_STORE_WRITE_BUFFER_SIZE,
                 MIN_STORE_BUFFER,
                 MAX_STORE_BUFFER,
             )? as u64,
-            admin_socket: r.path("tlsmgr_admin_socket")?,
+            admin_socket: r.path(params::TLSMGR_ADMIN_SOCKET)?,
             metrics_listen: {
-                let v = r.string("tlsmgr_metrics_listen")?;
+                let v = r.string(params::TLSMGR_METRICS_LISTEN)?;
                 let v = v.trim();
                 if v.is_empty() {
                     None
                 } else {
                     Some(v.parse::<std::net::SocketAddr>().map_err(|_| {
                         r.err(
-                            "tlsmgr_metrics_listen",
+                            params::TLSMGR_METRICS_LISTEN,
                             format!(
                                 "invalid tlsmgr_metrics_listen parameter value {v}: \
                                  expected host:port with a numeric address, e.g. 127.0.0.1:9187"
@@ -762,7 +710,7 @@ impl Config {
                 }
             },
             stats_log_interval: Duration::from_secs(r.time(
-                "tlsmgr_stats_log_interval",
+                params::TLSMGR_STATS_LOG_INTERVAL,
                 0,
                 MAX_STATS_LOG_INTERVAL,
             )?),
@@ -803,7 +751,7 @@ impl Config {
                 } else {
                     ""
                 };
-                let (old, new) = if *name == "tlsmgr_shared_store" {
+                let (old, new) = if *name == params::TLSMGR_SHARED_STORE {
                     (redact_url(old), redact_url(new))
                 } else {
                     (old.clone(), new.clone())

@@ -73,14 +73,17 @@ pub fn state_on_disk(cfg: &Config, chroot: bool) -> Result<Vec<(String, PathBuf)
     for cc in &cfg.caches {
         if let Some(Backend::Fjall { dir }) = cc.location.as_ref().map(|l| &l.backend) {
             named.push((
-                format!("{}_tls_session_cache_database", cc.cache_type),
+                crate::config::params::cache_database(cc.cache_type).to_string(),
                 dir.clone(),
             ));
         }
     }
     if cfg.persistent_state {
         if let Some(k) = &cfg.ticket_key_file {
-            named.push(("tlsmgr_ticket_key_file".into(), k.clone()));
+            named.push((
+                crate::config::params::TLSMGR_TICKET_KEY_FILE.into(),
+                k.clone(),
+            ));
         }
     }
     if !chroot {
@@ -107,7 +110,7 @@ pub(super) fn relocate_into_chroot(cfg: &mut Config) -> Result<Vec<JailPath>, Ma
         };
         if let Backend::Fjall { dir } = &loc.backend {
             let jp = jail_path(&root, dir).map_err(|e| {
-                e.for_parameter(format!("{}_tls_session_cache_database", cc.cache_type))
+                e.for_parameter(crate::config::params::cache_database(cc.cache_type))
             })?;
             loc.backend = Backend::Fjall {
                 dir: jp.inside.clone(),
@@ -117,7 +120,8 @@ pub(super) fn relocate_into_chroot(cfg: &mut Config) -> Result<Vec<JailPath>, Ma
     }
     if cfg.persistent_state {
         if let Some(k) = cfg.ticket_key_file.clone() {
-            let jp = jail_path(&root, &k).map_err(|e| e.for_parameter("tlsmgr_ticket_key_file"))?;
+            let jp = jail_path(&root, &k)
+                .map_err(|e| e.for_parameter(crate::config::params::TLSMGR_TICKET_KEY_FILE))?;
             cfg.ticket_key_file = Some(jp.inside.clone());
             paths.push(jp);
         }
