@@ -79,7 +79,7 @@ fn bench_store(c: &mut Criterion) {
         for kib in [1usize, 2, 4] {
             let tmp = tempfile::tempdir().unwrap();
             let store = (be.open)(tmp.path());
-            let session = blob(kib * 1024, kib as u64);
+            let session = bytes::Bytes::from(blob(kib * 1024, kib as u64));
             let prefill = prefill();
             for n in 0..prefill {
                 let entry = Entry {

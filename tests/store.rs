@@ -17,7 +17,7 @@ use tlsmgr::store::{OpenOptions, MAX_CACHE_ID_LEN};
 fn entry(stored_at: u64, session: &[u8]) -> Entry {
     Entry {
         stored_at,
-        session: session.to_vec(),
+        session: bytes::Bytes::copy_from_slice(session),
     }
 }
 
@@ -488,7 +488,7 @@ fn run_against_model(mut f: Fixture, ops: Vec<Op>) -> Result<(), TestCaseError> 
             Op::Put(i, t, session) => {
                 let e = Entry {
                     stored_at: t,
-                    session,
+                    session: session.into(),
                 };
                 f.store.put(IDS[i], &e, 0).unwrap();
                 model.insert(IDS[i].to_vec(), e);
@@ -911,7 +911,7 @@ fn a_known_entry_count_is_taken_instead_of_a_recount() {
         for i in 0..10u64 {
             let e = Entry {
                 stored_at: 1_000 + i,
-                session: vec![1; 16],
+                session: bytes::Bytes::from(vec![1; 16]),
             };
             s.put(format!("id{i}").as_bytes(), &e, 0).unwrap();
         }

@@ -363,12 +363,12 @@ impl Cache {
         }
         self.metrics
             .cache_lookup(self.cache_type, LookupResult::Hit);
-        Ok(Some(Bytes::from(entry.session)))
+        Ok(Some(entry.session))
     }
 
     /// `update`: stores `session` under `id`, evicting the oldest entries
     /// first when the cache is full.
-    pub fn update(&self, id: &[u8], session: &[u8]) -> Result<(), CacheDown> {
+    pub fn update(&self, id: &[u8], session: &bytes::Bytes) -> Result<(), CacheDown> {
         let limits = self.limits();
         let now = self.clock.now();
         if limits.log_cache {
@@ -400,7 +400,7 @@ impl Cache {
         }
         let entry = Entry {
             stored_at: now,
-            session: session.to_vec(),
+            session: session.clone(),
         };
         self.refuse_write()?;
         let put = self.with_store("update", |s| s.put(id, &entry, limits.max_entries))?;
@@ -421,7 +421,7 @@ impl Cache {
         let limits = self.limits();
         let entry = Entry {
             stored_at,
-            session: session.to_vec(),
+            session: bytes::Bytes::copy_from_slice(session),
         };
         self.with_store("update", |s| s.put(id, &entry, limits.max_entries))
             .map(|_| ())

@@ -165,7 +165,7 @@ mod tests {
     fn entry(stored_at: u64, session: &[u8]) -> Entry {
         Entry {
             stored_at,
-            session: session.to_vec(),
+            session: bytes::Bytes::copy_from_slice(session),
         }
     }
 

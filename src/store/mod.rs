@@ -40,8 +40,10 @@ pub const MAX_CACHE_ID_LEN: usize = 16 * 1024;
 pub struct Entry {
     /// When the entry was stored, seconds since the epoch.
     pub stored_at: u64,
-    /// The session bytes, as the client sent them (DER `SSL_SESSION`).
-    pub session: Vec<u8>,
+    /// The session bytes, as the client sent them (DER `SSL_SESSION`): a
+    /// handle on the decoded request's buffer, so storing copies it only
+    /// into the store itself.
+    pub session: bytes::Bytes,
 }
 
 /// The result of one bounded expiry step.
