@@ -465,6 +465,20 @@ pub struct RequestCounts {
 }
 
 impl RequestCounts {
+    /// The latency buckets in order: upper bound in seconds (`INFINITY` for
+    /// the last), requests in the bucket, and requests up to and including
+    /// it (the cumulative count both Prometheus and `stats --json` show).
+    pub fn buckets(&self) -> impl Iterator<Item = (f64, u64, u64)> + '_ {
+        let mut cumulative = 0;
+        self.latency_buckets.iter().enumerate().map(move |(i, &n)| {
+            cumulative += n;
+            let le = LATENCY_BUCKETS_US
+                .get(i)
+                .map_or(f64::INFINITY, |us| *us as f64 / 1e6);
+            (le, n, cumulative)
+        })
+    }
+
     /// Requests answered.
     pub fn total(&self) -> u64 {
         self.by_status.iter().sum()
@@ -639,16 +653,14 @@ impl Snapshot {
         }
         let mut requests = Map::new();
         for r in &self.requests {
-            let mut cumulative = 0;
             let buckets: Vec<Value> = r
-                .latency_buckets
-                .iter()
-                .enumerate()
-                .map(|(i, n)| {
-                    cumulative += n;
-                    let le = LATENCY_BUCKETS_US
-                        .get(i)
-                        .map_or(Value::from("+Inf"), |us| Value::from(*us as f64 / 1e6));
+                .buckets()
+                .map(|(le, _, cumulative)| {
+                    let le = if le.is_finite() {
+                        Value::from(le)
+                    } else {
+                        Value::from("+Inf")
+                    };
                     json!([le, cumulative])
                 })
                 .collect();

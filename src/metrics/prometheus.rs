@@ -9,7 +9,7 @@
 //! from the start. The process figures use the conventional `process_`
 //! names and come from getrusage(2), since `/proc` is missing in a chroot.
 
-use super::{LookupResult, Removal, Snapshot, LATENCY_BUCKETS_US, STATUSES};
+use super::{LookupResult, Removal, Snapshot, STATUSES};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -150,19 +150,8 @@ impl Collector for SnapshotCollector {
                 MetricType::Histogram,
             )?;
             for r in &s.requests {
-                let mut cumulative = 0;
-                let buckets: Vec<(f64, u64)> = r
-                    .latency_buckets
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| {
-                        cumulative += n;
-                        let le = LATENCY_BUCKETS_US
-                            .get(i)
-                            .map_or(f64::INFINITY, |us| *us as f64 / 1e6);
-                        (le, *n)
-                    })
-                    .collect();
+                let buckets: Vec<(f64, u64)> = r.buckets().map(|(le, n, _)| (le, n)).collect();
+                let cumulative = r.buckets().last().map_or(0, |(_, _, total)| total);
                 let labels: Labels<'_> = vec![("request", r.kind.as_str())];
                 m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
                     r.latency_sum_ns as f64 / 1e9,
