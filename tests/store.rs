@@ -929,3 +929,66 @@ fn a_known_entry_count_is_taken_instead_of_a_recount() {
     .unwrap();
     assert_eq!(told.len(), 7, "the count given is taken as it is");
 }
+
+/// Apparent and allocated bytes of fjall's journal files (`*.jnl`) in `dir`.
+fn journal_bytes(dir: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut apparent = 0;
+    let mut allocated = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "jnl") {
+            let md = e.metadata().unwrap();
+            apparent += md.len();
+            allocated += md.blocks() * 512;
+        }
+    }
+    (apparent, allocated)
+}
+
+#[test]
+fn fjall_keeps_about_a_write_buffer_of_journal_next_to_its_tables() {
+    // Upstream fjall seals its journal only past 64 MB and makes every new
+    // journal a sparse 64 MiB file: a store that had taken 60 MiB showed a
+    // 64 MiB journal holding a second copy of it all (vendor/README.md).
+    // Ours seals the journal at each write buffer's worth (8 MiB) and
+    // preallocates nothing.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c.fjall");
+    let store = FjallStore::open(&dir, keep(Duration::ZERO)).unwrap();
+    let session = vec![0x5a; 2048];
+    for i in 0..30_000u64 {
+        store
+            .put(
+                format!("smtpd&{i:064X}&").as_bytes(),
+                &entry(i, &session),
+                0,
+            )
+            .unwrap();
+    }
+    // Flushes seal and delete journals in the background.
+    let limit = 3 * OpenOptions::default().write_buffer_bytes;
+    let mut journal = journal_bytes(&dir);
+    for _ in 0..100 {
+        if journal.0 <= limit {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        journal = journal_bytes(&dir);
+    }
+    let (apparent, allocated) = journal;
+    println!(
+        "60 MiB of sessions written: journal {:.1} MiB apparent, {:.1} MiB allocated",
+        apparent as f64 / 1048576.0,
+        allocated as f64 / 1048576.0
+    );
+    assert!(
+        apparent <= limit,
+        "{apparent} bytes of journal kept, more than {limit}"
+    );
+    // Nothing preallocated: the apparent size is what was written, to the block.
+    assert!(
+        apparent <= allocated + 4096,
+        "journal preallocated: {apparent} bytes apparent, {allocated} allocated"
+    );
+    assert_eq!(store.len(), 30_000);
+}

@@ -5,10 +5,13 @@
 //! A sample of lookups afterwards proves the sessions are really there.
 
 use super::driver::connect;
-use super::servers::{disk_usage, status_kb, Kind, Server, StartOptions};
+use super::servers::{disk_usage, status_kb, DiskUsage, Kind, Server, StartOptions};
 use super::wire::{self, Rng};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long to wait at most for the store's background work to finish.
+const SETTLE_LIMIT: Duration = Duration::from_secs(20);
 
 /// Session size of the footprint test.
 pub const SESSION_BYTES: usize = 2048;
@@ -21,9 +24,13 @@ pub struct Footprint {
     pub rss_idle: u64,
     pub rss_full: u64,
     pub peak_rss: u64,
-    /// Allocated bytes under the data directory (st_blocks), and apparent size.
-    pub disk_alloc: u64,
-    pub disk_apparent: u64,
+    /// The data directory on disk half a second after the fill.
+    pub disk: DiskUsage,
+    /// The same once it has not changed for a second (flushes and
+    /// compactions done), at most [`SETTLE_LIMIT`] later.
+    pub disk_settled: DiskUsage,
+    /// The same after a clean shutdown (SIGTERM).
+    pub disk_stopped: DiskUsage,
     /// Lookups of the sample that hit.
     pub sample_hits: u64,
     pub sample: u64,
@@ -117,8 +124,23 @@ pub fn measure(
     std::thread::sleep(Duration::from_millis(500));
     let rss_full = status_kb(pid, "VmRSS").unwrap_or(0);
     let peak_rss = status_kb(pid, "VmHWM").unwrap_or(0);
-    let (disk_alloc, disk_apparent) = disk_usage(&server.data_dir);
-    let log = server.stop();
+    let disk = disk_usage(&server.data_dir);
+    // Flushes and compactions go on after the last reply: tables are
+    // written, merged and their inputs deleted, sealed journals deleted once
+    // their memtables are flushed. Settled is when the directory has not
+    // changed for a second.
+    let settle_until = Instant::now() + SETTLE_LIMIT;
+    let mut disk_settled = disk;
+    let mut unchanged_since = Instant::now();
+    while Instant::now() < settle_until && unchanged_since.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = disk_usage(&server.data_dir);
+        if now != disk_settled {
+            disk_settled = now;
+            unchanged_since = Instant::now();
+        }
+    }
+    let (log, disk_stopped) = server.stop_and_measure();
     if log.contains("fatal") || log.contains("panic") {
         return Err(format!("{} log: {log}", kind.name()));
     }
@@ -129,8 +151,9 @@ pub fn measure(
         rss_idle,
         rss_full,
         peak_rss,
-        disk_alloc,
-        disk_apparent,
+        disk,
+        disk_settled,
+        disk_stopped,
         sample_hits,
         sample,
     })

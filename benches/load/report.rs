@@ -162,13 +162,16 @@ pub fn footprint_table(rows: &[Footprint]) -> String {
     let mib = |b: u64| b as f64 / 1048576.0;
     let _ = writeln!(
         s,
-        "| server | sessions | fill time s | updates/s | RSS idle MiB | RSS full MiB | peak RSS MiB | disk allocated MiB | disk apparent MiB | sample hits |"
+        "| server | sessions | fill time s | updates/s | RSS idle MiB | RSS full MiB | peak RSS MiB | disk allocated MiB | disk apparent MiB | of it journals (files) | settled apparent MiB (journals) | after shutdown apparent MiB | sample hits |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {}/{} |",
+            "| {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} ({}) | {:.1} ({}) | {:.1} | {}/{} |",
             r.kind.name(),
             r.sessions,
             r.fill_time.as_secs_f64(),
@@ -176,8 +179,13 @@ pub fn footprint_table(rows: &[Footprint]) -> String {
             mib(r.rss_idle),
             mib(r.rss_full),
             mib(r.peak_rss),
-            mib(r.disk_alloc),
-            mib(r.disk_apparent),
+            mib(r.disk.alloc),
+            mib(r.disk.apparent),
+            mib(r.disk.journal_apparent),
+            r.disk.journals,
+            mib(r.disk_settled.apparent),
+            r.disk_settled.journals,
+            mib(r.disk_stopped.apparent),
             r.sample_hits,
             r.sample
         );

@@ -380,7 +380,13 @@ impl Server {
     /// Stops the server the way its supervisor would: SIGTERM for ours,
     /// closing the status channel for stock (master reload), SIGKILL for
     /// the ceiling. Returns the server's log.
-    pub fn stop(mut self) -> String {
+    pub fn stop(self) -> String {
+        self.stop_and_measure().0
+    }
+
+    /// Stops the server (SIGTERM for ours, a clean shutdown) and returns its
+    /// log and what its caches take on disk once it has exited.
+    pub fn stop_and_measure(mut self) -> (String, DiskUsage) {
         match self.kind {
             Kind::Stock => {
                 // The drainer holds a clone of the socket, so dropping ours
@@ -419,7 +425,7 @@ impl Server {
             stop.store(true, Ordering::Relaxed);
             let _ = t.join();
         }
-        self.log()
+        (self.log(), disk_usage(&self.data_dir))
     }
 }
 
@@ -626,11 +632,22 @@ pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
         .map(|kb| kb * 1024)
 }
 
-/// Bytes allocated on disk (st_blocks) and apparent bytes under `dir`.
-pub fn disk_usage(dir: &Path) -> (u64, u64) {
+/// Bytes on disk under a directory: allocated (st_blocks) and apparent
+/// (st_size), in all and for fjall's journal files (`*.jnl`) alone, which
+/// fjall creates as sparse 64 MiB files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub alloc: u64,
+    pub apparent: u64,
+    pub journal_alloc: u64,
+    pub journal_apparent: u64,
+    pub journals: u64,
+}
+
+/// What the files under `dir` take on disk.
+pub fn disk_usage(dir: &Path) -> DiskUsage {
     use std::os::unix::fs::MetadataExt;
-    let mut alloc = 0u64;
-    let mut apparent = 0u64;
+    let mut u = DiskUsage::default();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -641,10 +658,15 @@ pub fn disk_usage(dir: &Path) -> (u64, u64) {
             if md.is_dir() {
                 stack.push(e.path());
             } else {
-                alloc += md.blocks() * 512;
-                apparent += md.len();
+                u.alloc += md.blocks() * 512;
+                u.apparent += md.len();
+                if e.path().extension().is_some_and(|x| x == "jnl") {
+                    u.journal_alloc += md.blocks() * 512;
+                    u.journal_apparent += md.len();
+                    u.journals += 1;
+                }
             }
         }
     }
-    (alloc, apparent)
+    u
 }
