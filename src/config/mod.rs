@@ -137,6 +137,10 @@ pub const MAX_SITE_LEN: usize = 64;
 pub const MAX_WRITE_QUEUE: i64 = 1_000_000;
 
 /// Sharing ticket keys and sessions through Redis (`tlsmgr_shared_*`).
+/// A file's path and the bytes read from it (before the chroot, where the
+/// path may no longer be reachable).
+pub type FileRead = std::sync::Arc<(PathBuf, Vec<u8>)>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedConfig {
     /// `tlsmgr_shared_store`: the Redis URL; `None` = sharing off.
@@ -152,7 +156,16 @@ pub struct SharedConfig {
     /// server is checked against; `None`: the system's.
     pub ca_file: Option<PathBuf>,
     /// Its contents, read with the secret (before the chroot).
-    pub ca: Option<std::sync::Arc<(PathBuf, Vec<u8>)>>,
+    pub ca: Option<FileRead>,
+    /// `tlsmgr_shared_cert_file` and `tlsmgr_shared_key_file`: the client
+    /// certificate (PEM, with its chain) and private key tlsmgr shows a
+    /// `rediss://` server that asks for one (`tls-auth-clients yes`); both
+    /// or neither.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Their contents, read with the secret (before the chroot).
+    pub cert: Option<FileRead>,
+    pub key: Option<FileRead>,
     /// `tlsmgr_shared_caches`: which caches are shared, by [`CacheType::index`].
     pub caches: [bool; 3],
     /// `tlsmgr_shared_lookup_deadline`: the most a lookup that missed
@@ -174,6 +187,21 @@ impl SharedConfig {
     /// Whether the sessions of `ct` are shared.
     pub fn shares(&self, ct: CacheType) -> bool {
         self.enabled() && self.caches[ct.index()]
+    }
+
+    /// Takes the TLS files `start` read (before the chroot) for each path
+    /// that is still the same: after the chroot and privilege drop they
+    /// cannot be read again.
+    pub fn keep_tls_files_read(&mut self, start: &SharedConfig) {
+        for (path, slot, read) in [
+            (&self.ca_file, &mut self.ca, &start.ca),
+            (&self.cert_file, &mut self.cert, &start.cert),
+            (&self.key_file, &mut self.key, &start.key),
+        ] {
+            if let Some(f) = read.as_ref().filter(|f| path.as_ref() == Some(&f.0)) {
+                *slot = Some(f.clone());
+            }
+        }
     }
 }
 
@@ -527,6 +555,27 @@ fn shared_config(r: &Resolver<'_>) -> Result<SharedConfig, ConfigError> {
             ),
         ));
     }
+    let cert_file = r.path(params::TLSMGR_SHARED_CERT_FILE)?;
+    let key_file = r.path(params::TLSMGR_SHARED_KEY_FILE)?;
+    for (set, unset) in [
+        (
+            params::TLSMGR_SHARED_CERT_FILE,
+            params::TLSMGR_SHARED_KEY_FILE,
+        ),
+        (
+            params::TLSMGR_SHARED_KEY_FILE,
+            params::TLSMGR_SHARED_CERT_FILE,
+        ),
+    ] {
+        if r.path(set)?.is_some() && r.path(unset)?.is_none() {
+            return Err(r.err(
+                set,
+                format!(
+                    "parameter {set}: set, but {unset} is empty (a client certificate needs both)"
+                ),
+            ));
+        }
+    }
     Ok(SharedConfig {
         store,
         site,
@@ -534,6 +583,10 @@ fn shared_config(r: &Resolver<'_>) -> Result<SharedConfig, ConfigError> {
         secret: None,
         ca_file: r.path(params::TLSMGR_SHARED_CA_FILE)?,
         ca: None,
+        cert_file,
+        key_file,
+        cert: None,
+        key: None,
         caches,
         lookup_deadline,
         connect_timeout: Duration::from_secs(r.time(
@@ -543,6 +596,29 @@ fn shared_config(r: &Resolver<'_>) -> Result<SharedConfig, ConfigError> {
         )?),
         write_queue: r.int(params::TLSMGR_SHARED_WRITE_QUEUE_LIMIT, 1, MAX_WRITE_QUEUE)? as usize,
     })
+}
+
+/// Reads the file `param` names into `slot`, unless `slot` already holds
+/// that path's contents; an empty parameter empties the slot.
+fn read_file(
+    param: &str,
+    path: &Option<PathBuf>,
+    slot: &mut Option<FileRead>,
+) -> Result<(), ConfigError> {
+    match path {
+        None => *slot = None,
+        Some(p) if slot.as_ref().is_some_and(|f| &f.0 == p) => {}
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|e| {
+                ConfigError::new(format!(
+                    "parameter {param}: cannot read {}: {e}",
+                    p.display()
+                ))
+            })?;
+            *slot = Some(std::sync::Arc::new((p.clone(), bytes)));
+        }
+    }
+    Ok(())
 }
 
 /// Sanitizes a cache timeout as tlsmgr does: 0 stays 0 (disabled), 1..119
@@ -777,21 +853,13 @@ impl Config {
         let Some(path) = sc.secret_file.clone().filter(|_| sc.store.is_some()) else {
             sc.secret = None;
             sc.ca = None;
+            sc.cert = None;
+            sc.key = None;
             return Ok(());
         };
-        match sc.ca_file.clone() {
-            None => sc.ca = None,
-            Some(ca) if sc.ca.as_ref().is_some_and(|c| c.0 == ca) => {}
-            Some(ca) => {
-                let pem = std::fs::read(&ca).map_err(|e| {
-                    ConfigError::new(format!(
-                        "parameter tlsmgr_shared_ca_file: cannot read {}: {e}",
-                        ca.display()
-                    ))
-                })?;
-                sc.ca = Some(std::sync::Arc::new((ca, pem)));
-            }
-        }
+        read_file(params::TLSMGR_SHARED_CA_FILE, &sc.ca_file, &mut sc.ca)?;
+        read_file(params::TLSMGR_SHARED_CERT_FILE, &sc.cert_file, &mut sc.cert)?;
+        read_file(params::TLSMGR_SHARED_KEY_FILE, &sc.key_file, &mut sc.key)?;
         if sc.secret.as_ref().is_some_and(|s| s.path == path) {
             return Ok(());
         }
@@ -1137,6 +1205,13 @@ mod tests {
         assert!(err(&[("tlsmgr_shared_lookup_deadline", "0")]).contains("1 ms to 5 s"));
         assert!(err(&[("tlsmgr_shared_lookup_deadline", "2h")]).contains("bad time value"));
         assert!(err(&[("tlsmgr_shared_write_queue_limit", "0")]).contains("< 1"));
+        assert_eq!(
+            err(&[("tlsmgr_shared_cert_file", "/etc/postfix/redis-client.pem")]),
+            "parameter tlsmgr_shared_cert_file: set, but tlsmgr_shared_key_file is empty \
+             (a client certificate needs both)"
+        );
+        assert!(err(&[("tlsmgr_shared_key_file", "/k.pem")])
+            .starts_with("parameter tlsmgr_shared_key_file: set, but tlsmgr_shared_cert_file"));
         assert_eq!(
             redact_url("redis://tlsmgr:s3cret@h:6379/0"),
             "redis://tlsmgr:***@h:6379/0"

@@ -61,6 +61,8 @@ parameters! {
     TLSMGR_SHARED_SITE = "tlsmgr_shared_site", "default";
     TLSMGR_SHARED_SECRET_FILE = "tlsmgr_shared_secret_file", "";
     TLSMGR_SHARED_CA_FILE = "tlsmgr_shared_ca_file", "";
+    TLSMGR_SHARED_CERT_FILE = "tlsmgr_shared_cert_file", "";
+    TLSMGR_SHARED_KEY_FILE = "tlsmgr_shared_key_file", "";
     TLSMGR_SHARED_CACHES = "tlsmgr_shared_caches", "smtpd";
     TLSMGR_SHARED_LOOKUP_DEADLINE = "tlsmgr_shared_lookup_deadline", "20ms";
     TLSMGR_SHARED_CONNECT_TIMEOUT = "tlsmgr_shared_connect_timeout", "1s";

@@ -482,7 +482,7 @@ fn serve(st: Startup, fds: Descriptors, pre: PreInit) -> Result<(), Fatal> {
     // After the privilege drop and chroot the secret file cannot be read
     // again: a reload that keeps its path keeps the secret read at start.
     let start_secret = cfg.shared.secret.clone();
-    let start_ca = cfg.shared.ca.clone();
+    let start_shared = cfg.shared.clone();
     let opts = Options {
         config: cfg,
         listener: first,
@@ -499,12 +499,7 @@ fn serve(st: Startup, fds: Descriptors, pre: PreInit) -> Result<(), Fatal> {
                 }) {
                     c.shared.secret = Some(s.clone());
                 }
-                if let Some(ca) = start_ca
-                    .as_ref()
-                    .filter(|ca| c.shared.ca_file.as_ref() == Some(&ca.0))
-                {
-                    c.shared.ca = Some(ca.clone());
-                }
+                c.shared.keep_tls_files_read(&start_shared);
                 Ok(policy.adjust(c)?)
             })),
             applied: Some(Arc::new(move |c: &Config| log_follower.follow(c))),

@@ -19,6 +19,7 @@
 
 use super::breaker::{Breaker, Transition, DEFAULT_THRESHOLD};
 use super::secret::Secret;
+use crate::config::FileRead;
 use crate::protocol::CacheType;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use slog::{info, warn, Logger};
@@ -68,7 +69,10 @@ pub struct Settings {
     /// Write queue bound.
     pub write_queue: usize,
     /// CA certificates (PEM) for a `rediss://` server; `None`: the system's.
-    pub ca: Option<Arc<(std::path::PathBuf, Vec<u8>)>>,
+    pub ca: Option<FileRead>,
+    /// Client certificate and key (PEM) for a `rediss://` server that asks
+    /// for one.
+    pub client_cert: Option<(FileRead, FileRead)>,
 }
 
 impl Settings {
@@ -84,6 +88,7 @@ impl Settings {
             connect_timeout: cfg.connect_timeout,
             write_queue: cfg.write_queue,
             ca: cfg.ca.clone(),
+            client_cert: cfg.cert.clone().zip(cfg.key.clone()),
         })
     }
 
@@ -108,17 +113,23 @@ fn open_client(settings: &Settings) -> Result<redis::Client, SharedError> {
     // rustls needs a process-wide provider; ring's (another one already
     // installed is fine too).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match &settings.ca {
-        None => redis::Client::open(settings.url.as_str()).map_err(bad),
-        Some(ca) => redis::Client::build_with_tls(
-            settings.url.as_str(),
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(ca.1.clone()),
-            },
-        )
-        .map_err(bad),
+    if settings.ca.is_none() && settings.client_cert.is_none() {
+        return redis::Client::open(settings.url.as_str()).map_err(bad);
     }
+    redis::Client::build_with_tls(
+        settings.url.as_str(),
+        redis::TlsCertificates {
+            client_tls: settings
+                .client_cert
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.1.clone(),
+                    client_key: key.1.clone(),
+                }),
+            root_cert: settings.ca.as_ref().map(|ca| ca.1.clone()),
+        },
+    )
+    .map_err(bad)
 }
 
 /// Counters of the link (for the metrics).

@@ -37,6 +37,9 @@ pub struct RedisServer {
     _dir: tempfile::TempDir,
     /// With TLS: the CA certificate (PEM) its certificate is signed by.
     pub ca: Option<std::path::PathBuf>,
+    /// With TLS and client authentication: a client certificate and key
+    /// (PEM) from the same CA, which the server requires.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl RedisServer {
@@ -50,6 +53,7 @@ impl RedisServer {
             child: None,
             _dir: tempfile::tempdir().unwrap(),
             ca: None,
+            client: None,
         };
         r.spawn();
         Some(r)
@@ -58,6 +62,16 @@ impl RedisServer {
     /// One that speaks TLS only, with a certificate for 127.0.0.1 from a
     /// fresh CA (made with the openssl CLI).
     pub fn start_tls() -> Option<RedisServer> {
+        Self::start_tls_with(false)
+    }
+
+    /// The same, and it refuses clients without a certificate from that CA
+    /// (`tls-auth-clients yes`); [`RedisServer::client`] is one.
+    pub fn start_tls_with_client_auth() -> Option<RedisServer> {
+        Self::start_tls_with(true)
+    }
+
+    fn start_tls_with(client_auth: bool) -> Option<RedisServer> {
         if !available() {
             return None;
         }
@@ -109,27 +123,47 @@ impl RedisServer {
         ]
         .concat());
         std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "srv.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext",
-        ]);
+        let sign = |name: &str| {
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                "ext",
+            ])
+        };
+        sign("srv");
+        if client_auth {
+            run(&[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "cli.key",
+                    "-out",
+                    "cli.csr",
+                    "-subj",
+                    "/CN=tlsmgr test client",
+                ],
+            ]
+            .concat());
+            sign("cli");
+        }
         let mut r = RedisServer {
             port: free_port(),
             child: None,
             ca: Some(d.join("ca.pem")),
+            client: client_auth.then(|| (d.join("cli.pem"), d.join("cli.key"))),
             _dir: dir,
         };
         r.spawn();
@@ -151,7 +185,10 @@ impl RedisServer {
                     .arg(d.join("srv.key"))
                     .arg("--tls-ca-cert-file")
                     .arg(ca)
-                    .args(["--tls-auth-clients", "no"]);
+                    .args([
+                        "--tls-auth-clients",
+                        if self.client.is_some() { "yes" } else { "no" },
+                    ]);
             }
         }
         let child = cmd
@@ -194,7 +231,12 @@ impl RedisServer {
                 redis::Client::build_with_tls(
                     self.url(),
                     redis::TlsCertificates {
-                        client_tls: None,
+                        client_tls: self.client.as_ref().map(|(cert, key)| {
+                            redis::ClientTlsConfig {
+                                client_cert: std::fs::read(cert).unwrap(),
+                                client_key: std::fs::read(key).unwrap(),
+                            }
+                        }),
                         root_cert: Some(std::fs::read(ca).unwrap()),
                     },
                 )?
