@@ -136,11 +136,11 @@ pub const MAX_SITE_LEN: usize = 64;
 /// Largest `tlsmgr_shared_write_queue_limit`.
 pub const MAX_WRITE_QUEUE: i64 = 1_000_000;
 
-/// Sharing ticket keys and sessions through Redis (`tlsmgr_shared_*`).
 /// A file's path and the bytes read from it (before the chroot, where the
 /// path may no longer be reachable).
 pub type FileRead = std::sync::Arc<(PathBuf, Vec<u8>)>;
 
+/// Sharing ticket keys and sessions through Redis (`tlsmgr_shared_*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedConfig {
     /// `tlsmgr_shared_store`: the Redis URL; `None` = sharing off.
@@ -157,14 +157,15 @@ pub struct SharedConfig {
     pub ca_file: Option<PathBuf>,
     /// Its contents, read with the secret (before the chroot).
     pub ca: Option<FileRead>,
-    /// `tlsmgr_shared_cert_file` and `tlsmgr_shared_key_file`: the client
-    /// certificate (PEM, with its chain) and private key tlsmgr shows a
-    /// `rediss://` server that asks for one (`tls-auth-clients yes`); both
-    /// or neither.
+    /// `tlsmgr_shared_cert_file`: the client certificate (PEM, with its
+    /// chain) tlsmgr shows a `rediss://` server that asks for one
+    /// (`tls-auth-clients yes`); set together with `key_file` or not at all.
     pub cert_file: Option<PathBuf>,
+    /// `tlsmgr_shared_key_file`: the private key of `cert_file` (PEM).
     pub key_file: Option<PathBuf>,
-    /// Their contents, read with the secret (before the chroot).
+    /// The contents of `cert_file`, read with the secret (before the chroot).
     pub cert: Option<FileRead>,
+    /// The contents of `key_file`, read with the secret (before the chroot).
     pub key: Option<FileRead>,
     /// `tlsmgr_shared_caches`: which caches are shared, by [`CacheType::index`].
     pub caches: [bool; 3],
