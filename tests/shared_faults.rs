@@ -330,6 +330,7 @@ fn a_full_write_queue_drops_and_counts_and_never_waits() {
         connect_timeout: Duration::from_secs(5),
         write_queue: 4,
         ca: None,
+        client_cert: None,
     };
     let log = tlsmgr::logging::MemoryLog::default();
     let link = tlsmgr::shared::Shared::start(settings, log.logger("t")).unwrap();
