@@ -532,3 +532,49 @@ fn sharing_is_turned_on_moved_and_off_by_a_main_cf_edit() {
     assert_eq!(lookup(&mut a.client(), "smtpd", "r-3"), miss());
     assert!(warnings(&b).is_empty(), "{:?}", warnings(&b));
 }
+
+/// `GET`s Redis has served (`INFO commandstats`).
+fn redis_gets(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.conn())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .and_then(|v| v.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn a_ticket_key_name_the_store_lacks_is_asked_for_once_per_period() {
+    use tlsmgr::shared::unknown_names::FORGET_AFTER;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = host(&redis.url(), "mx", SECRET, real_now());
+    let _ = agree(&[&a]);
+    let err = |name: [u8; 16]| Reply::TktKey {
+        status: Status::Err,
+        keybuf: Bytes::copy_from_slice(&name),
+    };
+    // Many clients bringing tickets under one unknown name (a key retired
+    // long ago, another site's): one GET, then none for FORGET_AFTER.
+    let gets0 = redis_gets(&redis);
+    for _ in 0..50 {
+        assert_eq!(tktkey(&a, &[0x5a; 16]), err([0x5a; 16]));
+    }
+    assert_eq!(redis_gets(&redis) - gets0, 1, "one lookup for 50 asks");
+    // Another name is its own lookup.
+    assert_eq!(tktkey(&a, &[0x6b; 16]), err([0x6b; 16]));
+    assert_eq!(redis_gets(&redis) - gets0, 2);
+    assert_eq!(shared_stats(&a)["lookups"]["known_missing"], 49);
+    // A second before the period ends it is still known; then it is asked
+    // for again (a key published meanwhile would be found).
+    a.clock.advance(FORGET_AFTER - 1);
+    assert_eq!(tktkey(&a, &[0x5a; 16]), err([0x5a; 16]));
+    assert_eq!(redis_gets(&redis) - gets0, 2);
+    a.clock.advance(1);
+    assert_eq!(tktkey(&a, &[0x5a; 16]), err([0x5a; 16]));
+    assert_eq!(redis_gets(&redis) - gets0, 3);
+    assert!(warnings(&a).is_empty(), "{:?}", warnings(&a));
+}

@@ -146,12 +146,26 @@ pub fn deleted(svc: &Services, cache: &Cache, id: &[u8]) {
     });
 }
 
-/// A ticket key this host does not know, by name: one bounded lookup.
+/// A ticket key this host does not know, by name: one bounded lookup, none
+/// for a name the store did not have moments before.
 pub async fn key_by_name(svc: &Services, name: &[u8; 16]) -> Option<TicketKey> {
     let link = svc.shared.load_full()?;
+    let now = svc.clock.now();
+    if link.unknown_names().recently_missed(name, now) {
+        link.counters()
+            .lookups_known_missing
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return None;
+    }
     let st = link.settings();
     let redis_name = seal::key_name(&st.prefix, name);
-    let sealed = link.get(redis_name.clone()).await.ok()??;
-    let key = seal::open_key(&st.secret, &redis_name, &sealed)?;
-    (&key.name == name).then_some(key)
+    // A timeout or an error is no answer: only what Redis said is remembered.
+    let sealed = link.get(redis_name.clone()).await.ok()?;
+    let key = sealed
+        .and_then(|v| seal::open_key(&st.secret, &redis_name, &v))
+        .filter(|k| &k.name == name);
+    if key.is_none() {
+        link.unknown_names().missed(*name, now);
+    }
+    key
 }

@@ -22,6 +22,7 @@ pub async fn snapshot(svc: &Services) -> Snapshot {
             lookups_hit: c.hits.load(Relaxed),
             lookups_miss: c.misses.load(Relaxed),
             lookups_failed: c.lookup_failures.load(Relaxed),
+            key_lookups_known_missing: c.lookups_known_missing.load(Relaxed),
             writes_queued: c.writes_queued.load(Relaxed),
             writes_dropped: c.writes_dropped.load(Relaxed),
             writes_failed: c.writes_failed.load(Relaxed),

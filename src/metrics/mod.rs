@@ -606,6 +606,9 @@ pub struct SharedCounts {
     pub lookups_miss: u64,
     /// Read-throughs skipped or failed (breaker open, deadline, error).
     pub lookups_failed: u64,
+    /// Ticket-key lookups by name not sent: the store did not have the name
+    /// moments before.
+    pub key_lookups_known_missing: u64,
     /// Writes queued for Redis.
     pub writes_queued: u64,
     /// Writes dropped (queue full, breaker open).
@@ -720,6 +723,7 @@ impl Snapshot {
                     "hit": self.shared.lookups_hit,
                     "miss": self.shared.lookups_miss,
                     "failed": self.shared.lookups_failed,
+                    "known_missing": self.shared.key_lookups_known_missing,
                 },
                 "writes": {
                     "queued": self.shared.writes_queued,

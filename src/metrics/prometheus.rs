@@ -242,11 +242,16 @@ impl Collector for SnapshotCollector {
         counter_family(
             &mut enc,
             "postfix_tlsmgr_shared_lookups",
-            "Read-throughs to the shared store after a local miss, by result.",
+            "Read-throughs to the shared store after a local miss, by result \
+             (known_missing: a ticket-key name not asked for again, it was missing moments before).",
             &[
                 (vec![("result", "hit")], s.shared.lookups_hit),
                 (vec![("result", "miss")], s.shared.lookups_miss),
                 (vec![("result", "failed")], s.shared.lookups_failed),
+                (
+                    vec![("result", "known_missing")],
+                    s.shared.key_lookups_known_missing,
+                ),
             ],
         )?;
         counter_family(
@@ -334,6 +339,7 @@ mod tests {
             "postfix_tlsmgr_connections 0",
             "postfix_tlsmgr_cache_entries{cache=\"smtp\"} 0",
             "postfix_tlsmgr_shared_lookups_total{result=\"hit\"} 0",
+            "postfix_tlsmgr_shared_lookups_total{result=\"known_missing\"} 0",
             "postfix_tlsmgr_shared_writes_total{result=\"dropped\"} 0",
             "postfix_tlsmgr_shared_breaker_opened_total 0",
         ] {

@@ -19,6 +19,7 @@
 
 use super::breaker::{Breaker, Transition, DEFAULT_THRESHOLD};
 use super::secret::Secret;
+use super::unknown_names::UnknownNames;
 use crate::config::FileRead;
 use crate::protocol::CacheType;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -143,6 +144,9 @@ pub struct Counters {
     pub misses: AtomicU64,
     /// Read-throughs skipped or failed (breaker open, timeout, error).
     pub lookup_failures: AtomicU64,
+    /// Ticket-key lookups by name not sent: the name was looked up in vain
+    /// moments before ([`UnknownNames`]).
+    pub lookups_known_missing: AtomicU64,
     /// Writes queued.
     pub writes_queued: AtomicU64,
     /// Writes dropped: queue full, or breaker open at flush time.
@@ -227,6 +231,8 @@ const BATCH: usize = 256;
 /// The link to the shared store. Dropping the last handle stops its thread.
 pub struct Shared {
     settings: Settings,
+    /// Ticket-key names this link looked up and did not find.
+    unknown_names: UnknownNames,
     health: Arc<Health>,
     jobs: mpsc::Sender<Job>,
     writes: mpsc::Sender<Write>,
@@ -276,6 +282,7 @@ impl Shared {
             .map_err(|e| SharedError::Thread(e.to_string()))?;
         Ok(Arc::new(Shared {
             settings,
+            unknown_names: UnknownNames::default(),
             health,
             jobs,
             writes,
@@ -285,6 +292,11 @@ impl Shared {
     /// The settings it runs with.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The ticket-key names it recently looked up in vain.
+    pub fn unknown_names(&self) -> &UnknownNames {
+        &self.unknown_names
     }
 
     /// Its counters.

@@ -8,6 +8,8 @@
 //! - [`breaker`]: the circuit breaker in front of Redis.
 //! - [`client`]: the Redis link, owned by one thread; read-through,
 //!   write-behind, calls, all bounded.
+//! - [`unknown_names`]: ticket-key names the store did not have, remembered
+//!   for a while so that they cost one lookup, not one per handshake.
 //!
 //! Everything in Redis is encrypted and authenticated; what does not open
 //! is a miss. When Redis is away each host serves from its own state.
@@ -16,5 +18,6 @@ pub mod breaker;
 pub mod client;
 pub mod seal;
 pub mod secret;
+pub mod unknown_names;
 
 pub use client::{Settings, Shared, SharedError, Write};
