@@ -73,13 +73,6 @@
 //! once past [`OpenOptions::write_buffer_bytes`]'s share, one request per
 //! memtable, and fjall's own limit is set far above ours as a backstop.
 //!
-//! Both keyspaces rotate together, when either is full. A journal file is
-//! deleted only once every memtable written while it was active has been
-//! flushed, and every update writes to both keyspaces: rotated on its own,
-//! the small index memtable spanned some 10 000 updates, so about 20 MiB of
-//! journal (their sessions) stayed on disk after the sessions themselves
-//! were flushed to tables.
-//!
 //! # Durability
 //!
 //! Every committed batch is written to the journal file before the call
@@ -433,7 +426,8 @@ impl FjallStore {
         }
         batch.commit().map_err(|e| self.err(e))?;
         self.sub_len(removed);
-        self.committed(w, tombstone_bytes)?;
+        self.committed(w, 0, tombstone_bytes[0])?;
+        self.committed(w, 1, tombstone_bytes[1])?;
         // Every key from the cursor up to the last one removed is gone; one
         // that ran to `end` removed every key before it too.
         if let Some(last) = last_removed {
@@ -456,24 +450,24 @@ impl FjallStore {
         Ok(removed)
     }
 
-    /// Counts the bytes one commit put into the memtables of `sessions` and
-    /// `by_age`, and rotates both once either is past its limit (see
-    /// "Memtable rotation"). The caller holds the writer lock, so one
-    /// rotation is asked per memtable.
-    fn committed(&self, w: &mut Writer, bytes: [u64; 2]) -> Result<(), StoreError> {
-        for (unrotated, b) in w.unrotated.iter_mut().zip(bytes) {
-            *unrotated = unrotated.saturating_add(b);
-        }
-        if w.unrotated[0] < w.rotate_at[0] && w.unrotated[1] < w.rotate_at[1] {
+    /// Counts `bytes` committed to `sessions` (`which` 0) or `by_age` (1)
+    /// and rotates its memtable once past the limit. The caller holds the
+    /// writer lock, so one rotation is asked per memtable.
+    fn committed(&self, w: &mut Writer, which: usize, bytes: u64) -> Result<(), StoreError> {
+        w.unrotated[which] = w.unrotated[which].saturating_add(bytes);
+        if w.unrotated[which] < w.rotate_at[which] {
             return Ok(());
         }
-        for (unrotated, keyspace) in w.unrotated.iter_mut().zip([&self.sessions, &self.by_age]) {
-            if *unrotated > 0 {
-                *unrotated = 0;
-                keyspace.rotate_memtable().map_err(|e| self.err(e))?;
-            }
-        }
-        Ok(())
+        w.unrotated[which] = 0;
+        let keyspace = if which == 0 {
+            &self.sessions
+        } else {
+            &self.by_age
+        };
+        keyspace
+            .rotate_memtable()
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 
     fn sub_len(&self, n: u64) {
@@ -514,7 +508,7 @@ fn open_db_waiting(dir: &Path, opts: &OpenOptions) -> Result<Database, StoreErro
             // The active journal is never deleted: sealing it once it holds
             // a write buffer's worth bounds the flushed bytes it keeps on
             // disk (64 MB by fjall's default, a third of a 100 000-session
-            // cache).
+            // cache; vendor/README.md).
             .journal_rotation_size(opts.write_buffer_bytes)
             .open();
         match result {
@@ -629,7 +623,8 @@ impl Store for FjallStore {
         if old.is_none() {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
-        self.committed(&mut w, [session_bytes, index_bytes])?;
+        self.committed(&mut w, 0, session_bytes)?;
+        self.committed(&mut w, 1, index_bytes)?;
         Ok(PutOutcome {
             inserted: old.is_none(),
             evicted,
@@ -654,7 +649,8 @@ impl Store for FjallStore {
         batch.commit().map_err(|e| self.err(e))?;
         self.sub_len(1);
         // Tombstones fill memtables too.
-        self.committed(&mut w, [skey_cost, memtable_cost(TS_LEN + id.len(), 0)])?;
+        self.committed(&mut w, 0, skey_cost)?;
+        self.committed(&mut w, 1, memtable_cost(TS_LEN + id.len(), 0))?;
         Ok(true)
     }
 
