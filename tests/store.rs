@@ -930,28 +930,27 @@ fn a_known_entry_count_is_taken_instead_of_a_recount() {
     assert_eq!(told.len(), 7, "the count given is taken as it is");
 }
 
-/// Apparent and allocated bytes of fjall's journal files (`*.jnl`) in `dir`.
-fn journal_bytes(dir: &std::path::Path) -> (u64, u64) {
+/// Each of fjall's journal files (`*.jnl`) in `dir`: apparent and
+/// allocated bytes.
+fn journal_files(dir: &std::path::Path) -> Vec<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
-    let mut apparent = 0;
-    let mut allocated = 0;
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.path().extension().is_some_and(|x| x == "jnl") {
-            let md = e.metadata().unwrap();
-            apparent += md.len();
-            allocated += md.blocks() * 512;
-        }
-    }
-    (apparent, allocated)
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "jnl"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|md| (md.len(), md.blocks() * 512))
+        .collect()
 }
 
 #[test]
-fn fjall_keeps_about_a_write_buffer_of_journal_next_to_its_tables() {
+fn fjall_journals_are_sealed_at_a_write_buffer_and_not_preallocated() {
     // Upstream fjall seals its journal only past 64 MB and makes every new
-    // journal a sparse 64 MiB file: a store that had taken 60 MiB showed a
-    // 64 MiB journal holding a second copy of it all (vendor/README.md).
-    // Ours seals the journal at each write buffer's worth (8 MiB) and
-    // preallocates nothing.
+    // journal a sparse 64 MiB file: a store that had taken 60 MiB kept one
+    // 64 MiB journal, a second copy of it all (vendor/README.md). Ours seals
+    // the journal once past a write buffer's worth (8 MiB; checked at each
+    // flush, so a file ends not far above that) and preallocates nothing. A
+    // sealed journal goes once both keyspaces have flushed what it holds.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("c.fjall");
     let store = FjallStore::open(&dir, keep(Duration::ZERO)).unwrap();
@@ -965,30 +964,36 @@ fn fjall_keeps_about_a_write_buffer_of_journal_next_to_its_tables() {
             )
             .unwrap();
     }
+    let buffer = OpenOptions::default().write_buffer_bytes;
+    // Generous against a slow flush worker (CI), far below upstream's 64 MiB.
+    let (per_file, total) = (4 * buffer, 6 * buffer);
     // Flushes seal and delete journals in the background.
-    let limit = 3 * OpenOptions::default().write_buffer_bytes;
-    let mut journal = journal_bytes(&dir);
+    let mut files = journal_files(&dir);
     for _ in 0..100 {
-        if journal.0 <= limit {
+        let sum: u64 = files.iter().map(|f| f.0).sum();
+        if sum <= total && files.iter().all(|f| f.0 <= per_file) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
-        journal = journal_bytes(&dir);
+        files = journal_files(&dir);
     }
-    let (apparent, allocated) = journal;
+    let mib = |b: u64| b as f64 / 1048576.0;
     println!(
-        "60 MiB of sessions written: journal {:.1} MiB apparent, {:.1} MiB allocated",
-        apparent as f64 / 1048576.0,
-        allocated as f64 / 1048576.0
+        "60 MiB of sessions written: journals (apparent/allocated MiB) {:?}",
+        files
+            .iter()
+            .map(|f| format!("{:.1}/{:.1}", mib(f.0), mib(f.1)))
+            .collect::<Vec<_>>()
     );
-    assert!(
-        apparent <= limit,
-        "{apparent} bytes of journal kept, more than {limit}"
-    );
-    // Nothing preallocated: the apparent size is what was written, to the block.
-    assert!(
-        apparent <= allocated + 4096,
-        "journal preallocated: {apparent} bytes apparent, {allocated} allocated"
-    );
+    for &(apparent, allocated) in &files {
+        assert!(apparent <= per_file, "a journal of {apparent} bytes");
+        // Nothing preallocated: the apparent size is what was written.
+        assert!(
+            apparent <= allocated + 4096,
+            "journal preallocated: {apparent} bytes apparent, {allocated} allocated"
+        );
+    }
+    let sum: u64 = files.iter().map(|f| f.0).sum();
+    assert!(sum <= total, "{sum} bytes of journal kept");
     assert_eq!(store.len(), 30_000);
 }
