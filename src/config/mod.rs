@@ -487,12 +487,18 @@ fn shared_config(r: &Resolver<'_>) -> Result<SharedConfig, ConfigError> {
     let store = if store.is_empty() {
         None
     } else {
-        let known = ["redis://", "rediss://", "redis+unix://", "unix://"];
+        let known = [
+            "redis://",
+            "rediss://",
+            "redis+unix://",
+            "unix://",
+            crate::shared::sentinel::SCHEME,
+        ];
         if !known.iter().any(|p| store.starts_with(p)) {
             return Err(r.err(
                 params::TLSMGR_SHARED_STORE,
                 format!(
-                    "parameter tlsmgr_shared_store: {}: not a redis://, rediss:// or unix:// URL",
+                    "parameter tlsmgr_shared_store: {}: not a redis://, rediss://, unix:// or redis+sentinel:// URL",
                     redact_url(&store)
                 ),
             ));
@@ -1200,6 +1206,11 @@ mod tests {
             "parameter tlsmgr_shared_secret_file: required when tlsmgr_shared_store is set"
         );
         assert!(err(&[("tlsmgr_shared_store", "http://h")]).contains("not a redis://"));
+        assert!(
+            err(&[("tlsmgr_shared_store", "redis+sentinel://h:1")]).ends_with(
+                "redis+sentinel://h:1: no service name (redis+sentinel://HOST:PORT/SERVICE)"
+            )
+        );
         assert!(err(&[("tlsmgr_shared_site", "a:b")]).contains("tlsmgr_shared_site"));
         assert!(err(&[("tlsmgr_shared_site", "a*")]).contains("tlsmgr_shared_site"));
         assert!(err(&[("tlsmgr_shared_caches", "smtpd,x")]).contains("\"x\""));

@@ -19,6 +19,7 @@
 
 use super::breaker::{Breaker, Transition, DEFAULT_THRESHOLD};
 use super::secret::Secret;
+use super::sentinel::{self, SentinelUrl};
 use super::unknown_names::UnknownNames;
 use crate::config::FileRead;
 use crate::protocol::CacheType;
@@ -101,9 +102,53 @@ impl Settings {
 
 /// Whether the client accepts `url` (no connection is made).
 pub fn check_url(url: &str) -> Result<(), String> {
+    if sentinel::is_sentinel_url(url) {
+        return sentinel::parse(url).map(|_| ());
+    }
     redis::Client::open(url)
         .map(|_| ())
         .map_err(|e| format!("{e}"))
+}
+
+/// Where the link connects.
+enum Target {
+    /// The server of the URL.
+    Direct(redis::Client),
+    /// The master that the Sentinels name, asked again whenever the
+    /// breaker is open (a failover) and at start.
+    Sentinel(SentinelUrl),
+}
+
+impl Target {
+    fn of(settings: &Settings) -> Result<Target, SharedError> {
+        if sentinel::is_sentinel_url(&settings.url) {
+            return sentinel::parse(&settings.url)
+                .map(Target::Sentinel)
+                .map_err(SharedError::BadUrl);
+        }
+        open_client(settings).map(Target::Direct)
+    }
+}
+
+/// The connection every task uses; `None` while a Sentinel has not named
+/// a master yet. Replaced when a Sentinel names another one.
+#[derive(Clone, Default)]
+struct Slot(Arc<std::sync::RwLock<Option<(String, ConnectionManager)>>>);
+
+impl Slot {
+    fn get(&self) -> Option<ConnectionManager> {
+        self.0.read().ok()?.as_ref().map(|(_, c)| c.clone())
+    }
+
+    fn address(&self) -> Option<String> {
+        self.0.read().ok()?.as_ref().map(|(a, _)| a.clone())
+    }
+
+    fn set(&self, address: String, conn: ConnectionManager) {
+        if let Ok(mut s) = self.0.write() {
+            *s = Some((address, conn));
+        }
+    }
 }
 
 fn open_client(settings: &Settings) -> Result<redis::Client, SharedError> {
@@ -251,7 +296,7 @@ impl Shared {
     /// Starts the link's thread. Returns at once: the connection is made
     /// when first needed, and remade in the background after a failure.
     pub fn start(settings: Settings, log: Logger) -> Result<Arc<Shared>, SharedError> {
-        let client = open_client(&settings)?;
+        let target = Target::of(&settings)?;
         let health = Arc::new(Health {
             breaker: Breaker::new(DEFAULT_THRESHOLD),
             counters: Counters::default(),
@@ -261,7 +306,7 @@ impl Shared {
         let (jobs, jobs_rx) = mpsc::channel(JOB_QUEUE);
         let (writes, writes_rx) = mpsc::channel(settings.write_queue.max(1));
         let owner = Owner {
-            client,
+            target,
             health: health.clone(),
             settings: settings.clone(),
         };
@@ -378,7 +423,7 @@ impl Shared {
 }
 
 struct Owner {
-    client: redis::Client,
+    target: Target,
     health: Arc<Health>,
     settings: Settings,
 }
@@ -405,25 +450,41 @@ impl Owner {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(ct);
-        let conn = match ConnectionManager::new_lazy_with_config(self.client.clone(), config) {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(
-                    self.health.log,
-                    "shared store {}: {} -- sharing off", self.health.url, e
-                );
-                return;
+        let slot = Slot::default();
+        if let Target::Direct(client) = &self.target {
+            match ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
+                Ok(c) => slot.set(self.health.url.clone(), c),
+                Err(e) => {
+                    warn!(
+                        self.health.log,
+                        "shared store {}: {} -- sharing off", self.health.url, e
+                    );
+                    return;
+                }
             }
-        };
+        }
         let reader = {
-            let conn = conn.clone();
+            let slot = slot.clone();
             let health = self.health.clone();
             let deadline = self.settings.lookup_deadline;
             async move {
                 while let Some(job) = jobs.recv().await {
-                    let mut conn = conn.clone();
+                    let conn = slot.get();
                     let health = health.clone();
                     tokio::spawn(async move {
+                        // No master named yet (Sentinel, at start): no
+                        // answer, and no failure of Redis either.
+                        let Some(mut conn) = conn else {
+                            match job {
+                                Job::Get { reply, .. } => {
+                                    let _ = reply.send(Err(SharedError::Busy));
+                                }
+                                Job::Call { reply, .. } => {
+                                    let _ = reply.send(Err(SharedError::Busy));
+                                }
+                            }
+                            return;
+                        };
                         match job {
                             Job::Get { name, reply } => {
                                 let cmd = redis::cmd("GET").arg(&name).clone();
@@ -439,8 +500,12 @@ impl Owner {
                 }
             }
         };
-        let writer = Self::writer(conn.clone(), self.health.clone(), ct, writes);
-        let prober = Self::prober(conn, self.health.clone(), ct);
+        let writer = Self::writer(slot.clone(), self.health.clone(), ct, writes);
+        let sentinel = match &self.target {
+            Target::Sentinel(url) => Some((url.clone(), config)),
+            Target::Direct(_) => None,
+        };
+        let prober = Self::prober(slot, sentinel, self.health.clone(), ct);
         // The reader ends when the last handle is dropped; the others go
         // with the runtime.
         tokio::select! {
@@ -450,8 +515,56 @@ impl Owner {
         }
     }
 
+    /// Asks the Sentinels which node is the master and, when it is another
+    /// one than the slot's, connects the slot to it. `failing`: Redis is
+    /// failing already (or no master is known), so a Sentinel that does not
+    /// answer counts as a failure too; otherwise a silent Sentinel is
+    /// ignored while the master answers.
+    async fn follow_master(
+        url: &SentinelUrl,
+        config: &ConnectionManagerConfig,
+        slot: &Slot,
+        health: &Health,
+        ct: Duration,
+        failing: bool,
+    ) {
+        let asked = async {
+            let mut client = url.client()?;
+            client.async_get_client().await
+        };
+        let client = match tokio::time::timeout(ct, asked).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                if failing {
+                    health.record(Err(&e.to_string()));
+                }
+                return;
+            }
+            Err(_) => {
+                if failing {
+                    health.record(Err("no Sentinel answered"));
+                }
+                return;
+            }
+        };
+        let address = client.get_connection_info().addr().to_string();
+        if slot.address().as_deref() == Some(address.as_str()) {
+            return;
+        }
+        match ConnectionManager::new_lazy_with_config(client, config.clone()) {
+            Ok(conn) => {
+                info!(
+                    health.log,
+                    "shared store {}: Sentinel names master {}", health.url, address
+                );
+                slot.set(address, conn);
+            }
+            Err(e) => health.record(Err(&e.to_string())),
+        }
+    }
+
     async fn writer(
-        conn: ConnectionManager,
+        slot: Slot,
         health: Arc<Health>,
         ct: Duration,
         mut writes: mpsc::Receiver<Write>,
@@ -466,10 +579,10 @@ impl Owner {
                 }
             }
             let n = batch.len() as u64;
-            if !health.breaker.allows() {
+            let Some(mut conn) = slot.get().filter(|_| health.breaker.allows()) else {
                 c.writes_dropped.fetch_add(n, Ordering::Relaxed);
                 continue;
-            }
+            };
             let mut pipe = redis::pipe();
             for w in &batch {
                 match w {
@@ -486,7 +599,6 @@ impl Owner {
                     }
                 }
             }
-            let mut conn = conn.clone();
             let r: Result<(), SharedError> =
                 timed(&health, ct, pipe.query_async::<()>(&mut conn)).await;
             if r.is_err() {
@@ -496,15 +608,36 @@ impl Owner {
     }
 
     /// While the breaker is open: PING at a jittered interval (0.5 to 1.5 s)
-    /// until one answers.
-    async fn prober(conn: ConnectionManager, health: Arc<Health>, ct: Duration) {
+    /// until one answers. With Sentinels, first ask them for the master, at
+    /// every interval: a failover is followed within about a second, before
+    /// the old master is demoted (until then it takes writes that the new
+    /// one never sees).
+    async fn prober(
+        slot: Slot,
+        sentinel: Option<(SentinelUrl, ConnectionManagerConfig)>,
+        health: Arc<Health>,
+        ct: Duration,
+    ) {
+        let mut first = true;
         loop {
-            let pause = Duration::from_millis(500 + (jitter() * 1000.0) as u64);
-            tokio::time::sleep(pause).await;
+            if !first {
+                let pause = Duration::from_millis(500 + (jitter() * 1000.0) as u64);
+                tokio::time::sleep(pause).await;
+            }
+            first = false;
+            let failing = slot.get().is_none() || !health.breaker.allows();
+            if let Some((url, config)) = &sentinel {
+                Self::follow_master(url, config, &slot, &health, ct, failing).await;
+            }
+            if !failing {
+                continue;
+            }
+            let Some(mut conn) = slot.get() else {
+                continue;
+            };
             if health.breaker.allows() {
                 continue;
             }
-            let mut conn = conn.clone();
             let _ = timed(
                 &health,
                 ct,

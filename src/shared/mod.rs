@@ -8,6 +8,7 @@
 //! - [`breaker`]: the circuit breaker in front of Redis.
 //! - [`client`]: the Redis link, owned by one thread; read-through,
 //!   write-behind, calls, all bounded.
+//! - [`sentinel`]: `redis+sentinel://` URLs and the lookup of the master.
 //! - [`unknown_names`]: ticket-key names the store did not have, remembered
 //!   for a while so that they cost one lookup, not one per handshake.
 //!
@@ -18,6 +19,7 @@ pub mod breaker;
 pub mod client;
 pub mod seal;
 pub mod secret;
+pub mod sentinel;
 pub mod unknown_names;
 
 pub use client::{Settings, Shared, SharedError, Write};

@@ -40,11 +40,18 @@ pub struct RedisServer {
     /// With TLS and client authentication: a client certificate and key
     /// (PEM) from the same CA, which the server requires.
     pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// More redis-server arguments (a replica's `--replicaof`).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts one, or `None` when redis-server is not installed (outside CI).
     pub fn start() -> Option<RedisServer> {
+        Self::start_with(&[])
+    }
+
+    /// One with more arguments, such as `--replicaof 127.0.0.1 PORT`.
+    pub fn start_with(extra: &[&str]) -> Option<RedisServer> {
         if !available() {
             return None;
         }
@@ -54,6 +61,7 @@ impl RedisServer {
             _dir: tempfile::tempdir().unwrap(),
             ca: None,
             client: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         r.spawn();
         Some(r)
@@ -164,6 +172,7 @@ impl RedisServer {
             child: None,
             ca: Some(d.join("ca.pem")),
             client: client_auth.then(|| (d.join("cli.pem"), d.join("cli.key"))),
+            extra: Vec::new(),
             _dir: dir,
         };
         r.spawn();
@@ -196,6 +205,7 @@ impl RedisServer {
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--enable-debug-command", "local"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(self._dir.path())
             .stdout(Stdio::null())
