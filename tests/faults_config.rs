@@ -117,15 +117,6 @@ fn fault(rng: &mut Lcg, i: usize) -> (Vec<String>, String) {
 
 const WARNING: &str = "-- keeping the current configuration";
 
-fn warnings(d: &TestDaemon) -> Vec<String> {
-    d.log
-        .text()
-        .lines()
-        .filter(|l| l.contains("warning:"))
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn random_invalid_edits_are_all_refused_once() {
     let seed: u64 = std::env::var("FAULTS_SEED")
@@ -189,13 +180,13 @@ fn random_invalid_edits_are_all_refused_once() {
             let at = rng.below(text.len() + 1);
             text.insert(at, format!("# edit {i}\n\nunrelated_{i} = x"));
         }
-        let before = warnings(&d).len();
+        let before = d.warnings().len();
         // As postconf -e does: a new file renamed over main.cf.
         std::fs::write(&tmp, text.join("\n") + "\n").unwrap();
         std::fs::rename(&tmp, &main_cf).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let got = loop {
-            let w = warnings(&d);
+            let w = d.warnings();
             if w.len() > before {
                 break w;
             }
@@ -217,7 +208,7 @@ fn random_invalid_edits_are_all_refused_once() {
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     let (failures, slowest) = client.join().unwrap();
-    let warned = warnings(&d).len();
+    let warned = d.warnings().len();
     let applied = reload_lines(&d).len();
     let served = served.load(Ordering::SeqCst);
     println!(

@@ -105,15 +105,6 @@ fn count(d: &TestDaemon, needle: &str) -> usize {
     d.log.text().lines().filter(|l| l.contains(needle)).count()
 }
 
-fn warnings(d: &TestDaemon) -> Vec<String> {
-    d.log
-        .text()
-        .lines()
-        .filter(|l| l.contains("warning:"))
-        .map(str::to_string)
-        .collect()
-}
-
 fn shares(a: &TestDaemon, b: &TestDaemon, id: &str) -> bool {
     update(&mut a.client(), "smtpd", id, id.as_bytes());
     eventually(|| lookup(&mut b.client(), "smtpd", id) == hit(id.as_bytes()))
@@ -150,7 +141,7 @@ fn under_load(
     );
     assert!(failed.is_empty(), "{name}: {failed:?}");
     assert!(max < BOUND, "{name}: a reply took {max:?}");
-    let w = warnings(&a);
+    let w = a.warnings();
     assert_eq!(w.len(), 1, "{name}: one warning: {w:?}");
     assert!(w[0].contains(OPENED), "{name}: {w:?}");
     assert_eq!(count(&a, CLOSED), 1, "{name}");
@@ -258,7 +249,7 @@ fn a_tarpit_that_never_answers() {
     );
     assert!(failed.is_empty(), "{failed:?}");
     assert!(max < BOUND, "a reply took {max:?}");
-    let w = warnings(&a);
+    let w = a.warnings();
     assert_eq!(w.len(), 1, "one warning: {w:?}");
     assert!(w[0].contains(OPENED), "{w:?}");
     assert_eq!(count(&a, CLOSED), 0);

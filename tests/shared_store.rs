@@ -72,15 +72,6 @@ fn agree(hosts: &[&TestDaemon]) -> Bytes {
     key
 }
 
-fn warnings(d: &TestDaemon) -> Vec<String> {
-    d.log
-        .text()
-        .lines()
-        .filter(|l| l.contains("warning:"))
-        .map(str::to_string)
-        .collect()
-}
-
 /// The `shared` member of `tlsmgr stats --json` from `d`'s admin socket.
 fn shared_stats(d: &TestDaemon) -> serde_json::Value {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
@@ -242,7 +233,7 @@ fn an_epoch_boundary_leaves_every_host_on_the_same_key() {
     // The test clocks stand minutes off Redis's TIME: each host says so
     // once (checked at start), and warns about nothing else.
     for h in &hosts {
-        let w = warnings(h);
+        let w = h.warnings();
         let skew = w
             .iter()
             .filter(|l| l.contains("clock is") && l.contains("the store's"))
@@ -298,7 +289,7 @@ fn another_secret_or_site_sees_nothing_and_nothing_is_in_clear() {
     for _ in 0..3 {
         tick(&other_secret);
     }
-    let w = warnings(&other_secret);
+    let w = other_secret.warnings();
     assert_eq!(
         w.iter()
             .filter(|l| l.contains("does not open with this host's secret"))
@@ -457,7 +448,7 @@ fn an_acl_user_limited_to_the_prefix_is_enough() {
         let text = h.log.text();
         assert!(!text.contains("pw-not-in-logs"), "password logged: {text}");
         assert!(text.contains("redis://tlsmgr:***@127.0.0.1"), "{text}");
-        assert!(warnings(h).is_empty(), "{:?}", warnings(h));
+        assert!(h.warnings().is_empty(), "{:?}", h.warnings());
     }
     // Outside the prefix: refused by Redis.
     let mut limited = redis::Client::open(url.as_str())
@@ -530,7 +521,7 @@ fn sharing_is_turned_on_moved_and_off_by_a_main_cf_edit() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(redis.dump().len(), before, "no write from B once off");
     assert_eq!(lookup(&mut a.client(), "smtpd", "r-3"), miss());
-    assert!(warnings(&b).is_empty(), "{:?}", warnings(&b));
+    assert!(b.warnings().is_empty(), "{:?}", b.warnings());
 }
 
 /// `GET`s Redis has served (`INFO commandstats`).
@@ -576,5 +567,5 @@ fn a_ticket_key_name_the_store_lacks_is_asked_for_once_per_period() {
     a.clock.advance(1);
     assert_eq!(tktkey(&a, &[0x5a; 16]), err([0x5a; 16]));
     assert_eq!(redis_gets(&redis) - gets0, 3);
-    assert!(warnings(&a).is_empty(), "{:?}", warnings(&a));
+    assert!(a.warnings().is_empty(), "{:?}", a.warnings());
 }

@@ -46,6 +46,16 @@ pub fn main_cf(dir: &Path, extra: &str) -> String {
 }
 
 impl TestDaemon {
+    /// The `warning:` lines of its log so far.
+    pub fn warnings(&self) -> Vec<String> {
+        self.log
+            .text()
+            .lines()
+            .filter(|l| l.contains("warning:"))
+            .map(str::to_string)
+            .collect()
+    }
+
     pub fn start(extra: &str) -> TestDaemon {
         Self::start_opts(extra, false, |_| {})
     }
