@@ -633,13 +633,12 @@ pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// Bytes on disk under a directory: allocated (st_blocks) and apparent
-/// (st_size), in all and for fjall's journal files (`*.jnl`) alone, which
-/// fjall creates as sparse 64 MiB files.
+/// (st_size), and the apparent size and number of fjall's journal files
+/// (`*.jnl`; upstream fjall makes each a sparse 64 MiB file).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DiskUsage {
     pub alloc: u64,
     pub apparent: u64,
-    pub journal_alloc: u64,
     pub journal_apparent: u64,
     pub journals: u64,
 }
@@ -661,7 +660,6 @@ pub fn disk_usage(dir: &Path) -> DiskUsage {
                 u.alloc += md.blocks() * 512;
                 u.apparent += md.len();
                 if e.path().extension().is_some_and(|x| x == "jnl") {
-                    u.journal_alloc += md.blocks() * 512;
                     u.journal_apparent += md.len();
                     u.journals += 1;
                 }

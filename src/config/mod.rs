@@ -564,24 +564,22 @@ fn shared_config(r: &Resolver<'_>) -> Result<SharedConfig, ConfigError> {
     }
     let cert_file = r.path(params::TLSMGR_SHARED_CERT_FILE)?;
     let key_file = r.path(params::TLSMGR_SHARED_KEY_FILE)?;
-    for (set, unset) in [
-        (
+    let half_set = match (&cert_file, &key_file) {
+        (Some(_), None) => Some((
             params::TLSMGR_SHARED_CERT_FILE,
             params::TLSMGR_SHARED_KEY_FILE,
-        ),
-        (
+        )),
+        (None, Some(_)) => Some((
             params::TLSMGR_SHARED_KEY_FILE,
             params::TLSMGR_SHARED_CERT_FILE,
-        ),
-    ] {
-        if r.path(set)?.is_some() && r.path(unset)?.is_none() {
-            return Err(r.err(
-                set,
-                format!(
-                    "parameter {set}: set, but {unset} is empty (a client certificate needs both)"
-                ),
-            ));
-        }
+        )),
+        _ => None,
+    };
+    if let Some((set, unset)) = half_set {
+        return Err(r.err(
+            set,
+            format!("parameter {set}: set, but {unset} is empty (a client certificate needs both)"),
+        ));
     }
     Ok(SharedConfig {
         store,

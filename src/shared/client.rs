@@ -19,11 +19,12 @@
 
 use super::breaker::{Breaker, Transition, DEFAULT_THRESHOLD};
 use super::secret::Secret;
-use super::sentinel::{self, SentinelUrl};
+use super::sentinel;
 use super::unknown_names::UnknownNames;
 use crate::config::FileRead;
 use crate::protocol::CacheType;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::SentinelClient;
 use slog::{info, warn, Logger};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -114,17 +115,19 @@ pub fn check_url(url: &str) -> Result<(), String> {
 enum Target {
     /// The server of the URL.
     Direct(redis::Client),
-    /// The master that the Sentinels name, asked again whenever the
-    /// breaker is open (a failover) and at start.
-    Sentinel(SentinelUrl),
+    /// The master that the Sentinels name, asked at start and about once
+    /// a second by the prober.
+    Sentinel(SentinelClient),
 }
 
 impl Target {
     fn of(settings: &Settings) -> Result<Target, SharedError> {
         if sentinel::is_sentinel_url(&settings.url) {
-            return sentinel::parse(&settings.url)
+            let url = sentinel::parse(&settings.url).map_err(SharedError::BadUrl)?;
+            return url
+                .client()
                 .map(Target::Sentinel)
-                .map_err(SharedError::BadUrl);
+                .map_err(|e| SharedError::BadUrl(e.to_string()));
         }
         open_client(settings).map(Target::Direct)
     }
@@ -230,6 +233,20 @@ enum Job {
         cmd: redis::Cmd,
         reply: oneshot::Sender<Result<redis::Value, SharedError>>,
     },
+}
+
+impl Job {
+    /// Answers the job with `e`, without asking Redis.
+    fn refuse(self, e: SharedError) {
+        match self {
+            Job::Get { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Job::Call { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
 }
 
 /// What the owner and the callers share: the breaker and its log lines.
@@ -443,7 +460,12 @@ fn jitter() -> f64 {
 
 impl Owner {
     async fn run(self, mut jobs: mpsc::Receiver<Job>, writes: mpsc::Receiver<Write>) {
-        let ct = self.settings.connect_timeout;
+        let Owner {
+            target,
+            health,
+            settings,
+        } = self;
+        let ct = settings.connect_timeout;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(ct))
             .set_response_timeout(None)
@@ -451,22 +473,26 @@ impl Owner {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(ct);
         let slot = Slot::default();
-        if let Target::Direct(client) = &self.target {
-            match ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
-                Ok(c) => slot.set(self.health.url.clone(), c),
-                Err(e) => {
-                    warn!(
-                        self.health.log,
-                        "shared store {}: {} -- sharing off", self.health.url, e
-                    );
-                    return;
+        let sentinel = match target {
+            Target::Sentinel(client) => Some((client, config)),
+            Target::Direct(client) => {
+                match ConnectionManager::new_lazy_with_config(client, config) {
+                    Ok(c) => slot.set(health.url.clone(), c),
+                    Err(e) => {
+                        warn!(
+                            health.log,
+                            "shared store {}: {} -- sharing off", health.url, e
+                        );
+                        return;
+                    }
                 }
+                None
             }
-        }
+        };
         let reader = {
             let slot = slot.clone();
-            let health = self.health.clone();
-            let deadline = self.settings.lookup_deadline;
+            let health = health.clone();
+            let deadline = settings.lookup_deadline;
             async move {
                 while let Some(job) = jobs.recv().await {
                     let conn = slot.get();
@@ -475,14 +501,7 @@ impl Owner {
                         // No master named yet (Sentinel, at start): no
                         // answer, and no failure of Redis either.
                         let Some(mut conn) = conn else {
-                            match job {
-                                Job::Get { reply, .. } => {
-                                    let _ = reply.send(Err(SharedError::Busy));
-                                }
-                                Job::Call { reply, .. } => {
-                                    let _ = reply.send(Err(SharedError::Busy));
-                                }
-                            }
+                            job.refuse(SharedError::Busy);
                             return;
                         };
                         match job {
@@ -500,12 +519,8 @@ impl Owner {
                 }
             }
         };
-        let writer = Self::writer(slot.clone(), self.health.clone(), ct, writes);
-        let sentinel = match &self.target {
-            Target::Sentinel(url) => Some((url.clone(), config)),
-            Target::Direct(_) => None,
-        };
-        let prober = Self::prober(slot, sentinel, self.health.clone(), ct);
+        let writer = Self::writer(slot.clone(), health.clone(), ct, writes);
+        let prober = Self::prober(slot, sentinel, health, ct);
         // The reader ends when the last handle is dropped; the others go
         // with the runtime.
         tokio::select! {
@@ -521,18 +536,14 @@ impl Owner {
     /// answer counts as a failure too; otherwise a silent Sentinel is
     /// ignored while the master answers.
     async fn follow_master(
-        url: &SentinelUrl,
+        sentinels: &mut SentinelClient,
         config: &ConnectionManagerConfig,
         slot: &Slot,
         health: &Health,
         ct: Duration,
         failing: bool,
     ) {
-        let asked = async {
-            let mut client = url.client()?;
-            client.async_get_client().await
-        };
-        let client = match tokio::time::timeout(ct, asked).await {
+        let client = match tokio::time::timeout(ct, sentinels.async_get_client()).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 if failing {
@@ -614,7 +625,7 @@ impl Owner {
     /// one never sees).
     async fn prober(
         slot: Slot,
-        sentinel: Option<(SentinelUrl, ConnectionManagerConfig)>,
+        mut sentinel: Option<(SentinelClient, ConnectionManagerConfig)>,
         health: Arc<Health>,
         ct: Duration,
     ) {
@@ -626,8 +637,8 @@ impl Owner {
             }
             first = false;
             let failing = slot.get().is_none() || !health.breaker.allows();
-            if let Some((url, config)) = &sentinel {
-                Self::follow_master(url, config, &slot, &health, ct, failing).await;
+            if let Some((sentinels, config)) = &mut sentinel {
+                Self::follow_master(sentinels, config, &slot, &health, ct, failing).await;
             }
             if !failing {
                 continue;

@@ -21,6 +21,12 @@ pub const FORGET_AFTER: u64 = 30;
 /// never grow it.
 pub const CAPACITY: usize = 4096;
 
+/// Whether a miss at `at` still holds at `now`: less than [`FORGET_AFTER`]
+/// ago, and not in the future (a clock stepped back forgets it).
+fn still_missing(at: u64, now: u64) -> bool {
+    at <= now && now - at < FORGET_AFTER
+}
+
 /// A 16-byte ticket-key name.
 pub type KeyName = [u8; 16];
 
@@ -37,8 +43,7 @@ impl UnknownNames {
         let Ok(m) = self.missed_at.lock() else {
             return false;
         };
-        m.get(name)
-            .is_some_and(|&at| now.saturating_sub(at) < FORGET_AFTER && at <= now)
+        m.get(name).is_some_and(|&at| still_missing(at, now))
     }
 
     /// The store had no usable key `name` at `now`.
@@ -47,7 +52,7 @@ impl UnknownNames {
             return;
         };
         if m.len() >= CAPACITY && !m.contains_key(&name) {
-            m.retain(|_, at| now.saturating_sub(*at) < FORGET_AFTER && *at <= now);
+            m.retain(|_, at| still_missing(*at, now));
             if m.len() >= CAPACITY {
                 m.clear();
             }
