@@ -199,6 +199,13 @@ fn hosts_follow_the_master_the_sentinel_names_across_a_failover() {
         .query(&mut replica.conn())
         .unwrap();
     assert!(stored.len() >= 2, "{stored:?}");
+    // Asked about once a second, the Sentinel's answer is logged only when
+    // it changes: once for each master, no repeats.
+    let text = a.log.text();
+    for port in [master.port, replica.port] {
+        let line = format!("Sentinel names master 127.0.0.1:{port}");
+        assert_eq!(text.matches(&line).count(), 1, "{text}");
+    }
     for h in [&a, &b] {
         let text = h.log.text();
         assert!(h.warnings().len() <= 1, "{text}");
