@@ -361,6 +361,57 @@ impl Database {
         Ok(())
     }
 
+    /// Releases the table versions that no read can reach any more (tlsmgr
+    /// patch).
+    ///
+    /// A compaction replaces its input tables with its output in a new
+    /// version, but the version before it stays in the version history, and
+    /// the input tables' files on disk with it, until a version GC runs with
+    /// a watermark past the new version. Upstream runs one when a memtable
+    /// is rotated, so a database that goes quiet right after a compaction
+    /// keeps both the inputs and the output on disk until its next writes.
+    ///
+    /// Each call releases the versions superseded before the previous call:
+    /// the watermark is the visible sequence number recorded by that call. A
+    /// read started before then took its version long ago, so no read still
+    /// in flight can need a released one; call this periodically. Nothing is
+    /// released while a snapshot is open.
+    ///
+    /// # Errors
+    ///
+    /// Returns error, if an IO error occurred deleting a version file.
+    pub fn release_superseded_versions(&self) -> crate::Result<()> {
+        use std::sync::atomic::Ordering::AcqRel;
+
+        let tracker = &self.supervisor.snapshot_tracker;
+        tracker.gc();
+
+        let watermark = tracker.version_release_mark.swap(tracker.get(), AcqRel);
+
+        if watermark == 0 || tracker.open_snapshots() > 0 {
+            return Ok(());
+        }
+
+        #[expect(clippy::expect_used)]
+        let keyspaces = self
+            .supervisor
+            .keyspaces
+            .read()
+            .expect("lock is poisoned")
+            .values()
+            .cloned()
+            .collect::<Vec<_>>();
+
+        for keyspace in keyspaces {
+            keyspace
+                .tree
+                .get_version_history_lock()
+                .maintenance(keyspace.path(), watermark)?;
+        }
+
+        Ok(())
+    }
+
     #[doc(hidden)]
     #[must_use]
     pub fn cache_capacity(&self) -> u64 {

@@ -19,6 +19,10 @@ pub struct SnapshotTrackerInner {
     freed_count: AtomicU64,
 
     pub(crate) lowest_freed_instant: AtomicU64,
+
+    /// tlsmgr patch: the visible seqno at the previous call of
+    /// [`Database::release_superseded_versions`](crate::Database::release_superseded_versions).
+    pub(crate) version_release_mark: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -38,6 +42,7 @@ impl SnapshotTracker {
             data: DashMap::default(),
             freed_count: AtomicU64::default(),
             lowest_freed_instant: AtomicU64::default(),
+            version_release_mark: AtomicU64::default(),
             seqno,
             gc_lock: RwLock::default(),
         }))
