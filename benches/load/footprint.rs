@@ -12,6 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long to wait at most for the store's background work to finish.
 const SETTLE_LIMIT: Duration = Duration::from_secs(20);
+/// How long the directory must stay unchanged to count as settled: longer
+/// than two of the daemon's periodic syncs (1 s by default), since a sync
+/// releases what a compaction superseded before the previous sync.
+const SETTLED_AFTER: Duration = Duration::from_secs(3);
 
 /// Session size of the footprint test.
 pub const SESSION_BYTES: usize = 2048;
@@ -26,7 +30,7 @@ pub struct Footprint {
     pub peak_rss: u64,
     /// The data directory on disk half a second after the fill.
     pub disk: DiskUsage,
-    /// The same once it has not changed for a second (flushes and
+    /// The same once it has not changed for [`SETTLED_AFTER`] (flushes and
     /// compactions done), at most [`SETTLE_LIMIT`] later.
     pub disk_settled: DiskUsage,
     /// The same after a clean shutdown (SIGTERM).
@@ -128,11 +132,11 @@ pub fn measure(
     // Flushes and compactions go on after the last reply: tables are
     // written, merged and their inputs deleted, sealed journals deleted once
     // their memtables are flushed. Settled is when the directory has not
-    // changed for a second.
+    // changed for [`SETTLED_AFTER`].
     let settle_until = Instant::now() + SETTLE_LIMIT;
     let mut disk_settled = disk;
     let mut unchanged_since = Instant::now();
-    while Instant::now() < settle_until && unchanged_since.elapsed() < Duration::from_secs(1) {
+    while Instant::now() < settle_until && unchanged_since.elapsed() < SETTLED_AFTER {
         std::thread::sleep(Duration::from_millis(100));
         let now = disk_usage(&server.data_dir);
         if now != disk_settled {
