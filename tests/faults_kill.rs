@@ -5,12 +5,15 @@
 //! updates, killed mid-load.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/disk.rs"]
+mod disk;
 #[path = "common/serve.rs"]
 mod serve;
 
+use disk::apparent_bytes;
+
 use bytes::Bytes;
 use serve::ServeProcess;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -94,7 +97,7 @@ fn every_acknowledged_update_survives_sigkill() {
     let acked = acked.lock().unwrap().clone();
     let total: u64 = acked.iter().map(|a| a.map_or(0, |n| n + 1)).sum();
     let store_dir = dir.join("data/smtpd_scache.fjall");
-    let disk: u64 = walk_bytes(&store_dir);
+    let disk: u64 = apparent_bytes(&store_dir);
     println!(
         "{total} updates acknowledged over {CONNECTIONS} connections in {:.1} s \
          ({:.0}/s), {} MiB of sessions, store {} MiB on disk, then SIGKILL",
@@ -153,19 +156,4 @@ fn every_acknowledged_update_survives_sigkill() {
     );
     assert_eq!(checked, total);
     daemon.kill();
-}
-
-fn walk_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            if m.is_dir() {
-                total += walk_bytes(&e.path());
-            } else {
-                total += m.len();
-            }
-        }
-    }
-    total
 }

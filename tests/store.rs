@@ -4,6 +4,10 @@
 //! `store::location`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/disk.rs"]
+mod disk;
+
+use disk::apparent_bytes;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -957,11 +961,7 @@ fn fjall_journals_are_sealed_at_a_write_buffer_and_not_preallocated() {
     let session = vec![0x5a; 2048];
     for i in 0..30_000u64 {
         store
-            .put(
-                format!("smtpd&{i:064X}&").as_bytes(),
-                &entry(i, &session),
-                0,
-            )
+            .put(bulk_id(i).as_bytes(), &entry(i, &session), 0)
             .unwrap();
     }
     let buffer = OpenOptions::default().write_buffer_bytes;
@@ -998,22 +998,10 @@ fn fjall_journals_are_sealed_at_a_write_buffer_and_not_preallocated() {
     assert_eq!(store.len(), 30_000);
 }
 
-/// Apparent bytes of every file under `dir` (what `du --apparent-size`
-/// counts, and a backup without sparse support copies).
-fn apparent_bytes(dir: &Path) -> u64 {
-    let mut sum = 0;
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            match e.metadata() {
-                Ok(md) if md.is_dir() => dirs.push(e.path()),
-                Ok(md) => sum += md.len(),
-                // A table deleted between read_dir and stat.
-                Err(_) => {}
-            }
-        }
-    }
-    sum
+/// The cache id of the `i`th session the volume tests write (Postfix's
+/// shape: cache type, then a 32-byte digest in hex).
+fn bulk_id(i: u64) -> String {
+    format!("smtpd&{i:064X}&")
 }
 
 #[test]
@@ -1031,8 +1019,9 @@ fn fjall_disk_use_settles_at_most_1_2_bytes_per_session_byte() {
     let mut session = vec![0u8; 2048];
     for i in 0..N {
         session[..8].copy_from_slice(&i.to_be_bytes());
-        let id = format!("smtpd&{i:064X}&");
-        store.put(id.as_bytes(), &entry(i, &session), 0).unwrap();
+        store
+            .put(bulk_id(i).as_bytes(), &entry(i, &session), 0)
+            .unwrap();
     }
     let session_bytes = (N * 2048) as f64;
     // Flushes and compactions go on in the background after the last put.
@@ -1085,8 +1074,10 @@ fn fjall_disk_use_settles_at_most_1_2_bytes_per_session_byte() {
     // Nothing lost on the way.
     assert_eq!(store.len(), N);
     for i in [0, N / 2, N - 1] {
-        let id = format!("smtpd&{i:064X}&");
-        let got = store.get(id.as_bytes()).unwrap().expect("session kept");
+        let got = store
+            .get(bulk_id(i).as_bytes())
+            .unwrap()
+            .expect("session kept");
         assert_eq!(got.session[..8], i.to_be_bytes());
     }
 }

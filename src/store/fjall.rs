@@ -78,8 +78,9 @@
 //! A compaction's input tables stay on disk as long as fjall's version
 //! history holds the version before the compaction, and fjall only trims that
 //! history when a memtable is rotated, i.e. at the next writes: a cache that
-//! went quiet right after a burst kept both the inputs and the output, about
-//! 1.5 bytes per session byte instead of 1.15. Every [`Store::flush`] (every
+//! went quiet right after a burst kept both the inputs and the output: 1.49
+//! to 1.52 bytes per session byte where the tables alone take 1.09 to 1.12
+//! (BENCHMARKS.md, "Memory and disk, fourth pass"). Every [`Store::flush`] (every
 //! `tlsmgr_session_cache_sync_interval`) asks the vendored fjall to release the
 //! versions superseded before the previous flush
 //! (`Database::release_superseded_versions`, `vendor/README.md`), so the
@@ -88,9 +89,9 @@
 //! A sealed journal is deleted once every memtable with data in it has been
 //! flushed. The age index's memtable holds small items, so it fills about
 //! three times slower than the sessions' and kept up to three sealed
-//! journals (24 MiB, 0.12 bytes per session byte here) waiting for it. So a
-//! flush that finds nothing written since the previous one, while sealed
-//! journals exist, rotates both memtables. That is at most one extra
+//! journals (up to 28 MiB, 0.14 bytes per session byte, in the same bench)
+//! waiting for it. So a flush that finds nothing written since the previous
+//! one, while sealed journals exist, rotates both memtables. That is at most one extra
 //! rotation per journal sealed, i.e. per write buffer's worth of writes, and
 //! none on a cache that keeps being written or was never written enough to
 //! seal a journal.
