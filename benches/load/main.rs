@@ -17,6 +17,7 @@
 //! - `--footprint N` (100000; 0 skips it), `--no-load` (footprint only);
 //! - `--hit-ratio P` (0.5), `--gen-threads N` (2), `--base-dir DIR` (where
 //!   the servers' directories go; default $TMPDIR), `--out DIR`;
+//! - `--main-cf 'NAME = VALUE'` (repeatable): a main.cf line for our servers;
 //! - `--replot RUNS.CSV`: no run; the table and plot again from a saved CSV
 //!   (`--caption TEXT` sets the plot's caption).
 //!
@@ -114,6 +115,12 @@ fn parse_args() -> Result<Args, String> {
             "--hit-ratio" => a.mix.hit_ratio = num(val()?)?,
             "--gen-threads" => a.gen_threads = num(val()?)?.max(1.0) as usize,
             "--base-dir" => a.start.base_dir = Some(PathBuf::from(val()?)),
+            // A main.cf line for our servers (repeatable), e.g.
+            // `--main-cf 'tlsmgr_io_threads = 1'` for an A/B of a parameter.
+            "--main-cf" => {
+                a.start.main_cf_extra.push_str(&val()?);
+                a.start.main_cf_extra.push('\n');
+            }
             "--out" => a.out = PathBuf::from(val()?),
             "--replot" => a.replot = Some(PathBuf::from(val()?)),
             "--caption" => a.caption = Some(val()?),
