@@ -497,12 +497,16 @@ impl Cache {
         Ok(n)
     }
 
-    /// Makes completed writes durable against a power loss.
+    /// Makes completed writes durable against a power loss, then lets the
+    /// store tidy its disk ([`Store::tidy`]).
     pub fn sync(&self) -> Result<(), CacheDown> {
         if self.writes_refused() {
             return Err(CacheDown);
         }
-        self.with_store("sync", |s| s.flush())
+        self.with_store("sync", |s| {
+            s.flush()?;
+            s.tidy()
+        })
     }
 
     /// Entry count, or [`CacheDown`].

@@ -83,17 +83,17 @@
 //! history when a memtable is rotated, i.e. at the next writes: a cache that
 //! went quiet right after a burst kept both the inputs and the output: 1.49
 //! to 1.52 bytes per session byte where the tables alone take 1.09 to 1.12
-//! (BENCHMARKS.md, "Memory and disk, fourth pass"). Every [`Store::flush`] (every
-//! `tlsmgr_session_cache_sync_interval`) asks the vendored fjall to release the
-//! versions superseded before the previous flush
-//! (`Database::release_superseded_versions`, `vendor/README.md`), so the
-//! inputs leave within two sync intervals of the compaction.
+//! (BENCHMARKS.md, "Memory and disk, fourth pass"). Every [`Store::tidy`]
+//! (after the flush at every `tlsmgr_session_cache_sync_interval`) asks the
+//! vendored fjall to release the versions superseded before the previous
+//! call (`Database::release_superseded_versions`, `vendor/README.md`), so
+//! the inputs leave within two sync intervals of the compaction.
 //!
 //! A sealed journal is deleted once every memtable with data in it has been
 //! flushed. The age index's memtable holds small items, so it fills about
 //! three times slower than the sessions' and kept up to three sealed
 //! journals (up to 28 MiB, 0.14 bytes per session byte, in the same bench)
-//! waiting for it. So a flush that finds nothing written since the previous
+//! waiting for it. So a tidy that finds nothing written since the previous
 //! one, while sealed journals exist, rotates both memtables. That is at most one extra
 //! rotation per journal sealed, i.e. per write buffer's worth of writes, and
 //! none on a cache that keeps being written or was never written enough to
@@ -286,7 +286,7 @@ struct Writer {
     unrotated: [u64; 2],
     /// When to rotate each.
     rotate_at: [u64; 2],
-    /// Something was committed since the last [`Store::flush`].
+    /// Something was committed since the last [`Store::tidy`].
     written_since_flush: bool,
     /// Where the store is in compacting away what removals left (see
     /// "Disk use").
@@ -910,9 +910,12 @@ impl Store for FjallStore {
         }
         self.db
             .persist(PersistMode::SyncAll)
-            .map_err(|e| self.err(e))?;
-        // The periodic flush is also when what only duplicates the tables
-        // leaves the disk (see "Disk use" above).
+            .map_err(|e| self.err(e))
+    }
+
+    fn tidy(&self) -> Result<(), StoreError> {
+        // What only duplicates the tables, or what removals left, leaves
+        // the disk (see "Disk use" above).
         self.tidy_if_quiet()?;
         self.db
             .release_superseded_versions()

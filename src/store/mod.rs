@@ -149,4 +149,10 @@ pub trait Store: Send + Sync {
     /// Makes every completed write durable against a power loss (fsync).
     /// Completed writes already survive a crash of the process.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Upkeep at every periodic sync, after [`Store::flush`]: gives back
+    /// disk space the backend no longer needs. Not called at shutdown, where
+    /// it would only delay the exit. Nothing to do by default.
+    fn tidy(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
