@@ -65,7 +65,17 @@ pub struct Measure {
     pub server_busiest_thread: Duration,
     pub client_cpu: Duration,
     pub server_peak_rss: u64,
+    /// Requests that took [`SLOW`] or longer: when each started (since the
+    /// window opened) and how long it took, in nanoseconds, by start.
+    pub slow: Vec<(u64, u64)>,
 }
+
+/// What counts as a slow request for [`Measure::slow_summary`].
+pub const SLOW: Duration = Duration::from_millis(5);
+
+/// The width of the time slots [`Measure::slow_summary`] groups slow
+/// requests into.
+const SLOT: Duration = Duration::from_millis(10);
 
 impl Measure {
     pub fn throughput(&self) -> f64 {
@@ -93,6 +103,33 @@ impl Measure {
             })
             .collect::<Vec<_>>()
             .join(" ")
+    }
+    /// Whether the slow requests come in bursts (a stall that holds every
+    /// connection at once) or spread out (queueing), as text for logs:
+    /// how many there were, in how many 10 ms slots they started, what
+    /// share started in the 10 fullest slots, and the longest.
+    pub fn slow_summary(&self) -> String {
+        if self.slow.is_empty() {
+            return format!("slow(>={}ms) 0", SLOW.as_millis());
+        }
+        let slot = SLOT.as_nanos() as u64;
+        let mut per_slot: std::collections::HashMap<u64, u64> = Default::default();
+        for &(start, _) in &self.slow {
+            *per_slot.entry(start / slot).or_default() += 1;
+        }
+        let mut counts: Vec<u64> = per_slot.values().copied().collect();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        let top: u64 = counts.iter().take(10).sum();
+        let longest = self.slow.iter().map(|&(_, l)| l).max().unwrap_or(0);
+        format!(
+            "slow(>={}ms) {} in {} slots of {} ms, {:.0}% in the fullest 10, longest {:.1} ms",
+            SLOW.as_millis(),
+            self.slow.len(),
+            counts.len(),
+            SLOT.as_millis(),
+            100.0 * top as f64 / self.slow.len() as f64,
+            longest as f64 / 1e6
+        )
     }
     /// Server CPU per request, microseconds.
     pub fn server_cpu_per_req_us(&self) -> f64 {
@@ -125,6 +162,7 @@ struct ConnStats {
     errors: u64,
     latencies: Vec<u64>,
     by_kind: [Vec<u64>; 4],
+    slow: Vec<(u64, u64)>,
 }
 
 /// Connects and reads the announcement; retries while the backlog is full.
@@ -234,6 +272,10 @@ async fn conn_task(
             st.requests += 1;
             st.latencies.push(lat.as_nanos() as u64);
             st.by_kind[kind].push(lat.as_nanos() as u64);
+            if lat >= SLOW {
+                st.slow
+                    .push(((start - shared.t0).as_nanos() as u64, lat.as_nanos() as u64));
+            }
         }
     };
     loop {
@@ -358,11 +400,13 @@ pub fn run(
             m.lost += st.lost;
             m.errors += st.errors;
             m.latencies.extend(st.latencies);
+            m.slow.extend(st.slow);
             for (all, mine) in m.by_kind.iter_mut().zip(st.by_kind) {
                 all.extend(mine);
             }
         }
         m.latencies.sort_unstable();
+        m.slow.sort_unstable();
         for v in &mut m.by_kind {
             v.sort_unstable();
         }

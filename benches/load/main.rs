@@ -254,7 +254,7 @@ fn run(args: &Args) -> Result<(), String> {
                     let log = server.stop();
                     let m = m.map_err(|e| format!("{} at {c}: {e}\n{log}", kind.name()))?;
                     eprintln!(
-                        "round {round} {:>11} c={c:<3} {:>8.0} req/s p99 {:>8.0} µs cpu {:.2} (busiest thread {:.2}) gen {:.2} errors {} lost {} | p99 µs {}",
+                        "round {round} {:>11} c={c:<3} {:>8.0} req/s p99 {:>8.0} µs cpu {:.2} (busiest thread {:.2}) gen {:.2} errors {} lost {} | p99 µs {} | {}",
                         kind.name(),
                         m.throughput(),
                         m.percentile_us(99.0),
@@ -263,7 +263,8 @@ fn run(args: &Args) -> Result<(), String> {
                         m.client_cores(),
                         m.errors,
                         m.lost,
-                        m.p99_by_kind()
+                        m.p99_by_kind(),
+                        m.slow_summary()
                     );
                     if !args.bench {
                         check_smoke(kind, &m, &log)?;
