@@ -94,10 +94,10 @@
 //! three times slower than the sessions' and kept up to three sealed
 //! journals (up to 28 MiB, 0.14 bytes per session byte, in the same bench)
 //! waiting for it. So a tidy that finds nothing written since the previous
-//! one, while sealed journals exist, rotates both memtables. That is at most one extra
-//! rotation per journal sealed, i.e. per write buffer's worth of writes, and
-//! none on a cache that keeps being written or was never written enough to
-//! seal a journal.
+//! one, while sealed journals exist, rotates both memtables. That is at
+//! most one extra rotation per journal sealed, i.e. per write buffer's worth
+//! of writes, and none on a cache that keeps being written or was never
+//! written enough to seal a journal.
 //!
 //! Removed entries (expired, evicted, deleted) leave tombstones, and their
 //! old values stay in the tables until a compaction brings the two
@@ -287,7 +287,7 @@ struct Writer {
     /// When to rotate each.
     rotate_at: [u64; 2],
     /// Something was committed since the last [`Store::tidy`].
-    written_since_flush: bool,
+    written_since_tidy: bool,
     /// Where the store is in compacting away what removals left (see
     /// "Disk use").
     tidy: Tidy,
@@ -572,7 +572,6 @@ impl FjallStore {
             last_removed = Some(akey);
         }
         batch.commit().map_err(|e| self.err(e))?;
-        self.sub_len(removed);
         self.removed(w, removed);
         self.committed(w, 0, tombstone_bytes[0]);
         self.committed(w, 1, tombstone_bytes[1]);
@@ -602,7 +601,7 @@ impl FjallStore {
     /// and asks for a rotation of its memtable once past the limit. The
     /// caller holds the writer lock, so one rotation is asked per memtable.
     fn committed(&self, w: &mut Writer, which: usize, bytes: u64) {
-        w.written_since_flush = true;
+        w.written_since_tidy = true;
         w.unrotated[which] = w.unrotated[which].saturating_add(bytes);
         if w.unrotated[which] >= w.rotate_at[which] {
             w.unrotated[which] = 0;
@@ -630,7 +629,7 @@ impl FjallStore {
     /// use").
     fn tidy_if_quiet(&self) -> Result<(), StoreError> {
         let mut w = self.writer();
-        let quiet = !std::mem::take(&mut w.written_since_flush);
+        let quiet = !std::mem::take(&mut w.written_since_tidy);
         if !quiet {
             if w.tidy == Tidy::Flushing {
                 w.tidy = Tidy::Removed;
@@ -661,21 +660,19 @@ impl FjallStore {
         self.rotate(&mut w, 1)
     }
 
-    /// Counts `n` entries removed (the entry count already lowered); once
-    /// they reach [`TIDY_SHARE`] of what is left, the next quiet syncs
-    /// compact them away (see "Disk use"). The caller holds the writer lock.
+    /// Takes `n` removed entries off the count, and counts them towards the
+    /// next compaction: once the entries removed since the last one reach
+    /// [`TIDY_SHARE`] of those left, the next quiet syncs compact them away
+    /// (see "Disk use"). The caller holds the writer lock.
     fn removed(&self, w: &mut Writer, n: u64) {
-        w.removed_since_tidy = w.removed_since_tidy.saturating_add(n);
-        if w.tidy == Tidy::Clean && w.removed_since_tidy.saturating_mul(TIDY_SHARE) >= self.len() {
-            w.tidy = Tidy::Removed;
-        }
-    }
-
-    fn sub_len(&self, n: u64) {
         // Only writers change the count, one at a time: load and store
         // cannot interleave with another change.
-        let len = self.len.load(Ordering::Relaxed);
-        self.len.store(len.saturating_sub(n), Ordering::Relaxed);
+        let left = self.len.load(Ordering::Relaxed).saturating_sub(n);
+        self.len.store(left, Ordering::Relaxed);
+        w.removed_since_tidy = w.removed_since_tidy.saturating_add(n);
+        if w.tidy == Tidy::Clean && w.removed_since_tidy.saturating_mul(TIDY_SHARE) >= left {
+            w.tidy = Tidy::Removed;
+        }
     }
 }
 
@@ -848,7 +845,6 @@ impl Store for FjallStore {
         let skey_cost = memtable_cost(skey.len(), 0);
         batch.remove(&self.sessions, skey);
         batch.commit().map_err(|e| self.err(e))?;
-        self.sub_len(1);
         self.removed(&mut w, 1);
         // Tombstones fill memtables too.
         self.committed(&mut w, 0, skey_cost);
