@@ -22,8 +22,10 @@
 //!   (`--caption TEXT` sets the plot's caption).
 //!
 //! Environment: `TLSMGR_BENCH_OURS_BIN` runs another build of ours (A/B
-//! experiments); `TLSMGR_BENCH_CEILING_THREADS` gives the ceiling a
-//! multi-thread runtime (default: one thread).
+//! experiments); `TLSMGR_BENCH_BASE_BIN` is the build `ours-base` runs, on
+//! the memory store or, with `TLSMGR_BENCH_BASE_STORE=btree`, on fjall;
+//! `TLSMGR_BENCH_CEILING_THREADS` gives the ceiling a multi-thread runtime
+//! (default: one thread).
 //!
 //! Without `--bench` (that is, under `cargo test --all-targets`) it is a
 //! smoke run: every available server at 1 and 8 connections for 0.3 s and a

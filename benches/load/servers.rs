@@ -44,7 +44,8 @@ pub enum Kind {
     /// every [`SCRAPE_INTERVAL`] (issue 12: the cost of metrics).
     OursMetrics,
     /// Another build of ours (`TLSMGR_BENCH_BASE_BIN`, e.g. one without
-    /// the counters), memory store: the baseline of an A/B run.
+    /// the counters), memory store (fjall with
+    /// `TLSMGR_BENCH_BASE_STORE=btree`): the baseline of an A/B run.
     OursBase,
 }
 
@@ -234,10 +235,13 @@ impl Server {
             | Kind::OursShared
             | Kind::OursMetrics
             | Kind::OursBase => {
+                // `TLSMGR_BENCH_BASE_STORE=btree` puts the baseline on the
+                // fjall store, to compare two builds of the store itself.
+                let base_on_disk = kind == Kind::OursBase
+                    && std::env::var("TLSMGR_BENCH_BASE_STORE").as_deref() == Ok("btree");
                 let db = |name: &str| match kind {
-                    Kind::OursMemory | Kind::OursMetrics | Kind::OursBase => {
-                        format!("memory:{name}")
-                    }
+                    Kind::OursMemory | Kind::OursMetrics => format!("memory:{name}"),
+                    Kind::OursBase if !base_on_disk => format!("memory:{name}"),
                     _ => format!("btree:{}/{name}", data_dir.display()),
                 };
                 let mut extra = opts.main_cf_extra.clone();
