@@ -252,29 +252,37 @@ fn stats(args: AdminArgs, json: bool, watch: Option<u64>) -> ExitCode {
     }
 }
 
-/// malloc arenas the daemon uses, unless `MALLOC_ARENA_MAX` says otherwise.
-/// glibc's default (8 per core) let each of our threads keep its own arena:
-/// the memory of flushed memtables, freed on one thread and allocated on
-/// another, stayed spread over them, and peak memory while filling a cache
-/// of 100 000 sessions was 66-78 MiB instead of 48-59 (BENCHMARKS.md,
-/// "Memory and disk"). The request path allocates little, so one shared
-/// arena costs it nothing measurable there.
-const MALLOC_ARENAS: libc::c_int = 1;
+/// The allocator: jemalloc, with [`JEMALLOC_CONF`]. Against glibc's
+/// malloc with one arena (what we used before) it took 14 % of the CPU per
+/// request off the 64-connection load and lowered peak memory while filling
+/// a cache of 100 000 sessions (BENCHMARKS.md, "Seventh pass"): glibc served
+/// the 2-4 KiB blocks and sessions of the store from its locked bins, and
+/// kept what the store's workers freed.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Caps glibc's malloc arenas at [`MALLOC_ARENAS`]; an admin's
-/// `MALLOC_ARENA_MAX` (read by glibc itself at start) wins.
-fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt(3) only sets a malloc tunable; it is called
-        // first thing in main, before any other thread exists.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
-        }
-    }
-}
+/// jemalloc's options, read by jemalloc at its first allocation: one arena
+/// (per-thread caches serve the request path; more arenas keep more freed
+/// memory), and freed pages returned to the kernel at once rather than
+/// after jemalloc's default 10 s decay, which let a flush's or compaction's
+/// transient memory add up. `_RJEM_MALLOC_CONF` in the environment
+/// overrides any of them (jemalloc reads it after this).
+const JEMALLOC_CONF: &[u8] = b"narenas:1,dirty_decay_ms:0,muzzy_decay_ms:0\0";
+
+/// The `malloc_conf` symbol jemalloc looks for: a pointer to a C string.
+#[repr(transparent)]
+pub struct MallocConf(*const libc::c_char);
+
+// SAFETY: the pointer is to a `'static` byte string that nothing writes;
+// sharing it between threads is sharing an immutable constant.
+unsafe impl Sync for MallocConf {}
+
+/// jemalloc (as built by tikv-jemalloc-sys, whose symbols carry the
+/// `_rjem_` prefix) reads its compiled-in options from this symbol.
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: MallocConf = MallocConf(JEMALLOC_CONF.as_ptr().cast());
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
     let argv: Vec<String> = std::env::args().collect();
     if tlsmgr::master::args::looks_like_master_child(&argv[1.min(argv.len())..]) {
         let argv0 = argv.first().map(String::as_str).unwrap_or("tlsmgr");
