@@ -12,12 +12,14 @@
 #[path = "common/serve.rs"]
 mod serve;
 
+use bytes::Bytes;
 use serve::ServeProcess;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tlsmgr::protocol::{Reply, Request, Status};
 
 const ANNOUNCEMENT: usize = 26;
 const SEED_REQUEST: &[u8] = b"request\0seed\0size\x008\0\0";
@@ -339,7 +341,56 @@ fn five_thousand_idle_clients_at_1024_descriptors() {
     assert_eq!(idle.len(), IDLE, "{closed} closed at once: {}", stderr(dir));
     assert!(replaced > 0, "the limit was never reached");
     assert_eq!(replaced + held, IDLE, "not the oldest that were closed");
+
+    // The store still has descriptors with every client slot taken: more
+    // updates than one write buffer holds (8 MiB), so that a memtable is
+    // flushed to a new table file and journals turn over, then a periodic
+    // sync, all at the limit. A client beyond the budget replaces an idle
+    // one, so this one is served.
+    let free = LIMIT as usize - open_fds(pid);
+    let mut store = child.client();
+    let session = vec![0x5a_u8; 2048];
+    let updates = 5000;
+    let acked = (0..updates)
+        .filter(|i| {
+            let r = store.request(&Request::Update {
+                cache_type: Bytes::from_static(b"smtpd"),
+                cache_id: Bytes::from(format!("at-limit-{i}")),
+                session: Bytes::copy_from_slice(&session),
+            });
+            matches!(r, Ok(Reply::Status(Status::Ok)))
+        })
+        .count();
+    std::thread::sleep(Duration::from_millis(1500));
+    let found = (0..updates)
+        .step_by(50)
+        .filter(|i| {
+            let r = store.request(&Request::Lookup {
+                cache_type: Bytes::from_static(b"smtpd"),
+                cache_id: Bytes::from(format!("at-limit-{i}")),
+            });
+            matches!(r, Ok(Reply::Lookup { status: Status::Ok, session: s }) if s == session)
+        })
+        .count();
+    println!(
+        "at the limit ({free} descriptors free): {acked} of {updates} updates acknowledged, \
+         {found} of {} sampled lookups found; daemon at {} descriptors",
+        updates / 50,
+        open_fds(pid)
+    );
     let log = stderr(dir);
+    assert_eq!(acked, updates, "{log}");
+    assert_eq!(found, updates / 50, "{log}");
+    let starved: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Too many open files") && !l.contains("accept connection:"))
+        .collect();
+    assert!(
+        starved.is_empty(),
+        "the daemon's own files ran out of descriptors: {starved:?}"
+    );
+    drop(store);
+
     let errors = log.matches("error: accept connection:").count();
     assert!(errors <= 2, "{errors} accept error lines:\n{log}");
 

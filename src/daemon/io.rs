@@ -15,6 +15,7 @@ use super::{RequestObserver, Services};
 use actix::Arbiter;
 use slog::error;
 use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The connection-serving threads.
@@ -25,6 +26,20 @@ pub struct IoThreads {
     /// Every open connection, to close the longest-idle one when
     /// descriptors run out.
     idle: Arc<IdleConnections>,
+    /// Connections handed to a thread and not yet closed. Counted here,
+    /// when the accept loop hands them out, rather than by `idle`, which
+    /// registers a connection only once its thread has started it.
+    open: Arc<AtomicUsize>,
+}
+
+/// One connection counted in [`IoThreads::open_connections`] until dropped
+/// with its task (or with the closure that would have started it).
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How many threads `tlsmgr_io_threads = configured` means: 0 is one per
@@ -59,6 +74,7 @@ impl IoThreads {
             threads: RefCell::new(threads),
             next: Cell::new(0),
             idle: Arc::default(),
+            open: Arc::default(),
         }
     }
 
@@ -81,12 +97,22 @@ impl IoThreads {
             }
         };
         let idle = self.idle.clone();
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let counted = Counted(self.open.clone());
         arbiter.spawn_fn(move || match tokio::net::UnixStream::from_std(std_stream) {
             Ok(stream) => {
-                actix_rt::spawn(connection::serve(stream, svc, idle));
+                actix_rt::spawn(async move {
+                    connection::serve(stream, svc, idle).await;
+                    drop(counted);
+                });
             }
             Err(e) => error!(svc.log, "register connection on an I/O thread: {}", e),
         });
+    }
+
+    /// How many connections are open (handed out and not yet closed).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// The open connections.

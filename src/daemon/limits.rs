@@ -19,10 +19,18 @@
 //! retries like after any failed request, instead of hanging. Then the
 //! reserve is taken back. [`Exhaustion`] keeps the log to one line per
 //! episode and one per [`EXHAUSTION_LOG_INTERVAL`].
+//!
+//! Clients must not take the last descriptors either: the daemon's own
+//! files need them (a store opens table files, journals and its directory
+//! for a sync; ticket keys and the exchange file are written through
+//! temporary files; main.cf is read at every edit). A store that meets
+//! EMFILE fails the request or restarts. So [`ConnectionBudget`] stops
+//! clients [`OWN_FILES_RESERVE`] descriptors short of the limit, and a
+//! client beyond it is handled as at EMFILE, before accept(2) fails.
 
 use crate::prng::strerror;
 use slog::{debug, warn, Logger};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, once at start (`tlsmgr
@@ -103,6 +111,55 @@ pub fn out_of_descriptors(e: &std::io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+/// Descriptors kept free for the daemon's own files: every store at its
+/// most ([`crate::store::fjall::MAX_OPEN_FILES`]; three caches: smtpd,
+/// smtp, lmtp) and some for the rest (key and exchange files, main.cf, the
+/// admin and metrics sockets, Redis). A quarter of the limit at most, so a
+/// small limit still serves clients.
+pub const OWN_FILES_RESERVE: u64 = 3 * crate::store::fjall::MAX_OPEN_FILES + 32;
+
+/// How many client connections the descriptor limit leaves room for, once
+/// the daemon's own files have theirs ([`OWN_FILES_RESERVE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionBudget {
+    max: Option<u64>,
+}
+
+impl ConnectionBudget {
+    /// The budget under the soft limit `limit` (`None`: unknown, no
+    /// budget), with `in_use` descriptors already taken by the daemon
+    /// (listening sockets, stores, pipes) before any client.
+    pub fn new(limit: Option<u64>, in_use: u64) -> ConnectionBudget {
+        ConnectionBudget {
+            max: limit.map(|l| l.saturating_sub(in_use + OWN_FILES_RESERVE.min(l / 4))),
+        }
+    }
+
+    /// The budget of this process now: its soft limit, and as descriptors
+    /// in use the lowest free descriptor (the kernel hands out the lowest,
+    /// so before any client connects everything below it is the daemon's).
+    /// `probe` is any open descriptor, to duplicate; this needs no /proc,
+    /// which a chrooted daemon does not have.
+    pub fn of_this_process(probe: BorrowedFd<'_>) -> ConnectionBudget {
+        let in_use = probe
+            .try_clone_to_owned()
+            .map_or(0, |dup| u64::try_from(dup.as_raw_fd()).unwrap_or(0));
+        ConnectionBudget::new(nofile_limit(), in_use)
+    }
+
+    /// True when `open` connections use the whole budget: the next client
+    /// takes the place of an idle one.
+    pub fn is_spent(&self, open: usize) -> bool {
+        self.max
+            .is_some_and(|max| u64::try_from(open).unwrap_or(u64::MAX) >= max)
+    }
+
+    /// The number of connections allowed (`None`: no limit known).
+    pub fn max(&self) -> Option<u64> {
+        self.max
+    }
 }
 
 /// What the accept loop does at EMFILE: one descriptor held back, to
@@ -282,6 +339,26 @@ mod tests {
             .failed(s(61_700), &e, Nothing)
             .unwrap()
             .contains("descriptor limit"));
+    }
+
+    #[test]
+    fn the_budget_leaves_the_reserve_and_what_the_daemon_holds() {
+        let b = ConnectionBudget::new(Some(4096), 40);
+        assert_eq!(b.max(), Some(4096 - 40 - OWN_FILES_RESERVE));
+        assert!(!b.is_spent(4096 - 41 - OWN_FILES_RESERVE as usize));
+        assert!(b.is_spent(4096 - 40 - OWN_FILES_RESERVE as usize));
+        // A small limit keeps three quarters for the daemon and clients.
+        assert_eq!(
+            ConnectionBudget::new(Some(1024), 40).max(),
+            Some(1024 - 40 - 256)
+        );
+        assert_eq!(
+            ConnectionBudget::new(Some(96), 20).max(),
+            Some(96 - 20 - 24)
+        );
+        // No room at all, and no known limit.
+        assert!(ConnectionBudget::new(Some(16), 40).is_spent(0));
+        assert!(!ConnectionBudget::new(None, 40).is_spent(usize::MAX));
     }
 
     #[test]

@@ -42,8 +42,9 @@ use crate::tickets::KeyRing;
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 use reload::CacheRuntime;
-use slog::{error, info, Logger};
+use slog::{debug, error, info, Logger};
 use std::future::Future;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -342,8 +343,31 @@ async fn accept_loop(
     const CLOSE_WAIT: Duration = Duration::from_millis(100);
     let mut spare = limits::Spare::new();
     let mut shortage = limits::Exhaustion::default();
+    // Measured before any client of this listener: what is open now is the
+    // daemon's own.
+    let budget = limits::ConnectionBudget::of_this_process(listener.as_fd());
+    debug!(
+        svc.log,
+        "client connections: at most {:?} before the longest-idle one makes room",
+        budget.max()
+    );
     loop {
         match listener.accept().await {
+            Ok((stream, _)) if budget.is_spent(io.open_connections()) => {
+                // Accepted, but into a descriptor the daemon's own files
+                // need: as at EMFILE, the newcomer takes an idle
+                // connection's place or is closed.
+                let now = std::time::Instant::now();
+                io.connections().tick(now);
+                let outcome = make_room(stream, &svc, &io);
+                if outcome == ShortageOutcome::Replaced {
+                    io.connections().wait_closed(CLOSE_WAIT).await;
+                }
+                let e = std::io::Error::from_raw_os_error(libc::EMFILE);
+                if let Some(line) = shortage.failed(now, &e, outcome) {
+                    error!(svc.log, "{}", line);
+                }
+            }
             Ok((stream, _)) => {
                 let now = std::time::Instant::now();
                 io.connections().tick(now);
@@ -365,20 +389,10 @@ async fn accept_loop(
                 let polled = listener
                     .poll_accept(&mut std::task::Context::from_waker(std::task::Waker::noop()));
                 let outcome = match polled {
-                    std::task::Poll::Ready(Ok((stream, _))) => {
-                        if io.connections().close_longest_idle() {
-                            io.serve(stream, svc.clone());
-                            ShortageOutcome::Replaced
-                        } else {
-                            // Nobody idle: closed (EOF before the
-                            // announcement: it retries, as after any
-                            // failed request) before the reserve is taken
-                            // back, since its slot is the one the reserve
-                            // needs.
-                            drop(stream);
-                            ShortageOutcome::ClosedNew
-                        }
-                    }
+                    // Closed when nobody is idle before the reserve is
+                    // taken back, since its slot is the one the reserve
+                    // needs.
+                    std::task::Poll::Ready(Ok((stream, _))) => make_room(stream, &svc, &io),
                     std::task::Poll::Ready(Err(_)) => ShortageOutcome::Nothing,
                     std::task::Poll::Pending => {
                         spare.restore();
@@ -407,6 +421,24 @@ async fn accept_loop(
                 actix_rt::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Out of descriptors for clients: `stream` is served in place of the
+/// longest-idle connection, which is shut down, or closed at once when
+/// none is idle (end of file before the announcement: a Postfix client
+/// retries, as after any failed request).
+fn make_room(
+    stream: tokio::net::UnixStream,
+    svc: &Services,
+    io: &io::IoThreads,
+) -> limits::ShortageOutcome {
+    if io.connections().close_longest_idle() {
+        io.serve(stream, svc.clone());
+        limits::ShortageOutcome::Replaced
+    } else {
+        drop(stream);
+        limits::ShortageOutcome::ClosedNew
     }
 }
 

@@ -153,6 +153,10 @@ const WORKER_THREADS: usize = 1;
 /// Open table files kept per database (default 900, too many for three
 /// databases under a 1024 descriptor limit).
 const MAX_CACHED_FILES: usize = 64;
+/// The most descriptors one open store holds at once: its table file
+/// cache, and its journals, version and lock files and directory (the
+/// daemon keeps these free of clients, `daemon::limits`).
+pub const MAX_OPEN_FILES: u64 = MAX_CACHED_FILES as u64 + 16;
 /// Journal size bound; fjall's minimum (default 512 MiB).
 const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 
