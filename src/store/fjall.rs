@@ -160,6 +160,16 @@ pub const MAX_OPEN_FILES: u64 = MAX_CACHED_FILES as u64 + 16;
 /// Journal size bound; fjall's minimum (default 512 MiB).
 const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Flushed memtables (level-0 tables) a keyspace gathers before they are
+/// merged into level 1 (fjall's default: 4). Session ids are random, so
+/// every merge rewrites all of level 1, which holds nearly the whole cache:
+/// gathering 16 rewrites it a quarter as often. A read checks each level-0
+/// table's bloom filter, which fjall keeps in memory. In the load bench at
+/// 64 connections (BENCHMARKS.md, "Eighth pass") it gave 0.54 of the
+/// ceiling against 0.49-0.51 with 4, and p99.9 11 against 15 ms; 8 and 32
+/// did no better.
+const L0_TABLES_BEFORE_COMPACTION: u8 = 16;
+
 /// fjall's memtable limit, as a multiple of ours.
 const FJALL_ROTATION_BACKSTOP: u64 = 4;
 
@@ -436,12 +446,12 @@ impl FjallStore {
         let backstop = |ours: u64| ours.saturating_mul(FJALL_ROTATION_BACKSTOP);
         let sessions = db
             .keyspace("sessions", || {
-                KeyspaceCreateOptions::default().max_memtable_size(backstop(sessions_memtable))
+                keyspace_options(backstop(sessions_memtable))
             })
             .map_err(err)?;
         let by_age = db
             .keyspace("by_age", || {
-                KeyspaceCreateOptions::default().max_memtable_size(backstop(by_age_memtable))
+                keyspace_options(backstop(by_age_memtable))
             })
             .map_err(err)?;
         let rotator = Rotator::start([sessions.clone(), by_age.clone()]).map_err(|source| {
@@ -695,6 +705,17 @@ fn successor(key: &[u8]) -> Vec<u8> {
     k.extend_from_slice(key);
     k.push(0);
     k
+}
+
+/// How a new keyspace is made: fjall's defaults, with our memtable limit
+/// and [`L0_TABLES_BEFORE_COMPACTION`]. fjall records both in the
+/// database, so a store made by an earlier version keeps its own.
+fn keyspace_options(max_memtable: u64) -> KeyspaceCreateOptions {
+    let compaction = fjall::compaction::Leveled::default()
+        .with_l0_threshold(L0_TABLES_BEFORE_COMPACTION);
+    KeyspaceCreateOptions::default()
+        .max_memtable_size(max_memtable)
+        .compaction_strategy(std::sync::Arc::new(compaction))
 }
 
 /// Opens the database, retrying every [`LOCK_RETRY_INTERVAL`] while another
