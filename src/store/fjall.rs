@@ -445,14 +445,10 @@ impl FjallStore {
         // fjall's own rotation is only a backstop (see "Memtable rotation").
         let backstop = |ours: u64| ours.saturating_mul(FJALL_ROTATION_BACKSTOP);
         let sessions = db
-            .keyspace("sessions", || {
-                keyspace_options(backstop(sessions_memtable))
-            })
+            .keyspace("sessions", || keyspace_options(backstop(sessions_memtable)))
             .map_err(err)?;
         let by_age = db
-            .keyspace("by_age", || {
-                keyspace_options(backstop(by_age_memtable))
-            })
+            .keyspace("by_age", || keyspace_options(backstop(by_age_memtable)))
             .map_err(err)?;
         let rotator = Rotator::start([sessions.clone(), by_age.clone()]).map_err(|source| {
             StoreError::Io {
@@ -711,8 +707,8 @@ fn successor(key: &[u8]) -> Vec<u8> {
 /// and [`L0_TABLES_BEFORE_COMPACTION`]. fjall records both in the
 /// database, so a store made by an earlier version keeps its own.
 fn keyspace_options(max_memtable: u64) -> KeyspaceCreateOptions {
-    let compaction = fjall::compaction::Leveled::default()
-        .with_l0_threshold(L0_TABLES_BEFORE_COMPACTION);
+    let compaction =
+        fjall::compaction::Leveled::default().with_l0_threshold(L0_TABLES_BEFORE_COMPACTION);
     KeyspaceCreateOptions::default()
         .max_memtable_size(max_memtable)
         .compaction_strategy(std::sync::Arc::new(compaction))
