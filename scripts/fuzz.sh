@@ -50,8 +50,8 @@ run_one() {
 # FUZZ_JOBS targets at a time (default 1). Each still runs for SECONDS;
 # CI runs two at once on its two cores. The targets are built first, once,
 # so that the parallel runs do not compete for cargo's build lock.
-jobs=${FUZZ_JOBS:-1}
-if (( jobs <= 1 )); then
+parallel=${FUZZ_JOBS:-1}
+if (( parallel <= 1 )); then
     for t in $targets; do run_one "$t" "$@"; done
     exit 0
 fi
@@ -60,7 +60,7 @@ for t in $targets; do
 done
 logs=$(mktemp -d)
 for t in $targets; do
-    while (( $(jobs -rp | wc -l) >= jobs )); do wait -n || true; done
+    while (( $(jobs -rp | wc -l) >= parallel )); do wait -n || true; done
     ( if run_one "$t" "$@" >"$logs/$t.log" 2>&1; then echo 0; else echo 1; fi >"$logs/$t.rc" ) &
 done
 wait
