@@ -49,6 +49,19 @@
 //! kept across restarts: it is skipped when the store is emptied at start),
 //! then updated on every change.
 //!
+//! # Presence
+//!
+//! A [`Presence`] record in memory holds a keyed hash of every id in
+//! `sessions` (see `store::presence`), so a `get`, `put` or `delete` of an
+//! id the store does not hold never searches the LSM tree: in the Postfix
+//! mix that is half the lookups and every update's "is this id new?"
+//! (callgrind: 9 554 instructions per request before, 9 070 after). It is
+//! rebuilt at open from the age index's keys and changed with every write:
+//! a hash is added before the batch that stores its id is committed
+//! (and taken back if the commit fails), and removed after the batch that
+//! removes the id, so a reader that takes no lock never sees a held id as
+//! absent.
+//!
 //! # Threads
 //!
 //! The store is shared by every I/O thread. Reads (`get`) take no lock of
@@ -121,6 +134,7 @@
 //! `tlsmgr_session_cache_sync_interval` and at shutdown. A lost session only
 //! costs one full TLS handshake.
 
+use super::presence::Presence;
 use super::{Entry, OpenOptions, PutOutcome, Store, StoreError, StoreStats, SweepStep};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::collections::HashSet;
@@ -210,6 +224,9 @@ pub struct FjallStore {
     by_age: Keyspace,
     /// Exact number of records in `sessions`; changed only under `writer`.
     len: AtomicU64,
+    /// The ids `sessions` holds (see "Presence" above); changed only under
+    /// `writer`.
+    presence: Presence,
     /// Serializes changes (see "Threads" above).
     writer: Mutex<Writer>,
     /// Rotates memtables off the caller's thread (see "Memtable rotation").
@@ -463,6 +480,7 @@ impl FjallStore {
             by_age,
             rotator,
             len: AtomicU64::new(0),
+            presence: Presence::new(),
             writer: Mutex::new(Writer {
                 rotate_at: [sessions_memtable, by_age_memtable],
                 ..Writer::default()
@@ -478,6 +496,7 @@ impl FjallStore {
                 None => store.count_sessions()?,
             };
             store.len.store(n, Ordering::Relaxed);
+            store.load_presence()?;
         }
         Ok(store)
     }
@@ -504,6 +523,20 @@ impl FjallStore {
         self.writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records every id the age index names in [`FjallStore::presence`]:
+    /// each session has an index key, so none is missed; a dangling key
+    /// only adds a hash the store then answers for. The index holds small
+    /// keys and no values, so this reads far less than a walk of `sessions`.
+    fn load_presence(&self) -> Result<(), StoreError> {
+        for guard in self.by_age.iter() {
+            let akey = guard.key().map_err(|e| self.err(e))?;
+            if let Some((_, id)) = split_ts(&akey) {
+                self.presence.add(id);
+            }
+        }
+        Ok(())
     }
 
     fn count_sessions(&self) -> Result<u64, StoreError> {
@@ -582,6 +615,9 @@ impl FjallStore {
             last_removed = Some(akey);
         }
         batch.commit().map_err(|e| self.err(e))?;
+        for skey in &removed_keys {
+            self.presence.remove(&skey[1..]);
+        }
         self.removed(w, removed);
         self.committed(w, 0, tombstone_bytes[0]);
         self.committed(w, 1, tombstone_bytes[1]);
@@ -777,6 +813,9 @@ impl Store for FjallStore {
         if id_too_long(id) {
             return Ok(None);
         }
+        if !self.presence.may_hold(id) {
+            return Ok(None);
+        }
         match self.raw_get(&session_key(id))? {
             Some(record) => decode_record(&record).map(Some),
             None => Ok(None),
@@ -801,7 +840,10 @@ impl Store for FjallStore {
         }
         let skey = session_key(id);
         let mut w = self.writer();
-        let old = self.raw_get(&skey)?;
+        let old = match self.presence.may_hold(id) {
+            true => self.raw_get(&skey)?,
+            false => None,
+        };
         let inserted = old.is_none();
         // Make room first, so the count never exceeds the bound. The entry
         // being replaced is not evicted: a replacement adds nothing.
@@ -838,7 +880,16 @@ impl Store for FjallStore {
         let session_bytes = memtable_cost(skey.len(), record.len());
         batch.insert(&self.sessions, skey, record);
         batch.insert(&self.by_age, akey, Vec::new());
-        batch.commit().map_err(|e| self.err(e))?;
+        // Present before the commit makes it visible (see "Presence").
+        if old.is_none() {
+            self.presence.add(id);
+        }
+        if let Err(e) = batch.commit() {
+            if old.is_none() {
+                self.presence.remove(id);
+            }
+            return Err(self.err(e));
+        }
         if old.is_none() {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
@@ -856,6 +907,9 @@ impl Store for FjallStore {
         }
         let skey = session_key(id);
         let mut w = self.writer();
+        if !self.presence.may_hold(id) {
+            return Ok(false);
+        }
         let Some(old) = self.raw_get(&skey)? else {
             return Ok(false);
         };
@@ -866,6 +920,7 @@ impl Store for FjallStore {
         let skey_cost = memtable_cost(skey.len(), 0);
         batch.remove(&self.sessions, skey);
         batch.commit().map_err(|e| self.err(e))?;
+        self.presence.remove(id);
         self.removed(&mut w, 1);
         // Tombstones fill memtables too.
         self.committed(&mut w, 0, skey_cost);
@@ -914,6 +969,7 @@ impl Store for FjallStore {
         // remain, which scans tolerate; unindexed sessions would never expire.
         self.sessions.clear().map_err(|e| self.err(e))?;
         self.len.store(0, Ordering::Relaxed);
+        self.presence.clear();
         self.by_age.clear().map_err(|e| self.err(e))?;
         w.scan_from.clear();
         w.removed_since_tidy = 0;
@@ -1041,7 +1097,9 @@ mod tests {
         s.sessions
             .insert(session_key(b"bad"), b"short".to_vec())
             .unwrap();
-        s.len.fetch_add(1, Ordering::Relaxed); // as counted at open
+        // As counted and recorded at open.
+        s.len.fetch_add(1, Ordering::Relaxed);
+        s.presence.add(b"bad");
         assert!(matches!(s.get(b"bad"), Err(StoreError::Malformed(_))));
         assert!(s.delete(b"bad").unwrap());
         assert_eq!(s.get(b"bad").unwrap(), None);
@@ -1071,6 +1129,58 @@ mod tests {
         s.evict_to(s.len() - 1).unwrap();
         check(&s);
         assert!(s.is_empty());
+    }
+
+    /// The presence record never calls absent an id the store holds, and
+    /// after every kind of change holds exactly the ids the store holds:
+    /// puts, replacements, deletes, sweeps, evictions under the bound, a
+    /// clear, and a reopen of a kept store (rebuilt from the age index).
+    #[test]
+    fn presence_follows_every_change_and_a_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let held = |s: &FjallStore| -> Vec<Vec<u8>> {
+            s.sessions
+                .iter()
+                .map(|g| g.key().unwrap()[1..].to_vec())
+                .collect()
+        };
+        let check = |s: &FjallStore, probes: u32| {
+            let ids = held(s);
+            assert_eq!(s.presence.hashes(), ids.len(), "one hash per held id");
+            for id in &ids {
+                assert!(s.presence.may_hold(id), "held id {id:?} called absent");
+                assert!(s.get(id).unwrap().is_some());
+            }
+            for i in 0..probes {
+                let id = format!("id{i}").into_bytes();
+                assert_eq!(s.presence.may_hold(&id), ids.contains(&id), "{i}");
+            }
+        };
+        let s = open_in(&tmp);
+        for i in 0..300u32 {
+            // Ids repeat, so about a third of these are replacements.
+            let id = format!("id{}", i % 200);
+            s.put(id.as_bytes(), &entry(u64::from(i), b"s"), 150)
+                .unwrap();
+        }
+        assert_eq!(s.len(), 150);
+        check(&s, 200);
+        for i in (0..200u32).step_by(7) {
+            s.delete(format!("id{i}").as_bytes()).unwrap();
+        }
+        check(&s, 200);
+        s.sweep_before(200, 40).unwrap();
+        check(&s, 200);
+        s.evict_to(50).unwrap();
+        check(&s, 200);
+        drop(s);
+        let s = open_in(&tmp);
+        assert_eq!(s.len(), 50);
+        check(&s, 200);
+        s.clear().unwrap();
+        check(&s, 200);
+        s.put(b"id3", &entry(1, b"s"), 0).unwrap();
+        check(&s, 200);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`location`]: how a main.cf database string (`btree:/path`) becomes a
 //!   backend and a path, and why it never collides with stock Postfix files.
 //! - [`error`]: what a store fails with ([`StoreError`]).
+//! - [`presence`]: which ids a store holds, in memory, so misses skip the disk.
 //!
 //! A store keeps, per cache id, the time the entry was stored and the session
 //! bytes. It is shared: every I/O thread calls it directly through `&self`
@@ -23,6 +24,7 @@ pub mod error;
 pub mod fjall;
 pub mod location;
 pub mod memory;
+pub mod presence;
 
 pub use error::StoreError;
 pub use location::{Backend, StoreLocation};
