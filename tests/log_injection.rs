@@ -9,12 +9,15 @@ mod child;
 mod common;
 #[path = "common/stock.rs"]
 mod stock;
+#[path = "common/syslog.rs"]
+mod syslog;
 
 use child::{MasterChild, OURS};
 use common::*;
 use std::io::{Read, Write};
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
+use syslog::SyslogReader;
 
 /// The forgery of the report: a request name carrying a whole log line.
 const FORGED_REQUEST: &[u8] = b"request\0seed\npostfix/tlsmgr[1]: fatal: FORGED\0\0";
@@ -77,18 +80,6 @@ fn forged_lines_are_masked_in_the_captured_log() {
     );
 }
 
-/// Datagrams received on `sock` until it is quiet for 500 ms.
-fn datagrams(sock: &UnixDatagram) -> Vec<String> {
-    sock.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = sock.recv(&mut buf) {
-        out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
-    out
-}
-
 #[test]
 fn forged_lines_are_masked_in_syslog_and_on_stderr() {
     if !stock::available() {
@@ -96,13 +87,13 @@ fn forged_lines_are_masked_in_syslog_and_on_stderr() {
     }
     let logdir = tempfile::tempdir().unwrap();
     let sock_path = logdir.path().join("log");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let sock = SyslogReader::bind(&sock_path);
     let env = [("TLSMGR_TEST_SYSLOG_PATH", sock_path.to_str().unwrap())];
     let mut d = MasterChild::start_env(OURS, &["-l", "-t", "unix", "-V"], "", &env);
     send_forgeries(&d.socket);
     let (st, err) = d.close_status();
     assert_eq!(st.code(), Some(0), "{err}");
-    let syslog = datagrams(&sock);
+    let syslog = sock.finish();
     // Each datagram is one record: none may hold a line break.
     assert!(syslog.iter().all(|l| !l.contains('\n')), "{syslog:#?}");
     assert_masked("syslog", &syslog);
@@ -117,7 +108,7 @@ fn forged_lines_are_masked_in_the_postlog_records() {
     }
     let logdir = tempfile::tempdir().unwrap();
     let sock_path = logdir.path().join("postlog");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let sock = SyslogReader::bind(&sock_path);
     let env = [
         ("POSTLOG_SERVICE", sock_path.to_str().unwrap()),
         ("POSTLOG_HOSTNAME", "mx.example"),
@@ -127,7 +118,7 @@ fn forged_lines_are_masked_in_the_postlog_records() {
     send_forgeries(&d.socket);
     let (st, err) = d.close_status();
     assert_eq!(st.code(), Some(0), "{err}");
-    let records = datagrams(&sock);
+    let records = sock.finish();
     assert!(
         records.iter().any(|l| l.contains(" mx postfix/tlsmgr[")),
         "{records:#?}"

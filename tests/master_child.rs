@@ -9,6 +9,8 @@
 mod child;
 #[path = "common/stock.rs"]
 mod stock;
+#[path = "common/syslog.rs"]
+mod syslog;
 
 use child::{owner_mode, postfix_uid, MasterChild, OURS};
 use std::io::{Read, Write};
@@ -437,28 +439,9 @@ fn logs_to_syslog_with_ident_pid_facility_and_postfix_prefixes() {
     }
     let logdir = tempfile::tempdir().unwrap();
     let sock_path = logdir.path().join("log");
-    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    // Read as syslogd does, while the daemon runs: a datagram socket
-    // queues only net.unix.max_dgram_qlen (10) messages, and with -v the
-    // daemon logs more than that, each send waiting for room.
-    sock.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let exited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let exited = exited.clone();
-        std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                match sock.recv(&mut buf) {
-                    Ok(n) => lines.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
-                    // Quiet for 500 ms after the exit: nothing more comes.
-                    Err(_) if exited.load(std::sync::atomic::Ordering::SeqCst) => return lines,
-                    Err(_) => {}
-                }
-            }
-        })
-    };
+    // Read as syslogd does, while the daemon runs: with -v it logs more
+    // than the socket queues (see `common/syslog.rs`).
+    let reader = syslog::SyslogReader::bind(&sock_path);
     // service_name is a read-only parameter set from -n.
     let extra = "syslog_facility = local3\nsyslog_name = pf-${service_name}";
     let env = [("TLSMGR_TEST_SYSLOG_PATH", sock_path.to_str().unwrap())];
@@ -476,8 +459,7 @@ fn logs_to_syslog_with_ident_pid_facility_and_postfix_prefixes() {
     let (st, err) = d.close_status();
     assert_eq!(st.code(), Some(0), "{err}");
     assert!(err.is_empty(), "nothing on stderr without -V: {err}");
-    exited.store(true, std::sync::atomic::Ordering::SeqCst);
-    let lines = reader.join().unwrap();
+    let lines = reader.finish();
     let tag = format!("pf-mysvc/tlsmgr[{pid}]: ");
     // PRI = facility | severity: local3 (19 << 3) with warning (4), debug (7).
     let warning = format!("<{}>", (19 << 3) | 4);
