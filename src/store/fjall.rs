@@ -20,7 +20,8 @@
 //! two keyspace clears, or by a record that was malformed when replaced or
 //! deleted) are tolerated: scans drop them without counting them as entries.
 //! The reverse (a session without an index key) cannot arise, which matters
-//! because such an entry could never be expired or evicted.
+//! because such an entry could never be expired or evicted, nor found: the
+//! presence record (below) is rebuilt from the index keys.
 //!
 //! # Sweep cursor
 //!
@@ -56,7 +57,9 @@
 //! id the store does not hold never searches the LSM tree: in the Postfix
 //! mix that is half the lookups and every update's "is this id new?"
 //! (callgrind: 9 554 instructions per request before, 9 070 after). It is
-//! rebuilt at open from the age index's keys and changed with every write:
+//! rebuilt at open from the age index's keys (small keys and no values; a
+//! reopen after a failed write, which skips counting the entries, still
+//! reads them) and changed with every write:
 //! a hash is added before the batch that stores its id is committed
 //! (and taken back if the commit fails), and removed after the batch that
 //! removes the id, so a reader that takes no lock never sees a held id as
@@ -64,9 +67,9 @@
 //!
 //! # Threads
 //!
-//! The store is shared by every I/O thread. Reads (`get`) take no lock of
-//! ours: fjall's keyspaces are `Sync` and a batch commit is atomic for
-//! readers. Every change (put, delete, sweep, eviction, clear) runs under
+//! The store is shared by every I/O thread. Reads (`get`) take no store
+//! lock of ours, only a presence shard's read lock for one hash-table probe:
+//! fjall's keyspaces are `Sync` and a batch commit is atomic for readers. Every change (put, delete, sweep, eviction, clear) runs under
 //! one writer mutex, because each is a read-modify-write of the two
 //! keyspaces, the entry count and the sweep cursor: two unserialized puts of
 //! one id could both see it absent, count it twice and leave an index key
@@ -852,11 +855,19 @@ impl Store for FjallStore {
             max if inserted => self.evict_locked(&mut w, max - 1)?,
             max => self.evict_locked(&mut w, max)?,
         };
-        // Eviction may have removed the old entry (it was among the oldest).
+        // Eviction may have removed the old entry (it was among the oldest,
+        // under a bound lowered since it was stored).
         let old = if evicted > 0 && !inserted {
             self.raw_get(&skey)?
         } else {
             old
+        };
+        // Then this put adds an entry after all, and needs room for it.
+        let evicted = match max_entries {
+            max if max > 0 && !inserted && old.is_none() => {
+                evicted + self.evict_locked(&mut w, max - 1)?
+            }
+            _ => evicted,
         };
         let mut batch = self.db.batch();
         let mut index_bytes = 0;
@@ -1157,13 +1168,31 @@ mod tests {
             }
         };
         let s = open_in(&tmp);
+        // 100 ids, each stored three times: two thirds are replacements.
         for i in 0..300u32 {
-            // Ids repeat, so about a third of these are replacements.
-            let id = format!("id{}", i % 200);
-            s.put(id.as_bytes(), &entry(u64::from(i), b"s"), 150)
+            let id = format!("id{}", i % 100);
+            let put = s
+                .put(id.as_bytes(), &entry(u64::from(i), b"s"), 150)
+                .unwrap();
+            assert_eq!(put.inserted, i < 100, "{i}");
+        }
+        assert_eq!(s.len(), 100);
+        check(&s, 200);
+        // 100 new ids under a bound of 150: the puts evict the oldest.
+        for i in 100..200u32 {
+            let id = format!("id{i}");
+            s.put(id.as_bytes(), &entry(u64::from(i + 300), b"s"), 150)
                 .unwrap();
         }
         assert_eq!(s.len(), 150);
+        check(&s, 200);
+        // A replacement of the oldest entry under a lowered bound: the put
+        // evicts the very entry it replaces, then stores it anew.
+        let oldest = s.by_age.first_key_value().unwrap().key().unwrap();
+        let oldest_id = oldest[TS_LEN..].to_vec();
+        let put = s.put(&oldest_id, &entry(1_000, b"t"), 120).unwrap();
+        assert!(put.evicted > 0 && put.inserted, "{put:?}");
+        assert_eq!(s.len(), 120);
         check(&s, 200);
         for i in (0..200u32).step_by(7) {
             s.delete(format!("id{i}").as_bytes()).unwrap();

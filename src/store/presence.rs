@@ -52,7 +52,9 @@ impl Hasher for PassThrough {
     }
 }
 
-type Shard = HashMap<u64, u32, BuildHasherDefault<PassThrough>>;
+// A `(u64, u64)` bucket is no larger than a `(u64, u32)` one (alignment),
+// and a 64-bit count cannot saturate.
+type Shard = HashMap<u64, u64, BuildHasherDefault<PassThrough>>;
 
 /// The ids a store holds, as counted keyed hashes (see the module doc).
 pub struct Presence {
@@ -88,8 +90,9 @@ impl Presence {
     }
 
     fn shard(&self, hash: u64) -> &RwLock<Shard> {
-        // The low bits pick the shard; the map then uses the whole hash.
-        &self.shards[(hash as usize) & (SHARDS - 1)]
+        // The top bits pick the shard: hashbrown starts its probe from the
+        // low bits, which would then be the same for every key of a shard.
+        &self.shards[(hash >> (u64::BITS - SHARDS.trailing_zeros())) as usize]
     }
 
     fn read(&self, hash: u64) -> RwLockReadGuard<'_, Shard> {
