@@ -20,8 +20,8 @@
 //! two keyspace clears, or by a record that was malformed when replaced or
 //! deleted) are tolerated: scans drop them without counting them as entries.
 //! The reverse (a session without an index key) cannot arise, which matters
-//! because such an entry could never be expired or evicted, nor found: the
-//! presence record (below) is rebuilt from the index keys.
+//! because such an entry could never be expired or evicted (nor found after
+//! a reopen that rebuilds the presence record, below, from the index keys).
 //!
 //! # Sweep cursor
 //!
@@ -56,20 +56,20 @@
 //! `sessions` (see `store::presence`), so a `get`, `put` or `delete` of an
 //! id the store does not hold never searches the LSM tree: in the Postfix
 //! mix that is half the lookups and every update's "is this id new?"
-//! (callgrind: 9 554 instructions per request before, 9 070 after). It is
-//! rebuilt at open from the age index's keys (small keys and no values; a
-//! reopen after a failed write, which skips counting the entries, still
-//! reads them) and changed with every write:
-//! a hash is added before the batch that stores its id is committed
-//! (and taken back if the commit fails), and removed after the batch that
-//! removes the id, so a reader that takes no lock never sees a held id as
-//! absent.
+//! (BENCHMARKS.md, "Ninth pass"). It is built at open by the walk that
+//! counts the entries, or, when a reopen after a failed write already
+//! knows the count, from the age index's keys (small keys, no values). It
+//! changes with every write: a hash is added before the batch that stores
+//! its id is committed (and taken back if the commit fails), and removed
+//! after the batch that removes the id, so a reader that takes no lock
+//! never sees a held id as absent.
 //!
 //! # Threads
 //!
 //! The store is shared by every I/O thread. Reads (`get`) take no store
-//! lock of ours, only a presence shard's read lock for one hash-table probe:
-//! fjall's keyspaces are `Sync` and a batch commit is atomic for readers. Every change (put, delete, sweep, eviction, clear) runs under
+//! lock of ours, only a presence shard's read lock for one hash-table
+//! probe: fjall's keyspaces are `Sync` and a batch commit is atomic for
+//! readers. Every change (put, delete, sweep, eviction, clear) runs under
 //! one writer mutex, because each is a read-modify-write of the two
 //! keyspaces, the entry count and the sweep cursor: two unserialized puts of
 //! one id could both see it absent, count it twice and leave an index key
@@ -495,11 +495,13 @@ impl FjallStore {
             // A batch is all or nothing, even torn by a failed write, so
             // the count the closed store kept is still exact.
             let n = match opts.known_entries {
-                Some(n) => n,
-                None => store.count_sessions()?,
+                Some(n) => {
+                    store.load_presence()?;
+                    n
+                }
+                None => store.load_sessions()?,
             };
             store.len.store(n, Ordering::Relaxed);
-            store.load_presence()?;
         }
         Ok(store)
     }
@@ -528,10 +530,11 @@ impl FjallStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records every id the age index names in [`FjallStore::presence`]:
+    /// Records every id the age index names in [`FjallStore::presence`],
+    /// when the entry count is known and `sessions` need not be walked:
     /// each session has an index key, so none is missed; a dangling key
     /// only adds a hash the store then answers for. The index holds small
-    /// keys and no values, so this reads far less than a walk of `sessions`.
+    /// keys and no values, so this reads far less than [`Self::load_sessions`].
     fn load_presence(&self) -> Result<(), StoreError> {
         for guard in self.by_age.iter() {
             let akey = guard.key().map_err(|e| self.err(e))?;
@@ -542,10 +545,16 @@ impl FjallStore {
         Ok(())
     }
 
-    fn count_sessions(&self) -> Result<u64, StoreError> {
+    /// Walks every key of `sessions` once: records each id in
+    /// [`FjallStore::presence`] and returns how many there are.
+    fn load_sessions(&self) -> Result<u64, StoreError> {
         let mut n = 0u64;
         for guard in self.sessions.iter() {
-            guard.key().map_err(|e| self.err(e))?;
+            let skey = guard.key().map_err(|e| self.err(e))?;
+            // Every key has the tag (fjall keys are never empty).
+            if let Some(id) = skey.strip_prefix(&[SESSION_KEY_TAG]) {
+                self.presence.add(id);
+            }
             n += 1;
         }
         Ok(n)
@@ -891,23 +900,24 @@ impl Store for FjallStore {
         let session_bytes = memtable_cost(skey.len(), record.len());
         batch.insert(&self.sessions, skey, record);
         batch.insert(&self.by_age, akey, Vec::new());
+        let adds = old.is_none();
         // Present before the commit makes it visible (see "Presence").
-        if old.is_none() {
+        if adds {
             self.presence.add(id);
         }
         if let Err(e) = batch.commit() {
-            if old.is_none() {
+            if adds {
                 self.presence.remove(id);
             }
             return Err(self.err(e));
         }
-        if old.is_none() {
+        if adds {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
         self.committed(&mut w, 0, session_bytes);
         self.committed(&mut w, 1, index_bytes);
         Ok(PutOutcome {
-            inserted: old.is_none(),
+            inserted: adds,
             evicted,
         })
     }
@@ -1124,7 +1134,7 @@ mod tests {
         let s = open_in(&tmp);
         let check = |s: &FjallStore| {
             assert_eq!(s.by_age.iter().count() as u64, s.len());
-            assert_eq!(s.count_sessions().unwrap(), s.len());
+            assert_eq!(s.sessions.iter().count() as u64, s.len());
         };
         s.put(b"a", &entry(1, b"1"), 0).unwrap();
         s.put(b"a", &entry(2, b"2"), 0).unwrap();
@@ -1145,7 +1155,7 @@ mod tests {
     /// The presence record never calls absent an id the store holds, and
     /// after every kind of change holds exactly the ids the store holds:
     /// puts, replacements, deletes, sweeps, evictions under the bound, a
-    /// clear, and a reopen of a kept store (rebuilt from the age index).
+    /// clear, and both ways a kept store is reopened.
     #[test]
     fn presence_follows_every_change_and_a_reopen() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1203,8 +1213,17 @@ mod tests {
         s.evict_to(50).unwrap();
         check(&s, 200);
         drop(s);
+        // Rebuilt by the walk that counts the entries...
         let s = open_in(&tmp);
         assert_eq!(s.len(), 50);
+        check(&s, 200);
+        drop(s);
+        // ... or from the age index when the count is known.
+        let known = OpenOptions {
+            known_entries: Some(50),
+            ..keep()
+        };
+        let s = FjallStore::open(&tmp.path().join("c.fjall"), known).unwrap();
         check(&s, 200);
         s.clear().unwrap();
         check(&s, 200);
@@ -1251,7 +1270,7 @@ mod tests {
             }
         );
         assert!(s.is_empty());
-        assert_eq!(s.count_sessions().unwrap(), 0);
+        assert_eq!(s.sessions.iter().count(), 0);
     }
 
     #[test]
