@@ -311,7 +311,7 @@ fn a_full_write_queue_drops_and_counts_and_never_waits() {
             held.push(s);
         }
     });
-    let secret = tlsmgr::shared::secret::Secret::from_bytes("/s".into(), &[1; 32]);
+    let secret = tlsmgr::config::secret::Secret::from_bytes("/s".into(), &[1; 32]);
     let settings = tlsmgr::shared::Settings {
         url: format!("redis://127.0.0.1:{port}/0"),
         prefix: "tlsmgr:mx".into(),

@@ -58,7 +58,7 @@ struct SharedState {
     link: usize,
     /// The site prefix and secret of that link: keys of one site are never
     /// offered to another.
-    identity: (String, Arc<crate::shared::secret::Secret>),
+    identity: (String, Arc<crate::config::secret::Secret>),
     last_recheck: u64,
     last_skew_check: Option<u64>,
     skew_warned: bool,

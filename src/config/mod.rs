@@ -6,6 +6,9 @@
 //! - [`values`]: Postfix's int/time/bool syntax and messages.
 //! - [`dir`]: the configuration directory held open, so main.cf stays
 //!   readable after a chroot (live reload).
+//! - [`secret`]: `tlsmgr_shared_secret_file`, read and checked, and the
+//!   keys derived from it.
+//! - [`store_url`]: the syntax of `tlsmgr_shared_store`.
 //!
 //! [`Config::from_source`] builds a snapshot from any [`Source`] of raw strings
 //! (a parsed main.cf, or a plain map in unit tests), applying Postfix's
@@ -16,6 +19,8 @@ pub mod dir;
 pub mod expand;
 pub mod maincf;
 pub mod params;
+pub mod secret;
+pub mod store_url;
 pub mod values;
 
 use crate::protocol::CacheType;
@@ -151,7 +156,7 @@ pub struct SharedConfig {
     pub secret_file: Option<PathBuf>,
     /// The keys derived from the secret file, once read
     /// ([`Config::load_shared_secret`]); `None` while not read or sharing off.
-    pub secret: Option<std::sync::Arc<crate::shared::secret::Secret>>,
+    pub secret: Option<std::sync::Arc<secret::Secret>>,
     /// `tlsmgr_shared_ca_file`: the CA certificates (PEM) a `rediss://`
     /// server is checked against; `None`: the system's.
     pub ca_file: Option<PathBuf>,
@@ -492,7 +497,7 @@ fn shared_config(r: &Resolver<'_>) -> Result<SharedConfig, ConfigError> {
             "rediss://",
             "redis+unix://",
             "unix://",
-            crate::shared::sentinel::SCHEME,
+            store_url::SCHEME,
         ];
         if !known.iter().any(|p| store.starts_with(p)) {
             return Err(r.err(
@@ -503,7 +508,7 @@ fn shared_config(r: &Resolver<'_>) -> Result<SharedConfig, ConfigError> {
                 ),
             ));
         }
-        if let Err(e) = crate::shared::client::check_url(&store) {
+        if let Err(e) = store_url::check_url(&store) {
             return Err(r.err(
                 params::TLSMGR_SHARED_STORE,
                 format!("parameter tlsmgr_shared_store: {}: {e}", redact_url(&store)),
@@ -868,7 +873,7 @@ impl Config {
         if sc.secret.as_ref().is_some_and(|s| s.path == path) {
             return Ok(());
         }
-        let secret = crate::shared::secret::Secret::load(&path)
+        let secret = secret::Secret::load(&path)
             .map_err(|e| ConfigError::new(format!("parameter tlsmgr_shared_secret_file: {e}")))?;
         sc.secret = Some(std::sync::Arc::new(secret));
         Ok(())

@@ -18,9 +18,10 @@
 //! up: the connection is made lazily and remade in the background.
 
 use super::breaker::{Breaker, Transition, DEFAULT_THRESHOLD};
-use super::secret::Secret;
 use super::sentinel;
 use super::unknown_names::UnknownNames;
+use crate::config::secret::Secret;
+use crate::config::store_url;
 use crate::config::FileRead;
 use crate::protocol::CacheType;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -101,16 +102,6 @@ impl Settings {
     }
 }
 
-/// Whether the client accepts `url` (no connection is made).
-pub fn check_url(url: &str) -> Result<(), String> {
-    if sentinel::is_sentinel_url(url) {
-        return sentinel::parse(url).map(|_| ());
-    }
-    redis::Client::open(url)
-        .map(|_| ())
-        .map_err(|e| format!("{e}"))
-}
-
 /// Where the link connects.
 enum Target {
     /// The server of the URL.
@@ -122,10 +113,10 @@ enum Target {
 
 impl Target {
     fn of(settings: &Settings) -> Result<Target, SharedError> {
-        if sentinel::is_sentinel_url(&settings.url) {
-            let url = sentinel::parse(&settings.url).map_err(SharedError::BadUrl)?;
-            return url
-                .client()
+        if store_url::is_sentinel_url(&settings.url) {
+            let url =
+                store_url::parse(&settings.url).map_err(|e| SharedError::BadUrl(e.to_string()))?;
+            return sentinel::client(&url)
                 .map(Target::Sentinel)
                 .map_err(|e| SharedError::BadUrl(e.to_string()));
         }

@@ -1,14 +1,16 @@
 //! Sharing ticket keys and session caches between the MX hosts of a site
 //! through Redis (`tlsmgr_shared_*`; README, "An MX farm").
 //!
-//! - [`secret`]: the site secret file and the keys derived from it.
 //! - [`seal`]: pure functions: Redis key names (HMAC'd cache ids), sealed
 //!   values (XChaCha20-Poly1305, associated data = key name and format
 //!   version), the portable ticket-key record.
 //! - [`breaker`]: the circuit breaker in front of Redis.
 //! - [`client`]: the Redis link, owned by one thread; read-through,
 //!   write-behind, calls, all bounded.
-//! - [`sentinel`]: `redis+sentinel://` URLs and the lookup of the master.
+//! - [`sentinel`]: the lookup of the master of a `redis+sentinel://` store.
+//!
+//! The site secret file and the store URL's syntax are configuration:
+//! [`crate::config::secret`], [`crate::config::store_url`].
 //! - [`unknown_names`]: ticket-key names the store did not have, remembered
 //!   for a while so that they cost one lookup, not one per handshake.
 //!
@@ -18,7 +20,6 @@
 pub mod breaker;
 pub mod client;
 pub mod seal;
-pub mod secret;
 pub mod sentinel;
 pub mod unknown_names;
 

@@ -15,7 +15,7 @@
 //!   tout (i64 BE)`: portable between hosts whatever their `time_t`; the
 //!   native struct exists only on the wire to Postfix.
 
-use super::secret::Secret;
+use crate::config::secret::Secret;
 use crate::protocol::CacheType;
 use crate::tickets::TicketKey;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
