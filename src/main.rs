@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use tlsmgr::actors::watcher::WatchOptions;
 use tlsmgr::client::{self, ClientCommand};
 use tlsmgr::config::Config;
+use tlsmgr::daemon::ownership;
 use tlsmgr::logging::stderr_logger;
 
 #[derive(Parser)]
@@ -27,7 +28,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon in the foreground, logging to stderr.
+    /// Run the daemon in the foreground, logging to stderr. As root it
+    /// makes no file in a directory another user owns (on a Postfix host,
+    /// data_directory is mail_owner's): it refuses, and names the
+    /// parameter, at start and at a reload.
     Serve {
         /// Configuration directory holding main.cf (default: $MAIL_CONFIG,
         /// else /etc/postfix). Edits to its main.cf apply live.
@@ -561,6 +565,13 @@ fn serve(dir: &Path, socket: Option<PathBuf>, overrides: &[String], verbose: boo
     for w in &config.warnings {
         slog::warn!(log, "{}", w);
     }
+    // Root must not make files in mail_owner's data_directory (see the
+    // module), neither now nor after a reload.
+    let euid = nix::unistd::geteuid().as_raw();
+    if let Err(e) = ownership::check(&config, euid) {
+        slog::crit!(log, "{}", e);
+        return ExitCode::from(1);
+    }
     // Beside an explicit --socket (so that two daemons of one main.cf can
     // run side by side), else tlsmgr_admin_socket.
     let admin = match &socket {
@@ -573,6 +584,9 @@ fn serve(dir: &Path, socket: Option<PathBuf>, overrides: &[String], verbose: boo
         Ok(handle) => {
             let mut w = WatchOptions::new(handle, overrides.to_vec());
             w.sighup = true;
+            w.adjust = Some(Box::new(move |cfg: &mut Config| {
+                ownership::check(cfg, euid).map_err(Into::into)
+            }));
             Some(w)
         }
         Err(e) => {

@@ -267,3 +267,115 @@ fn only_a_stale_socket_is_ever_replaced() {
     drop(child);
     assert!(served, "{err}");
 }
+
+/// The names of what `dir` holds, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A directory of user nobody's, as `data_directory` (/var/lib/postfix)
+/// is mail_owner's on a Postfix host: `serve` as root makes nothing in it,
+/// neither at start nor when a reload points there, where it used to make
+/// root-owned 0600 files that the Postfix daemons could not open.
+#[test]
+fn as_root_serve_makes_no_file_in_another_users_directory() {
+    if !is_root() {
+        return;
+    }
+    let tmp = open_dir();
+    let dir = tmp.path();
+    let theirs = dir.join("data");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(NOBODY), Some(NOBODY)).unwrap();
+
+    // At start: refused, with the parameter, the path and the owner.
+    let err = refused(dir, &dir.join("queue/private/tlsmgr"));
+    println!("{err}");
+    assert!(
+        err.contains(&format!(
+            "fatal: smtpd_tls_session_cache_database: {}/smtpd_scache.fjall is in {}, \
+             which belongs to nobody, not to root",
+            theirs.display(),
+            theirs.display()
+        )),
+        "{err}"
+    );
+    assert!(entries(&theirs).is_empty(), "{:?}", entries(&theirs));
+
+    // The PRNG exchange file alone is checked too.
+    let cf = |data: &Path, exch: &Path| {
+        std::fs::write(
+            dir.join("main.cf"),
+            format!(
+                "queue_directory = {d}\ndata_directory = {data}\n\
+                 tls_random_exchange_name = {exch}\n\
+                 smtpd_tls_session_cache_database = btree:${{data_directory}}/smtpd_scache\n",
+                d = dir.display(),
+                data = data.display(),
+                exch = exch.display(),
+            ),
+        )
+        .unwrap();
+    };
+    let ours = dir.join("own");
+    cf(&ours, &theirs.join("prng_exch"));
+    let err = refused(dir, &dir.join("queue/private/tlsmgr"));
+    assert!(
+        err.contains(&format!(
+            "fatal: tls_random_exchange_name: {}/prng_exch is in {}, which belongs to nobody",
+            theirs.display(),
+            theirs.display()
+        )),
+        "{err}"
+    );
+    assert!(entries(&theirs).is_empty(), "{:?}", entries(&theirs));
+
+    // Started on directories of its own, then a reload that points there:
+    // refused once, the configuration in force stays, nothing is made.
+    cf(&ours, &ours.join("prng_exch"));
+    let socket = dir.join("queue/private/tlsmgr");
+    let child = serve(dir, &socket);
+    wait_for_socket(&socket, dir);
+    let mut c = tlsmgr::client::Client::connect(&socket, Duration::from_secs(5)).unwrap();
+    let update = tlsmgr::protocol::Request::Update {
+        cache_type: "smtpd".into(),
+        cache_id: "id1".into(),
+        session: bytes::Bytes::from_static(b"session one"),
+    };
+    assert_eq!(
+        c.request(&update).unwrap().status(),
+        tlsmgr::protocol::Status::Ok
+    );
+    cf(&theirs, &theirs.join("prng_exch"));
+    let refusal = "which belongs to nobody, not to root";
+    let log = || std::fs::read_to_string(dir.join("stderr")).unwrap();
+    let seen = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        log().contains(refusal)
+    });
+    assert!(seen, "no refusal of the reload: {}", log());
+    // Long enough for a watcher that re-read main.cf in a loop to repeat it.
+    std::thread::sleep(Duration::from_secs(2));
+    let text = log();
+    println!("{text}");
+    assert_eq!(text.matches(refusal).count(), 1, "{text}");
+    assert!(
+        text.contains("-- keeping the current configuration"),
+        "{text}"
+    );
+    let lookup = tlsmgr::protocol::Request::Lookup {
+        cache_type: "smtpd".into(),
+        cache_id: "id1".into(),
+    };
+    let r = c.request(&lookup).unwrap();
+    assert_eq!(r.status(), tlsmgr::protocol::Status::Ok, "{r:?}");
+    drop(c);
+    drop(child);
+    assert!(entries(&theirs).is_empty(), "{:?}", entries(&theirs));
+    assert!(entries(&ours).contains(&"smtpd_scache.fjall".to_string()));
+}

@@ -900,6 +900,25 @@ impl Config {
         }
     }
 
+    /// The stores and the ticket key file this configuration keeps on disk,
+    /// each with the parameter that sets it, as configured: the fjall
+    /// directory of each enabled on-disk cache, and the key file when
+    /// `tlsmgr_persistent_state` keeps one.
+    pub fn state_paths(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut named = Vec::new();
+        for cc in &self.caches {
+            if let Some(dir) = cc.location.as_ref().and_then(|l| l.path()) {
+                named.push((params::cache_database(cc.cache_type), dir.to_path_buf()));
+            }
+        }
+        if self.persistent_state {
+            if let Some(k) = &self.ticket_key_file {
+                named.push((params::TLSMGR_TICKET_KEY_FILE, k.clone()));
+            }
+        }
+        named
+    }
+
     /// Where Postfix clients look for us: `$queue_directory/private/tlsmgr`.
     pub fn default_socket(&self) -> PathBuf {
         self.queue_directory.join("private").join("tlsmgr")

@@ -22,6 +22,7 @@ pub mod http;
 pub mod idle;
 pub mod io;
 pub mod limits;
+pub mod ownership;
 pub mod private_socket;
 pub mod reload;
 pub mod requests;

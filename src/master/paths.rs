@@ -69,28 +69,14 @@ pub fn jail_path(root: &Path, p: &Path) -> Result<JailPath, MasterError> {
 /// names a location the chroot refuses. (§2.9 redirection, which depends on
 /// directory owners at start, is not applied.)
 pub fn state_on_disk(cfg: &Config, chroot: bool) -> Result<Vec<(String, PathBuf)>, MasterError> {
-    let mut named: Vec<(String, PathBuf)> = Vec::new();
-    for cc in &cfg.caches {
-        if let Some(Backend::Fjall { dir }) = cc.location.as_ref().map(|l| &l.backend) {
-            named.push((
-                crate::config::params::cache_database(cc.cache_type).to_string(),
-                dir.clone(),
-            ));
-        }
-    }
-    if cfg.persistent_state {
-        if let Some(k) = &cfg.ticket_key_file {
-            named.push((
-                crate::config::params::TLSMGR_TICKET_KEY_FILE.into(),
-                k.clone(),
-            ));
-        }
-    }
+    let named = cfg
+        .state_paths()
+        .into_iter()
+        .map(|(param, p)| (param.to_string(), p));
     if !chroot {
-        return Ok(named);
+        return Ok(named.collect());
     }
     named
-        .into_iter()
         .map(|(param, p)| {
             let jp = jail_path(&cfg.queue_directory, &p).map_err(|e| e.for_parameter(&param))?;
             Ok((param, jp.on_disk))
