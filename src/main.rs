@@ -256,35 +256,38 @@ fn stats(args: AdminArgs, json: bool, watch: Option<u64>) -> ExitCode {
     }
 }
 
-/// The allocator: jemalloc, with [`JEMALLOC_CONF`]. Against glibc's
+/// The allocator: jemalloc, with the options of `JEMALLOC_CONF`. Against glibc's
 /// malloc with one arena (what we used before) it took 14 % of the CPU per
 /// request off the 64-connection load and lowered peak memory while filling
 /// a cache of 100 000 sessions (BENCHMARKS.md, "Seventh pass"): glibc served
 /// the 2-4 KiB blocks and sessions of the store from its locked bins, and
 /// kept what the store's workers freed.
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(feature = "jemalloc")]
+mod allocator {
+    #[global_allocator]
+    static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options, read by jemalloc at its first allocation: one arena
-/// (per-thread caches serve the request path; more arenas keep more freed
-/// memory), and freed pages returned to the kernel at once rather than
-/// after jemalloc's default 10 s decay, which let a flush's or compaction's
-/// transient memory add up. `_RJEM_MALLOC_CONF` in the environment
-/// overrides any of them (jemalloc reads it after this).
-const JEMALLOC_CONF: &[u8] = b"narenas:1,dirty_decay_ms:0,muzzy_decay_ms:0\0";
+    /// jemalloc's options, read by jemalloc at its first allocation: one arena
+    /// (per-thread caches serve the request path; more arenas keep more freed
+    /// memory), and freed pages returned to the kernel at once rather than
+    /// after jemalloc's default 10 s decay, which let a flush's or compaction's
+    /// transient memory add up. `_RJEM_MALLOC_CONF` in the environment
+    /// overrides any of them (jemalloc reads it after this).
+    const JEMALLOC_CONF: &[u8] = b"narenas:1,dirty_decay_ms:0,muzzy_decay_ms:0\0";
 
-/// The `malloc_conf` symbol jemalloc looks for: a pointer to a C string.
-#[repr(transparent)]
-pub struct MallocConf(*const libc::c_char);
+    /// The `malloc_conf` symbol jemalloc looks for: a pointer to a C string.
+    #[repr(transparent)]
+    pub struct MallocConf(*const libc::c_char);
 
-// SAFETY: the pointer is to a `'static` byte string that nothing writes;
-// sharing it between threads is sharing an immutable constant.
-unsafe impl Sync for MallocConf {}
+    // SAFETY: the pointer is to a `'static` byte string that nothing writes;
+    // sharing it between threads is sharing an immutable constant.
+    unsafe impl Sync for MallocConf {}
 
-/// jemalloc (as built by tikv-jemalloc-sys, whose symbols carry the
-/// `_rjem_` prefix) reads its compiled-in options from this symbol.
-#[export_name = "_rjem_malloc_conf"]
-pub static MALLOC_CONF: MallocConf = MallocConf(JEMALLOC_CONF.as_ptr().cast());
+    /// jemalloc (as built by tikv-jemalloc-sys, whose symbols carry the
+    /// `_rjem_` prefix) reads its compiled-in options from this symbol.
+    #[export_name = "_rjem_malloc_conf"]
+    pub static MALLOC_CONF: MallocConf = MallocConf(JEMALLOC_CONF.as_ptr().cast());
+}
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
