@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tlsmgr::store::fjall::FjallStore;
 use tlsmgr::store::location::{parse_database, same_store, Backend};
 use tlsmgr::store::memory::MemoryStore;
-use tlsmgr::store::{Entry, Store, StoreError, StoreLocation, SweepStep};
+use tlsmgr::store::{Entry, PutOutcome, Store, StoreError, StoreLocation, SweepStep};
 use tlsmgr::store::{OpenOptions, MAX_CACHE_ID_LEN};
 
 fn entry(stored_at: u64, session: &[u8]) -> Entry {
@@ -397,6 +397,51 @@ mod behaviour {
         assert_eq!(s.get(b"").unwrap(), None);
     }
 
+    /// What a put under the entry bound reports, the same from every
+    /// backend (the cache's statistics count it): a replacement is not an
+    /// insertion, even when the bound was lowered and the entry replaced
+    /// is among those the put evicts, and the evictions count only the
+    /// other entries that made room.
+    pub fn put_outcomes_under_the_bound(s: &dyn Store) {
+        for i in 0..150u64 {
+            s.put(format!("id{i:03}").as_bytes(), &entry(i, b"s"), 150)
+                .unwrap();
+        }
+        assert_eq!(s.len(), 150);
+        // At the bound: a new id evicts the oldest, a replacement nothing.
+        let new = s.put(b"new", &entry(500, b"n"), 150).unwrap();
+        assert_eq!(
+            new,
+            PutOutcome {
+                inserted: true,
+                evicted: 1
+            }
+        );
+        assert_eq!(s.get(b"id000").unwrap(), None);
+        let same = s.put(b"id100", &entry(501, b"r"), 150).unwrap();
+        assert_eq!(
+            same,
+            PutOutcome {
+                inserted: false,
+                evicted: 0
+            }
+        );
+        // A bound lowered to 120 and a replacement of the oldest entry
+        // (id001): the 30 oldest others go, it is stored anew, 120 remain.
+        let lowered = s.put(b"id001", &entry(502, b"t"), 120).unwrap();
+        assert_eq!(
+            lowered,
+            PutOutcome {
+                inserted: false,
+                evicted: 30
+            }
+        );
+        assert_eq!(s.len(), 120);
+        assert_eq!(s.get(b"id001").unwrap(), Some(entry(502, b"t")));
+        assert_eq!(s.get(b"id031").unwrap(), None);
+        assert!(s.get(b"id032").unwrap().is_some());
+    }
+
     pub fn huge_id_is_stored_or_refused_cleanly(s: &dyn Store) {
         // The cache refuses ids over MAX_CACHE_ID_LEN before they reach a
         // store; a store must still not break on one beyond its own limit
@@ -452,6 +497,7 @@ for_each_backend!(
     stats_follow_the_entries,
     unusual_ids,
     huge_id_is_stored_or_refused_cleanly,
+    put_outcomes_under_the_bound,
 );
 
 // ---------------------------------------------------------------------------

@@ -872,10 +872,9 @@ impl Store for FjallStore {
             old
         };
         // Then this put adds an entry after all, and needs room for it.
+        let evicted_itself = !inserted && old.is_none();
         let evicted = match max_entries {
-            max if max > 0 && !inserted && old.is_none() => {
-                evicted + self.evict_locked(&mut w, max - 1)?
-            }
+            max if max > 0 && evicted_itself => evicted + self.evict_locked(&mut w, max - 1)?,
             _ => evicted,
         };
         let mut batch = self.db.batch();
@@ -916,9 +915,11 @@ impl Store for FjallStore {
         }
         self.committed(&mut w, 0, session_bytes);
         self.committed(&mut w, 1, index_bytes);
+        // Reported as the memory store does: a replacement, and the other
+        // entries evicted (the one replaced is not among them).
         Ok(PutOutcome {
-            inserted: adds,
-            evicted,
+            inserted,
+            evicted: evicted.saturating_sub(u64::from(evicted_itself)),
         })
     }
 
@@ -1201,7 +1202,7 @@ mod tests {
         let oldest = s.by_age.first_key_value().unwrap().key().unwrap();
         let oldest_id = oldest[TS_LEN..].to_vec();
         let put = s.put(&oldest_id, &entry(1_000, b"t"), 120).unwrap();
-        assert!(put.evicted > 0 && put.inserted, "{put:?}");
+        assert!(put.evicted > 0 && !put.inserted, "{put:?}");
         assert_eq!(s.len(), 120);
         check(&s, 200);
         for i in (0..200u32).step_by(7) {
