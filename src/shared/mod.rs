@@ -8,11 +8,11 @@
 //! - [`client`]: the Redis link, owned by one thread; read-through,
 //!   write-behind, calls, all bounded.
 //! - [`sentinel`]: the lookup of the master of a `redis+sentinel://` store.
+//! - [`unknown_names`]: ticket-key names the store did not have, remembered
+//!   for a while so that they cost one lookup, not one per handshake.
 //!
 //! The site secret file and the store URL's syntax are configuration:
 //! [`crate::config::secret`], [`crate::config::store_url`].
-//! - [`unknown_names`]: ticket-key names the store did not have, remembered
-//!   for a while so that they cost one lookup, not one per handshake.
 //!
 //! Everything in Redis is encrypted and authenticated; what does not open
 //! is a miss. When Redis is away each host serves from its own state.
