@@ -9,7 +9,7 @@ mod common;
 mod redis_server;
 
 use common::*;
-use redis_server::{available, free_port, real_now, write_secret, RedisServer, REDIS_SERVER};
+use redis_server::{available, free_port, real_now, write_secret, RedisServer};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tlsmgr::protocol::{Reply, Status};
@@ -39,7 +39,7 @@ impl Sentinel {
             ),
         )
         .unwrap();
-        let child = Command::new(REDIS_SERVER)
+        let child = Command::new(redis_server::redis_server())
             .arg(&conf)
             .arg("--sentinel")
             .stdout(Stdio::null())

@@ -1,26 +1,36 @@
 //! A real `redis-server` (Debian's package) for the shared-store tests: on a
 //! free loopback port, persistence off, killed when dropped. In CI (`CI`
 //! set) a missing binary is a failure, not a skip.
+//!
+//! `TLSMGR_TEST_REDIS_SERVER=PROGRAM` runs the same tests against another
+//! server that takes redis-server's arguments, such as Debian 13's
+//! `valkey-server` (`.ci/debian13-valkey`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const REDIS_SERVER: &str = "redis-server";
+/// The server program: `TLSMGR_TEST_REDIS_SERVER`, or Debian's redis-server.
+pub fn redis_server() -> String {
+    std::env::var("TLSMGR_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_string())
+}
 
 /// Whether redis-server can run here.
 pub fn available() -> bool {
-    let ok = Command::new(REDIS_SERVER)
+    let ok = Command::new(redis_server())
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !ok && std::env::var_os("CI").is_some() {
-        panic!("CI must install Debian's redis-server package");
+        panic!(
+            "CI must install Debian's redis-server package ({} not found)",
+            redis_server()
+        );
     }
     if !ok {
-        eprintln!("skipping: {REDIS_SERVER} not installed");
+        eprintln!("skipping: {} not installed", redis_server());
     }
     ok
 }
@@ -180,7 +190,7 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(REDIS_SERVER);
+        let mut cmd = Command::new(redis_server());
         match &self.ca {
             None => {
                 cmd.args(["--port", &self.port.to_string()]);
