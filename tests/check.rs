@@ -222,3 +222,43 @@ fn prints_where_the_state_is_on_disk() {
         "{err}"
     );
 }
+
+/// `$default_cache_db_type` (Postfix 3.11's documented prefix for cache
+/// paths) expands to `btree`, or to the administrator's own value, and the
+/// cache lands where the same path with `btree:` would.
+#[test]
+fn default_cache_db_type_expands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let main_cf = tmp.path().join("main.cf");
+    let on_disk = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.starts_with("#   smtpd_"))
+            .map(|l| l[4..].to_string())
+            .collect()
+    };
+    for (own, want) in [("", "btree"), ("default_cache_db_type = lmdb\n", "lmdb")] {
+        std::fs::write(
+            &main_cf,
+            format!(
+                "{own}data_directory = /var/lib/postfix\n\
+                 smtpd_tls_session_cache_database = \
+                 $default_cache_db_type:${{data_directory}}/smtpd_scache\n"
+            ),
+        )
+        .unwrap();
+        let (ok, out, err) = check(tmp.path(), &[]);
+        assert!(ok, "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        for line in [
+            format!("default_cache_db_type = {want}"),
+            format!("smtpd_tls_session_cache_database = {want}:/var/lib/postfix/smtpd_scache"),
+        ] {
+            assert!(lines.contains(&line.as_str()), "missing {line:?} in\n{out}");
+        }
+        assert_eq!(
+            on_disk(&out),
+            ["smtpd_tls_session_cache_database: /var/lib/postfix/smtpd_scache.fjall"],
+            "{out}"
+        );
+    }
+}

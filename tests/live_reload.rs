@@ -598,3 +598,49 @@ fn sighup_rereads_an_unchanged_invalid_main_cf_once() {
     assert_eq!(quiet, 2, "{}", log());
     assert_eq!(log().matches("reload requested").count(), 1);
 }
+
+/// TLS loglevel words this version does not know (Postfix 3.12's `trace`,
+/// or any other) neither refuse the configuration nor disable a cache, at
+/// start or at a reload; the known words keep their meaning (`2` still
+/// turns cache logging on next to `trace`).
+#[test]
+fn unknown_loglevel_words_leave_the_caches_usable() {
+    let d = TestDaemon::start_watched(
+        "smtpd_tls_loglevel = 1,trace\nsmtp_tls_loglevel = trace\nlmtp_tls_loglevel = frobnicate",
+    );
+    let mut c = d.client();
+    for ct in ["smtpd", "smtp"] {
+        assert!(policy_is(&d, ct, true, 3600), "{}", d.log.text());
+        assert_eq!(
+            update(&mut c, ct, "before", b"s"),
+            Reply::Status(Status::Ok)
+        );
+        assert_eq!(lookup(&mut c, ct, "before"), hit(b"s"));
+    }
+    assert!(!d.log.text().contains("put smtpd session id=before"));
+
+    save(
+        &d,
+        "smtpd_tls_loglevel = 2, trace\nsmtp_tls_loglevel = trace, no-such-word\n\
+         lmtp_tls_loglevel = frobnicate",
+    );
+    assert!(
+        eventually(|| reload_lines(&d)
+            .iter()
+            .any(|l| l.contains("reload: smtpd_tls_loglevel 1,trace -> 2, trace, "))),
+        "{}",
+        d.log.text()
+    );
+    for ct in ["smtpd", "smtp"] {
+        assert!(policy_is(&d, ct, true, 3600), "{}", d.log.text());
+        assert_eq!(lookup(&mut c, ct, "before"), hit(b"s"));
+        assert_eq!(update(&mut c, ct, "after", b"t"), Reply::Status(Status::Ok));
+        assert_eq!(lookup(&mut c, ct, "after"), hit(b"t"));
+    }
+    assert!(eventually(|| d
+        .log
+        .text()
+        .contains("put smtpd session id=after")));
+    assert!(!d.log.text().contains("put smtp session id=after"));
+    assert!(!d.log.text().contains("warning:"), "{}", d.log.text());
+}

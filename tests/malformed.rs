@@ -263,3 +263,84 @@ fn garbage_never_stops_the_daemon() {
         Reply::Status(Status::Ok)
     );
 }
+
+/// Reads one reply as (name, value) pairs, up to its terminating empty name.
+fn read_reply(s: &mut UnixStream) -> Vec<(String, Vec<u8>)> {
+    let mut word = || {
+        let mut w = Vec::new();
+        loop {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).unwrap();
+            if b[0] == 0 {
+                return w;
+            }
+            w.push(b[0]);
+        }
+    };
+    let mut attrs = Vec::new();
+    loop {
+        let name = word();
+        if name.is_empty() {
+            return attrs;
+        }
+        attrs.push((String::from_utf8(name).unwrap(), word()));
+    }
+}
+
+/// A FAIL reply never carries data from an earlier request on the same
+/// connection (Postfix 3.7 to 3.11 may resend the last `seed`, `session`
+/// or `keybuf`; 3.12 sends nothing). Every request that yields data, then
+/// every way to get a FAIL in a reply with a data attribute.
+#[test]
+fn a_fail_carries_no_data_from_an_earlier_request() {
+    let d = TestDaemon::start("");
+    let mut s = raw(&d);
+    s.write_all(b"request\0update\0cache_type\0smtpd\0cache_id\0k\0session\0c2Vzc2lvbg==\0\0")
+        .unwrap();
+    assert_eq!(read_reply(&mut s), [("status".into(), b"0".to_vec())]);
+    let good: [(&[u8], &str); 3] = [
+        (b"request\0seed\0size\x00255\0\0", "seed"),
+        (
+            b"request\0lookup\0cache_type\0smtpd\0cache_id\0k\0\0",
+            "session",
+        ),
+        (b"request\0tktkey\0keyname\0\0\0", "keybuf"),
+    ];
+    let fails: [(&[u8], &str); 7] = [
+        // Malformed: the attributes cannot be read.
+        (b"request\0seed\0size\0lots\0\0", "seed"),
+        (b"request\0lookup\0cache_type\0smtpd\0\0", "session"),
+        (b"request\0tktkey\0keyname\0!!!\0\0", "keybuf"),
+        // Read, but refused.
+        (b"request\0seed\0size\x000\0\0", "seed"),
+        (
+            b"request\0lookup\0cache_type\0bogus\0cache_id\0k\0\0",
+            "session",
+        ),
+        (
+            b"request\0lookup\0cache_type\0lmtp\0cache_id\0k\0\0",
+            "session",
+        ),
+        (b"request\0tktkey\0keyname\0QUJD\0\0", "keybuf"),
+    ];
+    for (request, data) in good {
+        for (bad, fail_data) in fails {
+            s.write_all(request).unwrap();
+            let reply = read_reply(&mut s);
+            assert_eq!(reply[0], ("status".into(), b"0".to_vec()), "{reply:?}");
+            assert_eq!(reply[1].0, data);
+            assert!(!reply[1].1.is_empty());
+            s.write_all(bad).unwrap();
+            assert_eq!(
+                read_reply(&mut s),
+                [
+                    ("status".into(), b"4294967294".to_vec()),
+                    (fail_data.into(), Vec::new())
+                ],
+                "after {:?}, {:?}",
+                String::from_utf8_lossy(request),
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

@@ -696,3 +696,45 @@ fn logging_follows_a_reload_of_syslog_name_and_facility() {
     let (st, err) = d.close_status();
     assert_eq!(st.code(), Some(0), "{err}");
 }
+
+/// `-o process_name=...` and `-o service_name=...` in master.cf change
+/// nothing (Postfix 3.12): the names stay argv[0]'s and `-n`'s, in the log
+/// tag and for main.cf and `-o` values that use them.
+#[test]
+fn process_and_service_name_cannot_be_overridden() {
+    if !stock::available() {
+        return;
+    }
+    for (n, service) in [(&["-n", "mysvc"][..], "mysvc"), (&[][..], "tlsmgr")] {
+        let mut args = vec!["-l", "-t", "unix", "-v", "-V"];
+        args.extend_from_slice(n);
+        args.extend_from_slice(&[
+            "-o",
+            "process_name=evilproc",
+            "-o",
+            "service_name=evilsvc",
+            "-o",
+            "syslog_name=pf-$service_name-$process_name",
+        ]);
+        let mut d = MasterChild::start(OURS, &args, "");
+        let mut c = connect(&d);
+        c.send_raw(b"request\0bogus\0\0").unwrap();
+        let _ = c.read_list().unwrap();
+        drop(c);
+        let (st, err) = d.close_status();
+        assert_eq!(st.code(), Some(0), "{err}");
+        // `<syslog_name>/<process name>`.
+        let tag = format!("pf-{service}-tlsmgr/tlsmgr: ");
+        assert!(
+            err.contains(&format!(
+                "{tag}warning: unknown request \"bogus\" from tlsmgr socket"
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("{tag}master disconnect -- exiting")),
+            "{err}"
+        );
+        assert!(!err.contains("evil"), "{err}");
+    }
+}

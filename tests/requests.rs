@@ -351,3 +351,32 @@ fn tktkey_disabled_with_zero_smtpd_timeout() {
         }
     );
 }
+
+/// A cache configured as Postfix 3.11 documents it,
+/// `$default_cache_db_type:PATH`, is enabled and kept at `PATH`, like
+/// `btree:PATH`.
+#[test]
+fn cache_named_with_default_cache_db_type_works() {
+    let d = TestDaemon::start(
+        "smtpd_tls_session_cache_database = $default_cache_db_type:${data_directory}/smtpd_scache",
+    );
+    let mut c = d.client();
+    assert_eq!(
+        c.request(&Request::Policy {
+            cache_type: b("smtpd")
+        })
+        .unwrap(),
+        Reply::Policy {
+            status: Status::Ok,
+            cachable: true,
+            timeout: 3600
+        }
+    );
+    let session = [0x30, 0x03, 0x02, 0x01, 0x07];
+    assert_eq!(
+        update(&mut c, "smtpd", "id-1", &session),
+        Reply::Status(Status::Ok)
+    );
+    assert_eq!(lookup(&mut c, "smtpd", "id-1"), hit(&session));
+    assert!(d.dir.join("data/smtpd_scache.fjall").is_dir());
+}

@@ -9,7 +9,8 @@ macro_rules! parameters {
         $($(#[$doc])* #[doc = concat!("`", $name, "`")] pub const $id: &str = $name;)*
 
         /// Built-in defaults of every parameter we read (Postfix 3.7 on
-        /// Linux/Debian, plus our own `tlsmgr_*` parameters), in the order
+        /// Linux/Debian, `default_cache_db_type` from 3.11, plus our own
+        /// `tlsmgr_*` parameters), in the order
         /// `tlsmgr check` prints them.
         pub const DEFAULTS: &[(&str, &str)] = &[$(($id, $default)),*];
     };
@@ -22,6 +23,11 @@ parameters! {
     DAEMON_DIRECTORY = "daemon_directory", "/usr/lib/postfix/sbin";
     MAIL_OWNER = "mail_owner", "postfix";
     DEFAULT_DATABASE_TYPE = "default_database_type", "hash";
+    /// Postfix 3.11's type for caches (`btree` unless built without
+    /// Berkeley DB), which its documentation puts in front of the TLS
+    /// session cache paths: `$default_cache_db_type:...` must expand on
+    /// every version, not to an empty type.
+    DEFAULT_CACHE_DB_TYPE = "default_cache_db_type", "btree";
     COMPATIBILITY_LEVEL = "compatibility_level", "0";
     MULTI_INSTANCE_NAME = "multi_instance_name", "";
     SYSLOG_NAME = "syslog_name", "${multi_instance_name?{$multi_instance_name}:{postfix}}";

@@ -63,6 +63,16 @@ pub async fn apply(req: Request, svc: &Services) -> Reply {
                     seed: Bytes::new(),
                 };
             }
+            // Always OK, never the ERR with an empty seed that Postfix
+            // 3.7.21+ sends when RAND_bytes() fails: producing a seed here
+            // cannot fail. It is ChaCha20 keystream from a key this thread
+            // took from the central pool (`prng::threads`), computed in
+            // memory with no system call and no error path. The operating
+            // system's CSPRNG is asked only when the pools are made, at
+            // start (`Pool::from_os`), before the socket is served: without
+            // it the start fails, so no request ever meets an unkeyed pool.
+            // Sources and the exchange file only mix into a pool that is
+            // already keyed, and a failed read leaves the key as it was.
             let mut seed = vec![0u8; size as usize];
             svc.seeds.seed(&mut seed);
             svc.metrics.seed(seed.len() as u64);
