@@ -205,6 +205,10 @@ pub fn render_table(now: &Value, prev: Option<(&Value, f64)>) -> String {
         u(now, &["connections", "open"]),
         rate(&["connections", "total"]),
     );
+    out += &format!(
+        "log lines dropped: {}\n",
+        rate(&["process", "log_lines_dropped"]),
+    );
     out
 }
 

@@ -14,6 +14,7 @@
 
 use slog::{Drain, Level, OwnedKVList, Record, KV};
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 /// A boxed drain that can live in a [`SwitchDrain`] or a [`slog::Logger`].
@@ -238,14 +239,40 @@ pub enum Framing {
 /// Lines as datagrams on a local socket: syslog or postlogd. The socket is
 /// connected at creation (before a chroot hides the path); after a failed
 /// send it is reconnected through the same list of paths (the absolute
-/// path, then the path as seen from inside the chroot). Lines that cannot
-/// be sent are dropped, as syslog(3) drops them.
+/// path, then the path as seen from inside the chroot).
+///
+/// Logging never holds up the data path for long. A datagram socket queues
+/// only a few lines (`net.unix.max_dgram_qlen`, 10 by default), and
+/// syslog(3), which Postfix uses, waits on a full queue for as long as the
+/// reader takes: a syslogd that stops reading stops the daemon. A send here
+/// waits at most [`SEND_WAIT`] for room; a line that still does not fit is
+/// dropped and counted, and until a line goes through again the next ones
+/// do not wait at all. The first line that goes through is preceded by one
+/// warning with the number of lines dropped meanwhile.
 pub struct DatagramDrain {
     socket: Mutex<Option<std::os::unix::net::UnixDatagram>>,
     paths: Vec<std::path::PathBuf>,
     tag: String,
     framing: Framing,
     verbose: bool,
+    /// Lines dropped since the last line that went through.
+    unreported: AtomicU64,
+}
+
+/// How long one line may wait for room in the log socket's queue, as long
+/// as lines are going through: long enough for a reader that is merely busy
+/// (a burst of lines at start), short enough that one stalled request does
+/// not matter.
+pub const SEND_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Log lines that this process could not send to syslogd or postlogd (the
+/// queue was full, or no socket accepted them). Kept per process, as the log
+/// socket is; the metrics read it.
+static LINES_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Log lines dropped since the process started (see [`DatagramDrain`]).
+pub fn lines_dropped() -> u64 {
+    LINES_DROPPED.load(Relaxed)
 }
 
 /// syslog drain (see [`Framing::Syslog`]).
@@ -277,6 +304,7 @@ impl DatagramDrain {
             tag: tag.to_string(),
             framing,
             verbose,
+            unreported: AtomicU64::new(0),
         }
     }
 
@@ -293,7 +321,10 @@ impl DatagramDrain {
         for p in paths {
             let s = std::os::unix::net::UnixDatagram::unbound()?;
             match s.connect(p) {
-                Ok(()) => return Ok(s),
+                Ok(()) => {
+                    s.set_write_timeout(Some(SEND_WAIT))?;
+                    return Ok(s);
+                }
                 Err(e) => last = e,
             }
         }
@@ -362,24 +393,73 @@ fn syslog_timestamp() -> String {
 
 impl Drain for DatagramDrain {
     type Ok = ();
-    type Err = std::io::Error;
+    type Err = slog::Never;
 
-    fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), std::io::Error> {
+    fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), slog::Never> {
         if !shown(record, self.verbose) {
             return Ok(());
         }
         let line = self.frame(record.level(), &message_text(record, values));
         let mut sock = self.socket.lock().unwrap_or_else(|p| p.into_inner());
-        let sent = sock
-            .as_ref()
-            .is_some_and(|s| s.send(line.as_bytes()).is_ok());
-        if !sent {
-            *sock = Self::open(&self.paths).ok();
-            if let Some(s) = sock.as_ref() {
-                s.send(line.as_bytes())?;
+        let dropping = self.unreported.load(Relaxed) > 0;
+        if dropping {
+            // Lines are not going through: try without waiting.
+            let n = self.unreported.load(Relaxed);
+            let report = self.frame(
+                Level::Warning,
+                &format!(
+                    "{}{n} log lines were dropped: the log socket was not reading",
+                    prefix(Level::Warning)
+                ),
+            );
+            if self.send(&mut sock, report.as_bytes(), false) {
+                self.unreported.fetch_sub(n, Relaxed);
             }
         }
+        let still_dropping = self.unreported.load(Relaxed) > 0;
+        if !self.send(&mut sock, line.as_bytes(), !still_dropping) {
+            self.unreported.fetch_add(1, Relaxed);
+            LINES_DROPPED.fetch_add(1, Relaxed);
+        }
         Ok(())
+    }
+}
+
+impl DatagramDrain {
+    /// Sends one datagram, waiting up to [`SEND_WAIT`] for room if `wait`;
+    /// reconnects once if the socket is gone (the reader restarted).
+    /// Whether it went through.
+    fn send(
+        &self,
+        sock: &mut Option<std::os::unix::net::UnixDatagram>,
+        bytes: &[u8],
+        wait: bool,
+    ) -> bool {
+        for attempt in 0..2 {
+            if attempt == 1 || sock.is_none() {
+                *sock = Self::open(&self.paths).ok();
+            }
+            let Some(s) = sock.as_ref() else {
+                return false;
+            };
+            if s.set_nonblocking(!wait).is_err() {
+                return false;
+            }
+            match s.send(bytes) {
+                Ok(_) => return true,
+                // A full queue: the reader is there, only not reading.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return false
+                }
+                Err(_) => {}
+            }
+        }
+        false
     }
 }
 
@@ -412,7 +492,7 @@ impl Write for MemoryLog {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use slog::{info, warn};
@@ -489,5 +569,60 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn a_log_socket_nobody_reads_drops_lines_and_then_reports_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let reader = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let drain = DatagramDrain::new(
+            vec![path.clone()],
+            "postfix/tlsmgr",
+            Framing::Syslog {
+                facility: libc::LOG_MAIL,
+            },
+            false,
+        );
+        let log = slog::Logger::root(drain.ignore_res(), slog::o!());
+        let before = lines_dropped();
+        // 200 lines into a queue of a few: before, the sender waited for a
+        // reader that never came. On another thread, so that a stall fails
+        // the test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let logger = log.clone();
+        std::thread::spawn(move || {
+            for i in 0..200 {
+                warn!(logger, "line {}", i);
+            }
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("logging stalled on a log socket nobody reads");
+        let mut queued = Vec::new();
+        reader.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 512];
+        while let Ok(n) = reader.recv(&mut buf) {
+            queued.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        let dropped = 200 - queued.len() as u64;
+        assert!(dropped > 0 && !queued.is_empty(), "{} queued", queued.len());
+        assert!(lines_dropped() - before >= dropped);
+        // The reader reads again: one report, then the line.
+        warn!(log, "after");
+        reader.set_nonblocking(false).unwrap();
+        let n = reader.recv(&mut buf).unwrap();
+        let report = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(
+            report.ends_with(&format!(
+                "warning: {dropped} log lines were dropped: the log socket was not reading"
+            )),
+            "{report}"
+        );
+        let n = reader.recv(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).ends_with("warning: after"));
+        warn!(log, "later");
+        let n = reader.recv(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).ends_with("warning: later"));
     }
 }

@@ -526,6 +526,9 @@ pub struct ProcessFigures {
     pub cpu_seconds: f64,
     /// Peak resident set size, bytes.
     pub max_rss_bytes: u64,
+    /// Log lines dropped because syslogd or postlogd was not reading
+    /// (`logging::lines_dropped`).
+    pub log_lines_dropped: u64,
 }
 
 impl ProcessFigures {
@@ -544,6 +547,7 @@ impl ProcessFigures {
             cpu_seconds: secs(ru.ru_utime) + secs(ru.ru_stime),
             // Linux reports ru_maxrss in kilobytes.
             max_rss_bytes: u64::try_from(ru.ru_maxrss).unwrap_or(0) * 1024,
+            log_lines_dropped: crate::logging::lines_dropped(),
         }
     }
 }
@@ -716,6 +720,7 @@ impl Snapshot {
             "process": {
                 "cpu_seconds": self.process.cpu_seconds,
                 "max_rss_bytes": self.process.max_rss_bytes,
+                "log_lines_dropped": self.process.log_lines_dropped,
             },
             "shared": {
                 "enabled": self.shared.enabled,

@@ -270,6 +270,12 @@ impl Collector for SnapshotCollector {
             "Times the circuit breaker of the shared store opened.",
             s.shared.breaker_opened,
         )?;
+        counter(
+            &mut enc,
+            "postfix_tlsmgr_log_lines_dropped",
+            "Log lines dropped because syslogd or postlogd was not reading them.",
+            s.process.log_lines_dropped,
+        )?;
         gauge_family(
             &mut enc,
             "postfix_tlsmgr_build_info",
