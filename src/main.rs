@@ -515,6 +515,9 @@ fn check(dir: Option<PathBuf>, overrides: &[String]) -> ExitCode {
             for w in &config.warnings {
                 eprintln!("tlsmgr: warning: {w}");
             }
+            for n in &config.notes {
+                eprintln!("tlsmgr: {n}");
+            }
             // Each value set in a file (or by -o) is preceded by where; a
             // value without a note is the default. config_directory is
             // where the files are.
@@ -585,6 +588,9 @@ fn serve(dir: &Path, socket: Option<PathBuf>, overrides: &[String], verbose: boo
     let log = stderr_logger(&format!("{}/tlsmgr", config.syslog_name), verbose);
     for w in &config.warnings {
         slog::warn!(log, "{}", w);
+    }
+    for n in &config.notes {
+        slog::info!(log, "{}", n);
     }
     // Root must not make files in mail_owner's data_directory (see the
     // module), neither now nor after a reload.

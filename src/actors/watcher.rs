@@ -432,6 +432,7 @@ impl WatcherActor {
                     return;
                 };
                 let warnings = cfg.warnings.clone();
+                let notes = cfg.notes.clone();
                 let (changes, in_force) = sink.apply(cfg).await;
                 if let Some(hook) = applied {
                     hook(&in_force);
@@ -444,6 +445,9 @@ impl WatcherActor {
                 } else {
                     for w in warnings {
                         warn!(log, "{}", w);
+                    }
+                    for n in notes {
+                        info!(log, "{}", n);
                     }
                     info!(log, "reload: {}", changes.join(", "));
                 }

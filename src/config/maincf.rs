@@ -31,6 +31,10 @@ pub struct RawConfig {
     pub entries: BTreeMap<String, RawValue>,
     /// Warnings produced while reading (e.g. overriding earlier entries).
     pub warnings: Vec<String>,
+    /// Advice logged as information, not as a warning: our parameters
+    /// left in main.cf work, and tests and tools that count warnings
+    /// should not see one for each start and reload.
+    pub notes: Vec<String>,
 }
 
 impl RawConfig {
@@ -144,7 +148,7 @@ impl RawConfig {
     /// - a `tlsmgr_*` name set in both files takes tlsmgr.cf's value (the
     ///   file meant for it), with a warning naming both lines;
     /// - `tlsmgr_*` names still set in main.cf keep working, with one
-    ///   warning for all of them saying to move them.
+    ///   note (not a warning) for all of them saying to move them.
     pub fn join_ours(&mut self, ours: Option<RawConfig>, ours_path: &Path) {
         let main_label = self
             .file
@@ -187,7 +191,7 @@ impl RawConfig {
                 .iter()
                 .map(|(line, name)| format!("{name} (line {line})"))
                 .collect();
-            self.warnings.push(format!(
+            self.notes.push(format!(
                 "{main_label}: {}: Postfix warns that {} unused; move {} to {ours_label}",
                 list.join(", "),
                 if legacy.len() == 1 {
@@ -335,8 +339,9 @@ mod tests {
             None,
         );
         assert_eq!(raw.entries["tlsmgr_io_threads"].value, "2");
+        assert!(raw.warnings.is_empty());
         assert_eq!(
-            raw.warnings,
+            raw.notes,
             [
                 "/c/main.cf: tlsmgr_stats_log_interval (line 1), tlsmgr_io_threads (line 3): \
               Postfix warns that these parameters are unused; move them to /c/tlsmgr.cf"
@@ -344,7 +349,7 @@ mod tests {
         );
         let raw = joined("tlsmgr_io_threads = 2\n", Some(""));
         assert_eq!(
-            raw.warnings,
+            raw.notes,
             [
                 "/c/main.cf: tlsmgr_io_threads (line 1): Postfix warns that this parameter \
               is unused; move it to /c/tlsmgr.cf"
@@ -352,7 +357,7 @@ mod tests {
         );
         // Moved: no hint.
         let raw = joined("a = 1\n", Some("tlsmgr_io_threads = 2\n"));
-        assert!(raw.warnings.is_empty(), "{:?}", raw.warnings);
+        assert!(raw.warnings.is_empty() && raw.notes.is_empty(), "{raw:?}");
     }
 
     #[test]

@@ -349,6 +349,8 @@ pub struct Config {
     pub shared: SharedConfig,
     /// Warnings to log (e.g. overridden entries).
     pub warnings: Vec<String>,
+    /// Advice to log as information (our parameters left in main.cf).
+    pub notes: Vec<String>,
     /// The expanded value of every parameter in [`DEFAULTS`], in that order:
     /// what `tlsmgr check` prints and what a reload compares.
     pub effective: Vec<(&'static str, String)>,
@@ -844,6 +846,7 @@ impl Config {
             )?),
             shared: shared_config(&r)?,
             warnings: Vec::new(),
+            notes: Vec::new(),
             effective: r.effective()?,
         })
     }
@@ -868,6 +871,7 @@ impl Config {
     pub fn from_raw(raw: &RawConfig) -> Result<Config, ConfigError> {
         let mut cfg = Config::from_source(raw)?;
         cfg.warnings = raw.warnings.clone();
+        cfg.notes = raw.notes.clone();
         Ok(cfg)
     }
 
