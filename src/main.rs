@@ -33,8 +33,8 @@ enum Command {
     /// data_directory is mail_owner's): it refuses, and names the
     /// parameter, at start and at a reload.
     Serve {
-        /// Configuration directory holding main.cf (default: $MAIL_CONFIG,
-        /// else /etc/postfix). Edits to its main.cf apply live.
+        /// Configuration directory holding main.cf and tlsmgr.cf (default:
+        /// $MAIL_CONFIG, else /etc/postfix). Edits to either apply live.
         #[arg(short = 'c', value_name = "CONFIG_DIR")]
         config_dir: Option<PathBuf>,
         /// Listen here instead of $queue_directory/private/tlsmgr. The
@@ -42,20 +42,24 @@ enum Command {
         /// the umask; only a stale socket at PATH is replaced.
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
-        /// Override a main.cf parameter (name=value), as master.cf's -o does.
+        /// Override a parameter of main.cf or tlsmgr.cf (name=value), as
+        /// master.cf's -o does.
         #[arg(short = 'o', value_name = "NAME=VALUE")]
         overrides: Vec<String>,
         /// Verbose logging.
         #[arg(short = 'v')]
         verbose: bool,
     },
-    /// Check main.cf: print the effective value of every parameter tlsmgr
-    /// uses (like `postconf -x`), or the errors, exiting non-zero.
+    /// Check main.cf and tlsmgr.cf: print the effective value of every
+    /// parameter tlsmgr uses (like `postconf -x`), each set in a file
+    /// preceded by a `# from FILE, line N` note, or the errors, exiting
+    /// non-zero.
     Check {
         /// Configuration directory (default: $MAIL_CONFIG, else /etc/postfix).
         #[arg(short = 'c', value_name = "CONFIG_DIR")]
         config_dir: Option<PathBuf>,
-        /// Override a main.cf parameter (name=value), as master.cf's -o does.
+        /// Override a parameter of main.cf or tlsmgr.cf (name=value), as
+        /// master.cf's -o does.
         #[arg(short = 'o', value_name = "NAME=VALUE")]
         overrides: Vec<String>,
     },
@@ -79,7 +83,7 @@ enum Command {
     },
     /// Print the running daemon's counters: a table per cache, then ticket
     /// keys, PRNG, the last reload and connections. Talks to the admin
-    /// socket (tlsmgr_admin_socket of main.cf).
+    /// socket (tlsmgr_admin_socket of tlsmgr.cf).
     Stats {
         #[command(flatten)]
         admin: AdminArgs,
@@ -112,11 +116,11 @@ enum Command {
 /// Where the admin commands find the daemon.
 #[derive(clap::Args)]
 struct AdminArgs {
-    /// Configuration directory whose main.cf gives tlsmgr_admin_socket
-    /// (default: $MAIL_CONFIG, else /etc/postfix).
+    /// Configuration directory whose tlsmgr.cf (or main.cf) gives
+    /// tlsmgr_admin_socket (default: $MAIL_CONFIG, else /etc/postfix).
     #[arg(short = 'c', value_name = "CONFIG_DIR", conflicts_with = "socket")]
     config_dir: Option<PathBuf>,
-    /// The admin socket (default: tlsmgr_admin_socket of main.cf).
+    /// The admin socket (default: tlsmgr_admin_socket of tlsmgr.cf).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 }
@@ -155,13 +159,13 @@ fn admin_beside(socket: &Path) -> PathBuf {
 }
 
 /// The admin socket of `args`: `--socket`, else tlsmgr_admin_socket of
-/// main.cf. Exit 2 when there is none.
+/// tlsmgr.cf (or main.cf). Exit 2 when there is none.
 fn admin_socket(command: &str, args: AdminArgs) -> Result<PathBuf, ExitCode> {
     if let Some(s) = args.socket {
         return Ok(s);
     }
     // Only what names the socket is read: an admin looks at a daemon
-    // exactly when main.cf may hold an invalid edit, which the daemon
+    // exactly when the files may hold an invalid edit, which the daemon
     // refused and runs on without.
     let dir = tlsmgr::config::config_directory(args.config_dir);
     let path = tlsmgr::config::dir::ConfigDir::open(&dir)
@@ -178,8 +182,9 @@ fn admin_socket(command: &str, args: AdminArgs) -> Result<PathBuf, ExitCode> {
         Ok(p) if !p.is_empty() => Ok(PathBuf::from(p)),
         Ok(_) => {
             eprintln!(
-                "tlsmgr {command}: fatal: tlsmgr_admin_socket is empty in {}/main.cf",
-                dir.display()
+                "tlsmgr {command}: fatal: tlsmgr_admin_socket is empty in {}/{} (or main.cf)",
+                dir.display(),
+                tlsmgr::config::TLSMGR_CF
             );
             Err(ExitCode::from(2))
         }
@@ -499,13 +504,29 @@ fn body(render: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> Vec<u8> {
 }
 
 fn check(dir: Option<PathBuf>, overrides: &[String]) -> ExitCode {
+    use tlsmgr::config::{dir::ConfigDir, params, read_raw, ConfigError};
     let dir = tlsmgr::config::config_directory(dir);
-    match Config::load(&dir, overrides) {
-        Ok(config) => {
+    let loaded = ConfigDir::open(&dir)
+        .map_err(|e| ConfigError::new(format!("open {}: {e}", dir.display())))
+        .and_then(|handle| read_raw(&handle, overrides))
+        .and_then(|raw| Ok((Config::from_raw(&raw)?, raw)));
+    match loaded {
+        Ok((config, raw)) => {
             for w in &config.warnings {
                 eprintln!("tlsmgr: warning: {w}");
             }
+            for n in &config.notes {
+                eprintln!("tlsmgr: {n}");
+            }
+            // Each value set in a file (or by -o) is preceded by where; a
+            // value without a note is the default. config_directory is
+            // where the files are.
             for (name, value) in &config.effective {
+                if *name != params::CONFIG_DIRECTORY {
+                    if let Some(origin) = raw.origin(name) {
+                        println!("# from {origin}");
+                    }
+                }
                 println!("{name} = {value}");
             }
             on_disk(&dir, &config)
@@ -567,6 +588,9 @@ fn serve(dir: &Path, socket: Option<PathBuf>, overrides: &[String], verbose: boo
     let log = stderr_logger(&format!("{}/tlsmgr", config.syslog_name), verbose);
     for w in &config.warnings {
         slog::warn!(log, "{}", w);
+    }
+    for n in &config.notes {
+        slog::info!(log, "{}", n);
     }
     // Root must not make files in mail_owner's data_directory (see the
     // module), neither now nor after a reload.

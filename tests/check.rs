@@ -262,3 +262,49 @@ fn default_cache_db_type_expands() {
         );
     }
 }
+
+/// Each value set in a file is preceded by the file and line it came
+/// from; main.cf and tlsmgr.cf are both read; a default has no note.
+#[test]
+fn notes_the_file_each_value_came_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let main_cf = tmp.path().join("main.cf");
+    let tlsmgr_cf = tmp.path().join("tlsmgr.cf");
+    std::fs::write(&main_cf, "# Postfix's\ndata_directory = /srv/pf\n").unwrap();
+    std::fs::write(
+        &tlsmgr_cf,
+        "# ours\n\ntlsmgr_ticket_key_file = ${data_directory}/keys\n",
+    )
+    .unwrap();
+    let (ok, out, err) = check(tmp.path(), &["-o", "tlsmgr_shared_site=mx"]);
+    assert!(ok, "{err}");
+    assert!(err.is_empty(), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let before = |line: &str| -> Option<&str> {
+        let at = lines.iter().position(|l| *l == line)?;
+        Some(if at == 0 { "" } else { lines[at - 1] })
+    };
+    assert_eq!(
+        before("data_directory = /srv/pf").unwrap(),
+        format!("# from {}, line 2", main_cf.display())
+    );
+    assert_eq!(
+        before("tlsmgr_ticket_key_file = /srv/pf/keys").unwrap(),
+        format!("# from {}, line 3", tlsmgr_cf.display())
+    );
+    assert_eq!(before("tlsmgr_shared_site = mx").unwrap(), "# from -o");
+    assert!(!before("mail_owner = postfix")
+        .unwrap()
+        .starts_with("# from"));
+    // An error in tlsmgr.cf names it.
+    std::fs::write(&tlsmgr_cf, "tlsmgr_io_threads = 1000\n").unwrap();
+    let (ok, _, err) = check(tmp.path(), &[]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "tlsmgr: fatal: {}, line 1: invalid tlsmgr_io_threads parameter value 1000 > 256",
+            tlsmgr_cf.display()
+        )),
+        "{err}"
+    );
+}

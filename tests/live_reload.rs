@@ -523,7 +523,7 @@ fn pathological_main_cf_does_not_hold_up_requests() {
     assert!(
         eventually_within(std::time::Duration::from_secs(90), || count(
             &d,
-            "main.cf changed, but no parameter that tlsmgr uses"
+            "changed, but no parameter that tlsmgr uses"
         ) == 1),
         "{}",
         d.log.text()

@@ -1,4 +1,8 @@
-//! The config-watcher actor: live reconfiguration from main.cf edits.
+//! The config-watcher actor: live reconfiguration from edits of main.cf and
+//! of tlsmgr.cf (our own parameters, beside it; see [`crate::config`]).
+//! Both are watched, read and applied alike and together: "main.cf" below
+//! stands for either, except where tlsmgr.cf is named. tlsmgr.cf may appear
+//! and disappear while running: absent, it defines nothing.
 //!
 //! It watches the configuration *directory* (editors, `sed -i` and
 //! `postconf -e` replace main.cf by rename, which a watch on the file itself
@@ -27,7 +31,9 @@
 //!
 //! Half-written files: an empty main.cf (a truncate before the write) is
 //! never applied; a main.cf whose last line has no newline is re-read after
-//! one more debounce period and applied only if it has not changed.
+//! one more debounce period and applied only if it has not changed. An
+//! empty tlsmgr.cf is valid (nothing defined), but one that was not empty
+//! at the last read is treated like a last line without newline.
 
 use crate::config::dir::{ConfigDir, FileStamp};
 use crate::config::{self, Config, ConfigError};
@@ -103,7 +109,8 @@ pub struct WatcherActor {
     sink: Rc<dyn ConfigSink>,
     log: Logger,
     watcher: Option<notify::RecommendedWatcher>,
-    /// Paths whose events matter: DIR/main.cf and, for a symlink, its target.
+    /// Paths whose events matter: DIR/main.cf, DIR/tlsmgr.cf and, for a
+    /// symlink, its target.
     interesting: Vec<PathBuf>,
     /// Directories currently watched.
     watched: Vec<PathBuf>,
@@ -116,11 +123,32 @@ pub struct WatcherActor {
     burst_start: Option<Instant>,
 }
 
-/// main.cf as last read: its identity and bytes.
+/// main.cf and tlsmgr.cf as last read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
+    main: FileRead,
+    /// `None`: there was no tlsmgr.cf.
+    ours: Option<FileRead>,
+}
+
+/// One file as read: its identity and bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileRead {
     stamp: FileStamp,
     text: Vec<u8>,
+}
+
+/// The bytes of main.cf and of tlsmgr.cf (`None`: absent), to tell a
+/// finished edit from one still being written.
+pub type Texts = (Vec<u8>, Option<Vec<u8>>);
+
+impl Seen {
+    fn texts(&self) -> Texts {
+        (
+            self.main.text.clone(),
+            self.ours.as_ref().map(|o| o.text.clone()),
+        )
+    }
 }
 
 /// Something may have changed main.cf (or its target): these paths.
@@ -132,7 +160,7 @@ struct FsChanged(Vec<PathBuf>);
 /// check saw last time, to tell a finished file from one still being written.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Reload(Option<Vec<u8>>);
+pub struct Reload(Option<Texts>);
 
 impl Reload {
     /// A forced reload, as SIGHUP does.
@@ -155,13 +183,13 @@ enum Trigger {
 enum Outcome {
     /// Same bytes, same file as the last read.
     Unchanged,
-    /// main.cf could not be read.
-    Unreadable(std::io::Error),
+    /// main.cf (or an existing tlsmgr.cf) could not be read: which, why.
+    Unreadable(PathBuf, std::io::Error),
     /// Empty or blank (a truncate before the write).
     Empty,
-    /// No final newline and not the text seen last time: maybe still being
-    /// written; look again with this text.
-    Unfinished(Vec<u8>),
+    /// No final newline (or a tlsmgr.cf just emptied) and not the text seen
+    /// last time: maybe still being written; look again with these texts.
+    Unfinished(Texts),
     /// Parsed and validated, or why not.
     Parsed(Box<Result<Config, ConfigError>>),
 }
@@ -186,29 +214,43 @@ fn read_and_parse(
     overrides: &[String],
     trigger: Trigger,
     last: Option<Seen>,
-    previous: Option<Vec<u8>>,
+    previous: Option<Texts>,
 ) -> (Outcome, Option<Seen>) {
-    let (text, stamp) = match dir.read_stamped("main.cf") {
-        Ok(read) => read,
-        Err(e) => return (Outcome::Unreadable(e), None),
+    let unreadable = |name: &str, e| Outcome::Unreadable(dir.display_path(name), e);
+    let main = match dir.read_stamped(config::MAIN_CF) {
+        Ok((text, stamp)) => FileRead { stamp, text },
+        Err(e) => return (unreadable(config::MAIN_CF, e), None),
     };
-    let seen = Seen { stamp, text };
+    let ours = match dir.read_stamped(config::TLSMGR_CF) {
+        Ok((text, stamp)) => Some(FileRead { stamp, text }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return (unreadable(config::TLSMGR_CF, e), None),
+    };
+    let seen = Seen { main, ours };
     if trigger == Trigger::Edit && last.as_ref() == Some(&seen) {
         return (Outcome::Unchanged, last);
     }
-    let text = &seen.text;
-    let outcome = if text.iter().all(u8::is_ascii_whitespace) {
+    let blank = |t: &[u8]| t.iter().all(u8::is_ascii_whitespace);
+    let text = &seen.main.text;
+    let ours = seen.ours.as_ref().map(|o| o.text.as_slice());
+    let ours_unfinished = match ours {
+        Some(t) if blank(t) => last
+            .as_ref()
+            .and_then(|l| l.ours.as_ref())
+            .is_some_and(|o| !blank(&o.text)),
+        Some(t) => !t.ends_with(b"\n"),
+        None => false,
+    };
+    let outcome = if blank(text) {
         Outcome::Empty
-    } else if !text.ends_with(b"\n") && previous.as_deref() != Some(text.as_slice()) {
-        Outcome::Unfinished(text.clone())
+    } else if (!text.ends_with(b"\n") || ours_unfinished)
+        && previous.as_ref() != Some(&seen.texts())
+    {
+        Outcome::Unfinished(seen.texts())
     } else {
-        Outcome::Parsed(Box::new(config::parse_raw(text, dir, overrides).and_then(
-            |raw| {
-                let mut cfg = Config::from_source(&raw)?;
-                cfg.warnings = raw.warnings;
-                Ok(cfg)
-            },
-        )))
+        Outcome::Parsed(Box::new(
+            config::parse_raw(text, ours, dir, overrides).and_then(|raw| Config::from_raw(&raw)),
+        ))
     };
     (outcome, Some(seen))
 }
@@ -221,7 +263,7 @@ pub trait ConfigSink {
     /// configuration now in force.
     fn apply(&self, new: Config) -> LocalBoxFuture<'static, (Vec<String>, Arc<Config>)>;
 
-    /// An edit of main.cf was refused (invalid, unreadable, empty, or
+    /// An edit of main.cf or tlsmgr.cf was refused (invalid, unreadable, empty, or
     /// refused by the adjustment); the configuration in force stays.
     fn rejected(&self) {}
 }
@@ -283,22 +325,29 @@ impl WatcherActor {
     }
 
     fn main_cf(&self) -> PathBuf {
-        self.dir.path().join("main.cf")
+        self.dir.path().join(config::MAIN_CF)
     }
 
-    /// Watches the directory and, if main.cf is a symlink, its target's
-    /// directory (the target may be edited in place by a configuration tool).
+    /// Watches the directory and, if main.cf or tlsmgr.cf is a symlink, its
+    /// target's directory (the target may be edited in place by a
+    /// configuration tool).
     fn update_watches(&mut self) {
-        let main_cf = self.main_cf();
-        let mut interesting = vec![main_cf.clone()];
+        let mut interesting = Vec::new();
         let mut dirs = vec![self.dir.path().to_path_buf()];
-        let is_link = std::fs::symlink_metadata(&main_cf).is_ok_and(|m| m.file_type().is_symlink());
-        if is_link {
-            if let Ok(target) = std::fs::canonicalize(&main_cf) {
-                if let Some(parent) = target.parent() {
-                    dirs.push(parent.to_path_buf());
+        for name in [config::MAIN_CF, config::TLSMGR_CF] {
+            let file = self.dir.path().join(name);
+            interesting.push(file.clone());
+            let is_link =
+                std::fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_symlink());
+            if is_link {
+                if let Ok(target) = std::fs::canonicalize(&file) {
+                    if let Some(parent) = target.parent() {
+                        if !dirs.iter().any(|d| d == parent) {
+                            dirs.push(parent.to_path_buf());
+                        }
+                    }
+                    interesting.push(target);
                 }
-                interesting.push(target);
             }
         }
         self.interesting = interesting;
@@ -348,9 +397,9 @@ impl WatcherActor {
     /// Reads main.cf and validates it off the daemon thread; on success
     /// applies it. The actor waits for all of it (`ctx.wait`): no other
     /// reload starts until this one is applied.
-    fn reload(&mut self, trigger: Trigger, previous: Option<Vec<u8>>, ctx: &mut Context<Self>) {
+    fn reload(&mut self, trigger: Trigger, previous: Option<Texts>, ctx: &mut Context<Self>) {
         self.update_watches();
-        debug!(self.log, "reading main.cf ({:?})", trigger);
+        debug!(self.log, "reading main.cf and tlsmgr.cf ({:?})", trigger);
         let dir = self.dir.clone();
         let overrides = self.overrides.clone();
         let last = self.last.take();
@@ -383,15 +432,22 @@ impl WatcherActor {
                     return;
                 };
                 let warnings = cfg.warnings.clone();
+                let notes = cfg.notes.clone();
                 let (changes, in_force) = sink.apply(cfg).await;
                 if let Some(hook) = applied {
                     hook(&in_force);
                 }
                 if changes.is_empty() {
-                    debug!(log, "main.cf changed, but no parameter that tlsmgr uses");
+                    debug!(
+                        log,
+                        "main.cf or tlsmgr.cf changed, but no parameter that tlsmgr uses"
+                    );
                 } else {
                     for w in warnings {
                         warn!(log, "{}", w);
+                    }
+                    for n in notes {
+                        info!(log, "{}", n);
                     }
                     info!(log, "reload: {}", changes.join(", "));
                 }
@@ -405,15 +461,18 @@ impl WatcherActor {
         let path = self.main_cf();
         let mut cfg = match outcome {
             Outcome::Unchanged => {
-                debug!(self.log, "main.cf unchanged since the last read");
+                debug!(
+                    self.log,
+                    "main.cf and tlsmgr.cf unchanged since the last read"
+                );
                 return None;
             }
-            Outcome::Unreadable(e) => {
+            Outcome::Unreadable(file, e) => {
                 self.sink.rejected();
                 warn!(
                     self.log,
                     "open {}: {} -- keeping the current configuration",
-                    path.display(),
+                    file.display(),
                     e
                 );
                 return None;
@@ -427,15 +486,15 @@ impl WatcherActor {
                 );
                 return None;
             }
-            Outcome::Unfinished(text) => {
+            Outcome::Unfinished(texts) => {
                 // Possibly still being written: look again after one more
                 // quiet period; unchanged then means it is complete.
                 debug!(
                     self.log,
-                    "{}: no final newline yet, re-checking",
-                    path.display()
+                    "{}: no final newline yet (or tlsmgr.cf just emptied), re-checking",
+                    self.dir.path().display()
                 );
-                ctx.notify_later(Reload(Some(text)), self.debounce);
+                ctx.notify_later(Reload(Some(texts)), self.debounce);
                 return None;
             }
             Outcome::Parsed(parsed) => match *parsed {

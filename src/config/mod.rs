@@ -1,7 +1,13 @@
-//! Configuration: main.cf reading, `$` expansion, and the typed, immutable
-//! [`Config`] snapshot the rest of the program reads.
+//! Configuration: main.cf and tlsmgr.cf reading, `$` expansion, and the
+//! typed, immutable [`Config`] snapshot the rest of the program reads.
 //!
-//! - [`maincf`]: main.cf text to raw definitions (logical lines, overrides).
+//! Postfix's parameters come from main.cf; our own `tlsmgr_*` ones from
+//! tlsmgr.cf in the same directory (main.cf's syntax; optional), where
+//! postconf(1) and `postfix check` do not see them and so do not warn that
+//! they are unused. `$name` in either file sees the definitions of both.
+//!
+//! - [`maincf`]: main.cf (and tlsmgr.cf) text to raw definitions (logical
+//!   lines, overrides), and the join of the two files.
 //! - [`expand`]: `$name` expansion when a value is read.
 //! - [`values`]: Postfix's int/time/bool syntax and messages.
 //! - [`dir`]: the configuration directory held open, so main.cf stays
@@ -111,6 +117,10 @@ pub trait Source {
     fn file(&self) -> Option<&Path> {
         None
     }
+    /// The file that defines `name` (main.cf or tlsmgr.cf), if known.
+    fn file_of(&self, _name: &str) -> Option<&Path> {
+        self.file()
+    }
 }
 
 impl Source for RawConfig {
@@ -122,6 +132,9 @@ impl Source for RawConfig {
     }
     fn file(&self) -> Option<&Path> {
         self.file.as_deref()
+    }
+    fn file_of(&self, name: &str) -> Option<&Path> {
+        RawConfig::file_of(self, name).or(self.file.as_deref())
     }
 }
 
@@ -336,6 +349,8 @@ pub struct Config {
     pub shared: SharedConfig,
     /// Warnings to log (e.g. overridden entries).
     pub warnings: Vec<String>,
+    /// Advice to log as information (our parameters left in main.cf).
+    pub notes: Vec<String>,
     /// The expanded value of every parameter in [`DEFAULTS`], in that order:
     /// what `tlsmgr check` prints and what a reload compares.
     pub effective: Vec<(&'static str, String)>,
@@ -367,7 +382,7 @@ impl<'a> Resolver<'a> {
     }
     fn err(&self, name: &str, message: impl std::fmt::Display) -> ConfigError {
         ConfigError {
-            file: self.source.file().map(Path::to_path_buf),
+            file: self.source.file_of(name).map(Path::to_path_buf),
             line: self.source.line_of(name),
             message: message.to_string(),
         }
@@ -411,31 +426,60 @@ pub fn config_directory(cli: Option<PathBuf>) -> PathBuf {
     .unwrap_or_else(|| PathBuf::from("/etc/postfix"))
 }
 
-/// Reads main.cf through `dir`, sets `config_directory` from the directory
-/// (as Postfix does from `-c`/`MAIL_CONFIG`) and applies `-o` overrides.
-pub fn read_raw(dir: &dir::ConfigDir, overrides: &[String]) -> Result<RawConfig, ConfigError> {
-    let path = dir.display_path("main.cf");
-    let text = dir
-        .read("main.cf")
-        .map_err(|e| ConfigError::new(format!("open {}: {}", path.display(), e)))?;
-    parse_raw(&text, dir, overrides)
+/// Postfix's configuration file, in the configuration directory.
+pub const MAIN_CF: &str = "main.cf";
+/// Ours, beside it: `tlsmgr_*` parameters, out of Postfix's sight.
+pub const TLSMGR_CF: &str = "tlsmgr.cf";
+
+/// Reads tlsmgr.cf through `dir`: `Ok(None)` when there is none (our
+/// parameters then have their defaults, or main.cf's values).
+pub fn read_ours(dir: &dir::ConfigDir) -> Result<Option<Vec<u8>>, ConfigError> {
+    match dir.read(TLSMGR_CF) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ConfigError::new(format!(
+            "open {}: {}",
+            dir.display_path(TLSMGR_CF).display(),
+            e
+        ))),
+    }
 }
 
-/// Parses main.cf text read from `dir`: sets `config_directory` from the
-/// directory (as Postfix does from `-c`/`MAIL_CONFIG`) and applies `-o`
+/// Reads main.cf and tlsmgr.cf through `dir`, sets `config_directory` from
+/// the directory (as Postfix does from `-c`/`MAIL_CONFIG`) and applies `-o`
 /// overrides.
+pub fn read_raw(dir: &dir::ConfigDir, overrides: &[String]) -> Result<RawConfig, ConfigError> {
+    let path = dir.display_path(MAIN_CF);
+    let text = dir
+        .read(MAIN_CF)
+        .map_err(|e| ConfigError::new(format!("open {}: {}", path.display(), e)))?;
+    let ours = read_ours(dir)?;
+    parse_raw(&text, ours.as_deref(), dir, overrides)
+}
+
+/// Parses main.cf text and tlsmgr.cf text (`None`: no such file) read from
+/// `dir`, joins them ([`RawConfig::join_ours`]), sets `config_directory`
+/// from the directory (as Postfix does from `-c`/`MAIL_CONFIG`) and applies
+/// `-o` overrides, which win over both files.
 pub fn parse_raw(
     text: &[u8],
+    ours: Option<&[u8]>,
     dir: &dir::ConfigDir,
     overrides: &[String],
 ) -> Result<RawConfig, ConfigError> {
-    let path = dir.display_path("main.cf");
+    let path = dir.display_path(MAIN_CF);
     let mut raw = RawConfig::parse(&String::from_utf8_lossy(text), Some(&path))?;
+    let ours_path = dir.display_path(TLSMGR_CF);
+    let ours = ours
+        .map(|t| RawConfig::parse(&String::from_utf8_lossy(t), Some(&ours_path)))
+        .transpose()?;
+    raw.join_ours(ours, &ours_path);
     raw.entries.insert(
         params::CONFIG_DIRECTORY.to_string(),
         maincf::RawValue {
             value: dir.path().display().to_string(),
             line: None,
+            file: None,
         },
     );
     for o in overrides {
@@ -802,11 +846,13 @@ impl Config {
             )?),
             shared: shared_config(&r)?,
             warnings: Vec::new(),
+            notes: Vec::new(),
             effective: r.effective()?,
         })
     }
 
-    /// Reads `DIR/main.cf`, applies `-o` overrides, and builds the snapshot.
+    /// Reads `DIR/main.cf` and `DIR/tlsmgr.cf`, applies `-o` overrides, and
+    /// builds the snapshot.
     /// `config_directory` is set from `dir`, as Postfix sets it from `-c`.
     pub fn load(dir: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
         let handle = dir::ConfigDir::open(dir)
@@ -814,12 +860,18 @@ impl Config {
         Config::load_from(&handle, overrides)
     }
 
-    /// Like [`Config::load`], reading main.cf through an open directory
+    /// Like [`Config::load`], reading the files through an open directory
     /// handle (which keeps working after a chroot).
     pub fn load_from(dir: &dir::ConfigDir, overrides: &[String]) -> Result<Config, ConfigError> {
-        let raw = read_raw(dir, overrides)?;
-        let mut cfg = Config::from_source(&raw)?;
-        cfg.warnings = raw.warnings;
+        Config::from_raw(&read_raw(dir, overrides)?)
+    }
+
+    /// Builds the snapshot of what [`read_raw`] or [`parse_raw`] read, with
+    /// the warnings of the reading.
+    pub fn from_raw(raw: &RawConfig) -> Result<Config, ConfigError> {
+        let mut cfg = Config::from_source(raw)?;
+        cfg.warnings = raw.warnings.clone();
+        cfg.notes = raw.notes.clone();
         Ok(cfg)
     }
 
@@ -1035,6 +1087,45 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "/etc/postfix/main.cf, line 2: bad numerical configuration: tls_random_bytes = lots"
+        );
+    }
+
+    #[test]
+    fn tlsmgr_cf_is_read_beside_main_cf_and_its_errors_name_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::write(d.join("main.cf"), "data_directory = /srv/pf\n").unwrap();
+        // Absent: defaults.
+        let c = Config::load(d, &[]).unwrap();
+        assert_eq!(c.io_threads, 0);
+        std::fs::write(
+            d.join("tlsmgr.cf"),
+            "# ours\ntlsmgr_io_threads = 3\ntlsmgr_ticket_key_file = ${data_directory}/k\n",
+        )
+        .unwrap();
+        let c = Config::load(d, &[]).unwrap();
+        assert_eq!(c.io_threads, 3);
+        assert_eq!(c.ticket_key_file, Some(PathBuf::from("/srv/pf/k")));
+        // -o wins over both files.
+        let c = Config::load(d, &["tlsmgr_io_threads=5".to_string()]).unwrap();
+        assert_eq!(c.io_threads, 5);
+        std::fs::write(d.join("tlsmgr.cf"), "\ntlsmgr_io_threads = many\n").unwrap();
+        let e = Config::load(d, &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}, line 2: bad numerical configuration: tlsmgr_io_threads = many",
+                d.join("tlsmgr.cf").display()
+            )
+        );
+        std::fs::write(d.join("tlsmgr.cf"), "tlsmgr_io_threads\n").unwrap();
+        let e = Config::load(d, &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}, line 1: missing '=' after attribute name: \"tlsmgr_io_threads\"",
+                d.join("tlsmgr.cf").display()
+            )
         );
     }
 

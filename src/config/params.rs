@@ -1,7 +1,12 @@
-//! Every main.cf parameter the daemon reads, by name: a constant for each
-//! name, next to its built-in default, in one table ([`DEFAULTS`]). Code
-//! that reads, reports or compares a parameter names it by its constant,
-//! so a misspelt name is a compile error, not a silently ignored setting.
+//! Every parameter the daemon reads, by name: a constant for each name,
+//! next to its built-in default, in one table ([`DEFAULTS`]). Code that
+//! reads, reports or compares a parameter names it by its constant, so a
+//! misspelt name is a compile error, not a silently ignored setting.
+//!
+//! Postfix's parameters are read from main.cf; ours (named with
+//! [`OUR_PREFIX`]) from tlsmgr.cf beside it, which Postfix does not read
+//! (in main.cf, postconf(1) warns about each as unused), or, still, from
+//! main.cf.
 
 /// Declares one constant per parameter and the [`DEFAULTS`] table.
 macro_rules! parameters {
@@ -50,7 +55,8 @@ parameters! {
     SMTPD_TLS_LOGLEVEL = "smtpd_tls_loglevel", "0";
     SMTP_TLS_LOGLEVEL = "smtp_tls_loglevel", "0";
     LMTP_TLS_LOGLEVEL = "lmtp_tls_loglevel", "0";
-    // Ours. Documented in README.md ("Parameters beyond Postfix").
+    // Ours, set in tlsmgr.cf. Documented in README.md ("Parameters beyond
+    // Postfix") and tlsmgr-rs(8).
     TLSMGR_SESSION_CACHE_MAX_ENTRIES = "tlsmgr_session_cache_max_entries", "100000";
     TLSMGR_PERSISTENT_STATE = "tlsmgr_persistent_state", "yes";
     TLSMGR_TICKET_KEY_FILE = "tlsmgr_ticket_key_file", "${data_directory}/tlsmgr_ticket_keys";
@@ -76,6 +82,14 @@ parameters! {
 }
 
 use crate::protocol::CacheType;
+
+/// What the names of our own parameters start with.
+pub const OUR_PREFIX: &str = "tlsmgr_";
+
+/// Whether `name` is one of ours (a name tlsmgr.cf may define), known or not.
+pub fn is_ours(name: &str) -> bool {
+    name.starts_with(OUR_PREFIX)
+}
 
 /// `<type>_tls_session_cache_database` of cache type `ct`.
 pub fn cache_database(ct: CacheType) -> &'static str {

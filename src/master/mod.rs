@@ -184,6 +184,9 @@ fn startup(argv0: &str, argv: &[String]) -> Result<Startup, Fatal> {
     for w in &cfg.warnings {
         warn!(log, "{}", w);
     }
+    for n in &cfg.notes {
+        info!(log, "{}", n);
+    }
     // Every smtpd, smtp and lmtp process holds a connection: the soft limit
     // (often 1024) would run out long before the hard one.
     crate::daemon::limits::raise_nofile_limit(&log);
