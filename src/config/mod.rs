@@ -19,6 +19,7 @@ pub mod dir;
 pub mod expand;
 pub mod maincf;
 pub mod params;
+pub mod regular;
 pub mod secret;
 pub mod store_url;
 pub mod values;
