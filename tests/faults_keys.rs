@@ -316,7 +316,8 @@ fn serve_and_time(dir: &Path, limit: Duration) -> (std::process::Child, Option<D
 
 #[test]
 fn odd_things_at_the_key_files_path_are_refused_unread() {
-    let cases: [(&str, fn(&Path)); 3] = [
+    type Make = fn(&Path);
+    let cases: [(&str, Make); 3] = [
         ("a FIFO", |p| {
             nix::unistd::mkfifo(
                 p,
