@@ -168,11 +168,12 @@ pub fn render_table(now: &Value, prev: Option<(&Value, f64)>) -> String {
         );
     }
     out += &format!(
-        "ticket keys: issued {}, lookups found {}, unknown {}, rotations {}\n",
+        "ticket keys: issued {}, lookups found {}, unknown {}, rotations {}, save failures {}\n",
         rate(&["tickets", "issued"]),
         rate(&["tickets", "lookups", "found"]),
         rate(&["tickets", "lookups", "unknown"]),
         rate(&["tickets", "rotations"]),
+        rate(&["tickets", "save_failures"]),
     );
     out += &format!(
         "prng: seed requests {}, seed bytes {}, reseeds {} ({} failed), exchange writes {} ({} failed)\n",

@@ -16,37 +16,9 @@ use tlsmgr::protocol::{Reply, Request, Status};
 
 const SESSION_LEN: usize = 2048;
 
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `mib` MiB at `dir`, or `None` to skip (not root, or
-    /// mount refused); under CI (`CI` set) that fails the test instead.
-    fn mount(dir: &Path, mib: u32) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0755")])
-            .arg("tmpfs")
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "cannot mount a tmpfs (the fault suite runs as root)"
-            );
-            eprintln!("skipped: cannot mount a tmpfs");
-            return None;
-        }
-        Some(Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
+#[path = "common/tmpfs.rs"]
+mod tmpfs;
+use tmpfs::Tmpfs;
 
 #[path = "common/serve.rs"]
 mod serve;

@@ -10,6 +10,18 @@
 //! is handed out that a crash could lose. T is the smtpd cache timeout of
 //! the live configuration.
 //!
+//! When the save fails (a full disk, a read-only file system), the keys
+//! that are not on disk are held back: requests get the ring with only the
+//! keys the file holds, so the current key stays current while it still
+//! encrypts, and the save is retried with backoff ([`RETRY_MAX`]), with one
+//! warning per cause. `tlsmgr keys rotate` is undone and reports the
+//! failure. If the saved keys stop encrypting while saves still fail, the
+//! unsaved key is handed out anyway, with one warning: a ticket issued
+//! under it is lost only if tlsmgr restarts before a save succeeds, while
+//! handing out no key would disable tickets for every client at once (see
+//! [`TicketActor::safe_ring`]). After SIGHUP ([`KeyFileCheck`]) a key file
+//! found replaced or removed is written again from memory.
+//!
 //! With a shared store (`tlsmgr_shared_store`) the keys go by epoch
 //! ([`crate::tickets::epoch`]): at each tick the actor brings its
 //! [`EpochKeys`] up to now and publishes the ring at once (requests never
@@ -27,6 +39,7 @@ use crate::config::Config;
 use crate::prng::Pool;
 use crate::shared::{seal, Shared};
 use crate::tickets::epoch::{self, EpochKeys};
+use crate::tickets::file::FileStamp;
 use crate::tickets::{file, KeyRing, TicketKey};
 use actix::prelude::*;
 use arc_swap::ArcSwap;
@@ -50,6 +63,33 @@ pub const RECHECK_INTERVAL: u64 = 10;
 pub const SKEW_CHECK_INTERVAL: u64 = 300;
 /// Clock skew against the store above this is warned about (seconds).
 pub const MAX_SKEW: i64 = 5;
+/// Longest wait between two attempts to save the key file after a failure
+/// (seconds); the waits double from one second up to this.
+pub const RETRY_MAX: u64 = 30;
+
+/// The key file as this process knows it.
+#[derive(Default)]
+struct Saving {
+    /// The keys last written to (or read from) the file: what a restart
+    /// would load.
+    on_disk: KeyRing,
+    /// The file that holds them.
+    stamp: Option<FileStamp>,
+    /// The ring in memory has keys the file lacks (a save failed).
+    behind: bool,
+    /// Failed attempts in a row.
+    failures: u32,
+    /// No attempt before this time (seconds).
+    retry_at: u64,
+    /// The cause last warned about; `None` once a save succeeds.
+    warned: Option<String>,
+    /// The saved keys ran out and an unsaved one was handed out (warned).
+    unsaved_in_use: bool,
+}
+
+fn same_slots(a: &KeyRing, b: &KeyRing) -> bool {
+    a.previous == b.previous && a.current == b.current && a.next == b.next
+}
 
 /// Shared-mode state.
 struct SharedState {
@@ -86,6 +126,7 @@ pub struct TicketActor {
     published: SharedRing,
     pool: Pool,
     file: Option<PathBuf>,
+    saving: Saving,
     config: Arc<ArcSwap<Config>>,
     clock: SharedClock,
     log: Logger,
@@ -110,13 +151,22 @@ impl TicketActor {
             None
         };
         let mut ring = KeyRing::new();
+        let mut saving = Saving::default();
         if let Some(path) = &file {
             match file::load(path) {
-                Ok(file::Loaded::Keys(loaded)) => {
+                Ok(file::Loaded::Keys(loaded, stamp)) => {
                     ring = *loaded;
+                    saving.on_disk = ring.clone();
+                    saving.stamp = Some(stamp);
                     info!(log, "loaded session ticket keys from {}", path.display());
                 }
                 Ok(file::Loaded::Missing) => {}
+                Ok(file::Loaded::Refused(what)) => warn!(
+                    log,
+                    "session ticket key file {}: {} -- not reading it; starting with new keys",
+                    path.display(),
+                    what
+                ),
                 Ok(file::Loaded::Malformed) => warn!(
                     log,
                     "{} is not a session ticket key file -- starting with new keys",
@@ -137,6 +187,7 @@ impl TicketActor {
             published,
             pool: Pool::from_os(),
             file,
+            saving,
             config,
             clock,
             log,
@@ -161,6 +212,11 @@ impl TicketActor {
     /// Counts rotations into `metrics` (the daemon's). The keys made at
     /// start are not a rotation.
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        // Failed saves at start were counted before the daemon's counters
+        // were handed over.
+        for _ in 0..self.metrics.ticket_key_save_failures() {
+            metrics.ticket_key_save_failed();
+        }
         self.metrics = metrics;
         self
     }
@@ -208,17 +264,93 @@ impl TicketActor {
         link
     }
 
-    fn save(&self, ring: &KeyRing) {
-        if let Some(path) = &self.file {
-            if let Err(e) = file::save(ring, path) {
-                warn!(
-                    self.log,
+    /// Writes `ring` to the key file (nothing to do without one). A
+    /// failure is counted, warned about once per cause, and schedules the
+    /// next attempt; the error names the file.
+    fn try_save(&mut self, ring: &KeyRing, now: u64) -> Result<(), String> {
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        let sv = &mut self.saving;
+        match file::save(ring, path) {
+            Ok(stamp) => {
+                sv.on_disk = ring.clone();
+                sv.stamp = Some(stamp);
+                sv.failures = 0;
+                sv.unsaved_in_use = false;
+                if sv.warned.take().is_some() {
+                    info!(
+                        self.log,
+                        "saved session ticket keys to {} again",
+                        path.display()
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.ticket_key_save_failed();
+                sv.failures = sv.failures.saturating_add(1);
+                let wait = 1u64
+                    .checked_shl(sv.failures.saturating_sub(1))
+                    .unwrap_or(RETRY_MAX)
+                    .min(RETRY_MAX);
+                sv.retry_at = now.saturating_add(wait);
+                let why = format!(
                     "cannot save session ticket keys to {}: {}",
                     path.display(),
                     e
                 );
+                let cause = e.to_string();
+                if sv.warned.as_deref() != Some(cause.as_str()) {
+                    warn!(
+                        self.log,
+                        "{} -- no new key is handed out until it is saved; retrying", why
+                    );
+                    sv.warned = Some(cause);
+                }
+                Err(why)
             }
         }
+    }
+
+    /// What requests may use: the whole ring once it is on disk; while it
+    /// is not, the ring with only the keys the file holds, so that no key
+    /// a restart would lose encrypts a ticket.
+    ///
+    /// When even those keys no longer encrypt (saves kept failing past the
+    /// current key's expiry), the unsaved ring is handed out, with one
+    /// warning. Of the two ways to lose tickets this loses fewer: a ticket
+    /// under an unsaved key is lost only if tlsmgr restarts (or crashes)
+    /// before a save succeeds, and the save is still retried; handing out
+    /// no key would disable tickets for every client now, each of them
+    /// falling back to a full handshake until the disk has room again.
+    fn safe_ring(&mut self, now: u64, timeout: u32) -> KeyRing {
+        if !self.saving.behind {
+            return self.ring.clone();
+        }
+        let disk = &self.saving.on_disk;
+        let on_disk = |k: &Option<TicketKey>| {
+            k.filter(|k| [disk.previous, disk.current, disk.next].contains(&Some(*k)))
+        };
+        let saved = KeyRing {
+            previous: on_disk(&self.ring.previous),
+            current: on_disk(&self.ring.current),
+            next: on_disk(&self.ring.next),
+            extra: self.ring.extra.clone(),
+        };
+        if timeout == 0 || saved.encrypt_at(now, timeout).is_ok() {
+            return saved;
+        }
+        if !self.saving.unsaved_in_use {
+            self.saving.unsaved_in_use = true;
+            warn!(
+                self.log,
+                "the saved session ticket keys have expired and {} still cannot be written -- \
+                 handing out an unsaved key (its tickets will not resume after a restart before a save succeeds)",
+                self.file.as_deref().unwrap_or(std::path::Path::new("")).display()
+            );
+        }
+        self.ring.clone()
     }
 
     /// Saves (when changed) then publishes the shared-mode ring.
@@ -231,10 +363,19 @@ impl TicketActor {
         if force || **old != ring {
             if old.previous != ring.previous || old.current != ring.current || old.next != ring.next
             {
-                self.save(&ring);
+                self.save_shared(&ring);
             }
             self.published.store(Arc::new(ring));
+        } else if self.saving.behind && self.clock.now() >= self.saving.retry_at {
+            self.save_shared(&ring);
         }
+    }
+
+    /// With a shared store the keys are in the store too: a failed save is
+    /// retried and counted, but does not hold keys back.
+    fn save_shared(&mut self, ring: &KeyRing) {
+        let now = self.clock.now();
+        self.saving.behind = self.try_save(ring, now).is_err();
     }
 
     /// One cycle: rotation now (local or by epoch), then, in shared mode,
@@ -382,25 +523,25 @@ impl TicketActor {
         if before.is_some() && self.ring.current.map(|k| k.name) != before {
             self.metrics.ticket_rotated();
         }
-        self.save_and_publish(changed, changed || force);
+        if changed || (self.saving.behind && now >= self.saving.retry_at) {
+            self.save_ring(now);
+        }
+        self.publish(now, timeout, changed || force);
     }
 
-    /// Saves the ring if `changed`, then publishes it if `publish`.
-    fn save_and_publish(&mut self, changed: bool, publish: bool) {
-        if changed {
-            if let Some(path) = &self.file {
-                if let Err(e) = file::save(&self.ring, path) {
-                    warn!(
-                        self.log,
-                        "cannot save session ticket keys to {}: {}",
-                        path.display(),
-                        e
-                    );
-                }
-            }
-        }
-        if publish {
-            self.published.store(Arc::new(self.ring.clone()));
+    /// Saves the ring in memory; remembers whether the file is behind it.
+    fn save_ring(&mut self, now: u64) {
+        let ring = self.ring.clone();
+        let saved = self.try_save(&ring, now).is_ok();
+        self.saving.behind = !saved && !same_slots(&self.ring, &self.saving.on_disk);
+    }
+
+    /// Publishes what requests may use ([`TicketActor::safe_ring`]) if it
+    /// differs from what they have (`force`: anyway).
+    fn publish(&mut self, now: u64, timeout: u32, force: bool) {
+        let ring = self.safe_ring(now, timeout);
+        if force || **self.published.load() != ring {
+            self.published.store(Arc::new(ring));
         }
     }
 }
@@ -454,29 +595,83 @@ impl Handler<super::ConfigChanged> for TicketActor {
 /// Refused (with the reason) when tickets are disabled, and while keys
 /// are shared by epoch (`tlsmgr_shared_store`): a key of one host alone
 /// would not decrypt on the others.
+/// A rotation whose save fails is undone: the keys in force stay (and the
+/// reason is returned).
 #[derive(Message)]
-#[rtype(result = "Result<(), &'static str>")]
+#[rtype(result = "Result<(), String>")]
 pub struct RotateNow;
 
 impl Handler<RotateNow> for TicketActor {
-    type Result = Result<(), &'static str>;
+    type Result = Result<(), String>;
     fn handle(&mut self, _: RotateNow, _ctx: &mut Context<Self>) -> Self::Result {
         if self.shared.is_some() {
             return Err(
                 "session ticket keys are shared through tlsmgr_shared_store: \
-                 change tlsmgr_shared_secret_file on every host to replace them",
+                 change tlsmgr_shared_secret_file on every host to replace them"
+                    .to_string(),
             );
         }
         let timeout = self.config.load().ticket_timeout();
         let now = self.clock.now();
         self.pool.mix_time_of_day();
         let pool = &mut self.pool;
+        let before = self.ring.clone();
         if !self.ring.rotate_now(now, timeout, &mut |b| pool.fill(b)) {
-            return Err("session tickets are disabled (smtpd_tls_session_cache_timeout = 0)");
+            return Err(
+                "session tickets are disabled (smtpd_tls_session_cache_timeout = 0)".to_string(),
+            );
         }
+        let ring = self.ring.clone();
+        if let Err(why) = self.try_save(&ring, now) {
+            // Not on disk: the new keys are never handed out.
+            self.ring = before;
+            self.saving.behind = !same_slots(&self.ring, &self.saving.on_disk);
+            return Err(format!("{why} -- the current key stays in use"));
+        }
+        self.saving.behind = false;
         self.metrics.ticket_rotated();
-        self.save_and_publish(true, true);
+        self.publish(now, timeout, true);
         Ok(())
+    }
+}
+
+/// SIGHUP: if the key file is not the one last written (replaced by
+/// another, or removed), write the keys in memory to it again, so that a
+/// restart still finds every key handed out.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct KeyFileCheck;
+
+impl Handler<KeyFileCheck> for TicketActor {
+    type Result = ();
+    fn handle(&mut self, _: KeyFileCheck, _ctx: &mut Context<Self>) {
+        let Some(path) = self.file.clone() else {
+            return;
+        };
+        let found = FileStamp::at(&path);
+        if found.is_some() && found == self.saving.stamp {
+            return;
+        }
+        info!(
+            self.log,
+            "{} was replaced or removed -- saving the session ticket keys again",
+            path.display()
+        );
+        // Whatever is there now is not known to hold our keys.
+        self.saving.on_disk = KeyRing::new();
+        self.saving.stamp = None;
+        let now = self.clock.now();
+        let timeout = self.config.load().ticket_timeout();
+        match &self.shared {
+            Some(st) => {
+                let ring = st.keys.ring(now);
+                self.save_shared(&ring);
+            }
+            None => {
+                self.save_ring(now);
+                self.publish(now, timeout, false);
+            }
+        }
     }
 }
 

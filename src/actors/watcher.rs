@@ -266,6 +266,10 @@ pub trait ConfigSink {
     /// An edit of main.cf or tlsmgr.cf was refused (invalid, unreadable, empty, or
     /// refused by the adjustment); the configuration in force stays.
     fn rejected(&self) {}
+
+    /// SIGHUP (or another forced reload) arrived: besides main.cf, state
+    /// files may have been replaced under the daemon.
+    fn hangup(&self) {}
 }
 
 impl WatcherActor {
@@ -579,6 +583,7 @@ impl Handler<Reload> for WatcherActor {
     fn handle(&mut self, msg: Reload, ctx: &mut Context<Self>) {
         if msg.0.is_none() {
             info!(self.log, "reload requested");
+            self.sink.hangup();
         }
         self.reload(Trigger::Forced, msg.0, ctx);
     }

@@ -25,6 +25,7 @@ pub mod dir;
 pub mod expand;
 pub mod maincf;
 pub mod params;
+pub mod regular;
 pub mod secret;
 pub mod store_url;
 pub mod values;

@@ -10,8 +10,7 @@
 
 use hkdf::Hkdf;
 use sha2::Sha256;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Fewest bytes a secret file may hold.
@@ -96,29 +95,28 @@ impl Secret {
             path: path.to_path_buf(),
             why: e.to_string(),
         };
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(unreadable)?;
-        let meta = file.metadata().map_err(unreadable)?;
-        if !meta.is_file() {
-            return Err(SecretError::NotAFile {
-                path: path.to_path_buf(),
-            });
-        }
+        let (mut bytes, meta) =
+            super::regular::read_small(path, MAX_SECRET_LEN as u64).map_err(|e| match e {
+                super::regular::Refused::NotAFile(_) => SecretError::NotAFile {
+                    path: path.to_path_buf(),
+                },
+                super::regular::Refused::TooLarge(n) => SecretError::BadLength {
+                    path: path.to_path_buf(),
+                    len: usize::try_from(n).unwrap_or(usize::MAX),
+                },
+                super::regular::Refused::Missing => {
+                    unreadable(std::io::Error::from_raw_os_error(libc::ENOENT))
+                }
+                super::regular::Refused::Io(e) => unreadable(e),
+            })?;
         let mode = meta.mode() & 0o7777;
         if mode & 0o044 != 0 {
+            bytes.fill(0);
             return Err(SecretError::Exposed {
                 path: path.to_path_buf(),
                 mode,
             });
         }
-        let mut bytes = Vec::with_capacity(MIN_SECRET_LEN);
-        (&mut file)
-            .take(MAX_SECRET_LEN as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(unreadable)?;
         if !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&bytes.len()) {
             return Err(SecretError::BadLength {
                 path: path.to_path_buf(),

@@ -102,6 +102,10 @@ impl crate::actors::watcher::ConfigSink for Services {
         self.metrics
             .reload(crate::metrics::ReloadResult::Rejected, self.clock.now());
     }
+
+    fn hangup(&self) {
+        self.tickets.do_send(crate::actors::ticket::KeyFileCheck);
+    }
 }
 
 /// Watches requests come and go: the master(8) child interface reports

@@ -194,6 +194,7 @@ pub struct Metrics {
     shards: Box<[Shard]>,
     started_at: u64,
     ticket_rotations: AtomicU64,
+    ticket_key_save_failures: AtomicU64,
     reloads: [AtomicU64; 2],
     /// Clock seconds of the last reload, and its result (0 none, 1
     /// applied, 2 rejected), written together by the one watcher.
@@ -220,6 +221,7 @@ impl Metrics {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             started_at,
             ticket_rotations: AtomicU64::new(0),
+            ticket_key_save_failures: AtomicU64::new(0),
             reloads: Default::default(),
             last_reload_at: AtomicU64::new(0),
             last_reload_result: AtomicU64::new(0),
@@ -307,6 +309,16 @@ impl Metrics {
         self.ticket_rotations.fetch_add(1, Relaxed);
     }
 
+    /// An attempt to write the ticket key file failed.
+    pub fn ticket_key_save_failed(&self) {
+        self.ticket_key_save_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Failed attempts to write the ticket key file so far.
+    pub fn ticket_key_save_failures(&self) -> u64 {
+        self.ticket_key_save_failures.load(Relaxed)
+    }
+
     /// A seed of `bytes` bytes was served.
     pub fn seed(&self, bytes: u64) {
         let s = self.shard();
@@ -381,6 +393,7 @@ impl Metrics {
             ticket_lookups_found: self.sum(|s| s.ticket_lookups[0].load(Relaxed)),
             ticket_lookups_unknown: self.sum(|s| s.ticket_lookups[1].load(Relaxed)),
             ticket_rotations: self.ticket_rotations.load(Relaxed),
+            ticket_key_save_failures: self.ticket_key_save_failures.load(Relaxed),
             seed_requests: self.sum(|s| s.seed_requests.load(Relaxed)),
             seed_bytes: self.sum(|s| s.seed_bytes.load(Relaxed)),
             prng: PrngCounts::default(),
@@ -574,6 +587,8 @@ pub struct Snapshot {
     pub ticket_lookups_unknown: u64,
     /// Times the current key changed.
     pub ticket_rotations: u64,
+    /// Failed attempts to write the ticket key file.
+    pub ticket_key_save_failures: u64,
     /// `seed` requests served.
     pub seed_requests: u64,
     /// Seed bytes served.
@@ -694,6 +709,7 @@ impl Snapshot {
             "tickets": {
                 "issued": self.tickets_issued,
                 "rotations": self.ticket_rotations,
+                "save_failures": self.ticket_key_save_failures,
                 "lookups": {
                     "found": self.ticket_lookups_found,
                     "unknown": self.ticket_lookups_unknown,

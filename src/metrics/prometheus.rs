@@ -169,6 +169,12 @@ impl Collector for SnapshotCollector {
         )?;
         counter(
             &mut enc,
+            "postfix_tlsmgr_ticket_key_save_failures",
+            "Failed attempts to write the session ticket key file.",
+            s.ticket_key_save_failures,
+        )?;
+        counter(
+            &mut enc,
             "postfix_tlsmgr_ticket_keys_issued",
             "Session ticket encryption keys handed out (tktkey without a name).",
             s.tickets_issued,
@@ -341,6 +347,7 @@ mod tests {
             "postfix_tlsmgr_request_duration_seconds_count{request=\"seed\"} 0",
             "postfix_tlsmgr_config_reloads_total{result=\"rejected\"} 0",
             "postfix_tlsmgr_ticket_key_rotations_total 0",
+            "postfix_tlsmgr_ticket_key_save_failures_total 0",
             "postfix_tlsmgr_seed_bytes_total 0",
             "postfix_tlsmgr_connections 0",
             "postfix_tlsmgr_cache_entries{cache=\"smtp\"} 0",

@@ -74,6 +74,10 @@ pub fn from_bytes(b: &[u8]) -> Option<KeyRing> {
     }
 }
 
+/// Largest key file read: the format needs 3 * (1 + 88) bytes; anything
+/// much larger is not a key file and is refused before a byte is read.
+pub const MAX_FILE_LEN: u64 = 4096;
+
 /// What [`load`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Loaded {
@@ -81,38 +85,97 @@ pub enum Loaded {
     Missing,
     /// A file that is not a key file.
     Malformed,
-    /// The keys.
-    Keys(Box<KeyRing>),
+    /// Not a regular file of a sane size: what was there (never read).
+    Refused(String),
+    /// The keys, and the file's identity.
+    Keys(Box<KeyRing>, FileStamp),
 }
 
-/// Reads the key file.
-pub fn load(path: &Path) -> std::io::Result<Loaded> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(from_bytes(&b).map_or(Loaded::Malformed, |r| Loaded::Keys(Box::new(r)))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Loaded::Missing),
-        Err(e) => Err(e),
+/// Which file is at the path: device and inode. A file replaced by
+/// another (a restore, an edit, a removal) has another stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+impl FileStamp {
+    fn of(m: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+
+    /// The stamp of what is at `path` now (not following a link); `None`
+    /// when nothing is.
+    pub fn at(path: &Path) -> Option<FileStamp> {
+        std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| FileStamp::of(&m))
     }
 }
 
-/// Saves atomically and durably (see the module documentation).
-pub fn save(ring: &KeyRing, path: &Path) -> std::io::Result<()> {
+/// Reads the key file: opened with `O_NOFOLLOW | O_NONBLOCK` and checked on
+/// the descriptor (a regular file of at most [`MAX_FILE_LEN`] bytes), as
+/// the shared secret is ([`crate::config::regular`]); a FIFO, a link (to
+/// `/dev/zero`, say), a device or a huge file is never read.
+pub fn load(path: &Path) -> std::io::Result<Loaded> {
+    use crate::config::regular::{read_small, Refused};
+    match read_small(path, MAX_FILE_LEN) {
+        Ok((b, meta)) => Ok(from_bytes(&b).map_or(Loaded::Malformed, |r| {
+            Loaded::Keys(Box::new(r), FileStamp::of(&meta))
+        })),
+        Err(Refused::Missing) => Ok(Loaded::Missing),
+        Err(Refused::Io(e)) => Err(e),
+        Err(e @ (Refused::NotAFile(_) | Refused::TooLarge(_))) => {
+            Ok(Loaded::Refused(e.to_string()))
+        }
+    }
+}
+
+/// Saves atomically and durably (see the module documentation); returns
+/// the stamp of the file written. The temporary file is created afresh
+/// (`O_EXCL | O_NOFOLLOW`: a link planted at its name is not followed) and
+/// renamed over `path`, which replaces whatever entry is there (a link, a
+/// FIFO) without following or opening it.
+pub fn save(ring: &KeyRing, path: &Path) -> std::io::Result<FileStamp> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
+    // A temporary file left by a crash (or planted) goes first.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
-    f.write_all(&to_bytes(ring))?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    let written = f
+        .write_all(&to_bytes(ring))
+        .and_then(|()| f.sync_all())
+        .and_then(|()| f.metadata())
+        .and_then(|m| std::fs::rename(&tmp, path).map(|()| FileStamp::of(&m)));
+    let stamp = match written {
+        Ok(s) => s,
+        Err(e) => {
+            // No half-written file left to fill the disk further.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     // The rename is durable once the directory is synced.
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(stamp)
 }
 
 #[cfg(test)]
@@ -140,15 +203,50 @@ mod tests {
             next: Some(key(2, 200)),
             extra: Vec::new(),
         };
-        save(&ring, &path).unwrap();
+        let stamp = save(&ring, &path).unwrap();
+        assert_eq!(FileStamp::at(&path), Some(stamp));
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert_eq!(load(&path).unwrap(), Loaded::Keys(Box::new(ring)));
+        assert_eq!(load(&path).unwrap(), Loaded::Keys(Box::new(ring), stamp));
         std::fs::write(&path, b"garbage").unwrap();
         assert_eq!(load(&path).unwrap(), Loaded::Malformed);
         assert_eq!(load(&dir.path().join("absent")).unwrap(), Loaded::Missing);
+    }
+
+    #[test]
+    fn odd_files_are_refused_unread_and_save_replaces_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        assert!(
+            matches!(load(&path).unwrap(), Loaded::Refused(ref w) if w.contains("symbolic link"))
+        );
+        let ring = KeyRing {
+            previous: None,
+            current: Some(key(1, 100)),
+            next: None,
+            extra: Vec::new(),
+        };
+        // The link itself is replaced; its target is not written.
+        save(&ring, &path).unwrap();
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        // A link planted at the temporary name is not followed either.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, path.with_extension("tmp")).unwrap();
+        save(&ring, &path).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(matches!(load(&path).unwrap(), Loaded::Refused(ref w) if w.contains("FIFO")));
+        std::fs::remove_file(&path).unwrap();
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(200 << 20)
+            .unwrap();
+        assert!(matches!(load(&path).unwrap(), Loaded::Refused(ref w) if w.contains("too large")));
     }
 
     #[test]
