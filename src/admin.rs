@@ -167,6 +167,23 @@ pub fn render_table(now: &Value, prev: Option<(&Value, f64)>) -> String {
             rate(&["caches", c, "evicted"]),
         );
     }
+    for ct in CacheType::ALL {
+        let c = ct.as_str();
+        let resets: Vec<String> = crate::store::error::Lasting::ALL
+            .iter()
+            .map(|r| {
+                (
+                    r.as_str(),
+                    u(now, &["caches", c, "store_resets", r.as_str()]),
+                )
+            })
+            .filter(|&(_, n)| n > 0)
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        if !resets.is_empty() {
+            out += &format!("{c} store resets: {}\n", resets.join(", "));
+        }
+    }
     out += &format!(
         "ticket keys: issued {}, lookups found {}, unknown {}, rotations {}, save failures {}\n",
         rate(&["tickets", "issued"]),

@@ -5,6 +5,7 @@
 //!   typed requests and replies, the tokio codecs.
 //! - [`config`]: main.cf reading and the typed, immutable [`config::Config`].
 //! - [`store`]: the session-cache storage trait and its backends (fjall, memory).
+//! - [`formats`]: the on-disk formats we own, named and versioned.
 //! - [`cache`]: a session cache's rules (staleness, bound, id limit), called
 //!   by the data path.
 //! - [`tickets`]: RFC 5077 session-ticket keys: the 88-byte wire struct, the
@@ -35,6 +36,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod formats;
 pub mod logging;
 pub mod master;
 pub mod metrics;

@@ -12,7 +12,15 @@
 //! Failure handling: when a request finds the store failing, the cache takes
 //! it out of service and nudges this actor ([`Reopen`]); requests get ERR at
 //! once meanwhile. The actor reopens the store at once and then every
-//! [`REOPEN_INTERVAL`] until it opens.
+//! [`REOPEN_INTERVAL`] until it opens. A failed open is logged once per
+//! cause, not at every retry.
+//!
+//! A store that cannot be read for a lasting reason (corrupt files, an
+//! unknown or other format, a path that is not a store: see
+//! `store::error::Lasting`) is not retried: it is set aside
+//! (`store::recovery`) and a fresh store serves at once, with one warning.
+//! A session cache only saves full handshakes, and stock Postfix empties
+//! its caches at every start anyway.
 //!
 //! A full disk ([`DiskFull`], see `cache`'s module doc) is retried with a
 //! backoff instead, from [`FULL_RETRY_FIRST`] doubling to
@@ -21,7 +29,8 @@
 //! and writes are let through again. Nothing is logged per retry.
 
 use crate::cache::{Cache, CacheLimits};
-use crate::store::{OpenOptions, StoreStats};
+use crate::store::error::{Lasting, OpenFailure};
+use crate::store::{recovery, OpenOptions, Store, StoreLocation, StoreStats};
 use actix::prelude::*;
 use slog::{debug, info, warn, Logger};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -55,6 +64,20 @@ pub struct CacheActor {
     /// The entry count of the store closed for a full-disk retry, for the
     /// reopen (no recount).
     full_count: Option<u64>,
+    /// The cause of the last failed open, logged once until it changes or
+    /// an open succeeds.
+    last_failure: Option<OpenFailure>,
+    /// A store set aside was replaced by a fresh one that could not be
+    /// read either: lasting causes are then retried like transient ones
+    /// until an open succeeds, rather than setting a store aside at every
+    /// retry.
+    fresh_failed: bool,
+}
+
+/// A failed open, classified.
+struct FailedOpen {
+    kind: OpenFailure,
+    message: String,
 }
 
 impl CacheActor {
@@ -76,6 +99,8 @@ impl CacheActor {
             timers: Vec::new(),
             full_retry: None,
             full_count: None,
+            last_failure: None,
+            fresh_failed: false,
         }
     }
 
@@ -98,31 +123,124 @@ impl CacheActor {
         }
         let ct = self.cache.cache_type();
         let location = self.cache.location().clone();
-        match catch_unwind(AssertUnwindSafe(|| location.open(opts))) {
-            Ok(Ok(store)) => {
+        let failure = match Self::try_open(&location, opts.clone()) {
+            Ok(store) => {
                 self.full_count = None;
                 if !quiet && (self.cache.limits().log_cache || self.opened_once) {
                     info!(self.log, "open {} TLS cache {}", ct, location);
                 }
-                self.opened_once = true;
-                self.cache.put_up(store);
-                self.evict_to_bound();
+                self.serve(store);
+                return;
             }
-            Ok(Err(_)) if quiet => {}
-            Ok(Err(e)) => {
-                warn!(
-                    self.log,
-                    "{} TLS cache: cannot open {}: {} -- retrying every {}s",
-                    ct,
-                    location,
-                    e,
-                    REOPEN_INTERVAL.as_secs()
+            Err(_) if quiet => return,
+            Err(failure) => failure,
+        };
+        match failure.kind {
+            OpenFailure::Lasting(reason) if !self.fresh_failed => {
+                self.replace_store(reason, &failure.message, opts);
+            }
+            kind => self.report_failure(kind, &failure.message),
+        }
+    }
+
+    /// Opens the store at `location`; a panic in the backend is taken as
+    /// corrupt files (fjall asserts on some of what it reads), and kept
+    /// from ending the actor.
+    fn try_open(location: &StoreLocation, opts: OpenOptions) -> Result<Box<dyn Store>, FailedOpen> {
+        match catch_unwind(AssertUnwindSafe(|| location.open(opts))) {
+            Ok(Ok(store)) => Ok(store),
+            Ok(Err(e)) => Err(FailedOpen {
+                kind: e.open_failure(),
+                message: e.to_string(),
+            }),
+            Err(_) => Err(FailedOpen {
+                kind: OpenFailure::Lasting(Lasting::Corrupt),
+                message: "the store panicked while opening".into(),
+            }),
+        }
+    }
+
+    /// Puts a freshly opened store in service.
+    fn serve(&mut self, store: Box<dyn Store>) {
+        self.last_failure = None;
+        self.fresh_failed = false;
+        self.opened_once = true;
+        self.cache.put_up(store);
+        self.evict_to_bound();
+    }
+
+    /// Logs a failed open that is retried, once per cause: the line is
+    /// not repeated at every retry, only when the cause changes.
+    fn report_failure(&mut self, kind: OpenFailure, message: &str) {
+        if self.last_failure == Some(kind) {
+            return;
+        }
+        self.last_failure = Some(kind);
+        warn!(
+            self.log,
+            "{} TLS cache: cannot open {}: {} -- retrying every {}s",
+            self.cache.cache_type(),
+            self.cache.location(),
+            message,
+            REOPEN_INTERVAL.as_secs()
+        );
+    }
+
+    /// The store cannot be read for a lasting `reason`: sets it aside
+    /// (`store::recovery`) and serves a fresh one at its path, with one
+    /// warning that says what and where.
+    fn replace_store(&mut self, reason: Lasting, message: &str, opts: OpenOptions) {
+        let ct = self.cache.cache_type();
+        let location = self.cache.location().clone();
+        let Some(path) = location.path() else {
+            return self.report_failure(OpenFailure::Lasting(reason), message);
+        };
+        let aside = match recovery::set_aside(path, self.cache.now()) {
+            Ok(aside) => aside,
+            Err(e) => {
+                return self.report_failure(
+                    OpenFailure::Lasting(reason),
+                    &format!("{message}; cannot set it aside: {e}"),
                 );
             }
-            Err(_) => {
+        };
+        self.cache.metrics().store_reset(ct, reason);
+        let mut pruned = String::new();
+        for (p, why) in &aside.not_pruned {
+            pruned += &format!("; cannot remove the older copy {}: {why}", p.display());
+        }
+        match Self::try_open(&location, opts) {
+            Ok(store) => {
                 warn!(
                     self.log,
-                    "{} TLS cache: panic while opening {}", ct, location
+                    "{} TLS cache: cannot read {} ({}): {}: {}; moved it to {} and started a fresh store{}",
+                    ct,
+                    location,
+                    path.display(),
+                    reason.as_str(),
+                    message,
+                    aside.to.display(),
+                    pruned
+                );
+                self.serve(store);
+            }
+            Err(fresh) => {
+                // A fresh store that cannot be read either: the cause is
+                // not the old store's files, so do not set another aside.
+                self.fresh_failed = matches!(fresh.kind, OpenFailure::Lasting(_));
+                self.last_failure = Some(fresh.kind);
+                warn!(
+                    self.log,
+                    "{} TLS cache: cannot read {} ({}): {}: {}; moved it to {}{}, but a fresh store fails too: {} -- retrying every {}s",
+                    ct,
+                    location,
+                    path.display(),
+                    reason.as_str(),
+                    message,
+                    aside.to.display(),
+                    pruned,
+                    fresh.message,
+                    REOPEN_INTERVAL.as_secs()
                 );
             }
         }

@@ -126,6 +126,16 @@ impl Cache {
         }
     }
 
+    /// The cache's clock, seconds since the epoch.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// The counters this cache counts into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Counts into `metrics` (the daemon's) instead of a private set.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;

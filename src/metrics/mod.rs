@@ -20,6 +20,7 @@
 pub mod prometheus;
 
 use crate::protocol::{CacheType, RequestKind, Status};
+pub use crate::store::error::Lasting;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
@@ -195,6 +196,9 @@ pub struct Metrics {
     started_at: u64,
     ticket_rotations: AtomicU64,
     ticket_key_save_failures: AtomicU64,
+    /// Stores set aside and started afresh, per cache and
+    /// [`Lasting::index`] (a few a year at most: no sharding).
+    store_resets: [[AtomicU64; 4]; 3],
     reloads: [AtomicU64; 2],
     /// Clock seconds of the last reload, and its result (0 none, 1
     /// applied, 2 rejected), written together by the one watcher.
@@ -222,6 +226,7 @@ impl Metrics {
             started_at,
             ticket_rotations: AtomicU64::new(0),
             ticket_key_save_failures: AtomicU64::new(0),
+            store_resets: Default::default(),
             reloads: Default::default(),
             last_reload_at: AtomicU64::new(0),
             last_reload_result: AtomicU64::new(0),
@@ -334,6 +339,12 @@ impl Metrics {
         ConnectionGuard(s)
     }
 
+    /// The store of `ct` could not be read for `reason` and was replaced
+    /// by a fresh one.
+    pub fn store_reset(&self, ct: CacheType, reason: Lasting) {
+        self.store_resets[ct.index()][reason.index()].fetch_add(1, Relaxed);
+    }
+
     /// A reload ended with `result` at clock second `now`.
     pub fn reload(&self, result: ReloadResult, now: u64) {
         let (i, code) = match result {
@@ -360,6 +371,7 @@ impl Metrics {
             c.deletes = self.sum(|s| s.deletes[i].load(Relaxed));
             c.expired = self.sum(|s| s.removals[i][0].load(Relaxed));
             c.evicted = self.sum(|s| s.removals[i][1].load(Relaxed));
+            c.store_resets = std::array::from_fn(|r| self.store_resets[i][r].load(Relaxed));
         }
         let requests = std::array::from_fn(|k| {
             let mut buckets = [0u64; NBUCKETS];
@@ -438,6 +450,8 @@ pub struct CacheCounts {
     pub expired: u64,
     /// Entries evicted to keep the bound.
     pub evicted: u64,
+    /// Stores set aside and started afresh, by [`Lasting::index`].
+    pub store_resets: [u64; 4],
 }
 
 impl Default for CacheCounts {
@@ -452,6 +466,7 @@ impl Default for CacheCounts {
             deletes: 0,
             expired: 0,
             evicted: 0,
+            store_resets: [0; 4],
         }
     }
 }
@@ -670,6 +685,10 @@ impl Snapshot {
                     "deletes": c.deletes,
                     "expired": c.expired,
                     "evicted": c.evicted,
+                    "store_resets": Lasting::ALL
+                        .iter()
+                        .map(|r| (r.as_str().to_string(), Value::from(c.store_resets[r.index()])))
+                        .collect::<Map<String, Value>>(),
                 }),
             );
         }

@@ -9,7 +9,7 @@
 //! from the start. The process figures use the conventional `process_`
 //! names and come from getrusage(2), since `/proc` is missing in a chroot.
 
-use super::{LookupResult, Removal, Snapshot, STATUSES};
+use super::{Lasting, LookupResult, Removal, Snapshot, STATUSES};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -113,6 +113,21 @@ impl Collector for SnapshotCollector {
             &mut enc,
             "postfix_tlsmgr_cache_removals",
             "Session cache entries removed other than by delete requests, by reason.",
+            &rows,
+        )?;
+        let mut rows = Vec::new();
+        for c in &s.caches {
+            for r in Lasting::ALL {
+                rows.push((
+                    vec![("cache", c.cache_type.as_str()), ("reason", r.as_str())],
+                    c.store_resets[r.index()],
+                ));
+            }
+        }
+        counter_family(
+            &mut enc,
+            "postfix_tlsmgr_store_resets",
+            "Session cache stores that could not be read, set aside and started afresh, by reason.",
             &rows,
         )?;
         gauge_family(
@@ -343,6 +358,7 @@ mod tests {
         for line in [
             "postfix_tlsmgr_cache_lookups_total{cache=\"lmtp\",result=\"expired\"} 0",
             "postfix_tlsmgr_cache_removals_total{cache=\"smtpd\",reason=\"evicted\"} 0",
+            "postfix_tlsmgr_store_resets_total{cache=\"smtp\",reason=\"not_a_store\"} 0",
             "postfix_tlsmgr_requests_total{request=\"tktkey\",status=\"fail\"} 0",
             "postfix_tlsmgr_request_duration_seconds_count{request=\"seed\"} 0",
             "postfix_tlsmgr_config_reloads_total{result=\"rejected\"} 0",
@@ -358,6 +374,12 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
+        let m = Metrics::new(0);
+        m.store_reset(crate::protocol::CacheType::Smtpd, Lasting::Corrupt);
+        let text = render(&m.snapshot(0));
+        assert!(text.lines().any(
+            |l| l == "postfix_tlsmgr_store_resets_total{cache=\"smtpd\",reason=\"corrupt\"} 1"
+        ));
         assert!(text.contains(&format!(
             "postfix_tlsmgr_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")

@@ -8,7 +8,8 @@
 //! - `sessions`: key = `b's'` ++ cache id; value = `stored_at` as 8 bytes
 //!   big-endian ++ the session bytes. The one-byte prefix exists because
 //!   fjall keys must not be empty while the empty cache id is valid (Postfix
-//!   accepts it). There is no version field: the cache is private to tlsmgr.
+//!   accepts it). Records have no version field: the store as a whole names
+//!   its record format in a file of its own (see [`crate::formats`]).
 //!   A value shorter than 8 bytes is malformed.
 //! - `by_age`: key = `stored_at` as 8 bytes big-endian ++ cache id; empty
 //!   value. Big-endian makes byte order equal time order, so a forward scan
@@ -137,8 +138,11 @@
 //! `tlsmgr_session_cache_sync_interval` and at shutdown. A lost session only
 //! costs one full TLS handshake.
 
+use super::error::{classify_io, Lasting, OpenFailure, Transient};
+use super::location::FJALL_DIR_SUFFIX;
 use super::presence::Presence;
 use super::{Entry, OpenOptions, PutOutcome, Store, StoreError, StoreStats, SweepStep};
+use crate::formats;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::collections::HashSet;
 use std::ops::Bound;
@@ -215,8 +219,9 @@ fn memtable_cost(key_len: usize, value_len: usize) -> u64 {
 /// not rewritten at every quiet second.
 const TIDY_SHARE: u64 = 4;
 
-/// fjall's marker files; a non-empty directory with neither is not ours.
-const FJALL_MARKERS: [&str; 2] = ["version", "lock"];
+/// fjall's marker files and ours; a non-empty directory with none of them
+/// is not a store.
+const FJALL_MARKERS: [&str; 3] = ["version", "lock", crate::formats::STORE_FORMAT_FILE];
 
 /// A session cache in a fjall database directory.
 pub struct FjallStore {
@@ -433,20 +438,101 @@ fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
         Err(e) => return Err(io(e)),
     }
     if !dir.is_dir() {
-        return Err(StoreError::Backend {
-            path: dir.to_path_buf(),
-            message: "exists and is not a directory".into(),
-        });
+        return Err(not_a_store(dir, "exists and is not a directory"));
     }
     let mut entries = std::fs::read_dir(dir).map_err(io)?;
     let is_empty = entries.next().is_none();
     if !is_empty && !FJALL_MARKERS.iter().any(|m| dir.join(m).exists()) {
-        return Err(StoreError::Backend {
-            path: dir.to_path_buf(),
-            message: "directory is not empty and holds no fjall database; refusing to use it"
-                .into(),
-        });
+        return Err(not_a_store(
+            dir,
+            "directory is not empty and holds no fjall database; refusing to use it",
+        ));
     }
+    Ok(())
+}
+
+/// The error for a path that is not a store. Only a path named as ours
+/// (`PATH.fjall`, see `store::location`) is [`Lasting::NotAStore`], and
+/// so set aside: a `fjall:` path typed by hand may name anything (the data
+/// directory itself), which is refused and left where it is.
+fn not_a_store(dir: &Path, message: &str) -> StoreError {
+    let ours = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.len() > FJALL_DIR_SUFFIX.len() && n.ends_with(FJALL_DIR_SUFFIX));
+    if ours {
+        StoreError::Unreadable {
+            path: dir.to_path_buf(),
+            reason: Lasting::NotAStore,
+            message: message.into(),
+        }
+    } else {
+        StoreError::Backend {
+            path: dir.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks the record format a store names ([`formats::STORE_FORMAT_FILE`]).
+/// Returns whether the file is missing: a new store, or one written before
+/// the file existed (whose records are format 1), which gets it once open.
+fn check_format(dir: &Path) -> Result<bool, StoreError> {
+    let file = dir.join(formats::STORE_FORMAT_FILE);
+    let bytes = match std::fs::read(&file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(source) => {
+            return Err(match classify_io(&source) {
+                OpenFailure::Lasting(reason) => StoreError::Unreadable {
+                    path: dir.to_path_buf(),
+                    reason,
+                    message: format!("{}: {source}", file.display()),
+                },
+                OpenFailure::Transient(_) => StoreError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                },
+            })
+        }
+    };
+    let found = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(formats::parse_store_format);
+    match found {
+        Some(formats::STORE_FORMAT) => Ok(false),
+        Some(v) => Err(StoreError::Unreadable {
+            path: dir.to_path_buf(),
+            reason: Lasting::Version,
+            message: format!(
+                "record format {} {v}, this tlsmgr reads {}",
+                formats::STORE_FORMAT_NAME,
+                formats::STORE_FORMAT
+            ),
+        }),
+        None => Err(StoreError::Unreadable {
+            path: dir.to_path_buf(),
+            reason: Lasting::Version,
+            message: format!("{} names no record format", file.display()),
+        }),
+    }
+}
+
+/// Writes the format file of a store ([`check_format`]): a temporary
+/// file, fsynced, renamed into place, so a crash leaves either no file
+/// (taken as format 1 again) or a whole one.
+fn write_format(dir: &Path) -> Result<(), StoreError> {
+    use std::io::Write;
+    let io = |source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let tmp = dir.join(format!("{}.tmp", formats::STORE_FORMAT_FILE));
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(formats::store_format_line(formats::STORE_FORMAT).as_bytes())
+        .map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, dir.join(formats::STORE_FORMAT_FILE)).map_err(io)?;
     Ok(())
 }
 
@@ -456,6 +542,7 @@ impl FjallStore {
     /// locked after `lock_wait` gives [`StoreError::Locked`].
     pub fn open(dir: &Path, opts: OpenOptions) -> Result<FjallStore, StoreError> {
         prepare_dir(dir)?;
+        let unversioned = check_format(dir)?;
         let db = open_db_waiting(dir, &opts)?;
         let err = |e| map_err(dir, e);
         // Most of the write buffer goes to the sessions; the age index has
@@ -470,6 +557,9 @@ impl FjallStore {
         let by_age = db
             .keyspace("by_age", || keyspace_options(backstop(by_age_memtable)))
             .map_err(err)?;
+        if unversioned {
+            write_format(dir)?;
+        }
         let rotator = Rotator::start([sessions.clone(), by_age.clone()]).map_err(|source| {
             StoreError::Io {
                 path: dir.to_path_buf(),
@@ -794,23 +884,81 @@ fn open_db_waiting(dir: &Path, opts: &OpenOptions) -> Result<Database, StoreErro
     }
 }
 
-/// Turns a fjall error into a [`StoreError`] (no fjall type leaves this module).
+/// Turns a fjall error into a [`StoreError`] (no fjall type leaves this
+/// module). Errors that say the files cannot be read, whatever we wait for,
+/// become [`StoreError::Unreadable`] (see [`classify_fjall`]).
 fn map_err(path: &Path, e: fjall::Error) -> StoreError {
-    match e {
-        fjall::Error::Io(source) => StoreError::Io {
+    let lasting = match classify_fjall(&e) {
+        OpenFailure::Lasting(reason) => Some(reason),
+        OpenFailure::Transient(_) => None,
+    };
+    match (e, lasting) {
+        (fjall::Error::Locked, _) => StoreError::Locked {
+            path: path.to_path_buf(),
+        },
+        (fjall::Error::Poisoned, _) => StoreError::Poisoned {
+            path: path.to_path_buf(),
+        },
+        // lsm-tree's I/O errors too: a full disk met by a table write is
+        // the same full disk.
+        (fjall::Error::Io(source), None)
+        | (fjall::Error::Storage(fjall::LsmError::Io(source)), None) => StoreError::Io {
             path: path.to_path_buf(),
             source,
         },
-        fjall::Error::Locked => StoreError::Locked {
+        (other, Some(reason)) => StoreError::Unreadable {
             path: path.to_path_buf(),
+            reason,
+            message: other.to_string(),
         },
-        fjall::Error::Poisoned => StoreError::Poisoned {
-            path: path.to_path_buf(),
-        },
-        other => StoreError::Backend {
+        (other, None) => StoreError::Backend {
             path: path.to_path_buf(),
             message: other.to_string(),
         },
+    }
+}
+
+/// Lasting or transient, for a fjall error (fjall 3's `Error` and
+/// lsm-tree 3's, `vendor/fjall/src/error.rs`, `vendor/lsm-tree/src/error.rs`).
+///
+/// Lasting: whatever says the bytes on disk are not what fjall wrote or
+/// can read: an unparsable or foreign `version` file (`InvalidVersion`),
+/// failed decompression, checksums, trailers, headers and tags, a journal
+/// that does not recover, invalid UTF-8 in a name, and `Unrecoverable`
+/// (required files missing, or an unreadable archive header). I/O errors
+/// are classified by [`classify_io`]: a table cut short reads as
+/// `UnexpectedEof`. Transient: the lock (a previous process exiting), a
+/// poisoned store (a failed write, so likely space), and anything fjall may
+/// add later (its enums are non-exhaustive): an error we do not know is not
+/// a reason to move a store away.
+pub fn classify_fjall(e: &fjall::Error) -> OpenFailure {
+    use fjall::Error as F;
+    use fjall::LsmError as L;
+    let corrupt = OpenFailure::Lasting(Lasting::Corrupt);
+    match e {
+        F::Io(io) => classify_io(io),
+        F::Locked => OpenFailure::Transient(Transient::Locked),
+        F::Poisoned => OpenFailure::Transient(Transient::NoSpace),
+        F::InvalidVersion(_) => OpenFailure::Lasting(Lasting::Format),
+        F::JournalRecovery(_)
+        | F::Decompress(_)
+        | F::InvalidTrailer
+        | F::InvalidTag(_)
+        | F::Unrecoverable => corrupt,
+        F::Storage(lsm) => match lsm {
+            L::Io(io) => classify_io(io),
+            L::InvalidVersion(_) => OpenFailure::Lasting(Lasting::Format),
+            L::Decompress(_)
+            | L::Unrecoverable
+            | L::ChecksumMismatch { .. }
+            | L::InvalidTag(_)
+            | L::InvalidTrailer
+            | L::InvalidHeader(_)
+            | L::Utf8(_) => corrupt,
+            _ => OpenFailure::Transient(Transient::Other),
+        },
+        // Not at open (a keyspace deleted under us), or added later.
+        _ => OpenFailure::Transient(Transient::Other),
     }
 }
 
@@ -1364,5 +1512,113 @@ mod tests {
         ));
         let poisoned = map_err(p, fjall::Error::Poisoned);
         assert!(matches!(poisoned, StoreError::Poisoned { .. }));
+    }
+
+    #[test]
+    fn fjall_errors_are_classified() {
+        use crate::store::error::{Lasting, OpenFailure, Transient};
+        use std::io::{Error as IoError, ErrorKind};
+        let lasting = |r| OpenFailure::Lasting(r);
+        let transient = |t| OpenFailure::Transient(t);
+        let cases: Vec<(fjall::Error, OpenFailure)> = vec![
+            (fjall::Error::InvalidVersion(None), lasting(Lasting::Format)),
+            (fjall::Error::Unrecoverable, lasting(Lasting::Corrupt)),
+            (fjall::Error::InvalidTrailer, lasting(Lasting::Corrupt)),
+            (
+                fjall::Error::JournalRecovery(fjall::JournalRecoveryError::ChecksumMismatch),
+                lasting(Lasting::Corrupt),
+            ),
+            (
+                fjall::Error::Storage(fjall::LsmError::InvalidHeader("Trailer")),
+                lasting(Lasting::Corrupt),
+            ),
+            (
+                fjall::Error::Storage(fjall::LsmError::InvalidVersion(9)),
+                lasting(Lasting::Format),
+            ),
+            (
+                fjall::Error::Storage(fjall::LsmError::Unrecoverable),
+                lasting(Lasting::Corrupt),
+            ),
+            (
+                fjall::Error::Storage(fjall::LsmError::Io(IoError::from(ErrorKind::UnexpectedEof))),
+                lasting(Lasting::Corrupt),
+            ),
+            (
+                fjall::Error::Io(IoError::from_raw_os_error(libc::ENOTDIR)),
+                lasting(Lasting::NotAStore),
+            ),
+            (fjall::Error::Locked, transient(Transient::Locked)),
+            (fjall::Error::Poisoned, transient(Transient::NoSpace)),
+            (
+                fjall::Error::Io(IoError::from_raw_os_error(libc::EACCES)),
+                transient(Transient::Permission),
+            ),
+            (
+                fjall::Error::Storage(fjall::LsmError::Io(IoError::from_raw_os_error(
+                    libc::ENOSPC,
+                ))),
+                transient(Transient::NoSpace),
+            ),
+            (
+                fjall::Error::Io(IoError::from_raw_os_error(libc::EMFILE)),
+                transient(Transient::Descriptors),
+            ),
+            (
+                fjall::Error::Io(IoError::from_raw_os_error(libc::EIO)),
+                transient(Transient::Other),
+            ),
+            (fjall::Error::KeyspaceDeleted, transient(Transient::Other)),
+        ];
+        for (e, want) in cases {
+            let shown = format!("{e:?}");
+            assert_eq!(classify_fjall(&e), want, "{shown}");
+            // The store error it becomes classifies the same.
+            assert_eq!(map_err(Path::new("/x"), e).open_failure(), want, "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_store_of_another_format_is_unreadable_and_an_old_one_is_adopted() {
+        use crate::store::error::{Lasting, OpenFailure};
+        let tmp = tempfile::tempdir().unwrap();
+        let s = FjallStore::open(tmp.path(), keep()).unwrap();
+        s.put(b"a", &entry(1, b"x"), 0).unwrap();
+        drop(s);
+        let format = tmp.path().join(formats::STORE_FORMAT_FILE);
+        assert_eq!(
+            std::fs::read_to_string(&format).unwrap(),
+            "tlsmgr-store 1\n"
+        );
+        // Written before the file existed: adopted, data kept.
+        std::fs::remove_file(&format).unwrap();
+        let s = FjallStore::open(tmp.path(), keep()).unwrap();
+        assert_eq!(s.len(), 1);
+        drop(s);
+        assert!(format.exists());
+        for text in ["tlsmgr-store 2\n", "garbage"] {
+            std::fs::write(&format, text).unwrap();
+            let e = FjallStore::open(tmp.path(), keep()).unwrap_err();
+            assert_eq!(
+                e.open_failure(),
+                OpenFailure::Lasting(Lasting::Version),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_paths_named_as_ours_are_not_stores() {
+        use crate::store::error::{Lasting, OpenFailure, Transient};
+        let tmp = tempfile::tempdir().unwrap();
+        for (name, want) in [
+            ("s.fjall", OpenFailure::Lasting(Lasting::NotAStore)),
+            ("data", OpenFailure::Transient(Transient::Other)),
+        ] {
+            let p = tmp.path().join(name);
+            std::fs::write(&p, b"x").unwrap();
+            let e = FjallStore::open(&p, keep()).unwrap_err();
+            assert_eq!(e.open_failure(), want, "{name}: {e}");
+        }
     }
 }

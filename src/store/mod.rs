@@ -6,6 +6,7 @@
 //!   backend and a path, and why it never collides with stock Postfix files.
 //! - [`error`]: what a store fails with ([`StoreError`]).
 //! - [`presence`]: which ids a store holds, in memory, so misses skip the disk.
+//! - [`recovery`]: setting aside a store that cannot be read.
 //!
 //! A store keeps, per cache id, the time the entry was stored and the session
 //! bytes. It is shared: every I/O thread calls it directly through `&self`
@@ -25,6 +26,7 @@ pub mod fjall;
 pub mod location;
 pub mod memory;
 pub mod presence;
+pub mod recovery;
 
 pub use error::StoreError;
 pub use location::{Backend, StoreLocation};
