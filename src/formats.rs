@@ -3,8 +3,8 @@
 //! | format | where | identified by | version |
 //! |--------|-------|---------------|---------|
 //! | session store records | `PATH.fjall/` (fjall 3 database) | [`STORE_FORMAT_FILE`] in the directory | [`STORE_FORMAT`] |
-//! | ticket key file | `tlsmgr_ticket_key_file` | its length: [`KEY_FILE_LEN`] (three slots) or two slots, read only | [`KEY_FILE_VERSION`] |
-//! | PRNG exchange file | `tls_random_exchange_name` | Postfix's: [`EXCHANGE_FILE_LEN`] raw bytes, no header | none (stock Postfix's format) |
+//! | ticket key file | `tlsmgr_ticket_key_file` | its length: three slots of 1 + 88 bytes, or two slots, read only | [`KEY_FILE_VERSION`] |
+//! | PRNG exchange file | `tls_random_exchange_name` | Postfix's: 1024 raw bytes (`prng::exchange::EXCHANGE_SIZE`), no header | none (stock Postfix's format) |
 //!
 //! # Session store
 //!
@@ -45,12 +45,6 @@ pub const STORE_FORMAT_FILE: &str = "tlsmgr-format";
 /// The ticket key file's layout version (three slots); version 0 was
 /// two slots, still read.
 pub const KEY_FILE_VERSION: u32 = 1;
-
-/// The length of a key file of [`KEY_FILE_VERSION`].
-pub const KEY_FILE_LEN: usize = 3 * (1 + crate::tickets::key::TICKET_KEY_LEN);
-
-/// The exchange file's length.
-pub const EXCHANGE_FILE_LEN: usize = crate::prng::exchange::EXCHANGE_SIZE;
 
 /// The line [`STORE_FORMAT_FILE`] holds for `version`.
 pub fn store_format_line(version: u32) -> String {

@@ -118,10 +118,17 @@ enum Command {
 struct AdminArgs {
     /// Configuration directory whose tlsmgr.cf (or main.cf) gives
     /// tlsmgr_admin_socket (default: $MAIL_CONFIG, else /etc/postfix).
-    #[arg(short = 'c', value_name = "CONFIG_DIR", conflicts_with = "socket")]
+    // Global, so that it may also follow the action (`tlsmgr keys rotate
+    // -c /etc/postfix`).
+    #[arg(
+        short = 'c',
+        value_name = "CONFIG_DIR",
+        conflicts_with = "socket",
+        global = true
+    )]
     config_dir: Option<PathBuf>,
     /// The admin socket (default: tlsmgr_admin_socket of tlsmgr.cf).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     socket: Option<PathBuf>,
 }
 

@@ -273,3 +273,29 @@ fn nobody_gets_permission_denied() {
     );
     assert!(!log.contains("admin: keys rotate"), "{log}");
 }
+
+/// `-c DIR` may come before or after the action, as an admin types it
+/// either way: `tlsmgr keys -c DIR list` and `tlsmgr keys list -c DIR`.
+#[test]
+fn config_dir_may_follow_the_action() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Serve::start(tmp.path());
+    for (args, what) in [
+        (vec!["keys", "list"], "keys list"),
+        (vec!["cache", "purge", "smtpd"], "cache purge smtpd"),
+        (vec!["stats"], "stats"),
+    ] {
+        let o = Command::new(BIN)
+            .args(&args)
+            .arg("-c")
+            .arg(tmp.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{what} -c DIR: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    d.stop();
+}
