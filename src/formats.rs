@@ -73,9 +73,4 @@ mod tests {
         assert_eq!(parse_store_format("other 1\n"), None);
         assert_eq!(parse_store_format(""), None);
     }
-
-    #[test]
-    fn the_key_file_length_is_three_slots() {
-        assert_eq!(KEY_FILE_LEN, 3 * 89);
-    }
 }
