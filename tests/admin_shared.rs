@@ -272,3 +272,78 @@ fn redis_down_the_local_part_is_done_and_the_command_fails() {
     assert_eq!(a.lookup("smtpd", "two"), None);
     assert!(a.log().contains("warning: admin: deleted smtpd one"));
 }
+
+/// The value Redis holds under `key`.
+fn get(redis: &RedisServer, key: &str) -> Vec<u8> {
+    redis::cmd("GET").arg(key).query(&mut redis.conn()).unwrap()
+}
+
+fn put_back(redis: &RedisServer, key: &str, value: &[u8]) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("EX")
+        .arg(3600)
+        .query(&mut redis.conn())
+        .unwrap();
+}
+
+#[test]
+fn a_removed_session_put_back_in_redis_is_refused_by_the_host_that_removed_it() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = host(&redis.url());
+    let b = host(&redis.url());
+    // Three sessions, each removed one way, their sealed values kept.
+    a.update("smtpd", "by-admin", b"DER-1");
+    a.update("smtpd", "by-protocol", b"DER-2");
+    a.update("smtpd", "by-purge", b"DER-3");
+    wait_for_keys(&redis, "smtpd", 3);
+    let saved: Vec<(String, Vec<u8>)> = keys(&redis, "smtpd")
+        .into_iter()
+        .map(|k| {
+            let v = get(&redis, &k);
+            (k, v)
+        })
+        .collect();
+
+    let o = a.tlsmgr(&["cache", "delete", "smtpd", "by-admin"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = a
+        .daemon
+        .client()
+        .request(&Request::Delete {
+            cache_type: Bytes::from_static(b"smtpd"),
+            cache_id: Bytes::from_static(b"by-protocol"),
+        })
+        .unwrap();
+    assert_eq!(r, Reply::Status(Status::Ok));
+    wait_for_keys(&redis, "smtpd", 1);
+    let o = a.tlsmgr(&["cache", "purge", "smtpd"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "purged smtpd: local 1, shared 1\n");
+
+    // Someone puts every old value back (a replay, a restored dump, a
+    // failover to a replica that missed the deletes).
+    for (k, v) in &saved {
+        put_back(&redis, k, v);
+    }
+    for id in ["by-admin", "by-protocol", "by-purge"] {
+        assert_eq!(a.lookup("smtpd", id), None, "{id} resurrected on A");
+    }
+    // The documented limit (SECURITY.md, "Removing a shared session"):
+    // B did not remove them and cannot tell them from live values.
+    assert_eq!(
+        b.lookup("smtpd", "by-admin").as_deref(),
+        Some(&b"DER-1"[..])
+    );
+    // A session stored after the purge is shared as usual.
+    std::thread::sleep(Duration::from_millis(1100));
+    b.update("smtpd", "later", b"DER-later");
+    wait_for_keys(&redis, "smtpd", 4);
+    assert_eq!(
+        a.lookup("smtpd", "later").as_deref(),
+        Some(&b"DER-later"[..])
+    );
+}

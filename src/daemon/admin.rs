@@ -179,6 +179,7 @@ async fn execute(cmd: &str, uid: u32, svc: &Services) -> Result<String, String> 
                 svc.log,
                 "admin: cache {} {}{} requested by uid {}", op, ct, shown, uid
             );
+            let timeout = u64::from(cache.limits().timeout);
             // Store I/O blocks: off the daemon thread.
             let local_id = id.clone();
             let local = actix_rt::task::spawn_blocking(move || match local_id {
@@ -195,8 +196,8 @@ async fn execute(cmd: &str, uid: u32, svc: &Services) -> Result<String, String> 
             // the command is how a suspected leak is contained, and what
             // Redis holds is what every host would read back.
             let shared = match &id {
-                None => sharing::admin_purge(svc, ct).await,
-                Some(id) => sharing::admin_delete(svc, ct, id).await,
+                None => sharing::admin_purge(svc, ct, timeout).await,
+                Some(id) => sharing::admin_delete(svc, ct, id, timeout).await,
             };
             let text = cache_answer(op, ct, &shown, &local, &shared);
             match (&local, &shared) {

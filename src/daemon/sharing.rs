@@ -89,8 +89,11 @@ pub async fn lookup(svc: &Services, cache: &Cache, id: &[u8]) -> Result<Option<B
             return Ok(None);
         }
     };
+    let now = svc.clock.now();
     match found {
-        Some((stored_at, session)) if cache.fresh(stored_at) => {
+        Some((stored_at, session))
+            if cache.fresh(stored_at) && !svc.tombstones.buries(ct, &name, stored_at, now) =>
+        {
             counters
                 .hits
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -134,16 +137,18 @@ pub fn updated(svc: &Services, cache: &Cache, id: &[u8], session: &[u8]) {
     });
 }
 
-/// After a local delete: queue the shared one.
+/// After a local delete: queue the shared one, and remember it so that
+/// the value is not read back if it reappears in Redis.
 pub fn deleted(svc: &Services, cache: &Cache, id: &[u8]) {
     let ct = cache.cache_type();
     let Some(link) = link_for(svc, ct).filter(|_| id_ok(id)) else {
         return;
     };
     let st = link.settings();
-    link.write(Write::Del {
-        name: seal::session_name(&st.secret, &st.prefix, ct, id),
-    });
+    let name = seal::session_name(&st.secret, &st.prefix, ct, id);
+    let timeout = u64::from(cache.limits().timeout);
+    svc.tombstones.removed(ct, &name, svc.clock.now(), timeout);
+    link.write(Write::Del { name });
 }
 
 /// A ticket key this host does not know, by name: one bounded lookup, none
@@ -214,13 +219,16 @@ fn glob_escape(s: &str) -> String {
 
 /// `tlsmgr cache delete`: removes the shared copy of `id` now (not through
 /// the write-behind queue, so the answer can say whether it went), on the
-/// link's own thread, within `tlsmgr_shared_connect_timeout`.
-pub async fn admin_delete(svc: &Services, ct: CacheType, id: &[u8]) -> SharedRemoval {
+/// link's own thread, within `tlsmgr_shared_connect_timeout`. This host
+/// refuses the value for `timeout` seconds should it reappear (also when
+/// Redis does not answer now).
+pub async fn admin_delete(svc: &Services, ct: CacheType, id: &[u8], timeout: u64) -> SharedRemoval {
     let Some(link) = link_for(svc, ct).filter(|_| id_ok(id)) else {
         return SharedRemoval::NotShared;
     };
     let st = link.settings();
     let name = seal::session_name(&st.secret, &st.prefix, ct, id);
+    svc.tombstones.removed(ct, &name, svc.clock.now(), timeout);
     let mut cmd = redis::cmd("DEL");
     cmd.arg(&name);
     match removed_count(link.call(cmd).await) {
@@ -236,11 +244,13 @@ pub async fn admin_delete(svc: &Services, ct: CacheType, id: &[u8]) -> SharedRem
 /// `tlsmgr cache purge`: removes every shared session of `ct` of this site,
 /// `SCAN` step by `SCAN` step, each step's keys with one `UNLINK` (Redis
 /// frees them in the background). Every command runs on the link's thread
-/// under its usual bounds; none of it touches an I/O thread.
-pub async fn admin_purge(svc: &Services, ct: CacheType) -> SharedRemoval {
+/// under its usual bounds; none of it touches an I/O thread. This host
+/// refuses every value of `ct` written until now for `timeout` seconds.
+pub async fn admin_purge(svc: &Services, ct: CacheType, timeout: u64) -> SharedRemoval {
     let Some(link) = link_for(svc, ct) else {
         return SharedRemoval::NotShared;
     };
+    svc.tombstones.purged(ct, svc.clock.now(), timeout);
     let st = link.settings();
     let store = crate::config::redact_url(&st.url);
     let pattern = format!("{}:sc:{}:*", glob_escape(&st.prefix), ct);
