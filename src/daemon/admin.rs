@@ -208,6 +208,9 @@ async fn execute(cmd: &str, uid: u32, svc: &Services) -> Result<String, String> 
                     Ok(format!("{text}\n"))
                 }
                 _ => {
+                    // The protocol's error is one line; a store's message
+                    // may have more.
+                    let text = text.replace(['\r', '\n'], " ");
                     warn!(svc.log, "admin: {}", text);
                     Err(text)
                 }
