@@ -144,12 +144,15 @@ enum KeysAction {
 
 #[derive(Subcommand)]
 enum CacheAction {
-    /// Remove every entry of one cache.
+    /// Remove every entry of one cache; of a shared cache, the site's
+    /// entries of that type in the shared store too (exit 1, after the
+    /// local part, when the store does not answer).
     Purge {
         /// smtpd, smtp or lmtp.
         cache_type: String,
     },
-    /// Remove one entry.
+    /// Remove one entry; of a shared cache, its copy in the shared store
+    /// too (exit 1, after the local part, when the store does not answer).
     Delete {
         /// smtpd, smtp or lmtp.
         cache_type: String,

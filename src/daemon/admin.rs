@@ -8,6 +8,7 @@
 //! own; anyone else is told `permission denied` and logged. Each action is
 //! logged with the uid that asked.
 
+use super::sharing::{self, SharedRemoval};
 use super::Services;
 use crate::actors::ticket::RotateNow;
 use crate::admin::{MAX_LINE, TIMEOUT};
@@ -170,40 +171,104 @@ async fn execute(cmd: &str, uid: u32, svc: &Services) -> Result<String, String> 
                 .map(|rc| rc.cache.clone())
                 .ok_or_else(|| format!("the {ct} TLS cache is disabled"))?;
             let id = id.map(|s| s.as_bytes().to_vec());
+            let shown = id
+                .as_ref()
+                .map(|i| format!(" {}", String::from_utf8_lossy(i)))
+                .unwrap_or_default();
             info!(
                 svc.log,
-                "admin: cache {} {}{} requested by uid {}",
-                op,
-                ct,
-                id.as_ref()
-                    .map(|i| format!(" {}", String::from_utf8_lossy(i)))
-                    .unwrap_or_default(),
-                uid
+                "admin: cache {} {}{} requested by uid {}", op, ct, shown, uid
             );
+            let timeout = u64::from(cache.limits().timeout);
             // Store I/O blocks: off the daemon thread.
-            let done = actix_rt::task::spawn_blocking(move || match id {
-                None => cache
-                    .purge()
-                    .map(|n| format!("removed {n} entries from the {ct} TLS cache\n")),
-                Some(id) => cache.delete(&id).map(|found| {
-                    if found {
-                        format!("removed 1 entry from the {ct} TLS cache\n")
-                    } else {
-                        format!("no such entry in the {ct} TLS cache\n")
-                    }
-                }),
+            let local_id = id.clone();
+            let local = actix_rt::task::spawn_blocking(move || match local_id {
+                None => cache.purge(),
+                Some(id) => cache.delete(&id).map(u64::from),
             })
             .await;
-            match done {
-                Ok(Ok(text)) => Ok(text),
+            let local = match local {
+                Ok(Ok(n)) => Ok(n),
                 Ok(Err(_)) => Err(format!("the {ct} TLS cache is not available")),
                 Err(e) => Err(format!("cache operation failed: {e}")),
+            };
+            // The shared copies go too, even when the local store is down:
+            // the command is how a suspected leak is contained, and what
+            // Redis holds is what every host would read back.
+            let shared = match &id {
+                None => sharing::admin_purge(svc, ct, timeout).await,
+                Some(id) => sharing::admin_delete(svc, ct, id, timeout).await,
+            };
+            let text = cache_answer(op, ct, &shown, &local, &shared);
+            match (&local, &shared) {
+                (Ok(_), SharedRemoval::NotShared | SharedRemoval::Removed(_)) => {
+                    if !matches!(shared, SharedRemoval::NotShared) {
+                        info!(svc.log, "admin: {}", text);
+                    }
+                    Ok(format!("{text}\n"))
+                }
+                _ => {
+                    // The protocol's error is one line; a store's message
+                    // may have more.
+                    let text = text.replace(['\r', '\n'], " ");
+                    warn!(svc.log, "admin: {}", text);
+                    Err(text)
+                }
             }
         }
         _ => Err(format!(
             "unknown command \"{}\" (stats, keys list, keys rotate, cache purge TYPE, cache delete TYPE ID)",
             cmd.chars().take(100).collect::<String>()
         )),
+    }
+}
+
+/// The answer to `cache delete` (`shown` = " ID") or `cache purge`: where
+/// entries were removed, and how many. A cache that is not shared keeps the
+/// plain answer it always had.
+fn cache_answer(
+    op: &str,
+    ct: CacheType,
+    shown: &str,
+    local: &Result<u64, String>,
+    shared: &SharedRemoval,
+) -> String {
+    let done = if op == "delete" { "deleted" } else { "purged" };
+    let local_part = match local {
+        Ok(n) => format!("local {n}"),
+        Err(why) => format!("local not done ({why})"),
+    };
+    match (local, shared) {
+        (Err(why), SharedRemoval::NotShared) => why.clone(),
+        (Ok(n), SharedRemoval::NotShared) => match (op, n) {
+            ("delete", 0) => format!("no such entry in the {ct} TLS cache"),
+            (_, 1) => format!("removed 1 entry from the {ct} TLS cache"),
+            _ => format!("removed {n} entries from the {ct} TLS cache"),
+        },
+        (_, SharedRemoval::Removed(m)) => format!("{done} {ct}{shown}: {local_part}, shared {m}"),
+        (
+            _,
+            SharedRemoval::Failed {
+                removed,
+                store,
+                why,
+            },
+        ) => {
+            let so_far = if *removed > 0 {
+                format!("shared {removed} before it failed")
+            } else {
+                "shared not done".to_string()
+            };
+            format!(
+                "{done} {ct}{shown}: {local_part}, {so_far}: shared store {store}: {why} \
+                 -- other hosts may still read {} from it; run the command again when it answers",
+                if op == "delete" {
+                    "the entry"
+                } else {
+                    "entries"
+                }
+            )
+        }
     }
 }
 

@@ -80,6 +80,8 @@ pub struct Services {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The link to the shared store, if sharing is on.
     pub shared: sharing::SharedSlot,
+    /// Shared sessions this host removed (kept across relinks).
+    pub tombstones: Arc<crate::shared::tombstones::Tombstones>,
 }
 
 impl crate::actors::watcher::ConfigSink for Services {
@@ -233,6 +235,7 @@ pub fn run_with(
             observer: extras.observer,
             metrics: metrics.clone(),
             shared: Default::default(),
+            tombstones: Default::default(),
         };
         // The exchange file is updated once before serving, as stock does.
         let _ = svc.prng.send(crate::actors::prng::GetStatus).await;

@@ -89,8 +89,11 @@ pub async fn lookup(svc: &Services, cache: &Cache, id: &[u8]) -> Result<Option<B
             return Ok(None);
         }
     };
+    let now = svc.clock.now();
     match found {
-        Some((stored_at, session)) if cache.fresh(stored_at) => {
+        Some((stored_at, session))
+            if cache.fresh(stored_at) && !svc.tombstones.buries(ct, &name, stored_at, now) =>
+        {
             counters
                 .hits
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -134,16 +137,18 @@ pub fn updated(svc: &Services, cache: &Cache, id: &[u8], session: &[u8]) {
     });
 }
 
-/// After a local delete: queue the shared one.
+/// After a local delete: queue the shared one, and remember it so that
+/// the value is not read back if it reappears in Redis.
 pub fn deleted(svc: &Services, cache: &Cache, id: &[u8]) {
     let ct = cache.cache_type();
     let Some(link) = link_for(svc, ct).filter(|_| id_ok(id)) else {
         return;
     };
     let st = link.settings();
-    link.write(Write::Del {
-        name: seal::session_name(&st.secret, &st.prefix, ct, id),
-    });
+    let name = seal::session_name(&st.secret, &st.prefix, ct, id);
+    let timeout = u64::from(cache.limits().timeout);
+    svc.tombstones.removed(ct, &name, svc.clock.now(), timeout);
+    link.write(Write::Del { name });
 }
 
 /// A ticket key this host does not know, by name: one bounded lookup, none
@@ -168,4 +173,158 @@ pub async fn key_by_name(svc: &Services, name: &[u8; 16]) -> Option<TicketKey> {
         link.unknown_names().missed(*name, now);
     }
     key
+}
+
+/// Keys asked for per `SCAN` step of a purge: each step and each `UNLINK`
+/// of what it found is a short command, so the read-throughs and writes of
+/// every host are served in between.
+pub const PURGE_SCAN_COUNT: usize = 1000;
+
+/// A purge gives up after this long and says so (run it again to go on):
+/// the admin connection is closed after [`crate::admin::TIMEOUT`].
+pub const PURGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// What an admin removal did in the shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SharedRemoval {
+    /// The cache type is not shared (or sharing is off): nothing to do.
+    NotShared,
+    /// Keys removed.
+    Removed(u64),
+    /// The store could not be reached or did not finish: keys removed
+    /// before that, the store (redacted URL) and why.
+    Failed {
+        /// Keys removed before the failure.
+        removed: u64,
+        /// The store's URL, without its password.
+        store: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Escapes the glob characters of `s` for a `SCAN ... MATCH` pattern. Site
+/// names cannot hold any today; escaping keeps a purge within its site
+/// whatever the syntax becomes.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `tlsmgr cache delete`: removes the shared copy of `id` now (not through
+/// the write-behind queue, so the answer can say whether it went), on the
+/// link's own thread, within `tlsmgr_shared_connect_timeout`. This host
+/// refuses the value for `timeout` seconds should it reappear (also when
+/// Redis does not answer now).
+pub async fn admin_delete(svc: &Services, ct: CacheType, id: &[u8], timeout: u64) -> SharedRemoval {
+    let Some(link) = link_for(svc, ct).filter(|_| id_ok(id)) else {
+        return SharedRemoval::NotShared;
+    };
+    let st = link.settings();
+    let name = seal::session_name(&st.secret, &st.prefix, ct, id);
+    svc.tombstones.removed(ct, &name, svc.clock.now(), timeout);
+    let mut cmd = redis::cmd("DEL");
+    cmd.arg(&name);
+    match removed_count(link.call(cmd).await) {
+        Ok(n) => SharedRemoval::Removed(n),
+        Err(why) => SharedRemoval::Failed {
+            removed: 0,
+            store: crate::config::redact_url(&st.url),
+            why,
+        },
+    }
+}
+
+/// `tlsmgr cache purge`: removes every shared session of `ct` of this site,
+/// `SCAN` step by `SCAN` step, each step's keys with one `UNLINK` (Redis
+/// frees them in the background). Every command runs on the link's thread
+/// under its usual bounds; none of it touches an I/O thread. This host
+/// refuses every value of `ct` written until now for `timeout` seconds.
+pub async fn admin_purge(svc: &Services, ct: CacheType, timeout: u64) -> SharedRemoval {
+    let Some(link) = link_for(svc, ct) else {
+        return SharedRemoval::NotShared;
+    };
+    svc.tombstones.purged(ct, svc.clock.now(), timeout);
+    let st = link.settings();
+    let store = crate::config::redact_url(&st.url);
+    let pattern = format!("{}:sc:{}:*", glob_escape(&st.prefix), ct);
+    let started = std::time::Instant::now();
+    let mut removed = 0u64;
+    let mut cursor = 0u64;
+    loop {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(PURGE_SCAN_COUNT);
+        let step = link
+            .call(scan)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                redis::from_redis_value::<(u64, Vec<Vec<u8>>)>(v).map_err(|e| e.to_string())
+            });
+        let (next, keys) = match step {
+            Ok(s) => s,
+            Err(why) => {
+                return SharedRemoval::Failed {
+                    removed,
+                    store,
+                    why,
+                }
+            }
+        };
+        if !keys.is_empty() {
+            let mut unlink = redis::cmd("UNLINK");
+            unlink.arg(keys);
+            match removed_count(link.call(unlink).await) {
+                Ok(n) => removed += n,
+                Err(why) => {
+                    return SharedRemoval::Failed {
+                        removed,
+                        store,
+                        why,
+                    }
+                }
+            }
+        }
+        if next == 0 {
+            return SharedRemoval::Removed(removed);
+        }
+        cursor = next;
+        if started.elapsed() > PURGE_DEADLINE {
+            return SharedRemoval::Failed {
+                removed,
+                store,
+                why: format!(
+                    "not finished within {} s (run the purge again to go on)",
+                    PURGE_DEADLINE.as_secs()
+                ),
+            };
+        }
+    }
+}
+
+/// The count a `DEL` or `UNLINK` answered, or why there is none.
+fn removed_count(r: Result<redis::Value, crate::shared::SharedError>) -> Result<u64, String> {
+    let v = r.map_err(|e| e.to_string())?;
+    redis::from_redis_value::<u64>(v).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_escape;
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(glob_escape("tlsmgr:mx-1.eu"), "tlsmgr:mx-1.eu");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
 }

@@ -8,6 +8,8 @@
 //! - [`client`]: the Redis link, owned by one thread; read-through,
 //!   write-behind, calls, all bounded.
 //! - [`sentinel`]: the lookup of the master of a `redis+sentinel://` store.
+//! - [`tombstones`]: removals this host made, so that a value written
+//!   before one of them and put back in Redis is refused.
 //! - [`unknown_names`]: ticket-key names the store did not have, remembered
 //!   for a while so that they cost one lookup, not one per handshake.
 //!
@@ -21,6 +23,7 @@ pub mod breaker;
 pub mod client;
 pub mod seal;
 pub mod sentinel;
+pub mod tombstones;
 pub mod unknown_names;
 
 pub use client::{Settings, Shared, SharedError, Write};
