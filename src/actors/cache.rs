@@ -11,9 +11,23 @@
 //!
 //! Failure handling: when a request finds the store failing, the cache takes
 //! it out of service and nudges this actor ([`Reopen`]); requests get ERR at
-//! once meanwhile. The actor reopens the store at once and then every
-//! [`REOPEN_INTERVAL`] until it opens. A failed open is logged once per
-//! cause, not at every retry.
+//! once meanwhile. The actor reopens the store at once and then, while it
+//! fails, after [`REOPEN_FIRST`] doubling to [`REOPEN_MAX`]: a store that
+//! comes back soon serves again soon, one that stays away costs little. A
+//! failed open is logged once per cause, not at every retry.
+//!
+//! A store whose directory is removed or replaced under the running daemon
+//! (`rm -rf`, a restore from backup) keeps answering from its open files,
+//! unlinked, until fjall needs a new file, and all of it is gone at the
+//! next start. So every sync tick compares the directory at the store's
+//! path with the one opened (device and inode, taken at open). When they
+//! differ, the store is taken out of service, a new one is opened at the
+//! path (through the same steps as any open: a path that is now not a store
+//! is set aside), the entries the old handle still reads are carried over
+//! into it (entries written to the new store meanwhile win), and the old
+//! handle is closed, with one warning and a `removed` store reset. A
+//! store that failed before the tick noticed is checked the same way
+//! before it is reopened.
 //!
 //! A store that cannot be read for a lasting reason (corrupt files, an
 //! unknown or other format, a path that is not a store: see
@@ -28,7 +42,7 @@
 //! bytes free, the store is reopened with the count it had (no recount),
 //! and writes are let through again. Nothing is logged per retry.
 
-use crate::cache::{Cache, CacheLimits};
+use crate::cache::{Cache, CacheLimits, SharedStore};
 use crate::store::error::{Lasting, OpenFailure};
 use crate::store::{recovery, OpenOptions, Store, StoreLocation, StoreStats};
 use actix::prelude::*;
@@ -37,8 +51,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often a down store is retried.
-pub const REOPEN_INTERVAL: Duration = Duration::from_secs(5);
+/// First wait before a down store is tried again.
+pub const REOPEN_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two tries of a down store.
+pub const REOPEN_MAX: Duration = Duration::from_secs(30);
+
+/// How long carrying entries over waits for requests still using the old
+/// store: their writes must be in it before it is read.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
 
 /// First wait before a full disk is looked at again.
 pub const FULL_RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -72,6 +92,43 @@ pub struct CacheActor {
     /// until an open succeeds, rather than setting a store aside at every
     /// retry.
     fresh_failed: bool,
+    /// The next wait between two tries of a down store.
+    reopen_wait: Duration,
+    /// Reopen ticks ([`REOPEN_FIRST`] each) left before the next try.
+    reopen_in: u32,
+    /// Device and inode of the store's directory, taken when it opened.
+    identity: Option<(u64, u64)>,
+    /// A handle on the store in service, so that one which failed because
+    /// its directory went away can still be read; dropped before any
+    /// reopen otherwise (its lock must be released).
+    serving: Option<SharedStore>,
+    /// A store whose directory went away, waiting for a new store to take
+    /// its entries.
+    orphan: Option<(SharedStore, Gone)>,
+}
+
+/// What happened to a store's directory under the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gone {
+    /// Nothing is at the path.
+    Removed,
+    /// Something else is.
+    Replaced,
+}
+
+impl Gone {
+    fn as_str(self) -> &'static str {
+        match self {
+            Gone::Removed => "removed",
+            Gone::Replaced => "replaced",
+        }
+    }
+}
+
+/// Device and inode of what is at `path` (not following a symlink).
+fn identity_of(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))
 }
 
 /// A failed open, classified.
@@ -101,13 +158,141 @@ impl CacheActor {
             full_count: None,
             last_failure: None,
             fresh_failed: false,
+            reopen_wait: REOPEN_FIRST,
+            reopen_in: 0,
+            identity: None,
+            serving: None,
+            orphan: None,
         }
+    }
+
+    /// Whether the store's directory is still the one opened; `None` when
+    /// there is nothing to compare or the path cannot be looked at now.
+    fn gone(&self) -> Option<Gone> {
+        let (Some(opened), Some(path)) = (self.identity, self.cache.location().path()) else {
+            return None;
+        };
+        match identity_of(path) {
+            Ok(now) if now == opened => None,
+            Ok(_) => Some(Gone::Replaced),
+            // ENOTDIR: a parent directory was replaced by a file.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(nix::libc::ENOTDIR) =>
+            {
+                Some(Gone::Removed)
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// The sync tick's check: a store in service whose directory went away
+    /// is replaced by a new one at its path, with its entries.
+    fn check_store_path(&mut self) {
+        if !self.cache.is_up() || self.cache.writes_refused() {
+            return;
+        }
+        let Some(gone) = self.gone() else {
+            return;
+        };
+        let Some(old) = self.cache.take() else {
+            return;
+        };
+        self.serving = None;
+        self.identity = None;
+        self.orphan = Some((old, gone));
+        self.cache
+            .metrics()
+            .store_reset(self.cache.cache_type(), Lasting::Removed);
+        self.open_store();
+        if let Some((_, gone)) = &self.orphan {
+            warn!(
+                self.log,
+                "{} TLS cache: store {} ({}) was {} under the daemon; no new store could be opened yet, its entries are kept until one opens",
+                self.cache.cache_type(),
+                self.cache.location(),
+                self.cache
+                    .location()
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                gone.as_str()
+            );
+        }
+    }
+
+    /// Copies what the orphaned store still reads into the store now in
+    /// service, then closes the orphan, with one warning.
+    fn carry_over(&mut self) {
+        let Some((old, gone)) = self.orphan.take() else {
+            return;
+        };
+        let Some(new) = self.cache.store() else {
+            self.orphan = Some((old, gone));
+            return;
+        };
+        // Requests that took the old store before it left service may
+        // still be writing to it: an update they acknowledge must be read.
+        let deadline = std::time::Instant::now() + IN_FLIGHT_WAIT;
+        while std::sync::Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (mut carried, mut newer, mut stale, mut failed) = (0u64, 0u64, 0u64, 0u64);
+        let cache = &self.cache;
+        let unreadable = old.for_each_entry(&mut |id, entry| {
+            if !cache.fresh(entry.stored_at) {
+                stale += 1;
+            } else if matches!(new.get(id), Ok(Some(_))) {
+                // Written to the new store since it opened: newer.
+                newer += 1;
+            } else if cache.fill(id, entry.stored_at, &entry.session).is_ok() {
+                carried += 1;
+            } else {
+                failed += 1;
+            }
+        });
+        drop(new);
+        // The last handle: closes the old store's files.
+        drop(old);
+        let path = self
+            .cache
+            .location()
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        warn!(
+            self.log,
+            "{} TLS cache: store {} ({}) was {} under the daemon; started a new store there and carried over {} entries ({} unreadable, {} not written, {} expired, {} newer in the new store)",
+            self.cache.cache_type(),
+            self.cache.location(),
+            path,
+            gone.as_str(),
+            carried,
+            unreadable,
+            failed,
+            stale,
+            newer
+        );
     }
 
     fn open_store(&mut self) {
         if self.cache.is_up() {
             return;
         }
+        // The store that failed, if its directory went away meanwhile, is
+        // read once a new one opens; otherwise it is closed before the
+        // open, which needs its lock.
+        if let Some(prev) = self.serving.take() {
+            if self.orphan.is_none() {
+                if let Some(gone) = self.gone() {
+                    self.orphan = Some((prev, gone));
+                    self.cache
+                        .metrics()
+                        .store_reset(self.cache.cache_type(), Lasting::Removed);
+                }
+            }
+        }
+        self.identity = None;
         let mut opts = self.open_options.clone();
         if self.opened_once {
             // Only the first open clears (empty-on-start) and waits for a
@@ -165,24 +350,44 @@ impl CacheActor {
         self.last_failure = None;
         self.fresh_failed = false;
         self.opened_once = true;
+        self.reopen_wait = REOPEN_FIRST;
+        self.reopen_in = 0;
+        // Taken after the open: a directory replaced in between is seen as
+        // the store's own, which only delays noticing a later removal.
+        self.identity = self
+            .cache
+            .location()
+            .path()
+            .and_then(|p| identity_of(p).ok());
         self.cache.put_up(store);
+        self.serving = self.cache.store();
+        self.carry_over();
         self.evict_to_bound();
+    }
+
+    /// A failed open: the next try waits longer, up to [`REOPEN_MAX`].
+    fn back_off(&mut self) {
+        let ticks = (self.reopen_wait.as_secs() / REOPEN_FIRST.as_secs().max(1)).max(1);
+        self.reopen_in = u32::try_from(ticks).unwrap_or(u32::MAX).saturating_sub(1);
+        self.reopen_wait = (self.reopen_wait * 2).min(REOPEN_MAX);
     }
 
     /// Logs a failed open that is retried, once per cause: the line is
     /// not repeated at every retry, only when the cause changes.
     fn report_failure(&mut self, kind: OpenFailure, message: &str) {
+        self.back_off();
         if self.last_failure == Some(kind) {
             return;
         }
         self.last_failure = Some(kind);
         warn!(
             self.log,
-            "{} TLS cache: cannot open {}: {} -- retrying every {}s",
+            "{} TLS cache: cannot open {}: {} -- retrying after {}s to {}s",
             self.cache.cache_type(),
             self.cache.location(),
             message,
-            REOPEN_INTERVAL.as_secs()
+            REOPEN_FIRST.as_secs(),
+            REOPEN_MAX.as_secs()
         );
     }
 
@@ -229,9 +434,10 @@ impl CacheActor {
                 // not the old store's files, so do not set another aside.
                 self.fresh_failed = matches!(fresh.kind, OpenFailure::Lasting(_));
                 self.last_failure = Some(fresh.kind);
+                self.back_off();
                 warn!(
                     self.log,
-                    "{} TLS cache: cannot read {} ({}): {}: {}; moved it to {}{}, but a fresh store fails too: {} -- retrying every {}s",
+                    "{} TLS cache: cannot read {} ({}): {}: {}; moved it to {}{}, but a fresh store fails too: {} -- retrying after {}s to {}s",
                     ct,
                     location,
                     path.display(),
@@ -240,7 +446,8 @@ impl CacheActor {
                     aside.to.display(),
                     pruned,
                     fresh.message,
-                    REOPEN_INTERVAL.as_secs()
+                    REOPEN_FIRST.as_secs(),
+                    REOPEN_MAX.as_secs()
                 );
             }
         }
@@ -320,15 +527,20 @@ impl CacheActor {
         if !self.sync_interval.is_zero() {
             self.timers
                 .push(ctx.run_interval(self.sync_interval, |act, _| {
+                    act.check_store_path();
                     let _ = act.cache.sync();
                 }));
         }
-        self.timers
-            .push(ctx.run_interval(REOPEN_INTERVAL, |act, _| {
-                if !act.cache.is_up() {
-                    act.open_store();
-                }
-            }));
+        self.timers.push(ctx.run_interval(REOPEN_FIRST, |act, _| {
+            if act.cache.is_up() {
+                return;
+            }
+            if act.reopen_in > 0 {
+                act.reopen_in -= 1;
+                return;
+            }
+            act.open_store();
+        }));
     }
 }
 
@@ -345,6 +557,10 @@ impl Actor for CacheActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.serving = None;
+        // A new store never opened: what the orphan holds is lost with the
+        // process, as it would be at the next start.
+        self.orphan = None;
         // Out of service first, so no request writes after the flush.
         if let Some(store) = self.cache.take() {
             if let Err(e) = store.flush() {

@@ -198,7 +198,7 @@ pub struct Metrics {
     ticket_key_save_failures: AtomicU64,
     /// Stores set aside and started afresh, per cache and
     /// [`Lasting::index`] (a few a year at most: no sharding).
-    store_resets: [[AtomicU64; 4]; 3],
+    store_resets: [[AtomicU64; 5]; 3],
     reloads: [AtomicU64; 2],
     /// Clock seconds of the last reload, and its result (0 none, 1
     /// applied, 2 rejected), written together by the one watcher.
@@ -450,8 +450,9 @@ pub struct CacheCounts {
     pub expired: u64,
     /// Entries evicted to keep the bound.
     pub evicted: u64,
-    /// Stores set aside and started afresh, by [`Lasting::index`].
-    pub store_resets: [u64; 4],
+    /// Stores started afresh (set aside, or removed under the daemon), by
+    /// [`Lasting::index`].
+    pub store_resets: [u64; 5],
 }
 
 impl Default for CacheCounts {
@@ -466,7 +467,7 @@ impl Default for CacheCounts {
             deletes: 0,
             expired: 0,
             evicted: 0,
-            store_resets: [0; 4],
+            store_resets: [0; 5],
         }
     }
 }

@@ -127,7 +127,7 @@ impl Collector for SnapshotCollector {
         counter_family(
             &mut enc,
             "postfix_tlsmgr_store_resets",
-            "Session cache stores that could not be read, set aside and started afresh, by reason.",
+            "Session cache stores started afresh, by reason: unreadable (set aside) or removed under the daemon (entries carried over).",
             &rows,
         )?;
         gauge_family(
@@ -359,6 +359,7 @@ mod tests {
             "postfix_tlsmgr_cache_lookups_total{cache=\"lmtp\",result=\"expired\"} 0",
             "postfix_tlsmgr_cache_removals_total{cache=\"smtpd\",reason=\"evicted\"} 0",
             "postfix_tlsmgr_store_resets_total{cache=\"smtp\",reason=\"not_a_store\"} 0",
+            "postfix_tlsmgr_store_resets_total{cache=\"smtp\",reason=\"removed\"} 0",
             "postfix_tlsmgr_requests_total{request=\"tktkey\",status=\"fail\"} 0",
             "postfix_tlsmgr_request_duration_seconds_count{request=\"seed\"} 0",
             "postfix_tlsmgr_config_reloads_total{result=\"rejected\"} 0",

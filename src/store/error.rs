@@ -82,15 +82,22 @@ pub enum Lasting {
     /// The path is ours (`PATH.fjall`) but is not a store: a regular file,
     /// or a directory fjall cannot use.
     NotAStore,
+    /// Not a reason an open fails: the store's directory was removed or
+    /// replaced under the running daemon, so a new store was started at
+    /// its path (with the entries the open store still held). Counted
+    /// with the others because it is the same event for an admin: a
+    /// store started afresh.
+    Removed,
 }
 
 impl Lasting {
     /// Every reason, in counter order ([`Lasting::index`]).
-    pub const ALL: [Lasting; 4] = [
+    pub const ALL: [Lasting; 5] = [
         Lasting::Corrupt,
         Lasting::Format,
         Lasting::Version,
         Lasting::NotAStore,
+        Lasting::Removed,
     ];
 
     /// The position in [`Lasting::ALL`].
@@ -100,6 +107,7 @@ impl Lasting {
             Lasting::Format => 1,
             Lasting::Version => 2,
             Lasting::NotAStore => 3,
+            Lasting::Removed => 4,
         }
     }
 
@@ -110,6 +118,7 @@ impl Lasting {
             Lasting::Format => "format",
             Lasting::Version => "version",
             Lasting::NotAStore => "not_a_store",
+            Lasting::Removed => "removed",
         }
     }
 }

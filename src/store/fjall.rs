@@ -1156,6 +1156,35 @@ impl Store for FjallStore {
             .map_err(|e| self.err(e))
     }
 
+    fn for_each_entry(&self, f: &mut dyn FnMut(&[u8], Entry)) -> u64 {
+        // A store whose directory was removed reads what its open files
+        // hold; a table fjall must open again by name fails, item by item.
+        // Many failures in a row mean the rest will not read either, and an
+        // iterator that keeps failing must not keep the caller forever.
+        const GIVE_UP_AFTER: u64 = 10_000;
+        let (mut skipped, mut in_a_row) = (0u64, 0u64);
+        for guard in self.sessions.iter() {
+            let read = guard.into_inner().ok().and_then(|(k, v)| {
+                let id = k.strip_prefix(&[SESSION_KEY_TAG])?.to_vec();
+                Some((id, decode_record(&v).ok()?))
+            });
+            match read {
+                Some((id, entry)) => {
+                    in_a_row = 0;
+                    f(&id, entry);
+                }
+                None => {
+                    skipped += 1;
+                    in_a_row += 1;
+                    if in_a_row >= GIVE_UP_AFTER {
+                        break;
+                    }
+                }
+            }
+        }
+        skipped
+    }
+
     fn tidy(&self) -> Result<(), StoreError> {
         // What only duplicates the tables, or what removals left, leaves
         // the disk (see "Disk use" above).

@@ -144,6 +144,21 @@ impl Store for MemoryStore {
         }
     }
 
+    fn for_each_entry(&self, f: &mut dyn FnMut(&[u8], Entry)) -> u64 {
+        // Copied out first: `f` may take its time, and the lock is held
+        // for map operations only.
+        let all: Vec<(Vec<u8>, Entry)> = self
+            .lock()
+            .entries
+            .iter()
+            .map(|(id, e)| (id.clone(), e.clone()))
+            .collect();
+        for (id, e) in all {
+            f(&id, e);
+        }
+        0
+    }
+
     fn clear(&self) -> Result<(), StoreError> {
         let mut s = self.lock();
         s.entries.clear();

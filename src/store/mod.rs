@@ -159,4 +159,9 @@ pub trait Store: Send + Sync {
     fn tidy(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Calls `f` with every entry the store can still read, to carry them
+    /// over into another store: the cache actor does it when the store's
+    /// directory was removed under the daemon, whose open files still
+    /// read. Returns how many entries could not be read and were skipped.
+    fn for_each_entry(&self, f: &mut dyn FnMut(&[u8], Entry)) -> u64;
 }
