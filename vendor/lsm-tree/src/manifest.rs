@@ -8,6 +8,7 @@ use std::{io::Read, path::Path};
 
 pub struct Manifest {
     pub version: FormatVersion,
+    #[allow(dead_code)]
     pub tree_type: TreeType,
     pub level_count: u8,
 }

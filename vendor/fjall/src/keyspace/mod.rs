@@ -84,6 +84,7 @@ pub struct KeyspaceInner {
     pub(crate) supervisor: Supervisor,
 
     /// Database-level stats
+    #[allow(dead_code)]
     pub(crate) stats: Arc<Stats>,
 
     pub(crate) worker_messager: flume::Sender<WorkerMessage>,
