@@ -2,7 +2,7 @@
 //! `tlsmgr client` (the admin's probe), the integration tests and benches.
 
 use crate::protocol::attr::{self, Limits};
-use crate::protocol::{Reply, Request, RequestKind, Status};
+use crate::protocol::{Reply, Request, Status};
 use bytes::{Bytes, BytesMut};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -278,9 +278,4 @@ pub fn run_command(socket: &Path, cmd: &ClientCommand, raw: bool) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// The request kind of `req` (re-exported for callers of [`Client::request`]).
-pub fn kind_of(req: &Request) -> RequestKind {
-    req.kind()
 }

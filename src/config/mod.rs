@@ -86,12 +86,6 @@ impl ConfigError {
         self.line = Some(line);
         self
     }
-    /// Locates the error in `file` (and `line` when known).
-    pub fn in_file(mut self, file: &Path, line: Option<usize>) -> Self {
-        self.file = Some(file.to_path_buf());
-        self.line = line;
-        self
-    }
 }
 
 impl std::fmt::Display for ConfigError {

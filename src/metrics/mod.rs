@@ -472,13 +472,6 @@ impl Default for CacheCounts {
     }
 }
 
-impl CacheCounts {
-    /// Lookups of every result.
-    pub fn lookups_total(&self) -> u64 {
-        self.lookups.iter().sum()
-    }
-}
-
 /// One request name's figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestCounts {
