@@ -270,6 +270,18 @@ impl Collector for SnapshotCollector {
             "Times the circuit breaker of the shared store opened.",
             s.shared.breaker_opened,
         )?;
+        counter(
+            &mut enc,
+            "postfix_tlsmgr_shared_refused",
+            "Commands the shared store answered with an error while the link worked.",
+            s.shared.refused,
+        )?;
+        counter(
+            &mut enc,
+            "postfix_tlsmgr_shared_degraded",
+            "Times the shared store started refusing commands it answered before.",
+            s.shared.degraded,
+        )?;
         gauge_family(
             &mut enc,
             "postfix_tlsmgr_build_info",
@@ -342,6 +354,8 @@ mod tests {
             "postfix_tlsmgr_shared_lookups_total{result=\"known_missing\"} 0",
             "postfix_tlsmgr_shared_writes_total{result=\"dropped\"} 0",
             "postfix_tlsmgr_shared_breaker_opened_total 0",
+            "postfix_tlsmgr_shared_refused_total 0",
+            "postfix_tlsmgr_shared_degraded_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
