@@ -747,20 +747,21 @@ async fn query<T: redis::FromRedisValue>(
     deadline: Duration,
     cmd: &impl Query,
 ) -> Result<T, SharedError> {
-    let started = tokio::time::Instant::now();
-    let mut conn = match tokio::time::timeout(deadline, slot.get()).await {
-        Ok(Ok(Some(c))) => c,
+    // Connecting is bounded by the slot (the connect timeout), not by the
+    // call's deadline: a caller that gave up must not cancel a connection
+    // that takes longer than a read-through's deadline (TLS to a distant
+    // server), or no read-through would ever get one.
+    let mut conn = match slot.get().await {
+        Ok(Some(c)) => c,
         // No master named yet (Sentinel, at start): no answer, and no
         // failure of Redis either.
-        Ok(Ok(None)) => return Err(SharedError::Busy),
-        Ok(Err(why)) => {
+        Ok(None) => return Err(SharedError::Busy),
+        Err(why) => {
             health.failure(&why);
             return Err(SharedError::Redis(why));
         }
-        Err(_) => return timed_out(health, deadline),
     };
-    let left = deadline.saturating_sub(started.elapsed());
-    match tokio::time::timeout(left, cmd.send(&mut conn.conn)).await {
+    match tokio::time::timeout(deadline, cmd.send(&mut conn.conn)).await {
         Ok(Ok(v)) => {
             health.answered(op, None);
             T::from_redis_value(v).map_err(|e| SharedError::Redis(e.to_string()))

@@ -122,7 +122,20 @@ where
 /// Whether `e` says the connection itself failed (as opposed to Redis
 /// answering with an error, which leaves the connection usable).
 pub fn is_transport(e: &redis::RedisError) -> bool {
-    e.is_io_error()
+    use redis::{ErrorKind, ServerErrorKind};
+    // A server loading its data or without a master answers every
+    // command so for a while: that is an outage, not a refusal.
+    let unavailable = matches!(
+        e.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ClusterDown
+        )
+    );
+    unavailable
+        || e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_timeout()
