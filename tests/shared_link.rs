@@ -378,6 +378,19 @@ fn a_redis_that_refuses_get_warns_once() {
     let c = link.counters();
     assert!(c.refused.load(Ordering::Relaxed) > 0, "refusals counted");
     assert_eq!(c.degraded.load(Ordering::Relaxed), 1);
+    // Given GET back: one line says so, and read-throughs work again.
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "tlsmgr", "+get"])
+        .query(&mut redis.conn())
+        .unwrap();
+    let ended = "no longer degraded";
+    assert!(eventually(|| {
+        lookup(&mut d.client(), "smtpd", "probe");
+        d.log.text().contains(ended)
+    }));
+    let lines = d.log.text().lines().filter(|l| l.contains(ended)).count();
+    assert_eq!(lines, 1);
+    assert_eq!(d.warnings().len(), w.len());
 }
 
 #[test]

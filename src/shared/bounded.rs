@@ -330,6 +330,14 @@ impl<S> Bounded<S> {
         }
     }
 
+    fn late(&mut self) -> io::Error {
+        let ms = self.response_timeout.as_millis();
+        self.fail(
+            io::ErrorKind::TimedOut,
+            format!("no complete reply within {ms} ms"),
+        )
+    }
+
     fn fail(&mut self, kind: io::ErrorKind, why: String) -> io::Error {
         self.failed = Some(kind);
         self.kill.kill();
@@ -366,6 +374,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Bounded<S> {
                         if n > 0 {
                             this.arm();
                         }
+                        // A reply that trickles in never leaves the inner
+                        // stream pending: the deadline is checked here too.
+                        let late = this
+                            .timer
+                            .as_ref()
+                            .is_some_and(|t| t.deadline() <= tokio::time::Instant::now());
+                        if late {
+                            return Poll::Ready(Err(this.late()));
+                        }
                         Poll::Ready(Ok(()))
                     }
                     Err(e) => Poll::Ready(Err(
@@ -377,11 +394,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Bounded<S> {
             Poll::Pending => {
                 if let Some(t) = &mut this.timer {
                     if t.as_mut().poll(cx).is_ready() {
-                        let ms = this.response_timeout.as_millis();
-                        return Poll::Ready(Err(this.fail(
-                            io::ErrorKind::TimedOut,
-                            format!("no complete reply within {ms} ms"),
-                        )));
+                        return Poll::Ready(Err(this.late()));
                     }
                 }
                 Poll::Pending
@@ -500,6 +513,61 @@ mod tests {
         assert_eq!(
             s.scan(b"+OK\r\n+OK\r\n", |n| n < 1),
             Err(BoundError::Unsolicited)
+        );
+    }
+
+    /// A stream over an in-memory pipe, and the server's end of it.
+    fn pipe(timeout: Duration) -> (Bounded<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        (
+            Bounded::new(ours, timeout, Arc::new(Kill::default())),
+            theirs,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_still_arriving_after_the_response_timeout_ends_it() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, mut server) = pipe(Duration::from_secs(1));
+        s.write_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 20];
+        server.read_exact(&mut buf).await.unwrap();
+        // A byte every 300 ms: in bounds, but never done in time.
+        server.write_all(b"$100\r\n").await.unwrap();
+        let mut err = None;
+        for _ in 0..10 {
+            server.write_all(b"x").await.unwrap();
+            if let Ok(Err(e)) =
+                tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await
+            {
+                err = Some(e);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let e = err.unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(s.kill.is_dead());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prompt_reply_and_an_idle_link_are_fine() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, mut server) = pipe(Duration::from_secs(1));
+        s.write_all(b"*1\r\n$4\r\nPING\r\n").await.unwrap();
+        server.write_all(b"+PONG\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(s.read(&mut buf).await.unwrap(), 7);
+        // Nothing asked: no timer runs, however long the link idles.
+        let idle = tokio::time::timeout(Duration::from_secs(3600), s.read(&mut buf)).await;
+        assert!(idle.is_err());
+        // Unsolicited bytes end it.
+        server.write_all(b"+OK\r\n").await.unwrap();
+        assert_eq!(
+            s.read(&mut buf).await.unwrap_err().kind(),
+            io::ErrorKind::InvalidData
         );
     }
 
