@@ -13,9 +13,13 @@
 //!   `tlsmgr_shared_connect_timeout`.
 //!
 //! Every call passes the [`Breaker`]: while it is open nothing is sent,
-//! and a probe (PING, at a jittered interval) closes it. One warning when it
-//! opens, one info line when it closes. Nothing here waits for Redis to be
-//! up: the connection is made lazily and remade in the background.
+//! and a probe (PING over a fresh connection, at a jittered interval)
+//! closes it. One warning when it opens, one info line when it closes.
+//! Only transport failures count for it: a Redis that answers but refuses
+//! a command (ACL, read-only replica) makes the link degraded, with one
+//! warning when it starts and one info line when it ends. Nothing here
+//! waits for Redis to be up: the connection ([`super::link::Slot`], over
+//! [`super::bounded`]) is made on first use and after a failure.
 
 use super::breaker::{Breaker, Transition, DEFAULT_THRESHOLD};
 use super::link::{self, Endpoint, Slot};
