@@ -27,6 +27,8 @@ pub async fn snapshot(svc: &Services) -> Snapshot {
             writes_dropped: c.writes_dropped.load(Relaxed),
             writes_failed: c.writes_failed.load(Relaxed),
             breaker_opened: c.breaker_opened.load(Relaxed),
+            refused: c.refused.load(Relaxed),
+            degraded: c.degraded.load(Relaxed),
         };
     }
     let caches = svc.caches.load_full();

@@ -645,6 +645,12 @@ pub struct SharedCounts {
     pub writes_failed: u64,
     /// Times the circuit breaker opened.
     pub breaker_opened: u64,
+    /// Commands Redis answered with an error while the link worked (an ACL
+    /// without the command, a read-only replica).
+    pub refused: u64,
+    /// Times the link became degraded (Redis answers, but refuses some
+    /// commands).
+    pub degraded: u64,
 }
 
 impl Snapshot {
@@ -765,6 +771,8 @@ impl Snapshot {
                     "failed": self.shared.writes_failed,
                 },
                 "breaker_opened": self.shared.breaker_opened,
+                "refused": self.shared.refused,
+                "degraded": self.shared.degraded,
             },
         })
     }

@@ -297,6 +297,18 @@ impl Collector for SnapshotCollector {
             "Log lines dropped because syslogd or postlogd was not reading them.",
             s.process.log_lines_dropped,
         )?;
+        counter(
+            &mut enc,
+            "postfix_tlsmgr_shared_refused",
+            "Commands the shared store answered with an error while the link worked.",
+            s.shared.refused,
+        )?;
+        counter(
+            &mut enc,
+            "postfix_tlsmgr_shared_degraded",
+            "Times the shared store started refusing commands it answered before.",
+            s.shared.degraded,
+        )?;
         gauge_family(
             &mut enc,
             "postfix_tlsmgr_build_info",
@@ -372,6 +384,8 @@ mod tests {
             "postfix_tlsmgr_shared_lookups_total{result=\"known_missing\"} 0",
             "postfix_tlsmgr_shared_writes_total{result=\"dropped\"} 0",
             "postfix_tlsmgr_shared_breaker_opened_total 0",
+            "postfix_tlsmgr_shared_refused_total 0",
+            "postfix_tlsmgr_shared_degraded_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

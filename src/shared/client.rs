@@ -13,19 +13,22 @@
 //!   `tlsmgr_shared_connect_timeout`.
 //!
 //! Every call passes the [`Breaker`]: while it is open nothing is sent,
-//! and a probe (PING, at a jittered interval) closes it. One warning when it
-//! opens, one info line when it closes. Nothing here waits for Redis to be
-//! up: the connection is made lazily and remade in the background.
+//! and a probe (PING over a fresh connection, at a jittered interval)
+//! closes it. One warning when it opens, one info line when it closes.
+//! Only transport failures count for it: a Redis that answers but refuses
+//! a command (ACL, read-only replica) makes the link degraded, with one
+//! warning when it starts and one info line when it ends. Nothing here
+//! waits for Redis to be up: the connection ([`super::link::Slot`], over
+//! [`super::bounded`]) is made on first use and after a failure.
 
 use super::breaker::{Breaker, Transition, DEFAULT_THRESHOLD};
+use super::link::{self, Endpoint, Slot};
 use super::sentinel;
 use super::unknown_names::UnknownNames;
 use crate::config::secret::Secret;
 use crate::config::store_url;
 use crate::config::FileRead;
 use crate::protocol::CacheType;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::sentinel::SentinelClient;
 use slog::{info, warn, Logger};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -105,71 +108,109 @@ impl Settings {
 /// Where the link connects.
 enum Target {
     /// The server of the URL.
-    Direct(redis::Client),
+    Direct(Endpoint),
     /// The master that the Sentinels name, asked at start and about once
     /// a second by the prober.
-    Sentinel(SentinelClient),
+    Sentinel {
+        sentinels: Vec<Endpoint>,
+        service: String,
+        /// AUTH and SELECT for the master.
+        node: Endpoint,
+    },
 }
 
 impl Target {
     fn of(settings: &Settings) -> Result<Target, SharedError> {
+        let bad = |e: String| SharedError::BadUrl(e);
         if store_url::is_sentinel_url(&settings.url) {
-            let url =
-                store_url::parse(&settings.url).map_err(|e| SharedError::BadUrl(e.to_string()))?;
-            return sentinel::client(&url)
-                .map(Target::Sentinel)
-                .map_err(|e| SharedError::BadUrl(e.to_string()));
+            let url = store_url::parse(&settings.url).map_err(|e| bad(e.to_string()))?;
+            let plain = |addr| Endpoint {
+                addr,
+                redis: redis::RedisConnectionInfo::default(),
+                tls: None,
+            };
+            let sentinels = url
+                .sentinels
+                .iter()
+                .map(|(h, p)| plain(redis::ConnectionAddr::Tcp(h.clone(), *p)))
+                .collect();
+            let node = Endpoint {
+                redis: sentinel::node_info(&url),
+                ..plain(redis::ConnectionAddr::Tcp(String::new(), 0))
+            };
+            return Ok(Target::Sentinel {
+                sentinels,
+                service: url.service.clone(),
+                node,
+            });
         }
-        open_client(settings).map(Target::Direct)
+        endpoint(settings).map(Target::Direct)
     }
 }
 
-/// The connection every task uses; `None` while a Sentinel has not named
-/// a master yet. Replaced when a Sentinel names another one.
-#[derive(Clone, Default)]
-struct Slot(Arc<std::sync::RwLock<Option<(String, ConnectionManager)>>>);
-
-impl Slot {
-    fn get(&self) -> Option<ConnectionManager> {
-        self.0.read().ok()?.as_ref().map(|(_, c)| c.clone())
-    }
-
-    fn address(&self) -> Option<String> {
-        self.0.read().ok()?.as_ref().map(|(a, _)| a.clone())
-    }
-
-    fn set(&self, address: String, conn: ConnectionManager) {
-        if let Ok(mut s) = self.0.write() {
-            *s = Some((address, conn));
+/// The endpoint of a `redis://`, `rediss://` or `redis+unix://` URL.
+fn endpoint(settings: &Settings) -> Result<Endpoint, SharedError> {
+    let bad = |e: String| SharedError::BadUrl(e);
+    let client = redis::Client::open(settings.url.as_str()).map_err(|e| bad(e.to_string()))?;
+    let info = client.get_connection_info();
+    let addr = info.addr().clone();
+    let tls = match &addr {
+        redis::ConnectionAddr::TcpTls { insecure: true, .. } => {
+            return Err(bad("TLS without certificate checks is not supported".into()))
         }
-    }
+        redis::ConnectionAddr::TcpTls { .. } => Some(Arc::new(tls_config(settings).map_err(bad)?)),
+        _ => None,
+    };
+    Ok(Endpoint {
+        addr,
+        redis: info.redis_settings().clone(),
+        tls,
+    })
 }
 
-fn open_client(settings: &Settings) -> Result<redis::Client, SharedError> {
-    let bad = |e: redis::RedisError| SharedError::BadUrl(e.to_string());
-    if !settings.url.starts_with("rediss://") {
-        return redis::Client::open(settings.url.as_str()).map_err(bad);
+/// The TLS client configuration of a `rediss://` store: the CA file's
+/// certificates (or the system's), and the client certificate if any.
+fn tls_config(settings: &Settings) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match &settings.ca {
+        Some(ca) => {
+            for cert in CertificateDer::pem_slice_iter(&ca.1) {
+                let cert = cert.map_err(|e| format!("{}: {e}", ca.0.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", ca.0.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                // A system certificate rustls cannot use is not ours to
+                // refuse the link for.
+                let _ = roots.add(cert);
+            }
+        }
     }
-    // rustls needs a process-wide provider; ring's (another one already
-    // installed is fine too).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    if settings.ca.is_none() && settings.client_cert.is_none() {
-        return redis::Client::open(settings.url.as_str()).map_err(bad);
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots);
+    match &settings.client_cert {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(&cert.1)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{}: {e}", cert.0.display()))?;
+            let k = PrivateKeyDer::from_pem_slice(&key.1)
+                .map_err(|e| format!("{}: {e}", key.0.display()))?;
+            builder
+                .with_client_auth_cert(chain, k)
+                .map_err(|e| e.to_string())
+        }
+        None => Ok(builder.with_no_client_auth()),
     }
-    redis::Client::build_with_tls(
-        settings.url.as_str(),
-        redis::TlsCertificates {
-            client_tls: settings
-                .client_cert
-                .as_ref()
-                .map(|(cert, key)| redis::ClientTlsConfig {
-                    client_cert: cert.1.clone(),
-                    client_key: key.1.clone(),
-                }),
-            root_cert: settings.ca.as_ref().map(|ca| ca.1.clone()),
-        },
-    )
-    .map_err(bad)
 }
 
 /// Counters of the link (for the metrics).
@@ -194,6 +235,12 @@ pub struct Counters {
     pub writes_failed: AtomicU64,
     /// Times the breaker opened.
     pub breaker_opened: AtomicU64,
+    /// Commands Redis answered with an error while the connection worked
+    /// (an ACL without the command, a read-only replica): the link is
+    /// degraded, not down.
+    pub refused: AtomicU64,
+    /// Times the link became degraded.
+    pub degraded: AtomicU64,
 }
 
 /// A queued write.
@@ -226,34 +273,59 @@ enum Job {
     },
 }
 
-impl Job {
-    /// Answers the job with `e`, without asking Redis.
-    fn refuse(self, e: SharedError) {
-        match self {
-            Job::Get { reply, .. } => {
-                let _ = reply.send(Err(e));
-            }
-            Job::Call { reply, .. } => {
-                let _ = reply.send(Err(e));
-            }
-        }
-    }
-}
-
-/// What the owner and the callers share: the breaker and its log lines.
+/// What the owner and the callers share: the breaker, the commands Redis
+/// refuses, and their log lines.
 struct Health {
     breaker: Breaker,
     counters: Counters,
+    /// Commands that Redis answered with an error last time: while any is,
+    /// the link is degraded (one warning when it starts, one info line
+    /// when the last of them works again).
+    refusing: std::sync::Mutex<std::collections::BTreeSet<String>>,
     url: String,
     log: Logger,
 }
 
 impl Health {
-    fn record(&self, result: Result<(), &str>) {
-        let t = match result {
-            Ok(()) => self.breaker.success(),
-            Err(_) => self.breaker.failure(),
+    /// The connection failed (or gave no answer in time).
+    fn failure(&self, why: &str) {
+        self.transition(self.breaker.failure(), Some(why));
+    }
+
+    /// Redis answered `op` (with a value, or with an error when `refused`).
+    /// Either way the connection works.
+    fn answered(&self, op: &str, refused: Option<&str>) {
+        self.transition(self.breaker.success(), None);
+        let Ok(mut set) = self.refusing.lock() else {
+            return;
         };
+        match refused {
+            Some(why) => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                let first = set.is_empty();
+                if set.insert(op.to_string()) && first {
+                    self.counters.degraded.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        self.log,
+                        "shared store {}: answers but refuses {} ({}) -- degraded: sharing only what it accepts",
+                        self.url,
+                        op,
+                        why
+                    );
+                }
+            }
+            None => {
+                if set.remove(op) && set.is_empty() {
+                    info!(
+                        self.log,
+                        "shared store {}: accepts {} again -- no longer degraded", self.url, op
+                    );
+                }
+            }
+        }
+    }
+
+    fn transition(&self, t: Transition, why: Option<&str>) {
         match t {
             Transition::Opened => {
                 self.counters.breaker_opened.fetch_add(1, Ordering::Relaxed);
@@ -262,7 +334,7 @@ impl Health {
                     "shared store {}: {} consecutive failures (last: {}) -- serving from local state until it answers",
                     self.url,
                     self.breaker.threshold(),
-                    result.err().unwrap_or("?")
+                    why.unwrap_or("?")
                 );
             }
             Transition::Closed => {
@@ -308,6 +380,7 @@ impl Shared {
         let health = Arc::new(Health {
             breaker: Breaker::new(DEFAULT_THRESHOLD),
             counters: Counters::default(),
+            refusing: Default::default(),
             url: crate::config::redact_url(&settings.url),
             log,
         });
@@ -449,6 +522,13 @@ fn jitter() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// Where the Sentinels are, for the prober.
+struct Sentinels {
+    sentinels: Vec<Endpoint>,
+    service: String,
+    node: Endpoint,
+}
+
 impl Owner {
     async fn run(self, mut jobs: mpsc::Receiver<Job>, writes: mpsc::Receiver<Write>) {
         let Owner {
@@ -457,52 +537,43 @@ impl Owner {
             settings,
         } = self;
         let ct = settings.connect_timeout;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(ct))
-            .set_response_timeout(None)
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(ct);
-        let slot = Slot::default();
-        let sentinel = match target {
-            Target::Sentinel(client) => Some((client, config)),
-            Target::Direct(client) => {
-                match ConnectionManager::new_lazy_with_config(client, config) {
-                    Ok(c) => slot.set(health.url.clone(), c),
-                    Err(e) => {
-                        warn!(
-                            health.log,
-                            "shared store {}: {} -- sharing off", health.url, e
-                        );
-                        return;
-                    }
-                }
-                None
-            }
+        // A reply must complete within the call timeout, or the connection
+        // is ended and made afresh: that is what replaces a connection
+        // that a middlebox stopped forwarding.
+        let (first, sentinel) = match target {
+            Target::Direct(ep) => (Some(ep), None),
+            Target::Sentinel {
+                sentinels,
+                service,
+                node,
+            } => (
+                None,
+                Some(Sentinels {
+                    sentinels,
+                    service,
+                    node,
+                }),
+            ),
         };
+        let slot = Arc::new(Slot::new(first, ct, ct));
         let reader = {
             let slot = slot.clone();
             let health = health.clone();
             let deadline = settings.lookup_deadline;
             async move {
                 while let Some(job) = jobs.recv().await {
-                    let conn = slot.get();
+                    let slot = slot.clone();
                     let health = health.clone();
                     tokio::spawn(async move {
-                        // No master named yet (Sentinel, at start): no
-                        // answer, and no failure of Redis either.
-                        let Some(mut conn) = conn else {
-                            job.refuse(SharedError::Busy);
-                            return;
-                        };
                         match job {
                             Job::Get { name, reply } => {
                                 let cmd = redis::cmd("GET").arg(&name).clone();
-                                let r = timed(&health, deadline, cmd.query_async(&mut conn)).await;
+                                let r = query(&health, &slot, "GET", deadline, &cmd).await;
                                 let _ = reply.send(r);
                             }
                             Job::Call { cmd, reply } => {
-                                let r = timed(&health, ct, cmd.query_async(&mut conn)).await;
+                                let op = command_name(&cmd);
+                                let r = query(&health, &slot, &op, ct, &cmd).await;
                                 let _ = reply.send(r);
                             }
                         }
@@ -522,51 +593,39 @@ impl Owner {
     }
 
     /// Asks the Sentinels which node is the master and, when it is another
-    /// one than the slot's, connects the slot to it. `failing`: Redis is
+    /// one than the slot's, points the slot to it. `failing`: Redis is
     /// failing already (or no master is known), so a Sentinel that does not
     /// answer counts as a failure too; otherwise a silent Sentinel is
     /// ignored while the master answers.
     async fn follow_master(
-        sentinels: &mut SentinelClient,
-        config: &ConnectionManagerConfig,
+        s: &Sentinels,
         slot: &Slot,
         health: &Health,
         ct: Duration,
         failing: bool,
     ) {
-        let client = match tokio::time::timeout(ct, sentinels.async_get_client()).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
+        let master = match link::sentinel_master(&s.sentinels, &s.service, &s.node, ct).await {
+            Ok(m) => m,
+            Err(e) => {
                 if failing {
-                    health.record(Err(&e.to_string()));
-                }
-                return;
-            }
-            Err(_) => {
-                if failing {
-                    health.record(Err("no Sentinel answered"));
+                    health.failure(&e);
                 }
                 return;
             }
         };
-        let address = client.get_connection_info().addr().to_string();
-        if slot.address().as_deref() == Some(address.as_str()) {
+        let address = master.address();
+        if slot.address().await.as_deref() == Some(address.as_str()) {
             return;
         }
-        match ConnectionManager::new_lazy_with_config(client, config.clone()) {
-            Ok(conn) => {
-                info!(
-                    health.log,
-                    "shared store {}: Sentinel names master {}", health.url, address
-                );
-                slot.set(address, conn);
-            }
-            Err(e) => health.record(Err(&e.to_string())),
-        }
+        info!(
+            health.log,
+            "shared store {}: Sentinel names master {}", health.url, address
+        );
+        slot.set(master).await;
     }
 
     async fn writer(
-        slot: Slot,
+        slot: Arc<Slot>,
         health: Arc<Health>,
         ct: Duration,
         mut writes: mpsc::Receiver<Write>,
@@ -581,10 +640,10 @@ impl Owner {
                 }
             }
             let n = batch.len() as u64;
-            let Some(mut conn) = slot.get().filter(|_| health.breaker.allows()) else {
+            if !health.breaker.allows() {
                 c.writes_dropped.fetch_add(n, Ordering::Relaxed);
                 continue;
-            };
+            }
             let mut pipe = redis::pipe();
             for w in &batch {
                 match w {
@@ -601,22 +660,27 @@ impl Owner {
                     }
                 }
             }
-            let r: Result<(), SharedError> =
-                timed(&health, ct, pipe.query_async::<()>(&mut conn)).await;
-            if r.is_err() {
-                c.writes_failed.fetch_add(n, Ordering::Relaxed);
+            match query::<()>(&health, &slot, "SET", ct, &pipe).await {
+                Err(SharedError::Busy) => {
+                    c.writes_dropped.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    c.writes_failed.fetch_add(n, Ordering::Relaxed);
+                }
+                Ok(()) => {}
             }
         }
     }
 
     /// While the breaker is open: PING at a jittered interval (0.5 to 1.5 s)
-    /// until one answers. With Sentinels, first ask them for the master, at
-    /// every interval: a failover is followed within about a second, before
-    /// the old master is demoted (until then it takes writes that the new
-    /// one never sees).
+    /// over a fresh connection until one answers (the current one may be
+    /// one that no longer answers while the server does). With Sentinels,
+    /// first ask them for the master, at every interval: a failover is
+    /// followed within about a second, before the old master is demoted
+    /// (until then it takes writes that the new one never sees).
     async fn prober(
-        slot: Slot,
-        mut sentinel: Option<(SentinelClient, ConnectionManagerConfig)>,
+        slot: Arc<Slot>,
+        sentinel: Option<Sentinels>,
         health: Arc<Health>,
         ct: Duration,
     ) {
@@ -627,49 +691,127 @@ impl Owner {
                 tokio::time::sleep(pause).await;
             }
             first = false;
-            let failing = slot.get().is_none() || !health.breaker.allows();
-            if let Some((sentinels, config)) = &mut sentinel {
-                Self::follow_master(sentinels, config, &slot, &health, ct, failing).await;
+            let failing = slot.address().await.is_none() || !health.breaker.allows();
+            if let Some(s) = &sentinel {
+                Self::follow_master(s, &slot, &health, ct, failing).await;
             }
-            if !failing {
+            if !failing || health.breaker.allows() {
                 continue;
             }
-            let Some(mut conn) = slot.get() else {
-                continue;
+            let mut conn = match slot.fresh().await {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(e) => {
+                    health.failure(&e);
+                    continue;
+                }
             };
-            if health.breaker.allows() {
-                continue;
+            let ping: redis::RedisResult<String> =
+                tokio::time::timeout(ct, redis::cmd("PING").query_async(&mut conn.conn))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(redis::RedisError::from(std::io::Error::from(
+                            std::io::ErrorKind::TimedOut,
+                        )))
+                    });
+            match ping {
+                Ok(_) => {
+                    slot.adopt(conn).await;
+                    health.answered("PING", None);
+                }
+                Err(e) if link::is_transport(&e) => {
+                    conn.kill();
+                    health.failure(&e.to_string());
+                }
+                Err(e) => {
+                    slot.adopt(conn).await;
+                    health.answered("PING", Some(&e.to_string()));
+                }
             }
-            let _ = timed(
-                &health,
-                ct,
-                redis::cmd("PING").query_async::<String>(&mut conn),
-            )
-            .await;
         }
     }
 }
 
-/// Runs a Redis future under `deadline`, telling the breaker how it went.
-async fn timed<T>(
+/// The name of `cmd` (its first argument), for the log.
+fn command_name(cmd: &redis::Cmd) -> String {
+    match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(b)) => String::from_utf8_lossy(b).to_ascii_uppercase(),
+        _ => "?".into(),
+    }
+}
+
+/// Sends `cmd` (a command or a pipeline) on the slot's connection under
+/// `deadline`, and tells the health how it went: a transport failure or a
+/// missed deadline counts for the breaker (and a failed connection is
+/// dropped); an error reply from Redis marks `op` as refused.
+async fn query<T: redis::FromRedisValue>(
     health: &Health,
+    slot: &Slot,
+    op: &str,
     deadline: Duration,
-    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    cmd: &impl Query,
 ) -> Result<T, SharedError> {
-    match tokio::time::timeout(deadline, fut).await {
+    // Connecting is bounded by the slot (the connect timeout), not by the
+    // call's deadline: a caller that gave up must not cancel a connection
+    // that takes longer than a read-through's deadline (TLS to a distant
+    // server), or no read-through would ever get one.
+    let mut conn = match slot.get().await {
+        Ok(Some(c)) => c,
+        // No master named yet (Sentinel, at start): no answer, and no
+        // failure of Redis either.
+        Ok(None) => return Err(SharedError::Busy),
+        Err(why) => {
+            health.failure(&why);
+            return Err(SharedError::Redis(why));
+        }
+    };
+    match tokio::time::timeout(deadline, cmd.send(&mut conn.conn)).await {
         Ok(Ok(v)) => {
-            health.record(Ok(()));
-            Ok(v)
+            health.answered(op, None);
+            T::from_redis_value(v).map_err(|e| SharedError::Redis(e.to_string()))
+        }
+        Ok(Err(e)) if link::is_transport(&e) => {
+            slot.failed(&conn).await;
+            let why = e.to_string();
+            health.failure(&why);
+            Err(SharedError::Redis(why))
         }
         Ok(Err(e)) => {
             let why = e.to_string();
-            health.record(Err(&why));
+            health.answered(op, Some(&why));
             Err(SharedError::Redis(why))
         }
-        Err(_) => {
-            let why = format!("no answer within {} ms", deadline.as_millis());
-            health.record(Err(&why));
-            Err(SharedError::Timeout)
-        }
+        Err(_) => timed_out(health, deadline),
+    }
+}
+
+fn timed_out<T>(health: &Health, deadline: Duration) -> Result<T, SharedError> {
+    health.failure(&format!("no answer within {} ms", deadline.as_millis()));
+    Err(SharedError::Timeout)
+}
+
+/// A command or a pipeline.
+trait Query {
+    fn send<'a>(
+        &'a self,
+        conn: &'a mut redis::aio::MultiplexedConnection,
+    ) -> impl std::future::Future<Output = redis::RedisResult<redis::Value>> + Send + 'a;
+}
+
+impl Query for redis::Cmd {
+    fn send<'a>(
+        &'a self,
+        conn: &'a mut redis::aio::MultiplexedConnection,
+    ) -> impl std::future::Future<Output = redis::RedisResult<redis::Value>> + Send + 'a {
+        self.query_async(conn)
+    }
+}
+
+impl Query for redis::Pipeline {
+    fn send<'a>(
+        &'a self,
+        conn: &'a mut redis::aio::MultiplexedConnection,
+    ) -> impl std::future::Future<Output = redis::RedisResult<redis::Value>> + Send + 'a {
+        self.query_async(conn)
     }
 }

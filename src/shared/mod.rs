@@ -19,8 +19,10 @@
 //! Everything in Redis is encrypted and authenticated; what does not open
 //! is a miss. When Redis is away each host serves from its own state.
 
+pub mod bounded;
 pub mod breaker;
 pub mod client;
+pub mod link;
 pub mod seal;
 pub mod sentinel;
 pub mod tombstones;
