@@ -177,8 +177,9 @@ pub async fn key_by_name(svc: &Services, name: &[u8; 16]) -> Option<TicketKey> {
 
 /// Keys asked for per `SCAN` step of a purge: each step and each `UNLINK`
 /// of what it found is a short command, so the read-throughs and writes of
-/// every host are served in between.
-pub const PURGE_SCAN_COUNT: usize = 1000;
+/// every host are served in between; and a step's reply (about 100 bytes
+/// a key name) stays far inside the reply bounds of `shared::bounded`.
+pub const PURGE_SCAN_COUNT: usize = 500;
 
 /// A purge gives up after this long and says so (run it again to go on):
 /// the admin connection is closed after [`crate::admin::TIMEOUT`].

@@ -29,12 +29,15 @@ pub const MAX_REPLY: u64 = MAX_BULK + 64 * 1024;
 /// Longest line: a status, an error, a number or a header.
 pub const MAX_LINE: usize = 4096;
 /// Most elements of one array: TIME needs 2, get-master-addr-by-name 2,
-/// ROLE 3 plus a list of the master's replicas (3 fields each); 64
-/// replicas is more than any site runs.
-pub const MAX_ARRAY: i64 = 64;
-/// Most values in one reply, nested ones included (ROLE with 64 replicas:
-/// 3 + 64 + 192).
-pub const MAX_VALUES: u64 = 512;
+/// ROLE 3 plus a list of the master's replicas (3 fields each), and a
+/// purge's `SCAN` step a cursor and the key names it found, about
+/// `PURGE_SCAN_COUNT` (500) and at times more, as `COUNT` is only a hint.
+/// What bounds memory is [`MAX_REPLY`]: 4096 key names of ours would not
+/// fit in it.
+pub const MAX_ARRAY: i64 = 4096;
+/// Most values in one reply, nested ones included (a `SCAN` step: 2 plus
+/// its key names).
+pub const MAX_VALUES: u64 = 4096 + 2;
 /// Deepest nesting (ROLE: 2).
 pub const MAX_DEPTH: usize = 3;
 
@@ -483,7 +486,7 @@ mod tests {
             scan(b"*2000000000\r\n:1\r\n"),
             Err(BoundError::Array(2000000000))
         );
-        assert_eq!(scan(b"%100\r\n"), Err(BoundError::Array(100)));
+        assert_eq!(scan(b"%5000\r\n"), Err(BoundError::Array(5000)));
         assert_eq!(
             scan(b"*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n"),
             Err(BoundError::Depth)
