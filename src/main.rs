@@ -537,7 +537,9 @@ fn check(dir: Option<PathBuf>, overrides: &[String]) -> ExitCode {
                         println!("# from {origin}");
                     }
                 }
-                println!("{name} = {value}");
+                // A Redis password stays in the file: this output is
+                // pasted into tickets and mail.
+                println!("{name} = {}", tlsmgr::config::shown_value(name, value));
             }
             on_disk(&dir, &config)
         }

@@ -406,3 +406,96 @@ fn five_thousand_idle_clients_at_1024_descriptors() {
     assert_eq!(back, 20, "{}", stderr(dir));
     drop(child);
 }
+
+/// Many idle admin connections at a 1024-descriptor limit: the admin
+/// socket serves 16 at once and turns the rest away, so the stores keep
+/// their descriptors: every update is answered OK, and accept errors, if
+/// any, are logged at most once a minute.
+#[test]
+fn idle_admin_connections_leave_the_stores_their_descriptors() {
+    const LIMIT: u64 = 1024;
+    const IDLE: usize = 1100;
+    const UPDATES: usize = 4000;
+    let mut own = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit(2) read and write only `own`.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut own);
+        if own.rlim_max < 4 * IDLE as u64 {
+            own.rlim_max = 4 * IDLE as u64; // raising the hard limit needs root
+        }
+        own.rlim_cur = own.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &own), 0);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let child = serve(dir, LIMIT, LIMIT);
+    let pid = child.pid();
+    let admin = dir.join("private/tlsmgr.admin");
+    let mut idle = Vec::new();
+    let mut refused = 0usize;
+    for _ in 0..IDLE {
+        let s = UnixStream::connect(&admin).unwrap();
+        idle.push(s);
+    }
+    // The 16 oldest are held (until the admin timeout); the rest were told
+    // why and closed.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut held = 0usize;
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut buf = [0u8; 128];
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                assert!(
+                    buf[..n].starts_with(b"error: too many admin connections"),
+                    "{}",
+                    String::from_utf8_lossy(&buf[..n])
+                );
+                refused += 1;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                held += 1
+            }
+            _ => {}
+        }
+    }
+    let fds = open_fds(pid);
+    let mut c = child.client();
+    let mut failed = 0usize;
+    for i in 0..UPDATES {
+        let reply = c
+            .request(&Request::Update {
+                cache_type: Bytes::from_static(b"smtpd"),
+                cache_id: Bytes::from(format!("admin-flood-{i}")),
+                session: Bytes::from(vec![b'S'; 200]),
+            })
+            .unwrap();
+        if reply != Reply::Status(Status::Ok) {
+            failed += 1;
+        }
+    }
+    let log = stderr(dir);
+    let accept_errors = log
+        .lines()
+        .filter(|l| l.contains("admin socket: accept"))
+        .count();
+    println!(
+        "{IDLE} idle admin connections at limit {LIMIT}: {held} held, {refused} turned away; \
+         daemon at {fds} descriptors; {failed} of {UPDATES} updates failed; \
+         {accept_errors} accept error lines"
+    );
+    assert_eq!(held, 16, "{log}");
+    assert_eq!(failed, 0, "{log}");
+    assert!(accept_errors <= 1, "{log}");
+    assert!(!log.contains("Too many open files -- restarting"), "{log}");
+    drop(idle);
+    child.stop();
+}

@@ -328,3 +328,59 @@ fn bad_requests_get_an_answer() {
     assert!(page.contains("<html"));
     drop(d);
 }
+
+/// Clients that connect, send one byte and wait cannot keep a scraper out:
+/// when every place is taken, the oldest one still sending its head is
+/// closed to make room. More keep arriving between scrapes.
+#[test]
+fn slow_clients_cannot_lock_a_scraper_out() {
+    let (d, addr) = start("");
+    let slow = |n: usize| -> Vec<TcpStream> {
+        (0..n)
+            .map(|_| {
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+                s.write_all(b"G").unwrap();
+                s
+            })
+            .collect()
+    };
+    let mut held = slow(64);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut answered = 0;
+    for _ in 0..10 {
+        if matches!(get(addr, "/metrics"), Ok((status, _)) if status == "HTTP/1.0 200 OK") {
+            answered += 1;
+        }
+        held.extend(slow(8));
+    }
+    assert_eq!(answered, 10, "{answered} of 10 scrapes answered");
+    // The oldest slow clients were closed (EOF or reset), not answered.
+    let mut first = held.swap_remove(0);
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(matches!(first.read(&mut buf), Ok(0) | Err(_)));
+    drop(held);
+    drop(d);
+}
+
+/// A scrape flood stays within the cap: 100 scrapers at once are all
+/// answered or closed, and none hangs.
+#[test]
+fn a_scrape_flood_is_answered_or_closed_promptly() {
+    let (d, addr) = start("");
+    let t0 = std::time::Instant::now();
+    let threads: Vec<_> = (0..100)
+        .map(|_| std::thread::spawn(move || get(addr, "/metrics").map(|(s, _)| s)))
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok = results
+        .iter()
+        .filter(|r| matches!(r, Ok(s) if s == "HTTP/1.0 200 OK"))
+        .count();
+    assert!(ok >= 32, "only {ok} of 100 answered: {results:?}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert_eq!(get(addr, "/metrics").unwrap().0, "HTTP/1.0 200 OK");
+    drop(d);
+}

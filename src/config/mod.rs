@@ -219,17 +219,49 @@ impl SharedConfig {
     }
 }
 
-/// `url` without a password (what logs may show).
+/// `url` without a password (what logs, `tlsmgr check` and the admin
+/// answers may show): the password of the user info (`USER:PASSWORD@`,
+/// `:PASSWORD@`) and of the `pass=`/`password=` query pairs (redis-rs reads
+/// the password of a `unix://` URL there) become `***`. The user info ends
+/// at the last `@` before the path, as redis-rs and
+/// [`store_url::parse`] read it, so a password holding `@` is hidden whole.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &userinfo[..c], &url[at..]),
-                None => url.to_string(),
-            }
+    let Some(s) = url.find("://") else {
+        return url.to_string();
+    };
+    let (scheme, rest) = url.split_at(s + 3);
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{hosts}"),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if k == "pass" || k == "password" => format!("{k}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", pairs.join("&"))
         }
-        _ => url.to_string(),
+        None => tail.to_string(),
+    };
+    format!("{scheme}{authority}{tail}")
+}
+
+/// `value` of parameter `name` as it may be shown: the password of
+/// `tlsmgr_shared_store` hidden ([`redact_url`]), anything else as is.
+pub fn shown_value(name: &str, value: &str) -> String {
+    if name == params::TLSMGR_SHARED_STORE {
+        redact_url(value)
+    } else {
+        value.to_string()
     }
 }
 
@@ -884,11 +916,7 @@ impl Config {
                 } else {
                     ""
                 };
-                let (old, new) = if *name == params::TLSMGR_SHARED_STORE {
-                    (redact_url(old), redact_url(new))
-                } else {
-                    (old.clone(), new.clone())
-                };
+                let (old, new) = (shown_value(name, old), shown_value(name, new));
                 format!("{name} {old} -> {new}{later}")
             })
             .collect();
@@ -1337,6 +1365,28 @@ mod tests {
             "redis://tlsmgr:***@h:6379/0"
         );
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        for (url, shown) in [
+            ("rediss://:pw@h:6380/1", "rediss://:***@h:6380/1"),
+            ("redis://u:p@ss@h/0", "redis://u:***@h/0"),
+            (
+                "redis://u:pw@h/0?protocol=resp3",
+                "redis://u:***@h/0?protocol=resp3",
+            ),
+            (
+                "redis+sentinel://u:pw@s1:26379,s2/mx/2",
+                "redis+sentinel://u:***@s1:26379,s2/mx/2",
+            ),
+            ("redis+sentinel://:pw@s1/mx", "redis+sentinel://:***@s1/mx"),
+            (
+                "unix:///run/redis.sock?db=1&pass=pw&user=u",
+                "unix:///run/redis.sock?db=1&pass=***&user=u",
+            ),
+            ("redis://user@h/0", "redis://user@h/0"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        assert_eq!(shown_value("tlsmgr_shared_site", "a:b@c"), "a:b@c");
         let old = from(&[]).unwrap();
         let new = from(&[
             ("tlsmgr_shared_store", "redis://u:pw@h"),

@@ -45,11 +45,14 @@ pub enum SecretError {
         /// How many bytes it held (or more than the maximum).
         len: usize,
     },
-    /// Not a regular file.
-    #[error("shared secret file {path} is not a regular file")]
+    /// Not a regular file; a symbolic link is not followed, since whoever
+    /// may change the link could point it at a file of their choosing.
+    #[error("shared secret file {path} is {what}, not a regular file{}", if *what == "a symbolic link" { " (links are not followed: name the file itself)" } else { "" })]
     NotAFile {
         /// The file.
         path: PathBuf,
+        /// What is there instead ("a symbolic link", "a directory", ...).
+        what: &'static str,
     },
 }
 
@@ -97,8 +100,9 @@ impl Secret {
         };
         let (mut bytes, meta) =
             super::regular::read_small(path, MAX_SECRET_LEN as u64).map_err(|e| match e {
-                super::regular::Refused::NotAFile(_) => SecretError::NotAFile {
+                super::regular::Refused::NotAFile(what) => SecretError::NotAFile {
                     path: path.to_path_buf(),
+                    what,
                 },
                 super::regular::Refused::TooLarge(n) => SecretError::BadLength {
                     path: path.to_path_buf(),
@@ -163,6 +167,13 @@ mod tests {
         ));
         let e = Secret::load(&tmp.path().join("none")).unwrap_err();
         assert!(e.to_string().contains("none"), "{e}");
+        std::os::unix::fs::symlink(&good, tmp.path().join("link")).unwrap();
+        let e = Secret::load(&tmp.path().join("link")).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("link is a symbolic link, not a regular file (links are not followed: name the file itself)"),
+            "{e}"
+        );
         let big = write(tmp.path(), "big", &[7; MAX_SECRET_LEN + 1], 0o400);
         assert!(matches!(
             Secret::load(&big),

@@ -7,15 +7,26 @@
 //! peer uid (`SO_PEERCRED`) must be root's, mail_owner's or the daemon's
 //! own; anyone else is told `permission denied` and logged. Each action is
 //! logged with the uid that asked.
+//!
+//! At most [`MAX_CONNECTIONS`] connections are served at once, so that
+//! admin clients, however many and however idle, take a bounded number of
+//! descriptors (counted in [`super::limits::OWN_FILES_RESERVE`]) and never
+//! those the stores need; a connection beyond that is told so and closed.
+//! A failing accept(2) is logged at most once every
+//! [`limits::EXHAUSTION_LOG_INTERVAL`], like the main socket's.
 
+use super::limits::{self, LogEvery};
 use super::sharing::{self, SharedRemoval};
 use super::Services;
 use crate::actors::ticket::RotateNow;
 use crate::admin::{MAX_LINE, TIMEOUT};
 use crate::protocol::CacheType;
 use slog::{info, warn};
+use std::cell::Cell;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::rc::Rc;
+use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// Binds the admin socket at `path`, mode 0600, replacing a stale socket
@@ -68,20 +79,69 @@ pub fn allowed_uids(mail_owner: &str) -> Vec<u32> {
     uids
 }
 
+/// Admin connections served at once: a person or a script asks one thing
+/// at a time, so a few cover concurrent scripts and monitoring.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// What a connection beyond [`MAX_CONNECTIONS`] is told before it is closed.
+const BUSY: &[u8] = b"error: too many admin connections open; try again\n";
+
+/// One admin connection open, for as long as its task lives (it ends, times
+/// out or is dropped with the daemon).
+struct Open(Rc<Cell<usize>>);
+
+impl Open {
+    fn new(count: &Rc<Cell<usize>>) -> Open {
+        count.set(count.get() + 1);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
 /// Accepts admin connections until the daemon stops.
 pub async fn serve(listener: tokio::net::UnixListener, svc: Services, allowed: Vec<u32>) {
     let allowed = std::rc::Rc::new(allowed);
+    let open = Rc::new(Cell::new(0usize));
+    let mut errors = LogEvery::new(limits::EXHAUSTION_LOG_INTERVAL);
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                if open.get() >= MAX_CONNECTIONS {
+                    // Accepted only to be turned away: left in the listen
+                    // queue, the client would wait for the whole timeout
+                    // without knowing why. The socket is fresh and empty,
+                    // so the one write does not block.
+                    let _ = stream.try_write(BUSY);
+                    continue;
+                }
+                let slot = Open::new(&open);
                 let svc = svc.clone();
                 let allowed = allowed.clone();
                 actix_rt::spawn(async move {
+                    let _slot = slot;
                     let _ = tokio::time::timeout(TIMEOUT, connection(stream, &svc, &allowed)).await;
                 });
             }
             Err(e) => {
-                warn!(svc.log, "admin socket: accept: {}", e);
+                if let Some(unlogged) = errors.due(Instant::now()) {
+                    let since = if unlogged > 0 {
+                        format!(", {unlogged} more since the last line")
+                    } else {
+                        String::new()
+                    };
+                    warn!(
+                        svc.log,
+                        "admin socket: accept: {}{} (logged at most once every {}s)",
+                        e,
+                        since,
+                        limits::EXHAUSTION_LOG_INTERVAL.as_secs()
+                    );
+                }
                 actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }

@@ -10,11 +10,22 @@
 //!
 //! Bad input costs little: a request head is read for at most
 //! [`READ_TIMEOUT`] and [`MAX_HEAD`] bytes, and at most [`MAX_CLIENTS`]
-//! connections are served at once (more are closed unanswered).
+//! connections are served at once. Slow or idle clients cannot keep a
+//! scraper out: when all places are taken, the oldest client that has not
+//! sent a complete head yet is closed to make room ([`Clients`]). Only
+//! when every place is answering a complete request (a scrape flood) is
+//! the newcomer closed unanswered, so the cap holds either way.
+//!
+//! Our own parser rather than hyper's HTTP/1 server: the endpoint answers
+//! three GET targets and closes, which takes a request line and an empty
+//! line; hyper's header-read timeout would replace only [`READ_TIMEOUT`],
+//! while the cap and the eviction, which are what keep a scraper in, live
+//! in the accept loop either way.
 
 use super::Services;
 use slog::{info, warn};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -22,8 +33,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How often the listen address in force is compared with the listener.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(500);
-/// Longest wait for a request head.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a request head: a scraper sends its head in one
+/// write, so a short bound costs it nothing and frees idle places sooner.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest request head read.
 pub const MAX_HEAD: usize = 8192;
 /// Connections served at once.
@@ -77,22 +89,80 @@ pub async fn supervise(svc: Services) {
     }
 }
 
+/// The connections being served, oldest first (ids only grow), each with
+/// whether its request head is complete and how to close it.
+#[derive(Default)]
+struct Clients {
+    next_id: u64,
+    open: BTreeMap<u64, Client>,
+}
+
+struct Client {
+    head_read: Rc<Cell<bool>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Clients {
+    /// Closes the oldest client still sending its head; false when every
+    /// client has sent one (they are being answered).
+    fn evict_oldest_unread(this: &RefCell<Clients>) -> bool {
+        let victim = {
+            let mut clients = this.borrow_mut();
+            let id = clients
+                .open
+                .iter()
+                .find(|(_, c)| !c.head_read.get())
+                .map(|(id, _)| *id);
+            id.and_then(|id| clients.open.remove(&id))
+        };
+        // Aborted outside the borrow: dropping the task's future runs its
+        // guard, which borrows the registry again.
+        victim.map(|c| c.task.abort()).is_some()
+    }
+}
+
+/// Takes a connection's entry out of [`Clients`] however its task ends
+/// (done, timed out or aborted by an eviction).
+struct Leave(Rc<RefCell<Clients>>, u64);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if let Ok(mut clients) = self.0.try_borrow_mut() {
+            clients.open.remove(&self.1);
+        }
+    }
+}
+
 async fn serve(listener: tokio::net::TcpListener, svc: Services) {
-    let busy = Rc::new(Cell::new(0usize));
+    let clients = Rc::new(RefCell::new(Clients::default()));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             actix_rt::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        if busy.get() >= MAX_CLIENTS {
+        let full = clients.borrow().open.len() >= MAX_CLIENTS;
+        if full && !Clients::evict_oldest_unread(&clients) {
             continue;
         }
-        busy.set(busy.get() + 1);
-        let (svc, busy) = (svc.clone(), busy.clone());
-        actix_rt::spawn(async move {
-            let _ = tokio::time::timeout(READ_TIMEOUT * 2, answer(stream, &svc)).await;
-            busy.set(busy.get() - 1);
+        let id = {
+            let mut c = clients.borrow_mut();
+            c.next_id += 1;
+            c.next_id
+        };
+        let head_read = Rc::new(Cell::new(false));
+        let leave = Leave(clients.clone(), id);
+        let (svc, flag) = (svc.clone(), head_read.clone());
+        let task = actix_rt::spawn(async move {
+            let _leave = leave;
+            let _ = tokio::time::timeout(READ_TIMEOUT * 2, answer(stream, &svc, &flag)).await;
         });
+        clients.borrow_mut().open.insert(
+            id,
+            Client {
+                head_read,
+                task: task.abort_handle(),
+            },
+        );
     }
 }
 
@@ -130,7 +200,7 @@ fn route(head: &[u8]) -> Route {
     }
 }
 
-async fn answer(mut stream: tokio::net::TcpStream, svc: &Services) {
+async fn answer(mut stream: tokio::net::TcpStream, svc: &Services, head_read: &Cell<bool>) {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     let read = tokio::time::timeout(READ_TIMEOUT, async {
@@ -146,6 +216,8 @@ async fn answer(mut stream: tokio::net::TcpStream, svc: &Services) {
         true
     })
     .await;
+    // From here on the client is being answered, not holding a place.
+    head_read.set(true);
     let (status, content_type, body) = match read {
         Ok(true) => match route(&head) {
             Route::Metrics => {

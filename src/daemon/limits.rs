@@ -113,12 +113,54 @@ pub fn out_of_descriptors(e: &std::io::Error) -> bool {
     )
 }
 
+/// Descriptors the admin socket and the metrics endpoint may hold at once:
+/// their connections at their caps, and one more each for a newcomer being
+/// turned away or taking an evicted client's place.
+pub const SIDE_CONNECTIONS: u64 =
+    super::admin::MAX_CONNECTIONS as u64 + super::http::MAX_CLIENTS as u64 + 2;
+
 /// Descriptors kept free for the daemon's own files: every store at its
 /// most ([`crate::store::fjall::MAX_OPEN_FILES`]; three caches: smtpd,
-/// smtp, lmtp) and some for the rest (key and exchange files, main.cf, the
-/// admin and metrics sockets, Redis). A quarter of the limit at most, so a
-/// small limit still serves clients.
-pub const OWN_FILES_RESERVE: u64 = 3 * crate::store::fjall::MAX_OPEN_FILES + 32;
+/// smtp, lmtp), the admin and metrics connections ([`SIDE_CONNECTIONS`])
+/// and some for the rest (key and exchange files, main.cf, the listening
+/// sockets, Redis). A quarter of the limit at most, so a small limit still
+/// serves clients.
+pub const OWN_FILES_RESERVE: u64 = 3 * crate::store::fjall::MAX_OPEN_FILES + SIDE_CONNECTIONS + 32;
+
+/// A log line that may repeat many times a second (a failing accept(2)),
+/// kept to one per interval; time comes in as `now`, so tests step it.
+#[derive(Debug)]
+pub struct LogEvery {
+    interval: Duration,
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl LogEvery {
+    /// At most one line per `interval`.
+    pub fn new(interval: Duration) -> LogEvery {
+        LogEvery {
+            interval,
+            last: None,
+            unlogged: 0,
+        }
+    }
+
+    /// The event happened at `now`: `Some(n)` when a line is due, `n` being
+    /// how many were not logged since the last line; `None` otherwise.
+    pub fn due(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.duration_since(t) < self.interval => {
+                self.unlogged += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.unlogged))
+            }
+        }
+    }
+}
 
 /// How many client connections the descriptor limit leaves room for, once
 /// the daemon's own files have theirs ([`OWN_FILES_RESERVE`]).
@@ -339,6 +381,21 @@ mod tests {
             .failed(s(61_700), &e, Nothing)
             .unwrap()
             .contains("descriptor limit"));
+    }
+
+    #[test]
+    fn a_repeated_line_is_logged_once_per_interval() {
+        let t0 = Instant::now();
+        let mut every = LogEvery::new(EXHAUSTION_LOG_INTERVAL);
+        assert_eq!(every.due(t0), Some(0));
+        // 10 a second for 59.9 s: nothing more.
+        let logged = (1..600)
+            .filter(|i| every.due(t0 + Duration::from_millis(i * 100)).is_some())
+            .count();
+        assert_eq!(logged, 0);
+        assert_eq!(every.due(t0 + Duration::from_secs(60)), Some(599));
+        assert_eq!(every.due(t0 + Duration::from_secs(61)), None);
+        assert_eq!(every.due(t0 + Duration::from_secs(120)), Some(1));
     }
 
     #[test]
