@@ -133,6 +133,43 @@ mod tests {
     }
 
     #[test]
+    fn records_alternate_across_threads() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).unwrap();
+            got
+        });
+        let ch = std::sync::Arc::new(StatusChannel::new(a, 0));
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let ch = ch.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..2000 {
+                        ch.taken().unwrap();
+                        ch.avail().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        drop(ch);
+        let got = reader.join().unwrap();
+        assert_eq!(got.len() % 12, 0);
+        let states: Vec<i32> = got
+            .chunks(12)
+            .map(|c| i32::from_ne_bytes(c[8..12].try_into().unwrap()))
+            .collect();
+        assert!(!states.is_empty());
+        for (i, s) in states.iter().enumerate() {
+            assert_eq!(*s, if i % 2 == 0 { TAKEN } else { AVAIL }, "record {i}");
+        }
+        assert_eq!(states.last(), Some(&AVAIL), "idle at the end");
+    }
+
+    #[test]
     fn generation_is_octal() {
         assert_eq!(generation_from_env(Some("17")), 15);
         assert_eq!(generation_from_env(Some("x")), 0);
