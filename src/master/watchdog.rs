@@ -12,19 +12,26 @@
 //! - every probe must be answered within the period: the heartbeat pings
 //!   each cache actor ([`Watchdog::probe_started`]), and a store stuck in
 //!   I/O keeps its actor's thread from answering;
-//! - and, as before, a request in flight must start or finish something
-//!   within the period.
+//! - and a request in flight must start or finish something within the
+//!   period. Requests only bump atomic counters, with no lock and no clock
+//!   read (they are the hot path, run by every I/O thread at once); the
+//!   checking thread notes when it first sees the event count change, so
+//!   such a stall is caught between one and one and a quarter periods
+//!   after the last event.
 
 use slog::{crit, Logger};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 struct State {
     heartbeat: Instant,
-    in_flight: usize,
-    last_request_event: Instant,
+    /// The request event count the checker last saw, and when it first
+    /// saw it.
+    seen_events: u64,
+    seen_at: Instant,
     /// Last beat of each registered I/O thread.
     threads: Vec<Instant>,
     /// Probes in flight, by id: when each was sent.
@@ -36,6 +43,9 @@ struct State {
 #[derive(Debug)]
 pub struct Watchdog {
     state: Mutex<State>,
+    in_flight: AtomicUsize,
+    /// Requests started plus requests finished.
+    request_events: AtomicU64,
     timeout: Duration,
 }
 
@@ -46,12 +56,14 @@ impl Watchdog {
         Arc::new(Watchdog {
             state: Mutex::new(State {
                 heartbeat: now,
-                in_flight: 0,
-                last_request_event: now,
+                seen_events: 0,
+                seen_at: now,
                 threads: Vec::new(),
                 probes: HashMap::new(),
                 next_probe: 0,
             }),
+            in_flight: AtomicUsize::new(0),
+            request_events: AtomicU64::new(0),
             timeout,
         })
     }
@@ -72,24 +84,33 @@ impl Watchdog {
 
     /// A request started.
     pub fn request_started(&self) {
-        let mut s = self.lock();
-        s.in_flight += 1;
-        s.last_request_event = Instant::now();
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.request_events.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request finished.
     pub fn request_finished(&self) {
-        let mut s = self.lock();
-        s.in_flight = s.in_flight.saturating_sub(1);
-        s.last_request_event = Instant::now();
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
+        self.request_events.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether the daemon is stuck at `now`.
+    /// Whether the daemon is stuck at `now`. Called by the checking
+    /// thread each [`Self::beat_interval`]: a change in the request event
+    /// count counts as progress at the time of the call that sees it.
     pub fn stuck_at(&self, now: Instant) -> bool {
-        let s = self.lock();
+        let mut s = self.lock();
+        let events = self.request_events.load(Ordering::Relaxed);
+        if events != s.seen_events {
+            s.seen_events = events;
+            s.seen_at = now;
+        }
         let late = |t: &Instant| now.duration_since(*t) >= self.timeout;
         late(&s.heartbeat)
-            || (s.in_flight > 0 && late(&s.last_request_event))
+            || (self.in_flight.load(Ordering::Relaxed) > 0 && late(&s.seen_at))
             || s.threads.iter().any(late)
             || s.probes.values().any(late)
     }
@@ -154,6 +175,8 @@ mod tests {
         w.beat();
         w.request_started();
         let t1 = Instant::now();
+        // The checker's sample that sees the request start.
+        assert!(!w.stuck_at(t1));
         // Heartbeat fresh, but the request is stuck.
         w.beat();
         assert!(w.stuck_at(t1 + Duration::from_secs(11)));
