@@ -17,7 +17,7 @@ mod serve;
 
 use child::{instance, MasterChild, OURS};
 use common::{b, hit, lookup, update, TestDaemon};
-use serve::ServeProcess;
+use serve::{write_store_main_cf as write_main_cf, ServeProcess};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,22 +25,6 @@ use tlsmgr::client::Client;
 use tlsmgr::protocol::{Reply, Status};
 
 const OK: Reply = Reply::Status(Status::Ok);
-
-/// main.cf for `tlsmgr serve` in `dir`: the smtpd cache only, a small
-/// write buffer so that a few MiB of sessions make table files.
-fn write_main_cf(dir: &Path) {
-    std::fs::create_dir_all(dir.join("data")).unwrap();
-    std::fs::write(
-        dir.join("main.cf"),
-        format!(
-            "queue_directory = {d}\ndata_directory = {d}/data\n\
-             smtpd_tls_session_cache_database = btree:${{data_directory}}/smtpd_scache\n\
-             tlsmgr_store_write_buffer_size = 1048576\ntlsmgr_io_threads = 2\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-}
 
 fn store_of(dir: &Path) -> PathBuf {
     dir.join("data/smtpd_scache.fjall")

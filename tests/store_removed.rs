@@ -10,7 +10,7 @@ mod common;
 mod serve;
 
 use common::{b, hit, lookup};
-use serve::ServeProcess;
+use serve::{write_store_main_cf as write_main_cf, ServeProcess};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,20 +24,6 @@ const MARGIN: Duration = Duration::from_millis(1500);
 
 /// The warning that names the event.
 const GONE_LINE: &str = "under the daemon";
-
-fn write_main_cf(dir: &Path) {
-    std::fs::create_dir_all(dir.join("data")).unwrap();
-    std::fs::write(
-        dir.join("main.cf"),
-        format!(
-            "queue_directory = {d}\ndata_directory = {d}/data\n\
-             smtpd_tls_session_cache_database = btree:${{data_directory}}/smtpd_scache\n\
-             tlsmgr_store_write_buffer_size = 1048576\ntlsmgr_io_threads = 2\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-}
 
 fn session_of(i: u64) -> Vec<u8> {
     let mut s = format!("session {i} ").into_bytes();

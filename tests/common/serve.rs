@@ -92,3 +92,20 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// main.cf for `tlsmgr serve` in `dir`: the smtpd cache only, with a small
+/// write buffer so that a few MiB of sessions make table files (the store
+/// recovery tests break and remove those files).
+pub fn write_store_main_cf(dir: &Path) {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(
+        dir.join("main.cf"),
+        format!(
+            "queue_directory = {d}\ndata_directory = {d}/data\n\
+             smtpd_tls_session_cache_database = btree:${{data_directory}}/smtpd_scache\n\
+             tlsmgr_store_write_buffer_size = 1048576\ntlsmgr_io_threads = 2\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+}
