@@ -228,7 +228,7 @@ struct Shared {
     t1: Instant,
 }
 
-fn cache_id(smtpd: bool, conn: usize, n: u64) -> Vec<u8> {
+pub fn cache_id(smtpd: bool, conn: usize, n: u64) -> Vec<u8> {
     // Shaped like Postfix's ids: smtpd's is the hex session id plus the
     // service and OpenSSL version; smtp's names the next hop and a digest.
     if smtpd {
