@@ -17,7 +17,8 @@
 //! latency from each handshake's due time (`load/open_loop.rs`), with both
 //! caches first filled to `--prefill` sessions each (default 100 000, our
 //! default bound, so that every new session evicts one), for each of
-//! `--servers` (default `ours-fjall,stock`) in turn. Per window: p50, p99,
+//! `--servers` (default `ours-fjall,stock`; `ceiling` shows what the
+//! machine itself adds to the tail) in turn. Per window: p50, p99,
 //! p99.9, max, RSS, server CPU; then the median and worst window's p99.9,
 //! the windows over 10 ms and over 3× the median, and the RSS spread after
 //! the first minute. It reports and does not judge:
@@ -32,6 +33,8 @@
 //! of one second each, which checks that sampling works.
 #![allow(dead_code)]
 
+#[path = "load/ceiling.rs"]
+mod ceiling;
 #[path = "load/driver.rs"]
 mod driver;
 #[path = "load/open_loop.rs"]
@@ -379,6 +382,16 @@ fn run(a: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // `--servers ceiling` starts this binary again as the ceiling server.
+    if let Some(socket) = std::env::var_os(servers::CEILING_ENV) {
+        return match ceiling::run(std::path::Path::new(&socket)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ceiling: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match parse_args().and_then(|a| run(&a)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
