@@ -382,15 +382,9 @@ fn run(a: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    // `--servers ceiling` starts this binary again as the ceiling server.
-    if let Some(socket) = std::env::var_os(servers::CEILING_ENV) {
-        return match ceiling::run(std::path::Path::new(&socket)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("ceiling: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    // The bench started this binary again as the ceiling server.
+    if let Some(code) = ceiling::serve_if_asked() {
+        return code;
     }
     match parse_args().and_then(|a| run(&a)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -472,14 +472,9 @@ fn check_smoke(kind: Kind, m: &driver::Measure, log: &str) -> Result<(), String>
 }
 
 fn main() -> ExitCode {
-    if let Some(socket) = std::env::var_os(servers::CEILING_ENV) {
-        return match ceiling::run(std::path::Path::new(&socket)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("ceiling: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    // The bench started this binary again as the ceiling server.
+    if let Some(code) = ceiling::serve_if_asked() {
+        return code;
     }
     let result = parse_args().and_then(|a| run(&a));
     match result {
