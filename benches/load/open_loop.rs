@@ -20,7 +20,7 @@
 //! counted as unfinished, with the time it had waited as its latency (a
 //! lower bound), so a saturated server's tail is not dropped.
 
-use super::driver::{cache_id, Mix};
+use super::driver::{cache_id, lookup_outcome, Mix, Resumptions};
 use super::servers::{cpu_time, status_kb};
 use super::wire::{self, Rng};
 use std::io::{Read, Write};
@@ -211,8 +211,7 @@ fn conn_loop(
     if st != Some(0) {
         r.errors += 1;
     }
-    let mut stored: Vec<u64> = Vec::new();
-    let mut next_id = 0u64;
+    let mut ids = Resumptions::default();
     let window_of = |due: Instant| -> Option<usize> {
         (due >= t0).then(|| ((due - t0).as_nanos() / plan.window.as_nanos().max(1)) as usize)
     };
@@ -244,23 +243,13 @@ fn conn_loop(
         if st != Some(0) || !nonempty {
             r.errors += 1;
         }
-        let resume = !stored.is_empty() && rng.chance(plan.mix.hit_ratio);
-        let n = if resume {
-            stored[rng.below(stored.len() as u64) as usize]
-        } else {
-            next_id += 1;
-            next_id
-        };
+        let (n, resume) = ids.pick(&mut rng, plan.mix.hit_ratio);
         let id = cache_id(smtpd, conn, n ^ (plan.id_tag << 40));
         let (st, nonempty) = c.exchange(&wire::lookup(ct, &id))?;
-        let hit = match st {
-            Some(0) if nonempty => true,
-            Some(-1) => false,
-            _ => {
-                r.errors += 1;
-                false
-            }
-        };
+        let hit = lookup_outcome(st, nonempty).unwrap_or_else(|| {
+            r.errors += 1;
+            false
+        });
         if hit {
             r.hits += 1;
         } else {
@@ -274,10 +263,7 @@ fn conn_loop(
                 r.errors += 1;
             }
             if !resume {
-                if stored.len() >= 1024 {
-                    stored.swap_remove(rng.below(1024) as usize);
-                }
-                stored.push(n);
+                ids.stored(&mut rng, n);
             }
         }
         if smtpd {
