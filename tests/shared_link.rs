@@ -23,8 +23,14 @@ const SECRET: &[u8] = b"link-test secret: at least thirty-two bytes long";
 const RSS_BOUND_KIB: u64 = 128 * 1024;
 /// The read-through deadline the daemons run with (the default).
 const DEADLINE: Duration = Duration::from_millis(20);
-/// What a loaded, shared 2-core machine adds to a reply.
-const MARGIN: Duration = Duration::from_millis(230);
+/// What a read-through may add to the deadline, in 99 of 100 lookups:
+/// the hops between the daemon's threads and the two sockets.
+const MARGIN: Duration = Duration::from_millis(5);
+/// What the single slowest may add. Not the daemon: on a 2-core machine
+/// running other tests (or CI's other jobs) a process now and then waits
+/// that long for a core, and a read-through wakes more threads (the
+/// link's, the server's) than a local hit, each a chance to wait.
+const SLOWEST_MARGIN: Duration = Duration::from_millis(230);
 
 /// What a fake server answers a GET (and ROLE) with.
 #[derive(Clone, Copy)]
@@ -157,9 +163,21 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The 99th percentile of `times` (sorted here).
+fn p99(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times
+        .get(times.len() * 99 / 100)
+        .copied()
+        .unwrap_or_default()
+}
+
 /// Lookups (each a read-through: nobody stored the ids) for 10 s against
 /// a daemon whose store sends `evil`; RSS sampled all along. The daemon
 /// is killed as soon as it is over the bound (the machine is shared).
+/// Between them, lookups of a session the daemon holds itself (a local
+/// hit, Redis not asked): what the machine alone adds to a reply, printed
+/// beside the read-throughs' figures.
 fn bounded_against(name: &str, url: &str) {
     let (_tmp, daemon) = serve(url);
     let pid = daemon.pid();
@@ -184,9 +202,9 @@ fn bounded_against(name: &str, url: &str) {
         })
     };
     let mut c = daemon.client();
+    update(&mut c, "smtpd", "local", b"held here");
     let start = Instant::now();
-    let mut slowest = Duration::ZERO;
-    let mut times = Vec::new();
+    let (mut times, mut local_times) = (Vec::new(), Vec::new());
     let mut n = 0;
     let mut failed = None;
     while start.elapsed() < Duration::from_secs(10) {
@@ -196,7 +214,6 @@ fn bounded_against(name: &str, url: &str) {
             cache_type: b("smtpd"),
             cache_id: b(&format!("{name}-{n}")),
         });
-        slowest = slowest.max(t.elapsed());
         times.push(t.elapsed());
         match got {
             Ok(r) if r == miss() => {}
@@ -205,24 +222,35 @@ fn bounded_against(name: &str, url: &str) {
                 break;
             }
         }
+        let t = Instant::now();
+        let got = lookup(&mut c, "smtpd", "local");
+        local_times.push(t.elapsed());
+        assert_eq!(got, hit(b"held here"));
         std::thread::sleep(Duration::from_millis(20));
     }
     stop.store(true, Ordering::Relaxed);
     let peak = sampler.join().unwrap();
-    times.sort();
-    let p99 = times
-        .get(times.len() * 99 / 100)
-        .copied()
-        .unwrap_or_default();
-    eprintln!("{name}: {n} lookups, p99 {p99:?}, slowest {slowest:?}, peak RSS {peak} KiB");
+    let slowest = times.iter().max().copied().unwrap_or_default();
+    let local_slowest = local_times.iter().max().copied().unwrap_or_default();
+    let (p99, local_p99) = (p99(&mut times), p99(&mut local_times));
+    eprintln!(
+        "{name}: {n} read-throughs, p99 {p99:?}, slowest {slowest:?}; \
+         local hits p99 {local_p99:?}, slowest {local_slowest:?}; peak RSS {peak} KiB"
+    );
     let log = daemon.log_text();
     let tail: Vec<&str> = log.lines().rev().take(3).collect();
     eprintln!("{name}: log ends {tail:#?}");
     assert!(peak <= RSS_BOUND_KIB, "{name}: RSS {peak} KiB");
     assert_eq!(failed, None, "{name}: lookup {n}");
+    // What the machine added to a local hit in this run is not the
+    // daemon's doing: discounted.
     assert!(
-        slowest < DEADLINE + MARGIN,
-        "{name}: a lookup took {slowest:?}"
+        p99 <= DEADLINE + MARGIN + local_p99,
+        "{name}: p99 {p99:?} (local hits {local_p99:?})"
+    );
+    assert!(
+        slowest <= DEADLINE + SLOWEST_MARGIN + local_slowest,
+        "{name}: a lookup took {slowest:?} (local hits {local_slowest:?})"
     );
 }
 

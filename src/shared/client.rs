@@ -265,6 +265,8 @@ pub enum Write {
 enum Job {
     Get {
         name: String,
+        /// When the caller stops waiting.
+        until: tokio::time::Instant,
         reply: oneshot::Sender<Result<Option<Vec<u8>>, SharedError>>,
     },
     Call {
@@ -440,7 +442,7 @@ impl Shared {
         self.get_within(name, self.settings.lookup_deadline).await
     }
 
-    /// `GET name` within `deadline`.
+    /// `GET name` within `deadline`, counted from now.
     pub async fn get_within(
         &self,
         name: String,
@@ -449,13 +451,15 @@ impl Shared {
         if !self.available() {
             return Err(SharedError::Open);
         }
+        let until = tokio::time::Instant::now() + deadline;
         let (reply, rx) = oneshot::channel();
         self.jobs
-            .try_send(Job::Get { name, reply })
+            .try_send(Job::Get { name, until, reply })
             .map_err(|_| SharedError::Busy)?;
-        // The owner times the call out at the same deadline (and counts it);
-        // the slack only covers the hop back.
-        match tokio::time::timeout(deadline + Duration::from_millis(5), rx).await {
+        // The owner stops at the same instant (and counts a miss of it
+        // against Redis); this wait is what bounds the reply to Postfix,
+        // whatever the owner's thread is doing.
+        match tokio::time::timeout_at(until, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(SharedError::Busy),
             Err(_) => Err(SharedError::Timeout),
@@ -566,9 +570,11 @@ impl Owner {
                     let health = health.clone();
                     tokio::spawn(async move {
                         match job {
-                            Job::Get { name, reply } => {
+                            Job::Get { name, until, reply } => {
                                 let cmd = redis::cmd("GET").arg(&name).clone();
-                                let r = query(&health, &slot, "GET", deadline, &cmd).await;
+                                let r =
+                                    query_until(&health, &slot, "GET", deadline, Some(until), &cmd)
+                                        .await;
                                 let _ = reply.send(r);
                             }
                             Job::Call { cmd, reply } => {
@@ -751,6 +757,21 @@ async fn query<T: redis::FromRedisValue>(
     deadline: Duration,
     cmd: &impl Query,
 ) -> Result<T, SharedError> {
+    query_until(health, slot, op, deadline, None, cmd).await
+}
+
+/// [`query`], for a caller that stops waiting at `until`: the command is
+/// not sent when connecting took until then (the caller is gone, and the
+/// server was not asked, so no failure is counted), and its reply is
+/// waited for until then only.
+async fn query_until<T: redis::FromRedisValue>(
+    health: &Health,
+    slot: &Slot,
+    op: &str,
+    deadline: Duration,
+    until: Option<tokio::time::Instant>,
+    cmd: &impl Query,
+) -> Result<T, SharedError> {
     // Connecting is bounded by the slot (the connect timeout), not by the
     // call's deadline: a caller that gave up must not cancel a connection
     // that takes longer than a read-through's deadline (TLS to a distant
@@ -765,7 +786,12 @@ async fn query<T: redis::FromRedisValue>(
             return Err(SharedError::Redis(why));
         }
     };
-    match tokio::time::timeout(deadline, cmd.send(&mut conn.conn)).await {
+    let until = match until {
+        Some(u) if u <= tokio::time::Instant::now() => return Err(SharedError::Timeout),
+        Some(u) => u,
+        None => tokio::time::Instant::now() + deadline,
+    };
+    match tokio::time::timeout_at(until, cmd.send(&mut conn.conn)).await {
         Ok(Ok(v)) => {
             health.answered(op, None);
             T::from_redis_value(v).map_err(|e| SharedError::Redis(e.to_string()))
