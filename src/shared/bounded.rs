@@ -304,6 +304,9 @@ pub struct Bounded<S> {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     kill: Arc<Kill>,
     failed: Option<io::ErrorKind>,
+    /// A pub/sub connection: messages come without being asked for (each
+    /// still within the bounds), and replies to our commands are timed.
+    pushes: bool,
 }
 
 impl<S> Bounded<S> {
@@ -318,6 +321,17 @@ impl<S> Bounded<S> {
             timer: None,
             kill,
             failed: None,
+            pushes: false,
+        }
+    }
+
+    /// Wraps the stream of a subscriber (`SUBSCRIBE`): values that no
+    /// command asked for are messages, accepted one by one under the same
+    /// bounds as replies.
+    pub fn subscriber(inner: S, response_timeout: Duration, kill: Arc<Kill>) -> Bounded<S> {
+        Bounded {
+            pushes: true,
+            ..Bounded::new(inner, response_timeout, kill)
         }
     }
 
@@ -370,10 +384,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Bounded<S> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let outstanding = this.outstanding;
+                let pushes = this.pushes;
                 let got = &buf.filled()[before..];
-                match this.replies.scan(got, |n| n < outstanding) {
+                match this.replies.scan(got, |n| pushes || n < outstanding) {
                     Ok(n) => {
-                        this.outstanding -= n;
+                        // A subscriber cannot tell a message from a reply:
+                        // any value ends the wait for one.
+                        this.outstanding = this.outstanding.saturating_sub(n);
                         if n > 0 {
                             this.arm();
                         }

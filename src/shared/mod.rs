@@ -22,6 +22,7 @@
 pub mod bounded;
 pub mod breaker;
 pub mod client;
+pub mod invalidation;
 pub mod link;
 pub mod seal;
 pub mod sentinel;
