@@ -591,6 +591,30 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_takes_messages_within_the_bounds_only() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut server) = tokio::io::duplex(1 << 20);
+        let mut s = Bounded::subscriber(ours, Duration::from_secs(1), Arc::new(Kill::default()));
+        let mut buf = [0u8; 256];
+        // Messages nobody asked for, one after the other: taken.
+        let message = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\nabc\r\n";
+        for _ in 0..3 {
+            server.write_all(message).await.unwrap();
+            assert_eq!(s.read(&mut buf).await.unwrap(), message.len());
+        }
+        // Nothing asked, nothing sent: no timer, however long it is quiet.
+        let quiet = tokio::time::timeout(Duration::from_secs(3600), s.read(&mut buf)).await;
+        assert!(quiet.is_err());
+        // One over the bounds ends it.
+        server.write_all(b"*2000000000\r\n").await.unwrap();
+        assert_eq!(
+            s.read(&mut buf).await.unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        assert!(s.kill.is_dead());
+    }
+
     #[test]
     fn the_commands_side_only_counts() {
         let mut s = Scanner::new(false);
