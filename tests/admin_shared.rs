@@ -466,4 +466,13 @@ fn an_admin_removal_reaches_the_local_copies_of_other_hosts() {
     );
     // A did not apply its own message a second time.
     assert!(!a.log().contains("as another host did"));
+    // B counted both messages, dropped none, and never lost its
+    // subscription.
+    let o = b.tlsmgr(&["stats", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let shared = &stats["shared"];
+    assert_eq!(shared["removals_told"], 2, "{shared}");
+    assert_eq!(shared["removals_told_dropped"], 0, "{shared}");
+    assert_eq!(shared["subscriber_lost"], 0, "{shared}");
 }
