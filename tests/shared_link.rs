@@ -133,8 +133,9 @@ fn fake_server(evil: Evil, master: Option<u16>) -> u16 {
     port
 }
 
-/// A `tlsmgr serve` process sharing through `url`.
-fn serve(url: &str) -> (tempfile::TempDir, ServeProcess) {
+/// A `tlsmgr serve` process sharing through `url`, its metrics endpoint
+/// on `metrics`.
+fn serve(url: &str, metrics: u16) -> (tempfile::TempDir, ServeProcess) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -145,7 +146,8 @@ fn serve(url: &str) -> (tempfile::TempDir, ServeProcess) {
             "queue_directory = {d}\ndata_directory = {d}/data\n\
              smtpd_tls_session_cache_database = btree:${{data_directory}}/smtpd_scache\n\
              tlsmgr_shared_store = {url}\ntlsmgr_shared_site = mx\n\
-             tlsmgr_shared_secret_file = {d}/shared.key\n",
+             tlsmgr_shared_secret_file = {d}/shared.key\n\
+             tlsmgr_metrics_listen = 127.0.0.1:{metrics}\n",
             d = dir.display()
         ),
     )
@@ -179,7 +181,8 @@ fn p99(times: &mut [Duration]) -> Duration {
 /// hit, Redis not asked): what the machine alone adds to a reply, printed
 /// beside the read-throughs' figures.
 fn bounded_against(name: &str, url: &str) {
-    let (_tmp, daemon) = serve(url);
+    let metrics = free_port();
+    let (_tmp, daemon) = serve(url, metrics);
     let pid = daemon.pid();
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -237,21 +240,54 @@ fn bounded_against(name: &str, url: &str) {
         "{name}: {n} read-throughs, p99 {p99:?}, slowest {slowest:?}; \
          local hits p99 {local_p99:?}, slowest {local_slowest:?}; peak RSS {peak} KiB"
     );
+    // The daemon's own view: its lookups (read-throughs and local hits)
+    // over deadline + 5 ms, from its latency histogram (a bucket ends at
+    // 25 ms), measured from the request read to the reply written, so
+    // without the time this process waits for a core.
+    let (over, total) = lookups_over_25ms(metrics);
+    eprintln!(
+        "{name}: daemon-side, {over} of {total} lookups over {:?}",
+        DEADLINE + MARGIN
+    );
     let log = daemon.log_text();
     let tail: Vec<&str> = log.lines().rev().take(3).collect();
     eprintln!("{name}: log ends {tail:#?}");
     assert!(peak <= RSS_BOUND_KIB, "{name}: RSS {peak} KiB");
     assert_eq!(failed, None, "{name}: lookup {n}");
-    // What the machine added to a local hit in this run is not the
-    // daemon's doing: discounted.
+    assert_eq!(total, 2 * n as u64, "{name}: every lookup counted");
     assert!(
-        p99 <= DEADLINE + MARGIN + local_p99,
-        "{name}: p99 {p99:?} (local hits {local_p99:?})"
+        over * 100 <= n as u64,
+        "{name}: {over} of {n} read-throughs over {:?} in the daemon",
+        DEADLINE + MARGIN
     );
+    // Seen from here, the p99 is printed, not asserted: on a loaded
+    // 2-core machine this process and the fake server wait for a core
+    // too (at a load average of 17, read-throughs' p99 went to 36 ms
+    // here while the daemon kept 1 of 406 over 25 ms). The slowest is
+    // bounded, less what the machine added to a local hit.
     assert!(
         slowest <= DEADLINE + SLOWEST_MARGIN + local_slowest,
         "{name}: a lookup took {slowest:?} (local hits {local_slowest:?})"
     );
+}
+
+/// From the daemon's `/metrics`: lookups that took longer than 25 ms, and
+/// all lookups.
+fn lookups_over_25ms(port: u16) -> (u64, u64) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let value = |prefix: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {text}")) as u64
+    };
+    let total = value("postfix_tlsmgr_request_duration_seconds_count{request=\"lookup\"}");
+    let within =
+        value("postfix_tlsmgr_request_duration_seconds_bucket{request=\"lookup\",le=\"0.025\"}");
+    (total - within, total)
 }
 
 #[test]
