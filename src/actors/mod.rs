@@ -27,16 +27,14 @@ use std::sync::Arc;
 #[rtype(result = "()")]
 pub struct ConfigChanged(pub Arc<Config>);
 
-/// A running cache: the shared cache, its actor, and the timeout it runs
-/// with (what `policy` answers).
+/// A running cache: the shared cache and its actor. The timeout it runs
+/// with (what `policy` answers) is the cache's own ([`Cache::limits`]).
 #[derive(Clone)]
 pub struct RunningCache {
     /// The cache the data path calls.
     pub cache: Arc<Cache>,
     /// Its actor.
     pub addr: Addr<cache::CacheActor>,
-    /// Its sanitized timeout.
-    pub timeout: u32,
 }
 
 /// The running caches, indexed by [`CacheType::index`]; `None` = disabled.
