@@ -24,6 +24,7 @@
 //! - [`clock`]: injected time, so expiry and rotation are tested by stepping a clock.
 //! - [`logging`]: slog drains that format lines the way Postfix does.
 //! - [`master`]: running as a child of Postfix's master(8).
+//! - [`serve`]: running as `tlsmgr serve`, the standalone daemon.
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![deny(rust_2018_idioms, unused_must_use)]
 #![warn(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -42,6 +43,7 @@ pub mod master;
 pub mod metrics;
 pub mod prng;
 pub mod protocol;
+pub mod serve;
 pub mod shared;
 pub mod store;
 pub mod tickets;

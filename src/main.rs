@@ -9,11 +9,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tlsmgr::actors::watcher::WatchOptions;
 use tlsmgr::client::{self, ClientCommand};
 use tlsmgr::config::Config;
-use tlsmgr::daemon::ownership;
-use tlsmgr::logging::stderr_logger;
 
 #[derive(Parser)]
 #[command(
@@ -159,13 +156,6 @@ enum CacheAction {
         /// The cache id, as Postfix logs it.
         cache_id: String,
     },
-}
-
-/// `--socket P` of `tlsmgr serve`: the admin socket is `P.admin`.
-fn admin_beside(socket: &Path) -> PathBuf {
-    let mut name = socket.as_os_str().to_os_string();
-    name.push(".admin");
-    PathBuf::from(name)
 }
 
 /// The admin socket of `args`: `--socket`, else tlsmgr_admin_socket of
@@ -317,7 +307,7 @@ fn main() -> ExitCode {
             socket,
             overrides,
             verbose,
-        } => serve(
+        } => tlsmgr::serve::main(
             &tlsmgr::config::config_directory(config_dir),
             socket,
             &overrides,
@@ -583,60 +573,6 @@ fn on_disk(dir: &Path, config: &Config) -> ExitCode {
         }
         Err(e) => {
             eprintln!("tlsmgr: fatal: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn serve(dir: &Path, socket: Option<PathBuf>, overrides: &[String], verbose: bool) -> ExitCode {
-    let pre_log = stderr_logger("postfix/tlsmgr", verbose);
-    let config = match Config::load(dir, overrides) {
-        Ok(c) => c,
-        Err(e) => {
-            slog::crit!(pre_log, "{}", e);
-            return ExitCode::from(1);
-        }
-    };
-    let log = stderr_logger(&format!("{}/tlsmgr", config.syslog_name), verbose);
-    for w in &config.warnings {
-        slog::warn!(log, "{}", w);
-    }
-    for n in &config.notes {
-        slog::info!(log, "{}", n);
-    }
-    // Root must not make files in mail_owner's data_directory (see the
-    // module), neither now nor after a reload.
-    let euid = nix::unistd::geteuid().as_raw();
-    if let Err(e) = ownership::check(&config, euid) {
-        slog::crit!(log, "{}", e);
-        return ExitCode::from(1);
-    }
-    // Beside an explicit --socket (so that two daemons of one main.cf can
-    // run side by side), else tlsmgr_admin_socket.
-    let admin = match &socket {
-        Some(s) => Some(admin_beside(s)),
-        None => config.admin_socket.clone(),
-    };
-    let socket = socket.unwrap_or_else(|| config.default_socket());
-    // Opened now, before any chroot, so that live reload keeps reading it.
-    let watch = match tlsmgr::config::dir::ConfigDir::open(dir) {
-        Ok(handle) => {
-            let mut w = WatchOptions::new(handle, overrides.to_vec());
-            w.sighup = true;
-            w.adjust = Some(Box::new(move |cfg: &mut Config| {
-                ownership::check(cfg, euid).map_err(Into::into)
-            }));
-            Some(w)
-        }
-        Err(e) => {
-            slog::warn!(log, "open {}: {} -- live reload disabled", dir.display(), e);
-            None
-        }
-    };
-    match tlsmgr::daemon::standalone(config, &socket, admin.as_deref(), log.clone(), watch) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            slog::crit!(log, "{}", e);
             ExitCode::from(1)
         }
     }

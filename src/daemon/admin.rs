@@ -23,14 +23,15 @@ use crate::admin::{MAX_LINE, TIMEOUT};
 use crate::protocol::CacheType;
 use slog::{info, warn};
 use std::cell::Cell;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-/// Binds the admin socket at `path`, mode 0600, replacing a stale socket
-/// file (one nobody answers on); refuses when a daemon answers there.
+/// Binds the admin socket at `path` ([`super::private_socket::bind`]:
+/// mode 0600, only a stale socket replaced), creating its directory first
+/// when missing.
 pub fn bind(path: &Path) -> Result<UnixListener, crate::Error> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
@@ -38,33 +39,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, crate::Error> {
                 .map_err(|e| crate::Error::io(format!("create {}", dir.display()), e))?;
         }
     }
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if !m.file_type().is_socket() {
-            return Err(crate::Error::io(
-                format!("bind {}", path.display()),
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "exists and is not a socket; not removing it",
-                ),
-            ));
-        }
-        if UnixStream::connect(path).is_ok() {
-            return Err(crate::Error::io(
-                format!("bind {}", path.display()),
-                std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    "another tlsmgr is serving this admin socket",
-                ),
-            ));
-        }
-        std::fs::remove_file(path)
-            .map_err(|e| crate::Error::io(format!("remove stale {}", path.display()), e))?;
-    }
-    // Exactly 0600 before anyone can connect (see `super::private_socket`).
-    let listener = super::private_socket::bind_with_mode(path, 0o600)
-        .map_err(|e| crate::Error::io(format!("bind {}", path.display()), e))?;
-    Ok(listener)
+    super::private_socket::bind(path)
 }
 
 /// Who may use the admin socket: root, `mail_owner` (looked up now, before
