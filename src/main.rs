@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tlsmgr::admin::AdminRequest;
 use tlsmgr::client::{self, ClientCommand};
 use tlsmgr::config::Config;
 
@@ -197,12 +198,12 @@ fn admin_socket(command: &str, args: AdminArgs) -> Result<PathBuf, ExitCode> {
 
 /// Sends one admin command and prints the answer; exit 0, 1 (refused), 2
 /// (unreachable).
-fn admin_command(command: &str, args: AdminArgs, line: &str) -> ExitCode {
+fn admin_command(command: &str, args: AdminArgs, request: &AdminRequest) -> ExitCode {
     let socket = match admin_socket(command, args) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    match tlsmgr::admin::request(&socket, line) {
+    match tlsmgr::admin::request(&socket, request) {
         Ok(body) => {
             print!("{body}");
             ExitCode::SUCCESS
@@ -328,22 +329,32 @@ fn main() -> ExitCode {
         } => check(config_dir, &overrides),
         Command::Stats { admin, json, watch } => stats(admin, json, watch),
         Command::Keys { admin, action } => match action {
-            KeysAction::Rotate => admin_command("keys", admin, "keys rotate"),
-            KeysAction::List => admin_command("keys", admin, "keys list"),
+            KeysAction::Rotate => admin_command("keys", admin, &AdminRequest::KeysRotate),
+            KeysAction::List => admin_command("keys", admin, &AdminRequest::KeysList),
         },
         Command::Cache { admin, action } => {
-            let line = match &action {
-                CacheAction::Purge { cache_type } => format!("cache purge {cache_type}"),
+            let (cache_type, id) = match action {
+                CacheAction::Purge { cache_type } => (cache_type, None),
                 CacheAction::Delete {
                     cache_type,
                     cache_id,
-                } => format!("cache delete {cache_type} {cache_id}"),
+                } => (cache_type, Some(cache_id)),
             };
-            if line.contains('\n') {
+            if id.as_ref().is_some_and(|id| id.contains('\n')) {
                 eprintln!("tlsmgr cache: fatal: a cache id cannot contain a newline");
                 return ExitCode::from(2);
             }
-            admin_command("cache", admin, &line)
+            // Refused as the daemon refuses it (same words, exit 1): the
+            // request carries a cache type, not any word.
+            let ct = match tlsmgr::admin::cache_type(&cache_type) {
+                Ok(ct) => ct,
+                Err(why) => return admin_error("cache", &tlsmgr::admin::AdminError::Refused(why)),
+            };
+            let request = match id {
+                None => AdminRequest::CachePurge(ct),
+                Some(id) => AdminRequest::CacheDelete(ct, id),
+            };
+            admin_command("cache", admin, &request)
         }
         Command::Man => match std::io::stdout().lock().write_all(&man_page()) {
             Ok(()) => ExitCode::SUCCESS,

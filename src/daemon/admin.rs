@@ -19,7 +19,7 @@ use super::limits::{self, LogEvery};
 use super::sharing::{self, SharedRemoval};
 use super::Services;
 use crate::actors::ticket::RotateNow;
-use crate::admin::{MAX_LINE, TIMEOUT};
+use crate::admin::{AdminRequest, MAX_LINE, TIMEOUT};
 use crate::protocol::CacheType;
 use slog::{info, warn};
 use std::cell::Cell;
@@ -150,10 +150,16 @@ async fn connection(stream: tokio::net::UnixStream, svc: &Services, allowed: &[u
     } else {
         line.pop();
         match String::from_utf8(line) {
-            Ok(cmd) => match execute(cmd.trim_end_matches('\r'), uid, svc).await {
-                Ok(body) => format!("ok\n{body}"),
-                Err(why) => format!("error: {why}\n"),
-            },
+            Ok(cmd) => {
+                let answer = match AdminRequest::parse(cmd.trim_end_matches('\r')) {
+                    Ok(request) => apply(request, uid, svc).await,
+                    Err(why) => Err(why),
+                };
+                match answer {
+                    Ok(body) => format!("ok\n{body}"),
+                    Err(why) => format!("error: {why}\n"),
+                }
+            }
             Err(_) => "error: request is not UTF-8\n".to_string(),
         }
     };
@@ -161,26 +167,23 @@ async fn connection(stream: tokio::net::UnixStream, svc: &Services, allowed: &[u
     let _ = write.shutdown().await;
 }
 
-fn cache_type(word: &str) -> Result<CacheType, String> {
-    CacheType::from_wire(word.as_bytes())
-        .ok_or_else(|| format!("unknown cache type \"{word}\" (smtpd, smtp or lmtp)"))
-}
-
-/// Carries out one command; the answer's body, or why not.
-async fn execute(cmd: &str, uid: u32, svc: &Services) -> Result<String, String> {
-    let mut words = cmd.splitn(3, ' ');
-    match (words.next(), words.next(), words.next()) {
-        (Some("stats"), None, None) => {
+/// Carries out one request for `uid`; the answer's body, or why not.
+async fn apply(request: AdminRequest, uid: u32, svc: &Services) -> Result<String, String> {
+    match request {
+        AdminRequest::Stats => {
             let snap = super::stats::snapshot(svc).await;
             Ok(format!("{}\n", snap.to_json()))
         }
-        (Some("keys"), Some("list"), None) => Ok(keys_list(svc)),
-        (Some("keys"), Some("rotate"), None) => {
+        AdminRequest::KeysList => Ok(keys_list(svc)),
+        AdminRequest::KeysRotate => {
             info!(svc.log, "admin: keys rotate requested by uid {}", uid);
             match svc.tickets.send(RotateNow).await {
                 Ok(Ok(())) => {
                     let ring = svc.ticket_keys.load();
-                    let name = ring.current.map(|k| hex::encode(k.name)).unwrap_or_default();
+                    let name = ring
+                        .current
+                        .map(|k| hex::encode(k.name))
+                        .unwrap_or_default();
                     info!(
                         svc.log,
                         "admin: session ticket key {} is current now (rotated for uid {})",
@@ -193,68 +196,70 @@ async fn execute(cmd: &str, uid: u32, svc: &Services) -> Result<String, String> 
                 Err(e) => Err(format!("ticket key actor: {e}")),
             }
         }
-        (Some("cache"), Some(op @ ("purge" | "delete")), Some(rest)) => {
-            let (ct, id) = match (op, rest.split_once(' ')) {
-                ("purge", None) => (cache_type(rest)?, None),
-                ("delete", Some((t, id))) if !id.is_empty() => (cache_type(t)?, Some(id)),
-                _ => return Err(format!("usage: cache {op} TYPE{}", if op == "delete" { " ID" } else { "" })),
-            };
-            let cache = svc
-                .caches
-                .load()
-                .get(ct)
-                .map(|rc| rc.cache.clone())
-                .ok_or_else(|| format!("the {ct} TLS cache is disabled"))?;
-            let id = id.map(|s| s.as_bytes().to_vec());
-            let shown = id
-                .as_ref()
-                .map(|i| format!(" {}", String::from_utf8_lossy(i)))
-                .unwrap_or_default();
-            info!(
-                svc.log,
-                "admin: cache {} {}{} requested by uid {}", op, ct, shown, uid
-            );
-            let timeout = u64::from(cache.limits().timeout);
-            // Store I/O blocks: off the daemon thread.
-            let local_id = id.clone();
-            let local = actix_rt::task::spawn_blocking(move || match local_id {
-                None => cache.purge(),
-                Some(id) => cache.delete(&id).map(u64::from),
-            })
-            .await;
-            let local = match local {
-                Ok(Ok(n)) => Ok(n),
-                Ok(Err(_)) => Err(format!("the {ct} TLS cache is not available")),
-                Err(e) => Err(format!("cache operation failed: {e}")),
-            };
-            // The shared copies go too, even when the local store is down:
-            // the command is how a suspected leak is contained, and what
-            // Redis holds is what every host would read back.
-            let shared = match &id {
-                None => sharing::admin_purge(svc, ct, timeout).await,
-                Some(id) => sharing::admin_delete(svc, ct, id, timeout).await,
-            };
-            let text = cache_answer(op, ct, &shown, &local, &shared);
-            match (&local, &shared) {
-                (Ok(_), SharedRemoval::NotShared | SharedRemoval::Removed(_)) => {
-                    if !matches!(shared, SharedRemoval::NotShared) {
-                        info!(svc.log, "admin: {}", text);
-                    }
-                    Ok(format!("{text}\n"))
-                }
-                _ => {
-                    // The protocol's error is one line; a store's message
-                    // may have more.
-                    let text = text.replace(['\r', '\n'], " ");
-                    warn!(svc.log, "admin: {}", text);
-                    Err(text)
-                }
+        AdminRequest::CachePurge(ct) => cache_removal(ct, None, uid, svc).await,
+        AdminRequest::CacheDelete(ct, id) => cache_removal(ct, Some(id), uid, svc).await,
+    }
+}
+
+/// `cache purge` (`id` = `None`) or `cache delete`: locally and, for a
+/// shared cache, in the shared store.
+async fn cache_removal(
+    ct: CacheType,
+    id: Option<String>,
+    uid: u32,
+    svc: &Services,
+) -> Result<String, String> {
+    let op = if id.is_some() { "delete" } else { "purge" };
+    let cache = svc
+        .caches
+        .load()
+        .get(ct)
+        .map(|rc| rc.cache.clone())
+        .ok_or_else(|| format!("the {ct} TLS cache is disabled"))?;
+    let id = id.map(String::into_bytes);
+    let shown = id
+        .as_ref()
+        .map(|i| format!(" {}", String::from_utf8_lossy(i)))
+        .unwrap_or_default();
+    info!(
+        svc.log,
+        "admin: cache {} {}{} requested by uid {}", op, ct, shown, uid
+    );
+    let timeout = u64::from(cache.limits().timeout);
+    // Store I/O blocks: off the daemon thread.
+    let local_id = id.clone();
+    let local = actix_rt::task::spawn_blocking(move || match local_id {
+        None => cache.purge(),
+        Some(id) => cache.delete(&id).map(u64::from),
+    })
+    .await;
+    let local = match local {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(_)) => Err(format!("the {ct} TLS cache is not available")),
+        Err(e) => Err(format!("cache operation failed: {e}")),
+    };
+    // The shared copies go too, even when the local store is down:
+    // the command is how a suspected leak is contained, and what
+    // Redis holds is what every host would read back.
+    let shared = match &id {
+        None => sharing::admin_purge(svc, ct, timeout).await,
+        Some(id) => sharing::admin_delete(svc, ct, id, timeout).await,
+    };
+    let text = cache_answer(op, ct, &shown, &local, &shared);
+    match (&local, &shared) {
+        (Ok(_), SharedRemoval::NotShared | SharedRemoval::Removed(_)) => {
+            if !matches!(shared, SharedRemoval::NotShared) {
+                info!(svc.log, "admin: {}", text);
             }
+            Ok(format!("{text}\n"))
         }
-        _ => Err(format!(
-            "unknown command \"{}\" (stats, keys list, keys rotate, cache purge TYPE, cache delete TYPE ID)",
-            cmd.chars().take(100).collect::<String>()
-        )),
+        _ => {
+            // The protocol's error is one line; a store's message
+            // may have more.
+            let text = text.replace(['\r', '\n'], " ");
+            warn!(svc.log, "admin: {}", text);
+            Err(text)
+        }
     }
 }
 
