@@ -1,5 +1,5 @@
 //! The cache actor: *when* things happen to one session cache. What they do
-//! is [`crate::cache::Cache`]'s, which the I/O threads call directly.
+//! is `cache::Cache`'s, which the I/O threads call directly.
 //!
 //! Each enabled cache gets its own actor on its own arbiter thread, because
 //! everything it does blocks on disk I/O: opening the store (and waiting for

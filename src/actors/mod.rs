@@ -1,5 +1,5 @@
 //! The control plane: actix actors that decide *when* things happen. What
-//! happens is the domain modules' ([`crate::cache`], [`crate::tickets`],
+//! happens is the domain modules' (`crate::cache`, [`crate::tickets`],
 //! [`crate::prng`]), which the data path calls directly; no request waits
 //! on a mailbox.
 //!
@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub struct ConfigChanged(pub Arc<Config>);
 
 /// A running cache: the shared cache and its actor. The timeout it runs
-/// with (what `policy` answers) is the cache's own ([`Cache::limits`]).
+/// with (what `policy` answers) is the cache's own (`Cache::limits`).
 #[derive(Clone)]
 pub struct RunningCache {
     /// The cache the data path calls.

@@ -114,7 +114,7 @@ impl Config {
         Config::from_raw(&parse_raw(main, ours, dir, overrides)?)
     }
 
-    /// Builds the snapshot of what [`read_raw`] or [`parse_raw`] read, with
+    /// Builds the snapshot of what [`read_raw`] or `parse_raw` read, with
     /// the warnings of the reading.
     pub fn from_raw(raw: &RawConfig) -> Result<Config, ConfigError> {
         let mut cfg = Config::from_source(raw)?;

@@ -6,10 +6,10 @@
 //! postconf(1) and `postfix check` do not see them and so do not warn that
 //! they are unused. `$name` in either file sees the definitions of both.
 //!
-//! - [`maincf`]: main.cf (and tlsmgr.cf) text to raw definitions (logical
+//! - `maincf`: main.cf (and tlsmgr.cf) text to raw definitions (logical
 //!   lines, overrides), and the join of the two files.
 //! - [`expand`]: `$name` expansion when a value is read.
-//! - [`values`]: Postfix's int/time/bool syntax and messages.
+//! - `values`: Postfix's int/time/bool syntax and messages.
 //! - [`dir`]: the configuration directory held open, so main.cf stays
 //!   readable after a chroot (live reload).
 //! - [`secret`]: `tlsmgr_shared_secret_file`, read and checked, and the
@@ -29,12 +29,12 @@
 
 pub mod dir;
 pub mod expand;
-pub mod maincf;
+mod maincf;
 pub mod params;
-pub mod regular;
+pub(crate) mod regular;
 pub mod secret;
 pub mod store_url;
-pub mod values;
+mod values;
 
 mod cache;
 mod error;
@@ -42,13 +42,11 @@ mod load;
 mod shared;
 mod source;
 
-pub use cache::{sanitize_timeout, CacheConfig, SESSION_LIFEMAX, SESSION_LIFEMIN};
+pub use cache::CacheConfig;
 pub use error::ConfigError;
-pub use load::{config_directory, parse_raw, read_ours, read_raw, MAIN_CF, TLSMGR_CF};
+pub use load::{config_directory, read_raw, MAIN_CF, TLSMGR_CF};
 pub use maincf::RawConfig;
-pub use shared::{
-    parse_millis, redact_url, shown_value, FileRead, SharedConfig, MAX_SITE_LEN, MAX_WRITE_QUEUE,
-};
+pub use shared::{redact_url, shown_value, FileRead, SharedConfig};
 pub use source::{effective_values, expand_parameter, Source};
 
 use crate::protocol::CacheType;
@@ -61,7 +59,7 @@ pub const MAX_RANDOM_PERIOD: u64 = 8_421_504;
 
 /// Parameters a running daemon cannot change: they take effect when it
 /// next starts (a reload says so).
-pub const START_ONLY: &[&str] = &[
+const START_ONLY: &[&str] = &[
     params::QUEUE_DIRECTORY,
     params::TLSMGR_ADMIN_SOCKET,
     params::TLSMGR_IO_THREADS,
@@ -72,18 +70,18 @@ pub const START_ONLY: &[&str] = &[
 ];
 
 /// Upper bound of `tlsmgr_io_threads`.
-pub const MAX_IO_THREADS: i64 = 256;
+const MAX_IO_THREADS: i64 = 256;
 
 pub use params::DEFAULTS;
 
 /// Longest `tlsmgr_stats_log_interval` (one week).
-pub const MAX_STATS_LOG_INTERVAL: u64 = 7 * 86_400;
+const MAX_STATS_LOG_INTERVAL: u64 = 7 * 86_400;
 
 /// Smallest `tlsmgr_store_block_cache_size` and
 /// `tlsmgr_store_write_buffer_size` (fjall needs some room to work).
-pub const MIN_STORE_BUFFER: i64 = 1024 * 1024;
+const MIN_STORE_BUFFER: i64 = 1024 * 1024;
 /// Largest of either (1 GiB: three caches must fit in a mail host's memory).
-pub const MAX_STORE_BUFFER: i64 = 1024 * 1024 * 1024;
+const MAX_STORE_BUFFER: i64 = 1024 * 1024 * 1024;
 
 /// The typed configuration snapshot. Immutable: a reload builds a new one.
 #[derive(Debug, Clone, PartialEq, Eq)]

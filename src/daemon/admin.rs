@@ -10,10 +10,10 @@
 //!
 //! At most [`MAX_CONNECTIONS`] connections are served at once, so that
 //! admin clients, however many and however idle, take a bounded number of
-//! descriptors (counted in [`super::limits::OWN_FILES_RESERVE`]) and never
+//! descriptors (counted in `limits::OWN_FILES_RESERVE`) and never
 //! those the stores need; a connection beyond that is told so and closed.
 //! A failing accept(2) is logged at most once every
-//! [`limits::EXHAUSTION_LOG_INTERVAL`], like the main socket's.
+//! `limits::EXHAUSTION_LOG_INTERVAL`, like the main socket's.
 
 use super::limits::{self, LogEvery};
 use super::sharing::{self, SharedRemoval};
@@ -29,7 +29,7 @@ use std::rc::Rc;
 use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-/// Binds the admin socket at `path` ([`super::private_socket::bind`]:
+/// Binds the admin socket at `path` (`private_socket::bind`:
 /// mode 0600, only a stale socket replaced), creating its directory first
 /// when missing.
 pub fn bind(path: &Path) -> Result<UnixListener, crate::Error> {

@@ -2,12 +2,12 @@
 //! data path reads, accepts connections, applies reloads, shuts down cleanly.
 //!
 //! - [`connection`]: the per-connection request loop.
-//! - [`requests`]: what each request does, on the thread that read it.
-//! - [`io`]: the threads connections are served on (`tlsmgr_io_threads`).
-//! - [`reload`]: applying a new configuration snapshot to the running actors.
-//! - [`http`]: the Prometheus endpoint and status page (`tlsmgr_metrics_listen`).
+//! - `requests`: what each request does, on the thread that read it.
+//! - `io`: the threads connections are served on (`tlsmgr_io_threads`).
+//! - `reload`: applying a new configuration snapshot to the running actors.
+//! - `http`: the Prometheus endpoint and status page (`tlsmgr_metrics_listen`).
 //! - [`admin`]: the admin socket (`tlsmgr stats`, `keys`, `cache`).
-//! - [`stats`]: snapshots of every figure, the periodic `statistics:` log.
+//! - `stats`: snapshots of every figure, the periodic `statistics:` log.
 //!
 //! [`run`] drives everything from the calling thread (an actix System: the
 //! actors, the accept loops and reloads run there; the caches and the I/O
@@ -18,15 +18,15 @@
 
 pub mod admin;
 pub mod connection;
-pub mod http;
-pub mod idle;
-pub mod io;
-pub mod limits;
-pub mod private_socket;
-pub mod reload;
-pub mod requests;
-pub mod sharing;
-pub mod stats;
+mod http;
+mod idle;
+mod io;
+pub(crate) mod limits;
+pub(crate) mod private_socket;
+mod reload;
+mod requests;
+mod sharing;
+mod stats;
 
 use crate::actors::cache::Flush;
 use crate::actors::prng::{PrngActor, SaveExchange};
@@ -168,6 +168,9 @@ pub struct Options {
     pub watch: Option<WatchOptions>,
     /// The admin socket, bound (see [`admin::bind`]); `None`: no admin socket.
     pub admin: Option<std::os::unix::net::UnixListener>,
+    /// The entropy source and exchange file opened before a chroot
+    /// ([`crate::prng::preopen`]), for the PRNG actor to adopt.
+    pub prng_preopened: Option<crate::prng::Preopened>,
 }
 
 async fn start_caches(cfg: &Config, runtime: &CacheRuntime) -> CacheSet {
@@ -220,7 +223,8 @@ pub fn run_with(
         // The ticket actor's address now, the actor itself once its key
         // file can be opened (after `before_start`).
         let ticket_ctx = actix::Context::<TicketActor>::new();
-        let prng = PrngActor::managed(config.clone(), opts.clock.clone(), opts.log.clone());
+        let prng = PrngActor::managed(config.clone(), opts.clock.clone(), opts.log.clone())
+            .with_preopened(opts.prng_preopened.take());
         let svc = Services {
             ticket_keys: ticket_keys.clone(),
             tickets: ticket_ctx.address(),

@@ -1,11 +1,11 @@
 //! `tlsmgr serve`: the standalone daemon, started by hand or by a service
 //! manager rather than by master(8) (which is [`crate::master`]'s). This is
 //! its whole adapter: the configuration loaded and checked, root kept out of
-//! other users' directories ([`ownership`]), its sockets bound (the service
+//! other users' directories (`ownership`), its sockets bound (the service
 //! socket and, beside it, the admin socket), SIGINT and SIGTERM, and the
 //! clean-up of its sockets at exit.
 
-pub mod ownership;
+mod ownership;
 
 use crate::actors::watcher::WatchOptions;
 use crate::config::Config;
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// `tlsmgr serve -c DIR [--socket PATH] [-o NAME=VALUE]... [-v]`: loads the
-/// configuration, refuses what root must not do ([`ownership`]), and runs
+/// configuration, refuses what root must not do (`ownership`), and runs
 /// the daemon until SIGINT or SIGTERM.
 pub fn main(dir: &Path, socket: Option<PathBuf>, overrides: &[String], verbose: bool) -> ExitCode {
     let pre_log = stderr_logger("postfix/tlsmgr", verbose);
@@ -132,6 +132,8 @@ fn standalone(
         fault_injection: None,
         watch,
         admin,
+        // Nothing to open ahead: `tlsmgr serve` never chroots.
+        prng_preopened: None,
     };
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
