@@ -9,11 +9,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tlsmgr::actors::watcher::WatchOptions;
+use tlsmgr::admin::AdminRequest;
 use tlsmgr::client::{self, ClientCommand};
 use tlsmgr::config::Config;
-use tlsmgr::daemon::ownership;
-use tlsmgr::logging::stderr_logger;
 
 #[derive(Parser)]
 #[command(
@@ -161,13 +159,6 @@ enum CacheAction {
     },
 }
 
-/// `--socket P` of `tlsmgr serve`: the admin socket is `P.admin`.
-fn admin_beside(socket: &Path) -> PathBuf {
-    let mut name = socket.as_os_str().to_os_string();
-    name.push(".admin");
-    PathBuf::from(name)
-}
-
 /// The admin socket of `args`: `--socket`, else tlsmgr_admin_socket of
 /// tlsmgr.cf (or main.cf). Exit 2 when there is none.
 fn admin_socket(command: &str, args: AdminArgs) -> Result<PathBuf, ExitCode> {
@@ -207,12 +198,12 @@ fn admin_socket(command: &str, args: AdminArgs) -> Result<PathBuf, ExitCode> {
 
 /// Sends one admin command and prints the answer; exit 0, 1 (refused), 2
 /// (unreachable).
-fn admin_command(command: &str, args: AdminArgs, line: &str) -> ExitCode {
+fn admin_command(command: &str, args: AdminArgs, request: &AdminRequest) -> ExitCode {
     let socket = match admin_socket(command, args) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    match tlsmgr::admin::request(&socket, line) {
+    match tlsmgr::admin::request(&socket, request) {
         Ok(body) => {
             print!("{body}");
             ExitCode::SUCCESS
@@ -317,7 +308,7 @@ fn main() -> ExitCode {
             socket,
             overrides,
             verbose,
-        } => serve(
+        } => tlsmgr::serve::main(
             &tlsmgr::config::config_directory(config_dir),
             socket,
             &overrides,
@@ -338,22 +329,32 @@ fn main() -> ExitCode {
         } => check(config_dir, &overrides),
         Command::Stats { admin, json, watch } => stats(admin, json, watch),
         Command::Keys { admin, action } => match action {
-            KeysAction::Rotate => admin_command("keys", admin, "keys rotate"),
-            KeysAction::List => admin_command("keys", admin, "keys list"),
+            KeysAction::Rotate => admin_command("keys", admin, &AdminRequest::KeysRotate),
+            KeysAction::List => admin_command("keys", admin, &AdminRequest::KeysList),
         },
         Command::Cache { admin, action } => {
-            let line = match &action {
-                CacheAction::Purge { cache_type } => format!("cache purge {cache_type}"),
+            let (cache_type, id) = match action {
+                CacheAction::Purge { cache_type } => (cache_type, None),
                 CacheAction::Delete {
                     cache_type,
                     cache_id,
-                } => format!("cache delete {cache_type} {cache_id}"),
+                } => (cache_type, Some(cache_id)),
             };
-            if line.contains('\n') {
+            if id.as_ref().is_some_and(|id| id.contains('\n')) {
                 eprintln!("tlsmgr cache: fatal: a cache id cannot contain a newline");
                 return ExitCode::from(2);
             }
-            admin_command("cache", admin, &line)
+            // Refused as the daemon refuses it (same words, exit 1): the
+            // request carries a cache type, not any word.
+            let ct = match tlsmgr::admin::cache_type(&cache_type) {
+                Ok(ct) => ct,
+                Err(why) => return admin_error("cache", &tlsmgr::admin::AdminError::Refused(why)),
+            };
+            let request = match id {
+                None => AdminRequest::CachePurge(ct),
+                Some(id) => AdminRequest::CacheDelete(ct, id),
+            };
+            admin_command("cache", admin, &request)
         }
         Command::Man => match std::io::stdout().lock().write_all(&man_page()) {
             Ok(()) => ExitCode::SUCCESS,
@@ -583,60 +584,6 @@ fn on_disk(dir: &Path, config: &Config) -> ExitCode {
         }
         Err(e) => {
             eprintln!("tlsmgr: fatal: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn serve(dir: &Path, socket: Option<PathBuf>, overrides: &[String], verbose: bool) -> ExitCode {
-    let pre_log = stderr_logger("postfix/tlsmgr", verbose);
-    let config = match Config::load(dir, overrides) {
-        Ok(c) => c,
-        Err(e) => {
-            slog::crit!(pre_log, "{}", e);
-            return ExitCode::from(1);
-        }
-    };
-    let log = stderr_logger(&format!("{}/tlsmgr", config.syslog_name), verbose);
-    for w in &config.warnings {
-        slog::warn!(log, "{}", w);
-    }
-    for n in &config.notes {
-        slog::info!(log, "{}", n);
-    }
-    // Root must not make files in mail_owner's data_directory (see the
-    // module), neither now nor after a reload.
-    let euid = nix::unistd::geteuid().as_raw();
-    if let Err(e) = ownership::check(&config, euid) {
-        slog::crit!(log, "{}", e);
-        return ExitCode::from(1);
-    }
-    // Beside an explicit --socket (so that two daemons of one main.cf can
-    // run side by side), else tlsmgr_admin_socket.
-    let admin = match &socket {
-        Some(s) => Some(admin_beside(s)),
-        None => config.admin_socket.clone(),
-    };
-    let socket = socket.unwrap_or_else(|| config.default_socket());
-    // Opened now, before any chroot, so that live reload keeps reading it.
-    let watch = match tlsmgr::config::dir::ConfigDir::open(dir) {
-        Ok(handle) => {
-            let mut w = WatchOptions::new(handle, overrides.to_vec());
-            w.sighup = true;
-            w.adjust = Some(Box::new(move |cfg: &mut Config| {
-                ownership::check(cfg, euid).map_err(Into::into)
-            }));
-            Some(w)
-        }
-        Err(e) => {
-            slog::warn!(log, "open {}: {} -- live reload disabled", dir.display(), e);
-            None
-        }
-    };
-    match tlsmgr::daemon::standalone(config, &socket, admin.as_deref(), log.clone(), watch) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            slog::crit!(log, "{}", e);
             ExitCode::from(1)
         }
     }

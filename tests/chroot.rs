@@ -309,7 +309,7 @@ fn the_admin_socket_of_a_chrooted_child() {
     let stats = tlsmgr::admin::stats(&admin).unwrap();
     assert_eq!(stats["caches"]["smtpd"]["enabled"], true);
     assert_eq!(stats["tickets"]["issued"], 1);
-    let rotated = tlsmgr::admin::request(&admin, "keys rotate").unwrap();
+    let rotated = tlsmgr::admin::request(&admin, &tlsmgr::admin::AdminRequest::KeysRotate).unwrap();
     let new = current_key(&mut c);
     assert_ne!(new[..16], key[..16]);
     assert_eq!(

@@ -1,8 +1,8 @@
 //! Pre-opening (stock pre_init): the entropy source and the exchange file
 //! are opened before a chroot would hide their paths, and the daemon keeps
 //! using those descriptors. Simulated by making both paths unreachable
-//! between `preopen` and the daemon's start. One test per binary: the
-//! pre-opened handles live in a process-wide slot.
+//! between `preopen` and the daemon's start, which is handed what
+//! `preopen` opened.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 #[path = "common/prng.rs"]
@@ -26,12 +26,14 @@ fn preopened_source_and_exchange_file_are_used_after_their_paths_vanish() {
     );
     let moved = outside.path().join("moved");
     let (sub2, moved2, extra2) = (sub.clone(), moved.clone(), extra.clone());
-    let d = TestDaemon::start_with(&extra, move |dir| {
+    let d = TestDaemon::start_preopened(&extra, move |dir| {
         std::fs::write(dir.join("main.cf"), main_cf(dir, &extra2)).unwrap();
         let cfg = Config::load(dir, &[]).unwrap();
-        assert!(tlsmgr::prng::preopen(&cfg).is_empty());
+        let (preopened, failures) = tlsmgr::prng::preopen(&cfg);
+        assert!(failures.is_empty());
         // As if chrooted: neither path resolves any more.
         std::fs::rename(&sub2, &moved2).unwrap();
+        preopened
     });
     let s = wait_status(&d, |s| s.reseeds == 1 && s.exchange_updates == 1);
     assert_eq!(s.source_bytes, 32, "read through the pre-opened descriptor");

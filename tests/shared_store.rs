@@ -386,6 +386,7 @@ fn a_bad_secret_file_is_refused_at_start_and_at_reload() {
             fault_injection: None,
             watch: None,
             admin: None,
+            prng_preopened: None,
         })
         .err()
         .unwrap_or_else(|| panic!("{what}: started"));

@@ -1,10 +1,10 @@
 //! The PRNG actor: manages what feeds the central [`SeedPool`] (spec §2.5):
 //! the `tls_random_source` reseeds and the exchange file. Seeds themselves
 //! are served on each request's thread from the pool
-//! ([`SeedPool::seed`], see [`crate::prng::threads`]); the [`Seed`]
+//! ([`SeedPool::seed`], see `prng::threads`); the [`Seed`]
 //! message does the same from the actor, for tests and benches.
 //!
-//! Timing comes from [`Schedule`] with `now` from the injected clock; a
+//! Timing comes from `prng::schedule::Schedule` with `now` from the injected clock; a
 //! one-second timer (and the [`Tick`] message, for tests) asks it what is
 //! due. Source reads and exchange-file updates run off the actor (async
 //! socket I/O, or tokio's blocking pool), so a stalled EGD server or a slow
@@ -79,6 +79,9 @@ pub struct PrngActor {
     exchange: Option<(PathBuf, PathBuf, Arc<Mutex<ExchangeFile>>)>,
     /// Whether [`PrngActor::reconcile`] has applied a configuration yet.
     configured: bool,
+    /// What was opened before a chroot ([`crate::prng::preopen`]), adopted
+    /// by the first reconcile.
+    preopened: Option<crate::prng::Preopened>,
     status: PrngStatus,
 }
 
@@ -104,6 +107,7 @@ impl PrngActor {
             handle: None,
             exchange: None,
             configured: false,
+            preopened: None,
             status: PrngStatus::default(),
         }
     }
@@ -123,6 +127,13 @@ impl PrngActor {
         }
     }
 
+    /// Adopts the source and exchange file opened before a chroot, when
+    /// the configuration still names them.
+    pub fn with_preopened(mut self, preopened: Option<crate::prng::Preopened>) -> Self {
+        self.preopened = preopened;
+        self
+    }
+
     fn log_at(log: &Logger, level: Level, msg: &str) {
         match level {
             Level::Critical | Level::Error | Level::Warning => warn!(log, "{}", msg),
@@ -138,11 +149,7 @@ impl PrngActor {
         let want = cfg.random_source();
         let first = !self.configured;
         self.configured = true;
-        let mut pre = if first {
-            crate::prng::take_preopened()
-        } else {
-            None
-        };
+        let mut pre = if first { self.preopened.take() } else { None };
         if first || want != self.source {
             self.source_generation += 1;
             self.handle = None;

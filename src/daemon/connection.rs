@@ -54,7 +54,7 @@ impl Drop for ObservedRequest<'_> {
 }
 
 /// Serves one connection until the peer closes, errs, or times out, or is
-/// shut down to make room for a new client ([`IdleConnections`]).
+/// shut down to make room for a new client (`idle::IdleConnections`).
 pub async fn serve(mut stream: UnixStream, svc: Services, idle: Arc<IdleConnections>) {
     let metrics = svc.metrics.clone();
     let _counted = metrics.connection();

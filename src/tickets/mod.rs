@@ -1,7 +1,7 @@
 //! RFC 5077 session-ticket keys (spec §2.6): which key encrypts and which
 //! decrypt at a given time, and how the set rotates.
 //!
-//! - [`key`]: the 88-byte wire struct.
+//! - `key`: the 88-byte wire struct.
 //! - [`file`]: the key file (`tlsmgr_ticket_key_file`).
 //!
 //! With T the sanitized smtpd cache timeout and t = T/2, a key encrypts until
@@ -26,7 +26,7 @@
 
 pub mod epoch;
 pub mod file;
-pub mod key;
+mod key;
 
 pub use key::{TicketKey, TICKET_KEY_LEN};
 
