@@ -5,11 +5,9 @@
 //! pre-opened handles live in a process-wide slot.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
-#[path = "common/prng.rs"]
-mod prng_util;
 
+use common::prng_util::*;
 use common::*;
-use prng_util::*;
 use tlsmgr::config::Config;
 
 #[test]
