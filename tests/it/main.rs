@@ -29,6 +29,7 @@ mod admin_shared;
 mod check;
 mod chroot;
 mod cli;
+mod closed_pipe;
 mod concurrency;
 mod edit_styles;
 mod eviction;
