@@ -138,6 +138,7 @@ impl TicketActor {
     /// it, rotates them up to now, and publishes the ring in `published`
     /// before returning, so the first request finds a key.
     pub fn new(
+        pool: Pool,
         config: Arc<ArcSwap<Config>>,
         published: SharedRing,
         link: SharedLink,
@@ -185,7 +186,7 @@ impl TicketActor {
             shared: None,
             link,
             published,
-            pool: Pool::from_os(),
+            pool,
             file,
             saving,
             config,

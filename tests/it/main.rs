@@ -46,6 +46,7 @@ mod malformed;
 mod master_child;
 mod metrics_endpoint;
 mod module_layers;
+mod os_rng;
 mod postconf_agreement;
 mod postfix_e2e;
 mod postfix_unused;
