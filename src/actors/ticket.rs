@@ -19,7 +19,7 @@
 //! unsaved key is handed out anyway, with one warning: a ticket issued
 //! under it is lost only if tlsmgr restarts before a save succeeds, while
 //! handing out no key would disable tickets for every client at once (see
-//! [`TicketActor::safe_ring`]). After SIGHUP ([`KeyFileCheck`]) a key file
+//! `TicketActor::safe_ring`). After SIGHUP ([`KeyFileCheck`]) a key file
 //! found replaced or removed is written again from memory.
 //!
 //! With a shared store (`tlsmgr_shared_store`) the keys go by epoch

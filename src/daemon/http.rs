@@ -12,7 +12,7 @@
 //! [`READ_TIMEOUT`] and [`MAX_HEAD`] bytes, and at most [`MAX_CLIENTS`]
 //! connections are served at once. Slow or idle clients cannot keep a
 //! scraper out: when all places are taken, the oldest client that has not
-//! sent a complete head yet is closed to make room ([`Clients`]). Only
+//! sent a complete head yet is closed to make room (`Clients`). Only
 //! when every place is answering a complete request (a scrape flood) is
 //! the newcomer closed unanswered, so the cap holds either way.
 //!
