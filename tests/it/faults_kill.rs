@@ -21,6 +21,8 @@ use tlsmgr::protocol::{Reply, Request, Status};
 const CONNECTIONS: usize = 64;
 const SESSION_LEN: usize = 2048;
 const LOAD_TIME: Duration = Duration::from_secs(6);
+/// Acknowledged session bytes that make fjall write memtables out.
+const VOLUME: u64 = 16 * 1024 * 1024;
 
 /// The session bytes of update `n` of connection `c`: recognisable, so a
 /// read-back shows a torn or misplaced value.
@@ -84,7 +86,16 @@ fn every_acknowledged_update_survives_sigkill() {
         })
         .collect();
     let started = Instant::now();
+    // LOAD_TIME at least, and on until VOLUME is acknowledged: a machine
+    // busy with other work may not reach it in LOAD_TIME.
+    let acked_bytes = || {
+        let acked = acked.lock().unwrap();
+        acked.iter().map(|a| a.map_or(0, |n| n + 1)).sum::<u64>() * SESSION_LEN as u64
+    };
     std::thread::sleep(LOAD_TIME);
+    while acked_bytes() <= VOLUME && started.elapsed() < 10 * LOAD_TIME {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // SIGKILL mid-load: no flush, no exit hook.
     daemon.kill();
     let elapsed = started.elapsed();
@@ -105,7 +116,7 @@ fn every_acknowledged_update_survives_sigkill() {
         disk / (1024 * 1024)
     );
     assert!(
-        total * SESSION_LEN as u64 > 16 * 1024 * 1024,
+        total * SESSION_LEN as u64 > VOLUME,
         "too little load to exercise memtable writes: {total} updates"
     );
 

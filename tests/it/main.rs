@@ -14,7 +14,13 @@
 //!   whole process, which any in-process daemon of another test would
 //!   change;
 //! - `prng_preopen.rs` leaves its descriptors in the process-wide slot of
-//!   `prng::preopen`, which every later in-process daemon would adopt.
+//!   `prng::preopen`, which every later in-process daemon would adopt;
+//! - `log_stall.rs` compares the p99 latency of two rounds of 64
+//!   connections, one with the log read and one with it stalled, so it
+//!   measures whatever else runs beside it: next to this binary's volume
+//!   tests it failed (p99 117 ms against 16 ms). It is a timed test, and
+//!   flaky on a loaded machine even alone; its own binary keeps at least
+//!   this binary's load off it.
 //!
 //! What remains is safe to share a process: `umask` is set only in the
 //! children `serve_permissions` spawns (`pre_exec`), and the network
@@ -41,7 +47,6 @@ mod faults_keys;
 mod faults_kill;
 mod live_reload;
 mod log_injection;
-mod log_stall;
 mod malformed;
 mod master_child;
 mod metrics_endpoint;

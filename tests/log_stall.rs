@@ -4,8 +4,9 @@
 //! runs it, keeps answering every request; lines that do not fit are
 //! dropped, and one warning gives their count once the reader reads again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-use crate::common::child;
-use crate::common::stock;
+mod common;
+
+use common::{child, stock};
 
 use child::{MasterChild, OURS};
 use std::io::{Read, Write};
