@@ -310,6 +310,7 @@ pub fn run_with(
         }
         actix_rt::spawn(stats::log_periodically(svc.clone()));
         actix_rt::spawn(http::supervise(svc.clone()));
+        actix_rt::spawn(sharing::apply_told(svc.clone()));
         ready(svc.clone());
         if !stopped_early {
             tokio::select! {

@@ -651,6 +651,12 @@ pub struct SharedCounts {
     /// Times the link became degraded (Redis answers, but refuses some
     /// commands).
     pub degraded: u64,
+    /// Admin removals other hosts told of, received.
+    pub removals_told: u64,
+    /// Of those, dropped: the queue to the data path was full.
+    pub removals_told_dropped: u64,
+    /// Times the subscription to other hosts' removals was lost.
+    pub subscriber_lost: u64,
 }
 
 impl Snapshot {
@@ -773,6 +779,9 @@ impl Snapshot {
                 "breaker_opened": self.shared.breaker_opened,
                 "refused": self.shared.refused,
                 "degraded": self.shared.degraded,
+                "removals_told": self.shared.removals_told,
+                "removals_told_dropped": self.shared.removals_told_dropped,
+                "subscriber_lost": self.shared.subscriber_lost,
             },
         })
     }

@@ -309,6 +309,24 @@ impl Collector for SnapshotCollector {
             "Times the shared store started refusing commands it answered before.",
             s.shared.degraded,
         )?;
+        counter(
+            &mut enc,
+            "postfix_tlsmgr_shared_removals_told",
+            "Admin removals other hosts of the site told of.",
+            s.shared.removals_told,
+        )?;
+        counter(
+            &mut enc,
+            "postfix_tlsmgr_shared_removals_told_dropped",
+            "Admin removals other hosts told of, dropped: the queue was full.",
+            s.shared.removals_told_dropped,
+        )?;
+        counter(
+            &mut enc,
+            "postfix_tlsmgr_shared_subscriber_lost",
+            "Times the subscription to other hosts' removals was lost (removals missed meanwhile).",
+            s.shared.subscriber_lost,
+        )?;
         gauge_family(
             &mut enc,
             "postfix_tlsmgr_build_info",
@@ -386,6 +404,9 @@ mod tests {
             "postfix_tlsmgr_shared_breaker_opened_total 0",
             "postfix_tlsmgr_shared_refused_total 0",
             "postfix_tlsmgr_shared_degraded_total 0",
+            "postfix_tlsmgr_shared_removals_told_total 0",
+            "postfix_tlsmgr_shared_removals_told_dropped_total 0",
+            "postfix_tlsmgr_shared_subscriber_lost_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

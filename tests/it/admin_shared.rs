@@ -2,9 +2,10 @@
 //! to end: two `tlsmgr serve` processes sharing one real `redis-server` as
 //! two hosts of a site. The command removes the entry (or the type's
 //! entries) from Redis as well as locally, so neither host reads it back;
-//! the answer says how many went where; with Redis down the local part is
-//! done and the command exits non-zero saying that the store was not
-//! reached.
+//! the answer says how many went where; the other host, told on the
+//! site's channel, removes its own copies too (a protocol delete is not
+//! told); with Redis down the local part is done and the command exits
+//! non-zero saying that the store was not reached.
 #![allow(clippy::unwrap_used)]
 use crate::common::redis_server;
 use crate::common::serve;
@@ -177,6 +178,7 @@ fn cache_purge_removes_the_sites_shared_entries_of_that_type() {
     a.update("smtp", "client-0", b"DER-client");
     wait_for_keys(&redis, "smtpd", 4);
     wait_for_keys(&redis, "smtp", 1);
+    wait_for_subscribers(&redis, 2);
     // More keys than one SCAN step covers, so the purge takes several
     // (their values are not sealed; only the names matter here), and keys
     // of another site and of ticket keys, which stay.
@@ -230,12 +232,13 @@ fn cache_purge_removes_the_sites_shared_entries_of_that_type() {
         a.lookup("smtp", "client-0").as_deref(),
         Some(&b"DER-client"[..])
     );
-    // What B wrote itself is in B's own store: purging there removes it
-    // (the command is per host for local copies).
-    assert_eq!(b.lookup("smtpd", "b-0").as_deref(), Some(&b"DER-b"[..]));
-    let o = b.tlsmgr(&["cache", "purge", "smtpd"]);
-    assert_eq!(stdout(&o), "purged smtpd: local 1, shared 0\n");
+    // What B wrote itself, in B's own store, went too: B was told.
+    assert!(within_5s(|| b
+        .log()
+        .contains("purged smtpd as another host did: local 1")));
     assert_eq!(b.lookup("smtpd", "b-0"), None);
+    let o = b.tlsmgr(&["cache", "purge", "smtpd"]);
+    assert_eq!(stdout(&o), "purged smtpd: local 0, shared 0\n");
 }
 
 #[test]
@@ -303,6 +306,7 @@ fn a_removed_session_put_back_in_redis_is_refused_by_the_host_that_removed_it() 
     a.update("smtpd", "by-protocol", b"DER-2");
     a.update("smtpd", "by-purge", b"DER-3");
     wait_for_keys(&redis, "smtpd", 3);
+    wait_for_subscribers(&redis, 2);
     let saved: Vec<(String, Vec<u8>)> = keys(&redis, "smtpd")
         .into_iter()
         .map(|k| {
@@ -335,12 +339,15 @@ fn a_removed_session_put_back_in_redis_is_refused_by_the_host_that_removed_it() 
     for id in ["by-admin", "by-protocol", "by-purge"] {
         assert_eq!(a.lookup("smtpd", id), None, "{id} resurrected on A");
     }
-    // The documented limit (SECURITY.md, "Removing a shared session"):
-    // B did not remove them and cannot tell them from live values.
-    assert_eq!(
-        b.lookup("smtpd", "by-admin").as_deref(),
-        Some(&b"DER-1"[..])
-    );
+    // B was told of the admin removals and refuses them too (the purge
+    // covers every value written before it, the one Postfix deleted on A
+    // included).
+    for id in ["by-admin", "by-protocol", "by-purge"] {
+        assert!(
+            within_5s(|| b.lookup("smtpd", id).is_none()),
+            "{id} resurrected on B"
+        );
+    }
     // A session stored after the purge is shared as usual.
     std::thread::sleep(Duration::from_millis(1100));
     b.update("smtpd", "later", b"DER-later");
@@ -349,4 +356,121 @@ fn a_removed_session_put_back_in_redis_is_refused_by_the_host_that_removed_it() 
         a.lookup("smtpd", "later").as_deref(),
         Some(&b"DER-later"[..])
     );
+}
+
+/// Waits until `n` hosts listen for the removals of site `mx`.
+fn wait_for_subscribers(redis: &RedisServer, n: u64) {
+    for _ in 0..200 {
+        let (_, subscribed): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("tlsmgr:mx:inval")
+            .query(&mut redis.conn())
+            .unwrap();
+        if subscribed == n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{n} hosts never subscribed");
+}
+
+/// Polls `f` for up to 5 s.
+fn within_5s(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn an_admin_removal_reaches_the_local_copies_of_other_hosts() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = host(&redis.url());
+    let b = host(&redis.url());
+    a.update("smtpd", "leaked", b"DER-leaked");
+    a.update("smtpd", "kept", b"DER-kept");
+    a.update("smtpd", "postfix-deleted", b"DER-pd");
+    a.update("smtp", "client-0", b"DER-client");
+    wait_for_keys(&redis, "smtpd", 3);
+    wait_for_keys(&redis, "smtp", 1);
+    wait_for_subscribers(&redis, 2);
+    // B reads every one through, and so holds its own copies: with Redis
+    // emptied it still serves them.
+    for (ct, id) in [
+        ("smtpd", "leaked"),
+        ("smtpd", "kept"),
+        ("smtpd", "postfix-deleted"),
+        ("smtp", "client-0"),
+    ] {
+        assert!(b.lookup(ct, id).is_some(), "{id} not read through by B");
+    }
+    let _: () = redis::cmd("FLUSHALL").query(&mut redis.conn()).unwrap();
+    assert_eq!(
+        b.lookup("smtpd", "leaked").as_deref(),
+        Some(&b"DER-leaked"[..])
+    );
+
+    // A protocol delete (Postfix's own failure paths) stays on A.
+    let r = a
+        .daemon
+        .client()
+        .request(&Request::Delete {
+            cache_type: Bytes::from_static(b"smtpd"),
+            cache_id: Bytes::from_static(b"postfix-deleted"),
+        })
+        .unwrap();
+    assert_eq!(r, Reply::Status(Status::Ok));
+
+    let o = a.tlsmgr(&["cache", "delete", "smtpd", "leaked"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        within_5s(|| b.lookup("smtpd", "leaked").is_none()),
+        "B still serves its copy of the deleted session"
+    );
+    assert!(b
+        .log()
+        .contains("deleted smtpd leaked as another host did: local 1"));
+    assert!(a
+        .log()
+        .contains("admin: told 1 other host(s) of the removal"));
+    assert_eq!(b.lookup("smtpd", "kept").as_deref(), Some(&b"DER-kept"[..]));
+    // The protocol delete was not told: B's copy still serves.
+    assert_eq!(
+        b.lookup("smtpd", "postfix-deleted").as_deref(),
+        Some(&b"DER-pd"[..])
+    );
+    assert_eq!(a.lookup("smtpd", "postfix-deleted"), None);
+
+    let o = a.tlsmgr(&["cache", "purge", "smtpd"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        within_5s(|| b.lookup("smtpd", "kept").is_none()),
+        "B still serves its copy after the purge"
+    );
+    assert_eq!(b.lookup("smtpd", "postfix-deleted"), None);
+    // The other cache type is untouched, on both hosts.
+    assert_eq!(
+        b.lookup("smtp", "client-0").as_deref(),
+        Some(&b"DER-client"[..])
+    );
+    assert_eq!(
+        a.lookup("smtp", "client-0").as_deref(),
+        Some(&b"DER-client"[..])
+    );
+    // A did not apply its own message a second time.
+    assert!(!a.log().contains("as another host did"));
+    // B counted both messages, dropped none, and never lost its
+    // subscription.
+    let o = b.tlsmgr(&["stats", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let shared = &stats["shared"];
+    assert_eq!(shared["removals_told"], 2, "{shared}");
+    assert_eq!(shared["removals_told_dropped"], 0, "{shared}");
+    assert_eq!(shared["subscriber_lost"], 0, "{shared}");
 }

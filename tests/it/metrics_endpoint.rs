@@ -384,3 +384,78 @@ fn a_scrape_flood_is_answered_or_closed_promptly() {
     assert_eq!(get(addr, "/metrics").unwrap().0, "HTTP/1.0 200 OK");
     drop(d);
 }
+
+/// A connection to `to` from the loopback address `from` (any 127.x.y.z
+/// is ours on Linux): another peer, as far as the endpoint can tell.
+fn connect_from(
+    rt: &tokio::runtime::Runtime,
+    from: [u8; 4],
+    to: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    let s = rt.block_on(socket.connect(to))?.into_std()?;
+    s.set_nonblocking(false)?;
+    Ok(s)
+}
+
+/// 64 clients that send one byte and wait, and a thread that opens new
+/// connections from another address as fast as it can (each sends one
+/// byte and waits too): a scraper is answered 10 times of 10. The flood
+/// only displaces its own connections, and a scraper whose request has
+/// arrived is never taken for an idle client.
+#[test]
+fn a_connection_flood_cannot_evict_a_scraper() {
+    let (d, addr) = start("");
+    let held: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+            s.write_all(b"G").unwrap();
+            s
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut open = std::collections::VecDeque::new();
+            let mut made = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(mut s) = connect_from(&rt, [127, 0, 0, 2], addr) {
+                    let _ = s.write_all(b"G");
+                    open.push_back(s);
+                    made += 1;
+                }
+                // Its own descriptors stay bounded; the daemon's eviction
+                // is what closes the others.
+                if open.len() > 256 {
+                    open.pop_front();
+                }
+            }
+            made
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut answered = 0;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let t = std::time::Instant::now();
+        if matches!(get(addr, "/metrics"), Ok((status, _)) if status == "HTTP/1.0 200 OK") {
+            answered += 1;
+        }
+        slowest = slowest.max(t.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let made = flood.join().unwrap();
+    eprintln!(
+        "flood: {made} connections; {answered} of 10 scrapes answered, slowest in {slowest:?}"
+    );
+    assert!(made > 100, "the flood made only {made} connections");
+    assert_eq!(answered, 10, "{answered} of 10 scrapes answered");
+    drop(held);
+    drop(d);
+}

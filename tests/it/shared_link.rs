@@ -21,8 +21,14 @@ const SECRET: &[u8] = b"link-test secret: at least thirty-two bytes long";
 const RSS_BOUND_KIB: u64 = 128 * 1024;
 /// The read-through deadline the daemons run with (the default).
 const DEADLINE: Duration = Duration::from_millis(20);
-/// What a loaded, shared 2-core machine adds to a reply.
-const MARGIN: Duration = Duration::from_millis(230);
+/// What a read-through may add to the deadline, in 99 of 100 lookups:
+/// the hops between the daemon's threads and the two sockets.
+const MARGIN: Duration = Duration::from_millis(5);
+/// What the single slowest may add. Not the daemon: on a 2-core machine
+/// running other tests (or CI's other jobs) a process now and then waits
+/// that long for a core, and a read-through wakes more threads (the
+/// link's, the server's) than a local hit, each a chance to wait.
+const SLOWEST_MARGIN: Duration = Duration::from_millis(230);
 
 /// What a fake server answers a GET (and ROLE) with.
 #[derive(Clone, Copy)]
@@ -125,8 +131,9 @@ fn fake_server(evil: Evil, master: Option<u16>) -> u16 {
     port
 }
 
-/// A `tlsmgr serve` process sharing through `url`.
-fn serve(url: &str) -> (tempfile::TempDir, ServeProcess) {
+/// A `tlsmgr serve` process sharing through `url`, its metrics endpoint
+/// on `metrics`.
+fn serve(url: &str, metrics: u16) -> (tempfile::TempDir, ServeProcess) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -137,7 +144,8 @@ fn serve(url: &str) -> (tempfile::TempDir, ServeProcess) {
             "queue_directory = {d}\ndata_directory = {d}/data\n\
              smtpd_tls_session_cache_database = btree:${{data_directory}}/smtpd_scache\n\
              tlsmgr_shared_store = {url}\ntlsmgr_shared_site = mx\n\
-             tlsmgr_shared_secret_file = {d}/shared.key\n",
+             tlsmgr_shared_secret_file = {d}/shared.key\n\
+             tlsmgr_metrics_listen = 127.0.0.1:{metrics}\n",
             d = dir.display()
         ),
     )
@@ -155,11 +163,24 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The 99th percentile of `times` (sorted here).
+fn p99(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times
+        .get(times.len() * 99 / 100)
+        .copied()
+        .unwrap_or_default()
+}
+
 /// Lookups (each a read-through: nobody stored the ids) for 10 s against
 /// a daemon whose store sends `evil`; RSS sampled all along. The daemon
 /// is killed as soon as it is over the bound (the machine is shared).
+/// Between them, lookups of a session the daemon holds itself (a local
+/// hit, Redis not asked): what the machine alone adds to a reply, printed
+/// beside the read-throughs' figures.
 fn bounded_against(name: &str, url: &str) {
-    let (_tmp, daemon) = serve(url);
+    let metrics = free_port();
+    let (_tmp, daemon) = serve(url, metrics);
     let pid = daemon.pid();
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -182,9 +203,9 @@ fn bounded_against(name: &str, url: &str) {
         })
     };
     let mut c = daemon.client();
+    update(&mut c, "smtpd", "local", b"held here");
     let start = Instant::now();
-    let mut slowest = Duration::ZERO;
-    let mut times = Vec::new();
+    let (mut times, mut local_times) = (Vec::new(), Vec::new());
     let mut n = 0;
     let mut failed = None;
     while start.elapsed() < Duration::from_secs(10) {
@@ -194,7 +215,6 @@ fn bounded_against(name: &str, url: &str) {
             cache_type: b("smtpd"),
             cache_id: b(&format!("{name}-{n}")),
         });
-        slowest = slowest.max(t.elapsed());
         times.push(t.elapsed());
         match got {
             Ok(r) if r == miss() => {}
@@ -203,25 +223,69 @@ fn bounded_against(name: &str, url: &str) {
                 break;
             }
         }
+        let t = Instant::now();
+        let got = lookup(&mut c, "smtpd", "local");
+        local_times.push(t.elapsed());
+        assert_eq!(got, hit(b"held here"));
         std::thread::sleep(Duration::from_millis(20));
     }
     stop.store(true, Ordering::Relaxed);
     let peak = sampler.join().unwrap();
-    times.sort();
-    let p99 = times
-        .get(times.len() * 99 / 100)
-        .copied()
-        .unwrap_or_default();
-    eprintln!("{name}: {n} lookups, p99 {p99:?}, slowest {slowest:?}, peak RSS {peak} KiB");
+    let slowest = times.iter().max().copied().unwrap_or_default();
+    let local_slowest = local_times.iter().max().copied().unwrap_or_default();
+    let (p99, local_p99) = (p99(&mut times), p99(&mut local_times));
+    eprintln!(
+        "{name}: {n} read-throughs, p99 {p99:?}, slowest {slowest:?}; \
+         local hits p99 {local_p99:?}, slowest {local_slowest:?}; peak RSS {peak} KiB"
+    );
+    // The daemon's own view: its lookups (read-throughs and local hits)
+    // over deadline + 5 ms, from its latency histogram (a bucket ends at
+    // 25 ms), measured from the request read to the reply written, so
+    // without the time this process waits for a core.
+    let (over, total) = lookups_over_25ms(metrics);
+    eprintln!(
+        "{name}: daemon-side, {over} of {total} lookups over {:?}",
+        DEADLINE + MARGIN
+    );
     let log = daemon.log_text();
     let tail: Vec<&str> = log.lines().rev().take(3).collect();
     eprintln!("{name}: log ends {tail:#?}");
     assert!(peak <= RSS_BOUND_KIB, "{name}: RSS {peak} KiB");
     assert_eq!(failed, None, "{name}: lookup {n}");
+    assert_eq!(total, 2 * n as u64, "{name}: every lookup counted");
     assert!(
-        slowest < DEADLINE + MARGIN,
-        "{name}: a lookup took {slowest:?}"
+        over * 100 <= n as u64,
+        "{name}: {over} of {n} read-throughs over {:?} in the daemon",
+        DEADLINE + MARGIN
     );
+    // Seen from here, the p99 is printed, not asserted: on a loaded
+    // 2-core machine this process and the fake server wait for a core
+    // too (at a load average of 17, read-throughs' p99 went to 36 ms
+    // here while the daemon kept 1 of 406 over 25 ms). The slowest is
+    // bounded, less what the machine added to a local hit.
+    assert!(
+        slowest <= DEADLINE + SLOWEST_MARGIN + local_slowest,
+        "{name}: a lookup took {slowest:?} (local hits {local_slowest:?})"
+    );
+}
+
+/// From the daemon's `/metrics`: lookups that took longer than 25 ms, and
+/// all lookups.
+fn lookups_over_25ms(port: u16) -> (u64, u64) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let value = |prefix: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {text}")) as u64
+    };
+    let total = value("postfix_tlsmgr_request_duration_seconds_count{request=\"lookup\"}");
+    let within =
+        value("postfix_tlsmgr_request_duration_seconds_bucket{request=\"lookup\",le=\"0.025\"}");
+    (total - within, total)
 }
 
 #[test]
@@ -355,8 +419,15 @@ fn warnings_under_load(d: &TestDaemon, secs: u64) -> Vec<String> {
     d.warnings()
 }
 
-/// How long the half-working stores run: the breaker flapped about every
-/// 2 s, so 20 s shows ten flaps where one warning is due.
+/// How long the half-working stores run. The issue's goal is 60 s; 20 s
+/// tells as much: the breaker flapped about every 2 s (124-228 warning
+/// lines a minute before the degraded state existed), and nothing else
+/// that could repeat a line has a longer period (the prober: 0.5-1.5 s;
+/// the subscriber's retries, up to 30 s, log info lines only at a
+/// change), so 20 s shows ten flaps where one warning is due. At 60 s
+/// this binary, which CI runs twice (Redis, then Debian 13's Valkey),
+/// would take about 80 s instead of 41 s (measured: `cargo test --test
+/// shared_link`, 2 test threads on 2 cores).
 const HALF_WORKING_SECS: u64 = 20;
 
 #[test]

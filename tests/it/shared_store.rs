@@ -423,7 +423,7 @@ fn an_acl_user_limited_to_the_prefix_is_enough() {
     };
     // The README's ACL line, for site "mx".
     let mut conn = redis.conn();
-    let acl: Vec<&str> = "SETUSER tlsmgr on >pw-not-in-logs resetkeys ~tlsmgr:mx:* resetchannels -@all +get +set +del +ping +time"
+    let acl: Vec<&str> = "SETUSER tlsmgr on >pw-not-in-logs resetkeys ~tlsmgr:mx:* resetchannels &tlsmgr:mx:inval -@all +get +set +del +unlink +scan +ping +time +subscribe +publish"
         .split(' ')
         .collect();
     let _: () = redis::cmd("ACL").arg(&acl).query(&mut conn).unwrap();
@@ -435,6 +435,15 @@ fn an_acl_user_limited_to_the_prefix_is_enough() {
     assert!(eventually(
         || lookup(&mut b.client(), "smtpd", "acl-1") == hit(b"S")
     ));
+    // Both listen for the removals of the other hosts.
+    assert!(eventually(|| {
+        let (_, n): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("tlsmgr:mx:inval")
+            .query(&mut redis.conn())
+            .unwrap();
+        n == 2
+    }));
     let key = agree(&[&a, &b]);
     assert_eq!(
         tktkey(&b, &key[..16]),
