@@ -204,10 +204,10 @@ fn admin_command(command: &str, args: AdminArgs, request: &AdminRequest) -> Exit
         Err(code) => return code,
     };
     match tlsmgr::admin::request(&socket, request) {
-        Ok(body) => {
-            print!("{body}");
-            ExitCode::SUCCESS
-        }
+        Ok(body) => match write_stdout(body.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => stdout_failed(&e, ExitCode::SUCCESS),
+        },
         Err(e) => admin_error(command, &e),
     }
 }
@@ -232,7 +232,7 @@ fn stats(args: AdminArgs, json: bool, watch: Option<u64>) -> ExitCode {
             Err(e) => return admin_error("stats", &e),
         };
         let taken = std::time::Instant::now();
-        let out = if json {
+        let mut out = if json {
             format!("{now}\n")
         } else {
             let p = prev
@@ -240,21 +240,15 @@ fn stats(args: AdminArgs, json: bool, watch: Option<u64>) -> ExitCode {
                 .map(|(v, at)| (v, taken.duration_since(*at).as_secs_f64()));
             tlsmgr::admin::render_table(&now, p)
         };
-        let mut stdout = std::io::stdout().lock();
-        if stdout
-            .write_all(out.as_bytes())
-            .and_then(|()| stdout.flush())
-            .is_err()
-        {
-            return ExitCode::from(1);
+        if watch.is_some() && !json {
+            out.push('\n');
         }
-        drop(stdout);
+        if let Err(e) = write_stdout(out.as_bytes()) {
+            return stdout_failed(&e, ExitCode::SUCCESS);
+        }
         match watch {
             None => return ExitCode::SUCCESS,
             Some(secs) => {
-                if !json {
-                    println!();
-                }
                 prev = Some((now, taken));
                 std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
             }
@@ -356,12 +350,9 @@ fn main() -> ExitCode {
             };
             admin_command("cache", admin, &request)
         }
-        Command::Man => match std::io::stdout().lock().write_all(&man_page()) {
+        Command::Man => match write_stdout(&man_page()) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("tlsmgr: fatal: write: {e}");
-                ExitCode::from(1)
-            }
+            Err(e) => stdout_failed(&e, ExitCode::SUCCESS),
         },
     }
 }
@@ -514,6 +505,24 @@ fn body(render: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> Vec<u8> {
     out
 }
 
+/// Writes `out` to stdout and flushes it.
+fn write_stdout(out: &[u8]) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out).and_then(|()| stdout.flush())
+}
+
+/// The exit after a failed write to stdout. A reader that has gone, as in
+/// `tlsmgr check | head -1`, has what it wanted: the command ends quietly
+/// with `done`, its status had the write succeeded, as other Unix tools
+/// do. Any other write error is fatal.
+fn stdout_failed(e: &std::io::Error, done: ExitCode) -> ExitCode {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return done;
+    }
+    eprintln!("tlsmgr: fatal: write: {e}");
+    ExitCode::from(1)
+}
+
 fn check(dir: Option<PathBuf>, overrides: &[String]) -> ExitCode {
     use tlsmgr::config::{dir::ConfigDir, params, read_raw, ConfigError};
     let dir = tlsmgr::config::config_directory(dir);
@@ -532,17 +541,22 @@ fn check(dir: Option<PathBuf>, overrides: &[String]) -> ExitCode {
             // Each value set in a file (or by -o) is preceded by where; a
             // value without a note is the default. config_directory is
             // where the files are.
+            let mut out = String::new();
             for (name, value) in &config.effective {
                 if *name != params::CONFIG_DIRECTORY {
                     if let Some(origin) = raw.origin(name) {
-                        println!("# from {origin}");
+                        out += &format!("# from {origin}\n");
                     }
                 }
                 // A Redis password stays in the file: this output is
                 // pasted into tickets and mail.
-                println!("{name} = {}", tlsmgr::config::shown_value(name, value));
+                out += &format!("{name} = {}\n", tlsmgr::config::shown_value(name, value));
             }
-            on_disk(&dir, &config)
+            let code = on_disk(&dir, &config, &mut out);
+            match write_stdout(out.as_bytes()) {
+                Ok(()) => code,
+                Err(e) => stdout_failed(&e, code),
+            }
         }
         Err(e) => {
             eprintln!("tlsmgr: fatal: {e}");
@@ -554,31 +568,31 @@ fn check(dir: Option<PathBuf>, overrides: &[String]) -> ExitCode {
 /// `check`'s last lines, as main.cf comments: where the state is on disk,
 /// given how master.cf starts the service. A location the chroot refuses
 /// is fatal, as it would be at start.
-fn on_disk(dir: &Path, config: &Config) -> ExitCode {
+fn on_disk(dir: &Path, config: &Config, out: &mut String) -> ExitCode {
     use tlsmgr::master::{mastercf, paths};
     let service = mastercf::tlsmgr_service(dir);
     let chroot = service.is_some_and(|s| s.chroot);
     match paths::state_on_disk(config, chroot) {
         Ok(list) => {
-            match service {
-                Some(s) if s.chroot => println!(
-                    "# on disk ({}/master.cf, line {}: tlsmgr chrooted into {}):",
+            *out += &match service {
+                Some(s) if s.chroot => format!(
+                    "# on disk ({}/master.cf, line {}: tlsmgr chrooted into {}):\n",
                     dir.display(),
                     s.line,
                     config.queue_directory.display()
                 ),
-                Some(s) => println!(
-                    "# on disk ({}/master.cf, line {}: tlsmgr not chrooted):",
+                Some(s) => format!(
+                    "# on disk ({}/master.cf, line {}: tlsmgr not chrooted):\n",
                     dir.display(),
                     s.line
                 ),
-                None => println!(
-                    "# on disk (no tlsmgr service in {}/master.cf; as `tlsmgr serve` uses them):",
+                None => format!(
+                    "# on disk (no tlsmgr service in {}/master.cf; as `tlsmgr serve` uses them):\n",
                     dir.display()
                 ),
-            }
+            };
             for (param, path) in list {
-                println!("#   {param}: {}", path.display());
+                *out += &format!("#   {param}: {}\n", path.display());
             }
             ExitCode::SUCCESS
         }

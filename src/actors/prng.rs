@@ -98,8 +98,13 @@ impl PrngActor {
     /// A bare pool keyed from the operating system: no sources, no
     /// exchange file (benches, unit tests).
     pub fn new() -> Self {
+        Self::feeding(SeedPool::from_os())
+    }
+
+    /// A bare actor feeding `pool`.
+    fn feeding(pool: SeedPool) -> Self {
         PrngActor {
-            pool: Arc::new(SeedPool::from_os()),
+            pool: Arc::new(pool),
             managed: None,
             schedule: Schedule::default(),
             source: RandomSource::None,
@@ -117,13 +122,18 @@ impl PrngActor {
         self.pool.clone()
     }
 
-    /// The daemon's PRNG manager: sources and exchange file as `config`
-    /// says (read again at every tick, so a reload takes effect), time
-    /// from `clock`.
-    pub fn managed(config: Arc<ArcSwap<Config>>, clock: SharedClock, log: Logger) -> Self {
+    /// The daemon's PRNG manager feeding `pool`: sources and exchange
+    /// file as `config` says (read again at every tick, so a reload takes
+    /// effect), time from `clock`.
+    pub fn managed(
+        pool: SeedPool,
+        config: Arc<ArcSwap<Config>>,
+        clock: SharedClock,
+        log: Logger,
+    ) -> Self {
         PrngActor {
             managed: Some(Managed { config, clock, log }),
-            ..PrngActor::new()
+            ..Self::feeding(pool)
         }
     }
 
@@ -520,13 +530,12 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
         let cfg = Config::from_source(&map).unwrap();
-        let mut a = PrngActor::managed(
+        PrngActor::managed(
+            SeedPool::new(crate::prng::Pool::from_key([3; 32])),
             Arc::new(ArcSwap::from_pointee(cfg)),
             ManualClock::new(1000),
             MemoryLog::default().logger("postfix/tlsmgr"),
-        );
-        a.pool = Arc::new(SeedPool::new(crate::prng::Pool::from_key([3; 32])));
-        a
+        )
     }
 
     fn output(a: &mut PrngActor) -> [u8; 32] {

@@ -116,7 +116,7 @@ async fn requests(
         };
         registration.busy();
         // master counts one use from TAKEN to AVAIL; stock reports the
-        // wakeup as one too (tests/master_child.rs compares).
+        // wakeup as one too (tests/it/master_child.rs compares).
         let _observed = ObservedRequest::start(svc);
         let reply = match incoming {
             Incoming::Wakeup => {

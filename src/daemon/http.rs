@@ -12,7 +12,7 @@
 //! [`READ_TIMEOUT`] and [`MAX_HEAD`] bytes, and at most [`MAX_CLIENTS`]
 //! connections are served at once. Slow or idle clients cannot keep a
 //! scraper out: when all places are taken, a client that has not sent a
-//! complete head yet is closed to make room ([`Clients`]): the oldest of
+//! complete head yet is closed to make room (`Clients`): the oldest of
 //! the peer address that holds the most such places, so that a flood of
 //! connections from one address only displaces its own. A client whose
 //! complete head has come is never closed for a newcomer: before choosing,

@@ -202,6 +202,12 @@ pub fn run_with(
     // Before the chroot and the privilege drop (`before_start`): the
     // secret file is root's. A bad one is fatal at start.
     opts.config.load_shared_secret()?;
+    // Keyed before anything starts: a system that refuses its random
+    // source cannot serve seeds or make ticket keys, so the start fails
+    // with `fatal:` rather than with a panic in an actor.
+    let os_rng = |e| Error::io("read the system's random source (getrandom)", e);
+    let seeds = SeedPool::try_from_os().map_err(os_rng)?;
+    let ticket_pool = crate::prng::Pool::try_from_os().map_err(os_rng)?;
     let system = actix_rt::System::new();
     let log = opts.log.clone();
     let result = system.block_on(async move {
@@ -223,7 +229,7 @@ pub fn run_with(
         // The ticket actor's address now, the actor itself once its key
         // file can be opened (after `before_start`).
         let ticket_ctx = actix::Context::<TicketActor>::new();
-        let prng = PrngActor::managed(config.clone(), opts.clock.clone(), opts.log.clone())
+        let prng = PrngActor::managed(seeds, config.clone(), opts.clock.clone(), opts.log.clone())
             .with_preopened(opts.prng_preopened.take());
         let svc = Services {
             ticket_keys: ticket_keys.clone(),
@@ -262,6 +268,7 @@ pub fn run_with(
             .store(Arc::new(start_caches(&opts.config, &runtime).await));
         ticket_ctx.run(
             TicketActor::new(
+                ticket_pool,
                 config,
                 ticket_keys,
                 svc.shared.clone(),

@@ -99,10 +99,31 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A pool keyed from the operating system's CSPRNG.
+    /// A pool keyed from the operating system's CSPRNG. Panics where the
+    /// system refuses: for benches and unit tests; the daemon uses
+    /// [`Pool::try_from_os`].
     pub fn from_os() -> Self {
         Pool {
             rng: ChaCha20Rng::from_os_rng(),
+        }
+    }
+
+    /// A pool keyed from the operating system's CSPRNG (getrandom(2)), or
+    /// the system's refusal (no getrandom, a seccomp filter that denies
+    /// it): the daemon cannot serve seeds or make keys without one, so it
+    /// dies with `fatal:` at start. Test builds (feature `test-hooks`)
+    /// refuse as ENOSYS when `TLSMGR_TEST_OS_RNG_FAIL` is set.
+    pub fn try_from_os() -> std::io::Result<Self> {
+        #[cfg(feature = "test-hooks")]
+        if std::env::var_os("TLSMGR_TEST_OS_RNG_FAIL").is_some() {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSYS));
+        }
+        match ChaCha20Rng::try_from_os_rng() {
+            Ok(rng) => Ok(Pool { rng }),
+            Err(e) => Err(e.raw_os_error().map_or_else(
+                || std::io::Error::other(e.to_string()),
+                std::io::Error::from_raw_os_error,
+            )),
         }
     }
 

@@ -2,7 +2,7 @@
 //! decrypt at a given time, and how the set rotates.
 //!
 //! - `key`: the 88-byte wire struct.
-//! - [`file`]: the key file (`tlsmgr_ticket_key_file`).
+//! - [`file`](mod@file): the key file (`tlsmgr_ticket_key_file`).
 //!
 //! With T the sanitized smtpd cache timeout and t = T/2, a key encrypts until
 //! its `tout` and decrypts while `tout + t > now`, as in Postfix. Stock

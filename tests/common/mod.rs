@@ -2,6 +2,18 @@
 //! temporary directory, with a manual clock and a captured log.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod child;
+pub mod disk;
+pub mod keys;
+#[path = "prng.rs"]
+pub mod prng_util;
+#[path = "redis.rs"]
+pub mod redis_server;
+pub mod serve;
+pub mod stock;
+pub mod syslog;
+pub mod tmpfs;
+
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
