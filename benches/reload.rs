@@ -55,6 +55,7 @@ impl Bench {
             fault_injection: None,
             watch: Some(watch),
             admin: None,
+            prng_preopened: None,
         })
         .unwrap();
         Bench {

@@ -7,6 +7,10 @@
 //! TYPE ID`); the server answers `ok` or `error: TEXT` on a first line,
 //! then the body (JSON for `stats`, text otherwise), and closes. Postfix
 //! clients never see any of it: it is not the `private/tlsmgr` socket.
+//!
+//! [`AdminRequest`] is that line as a type: the client writes it
+//! ([`AdminRequest`]'s `Display`) and the daemon reads it back
+//! ([`AdminRequest::parse`]), so the grammar has one home.
 
 use crate::protocol::CacheType;
 use serde_json::Value;
@@ -40,9 +44,75 @@ pub enum AdminError {
     Protocol(String),
 }
 
-/// Sends `command` (one line, no newline) and returns the body of an `ok`
-/// answer.
-pub fn request(socket: &Path, command: &str) -> Result<String, AdminError> {
+/// One admin request, as the client sends it and the daemon carries it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRequest {
+    /// `stats`: every counter, as JSON.
+    Stats,
+    /// `keys list`: role, name, age and expiry of each ticket key.
+    KeysList,
+    /// `keys rotate`: a new current key at once.
+    KeysRotate,
+    /// `cache purge TYPE`: every entry of one cache.
+    CachePurge(CacheType),
+    /// `cache delete TYPE ID`: one entry (the id may hold spaces, not a
+    /// newline).
+    CacheDelete(CacheType, String),
+}
+
+/// The answer to a request line that is none of the requests.
+const UNKNOWN: &str = "stats, keys list, keys rotate, cache purge TYPE, cache delete TYPE ID";
+
+impl AdminRequest {
+    /// Reads a request line (without its newline); the error is the
+    /// daemon's answer, in words an admin acts on.
+    pub fn parse(line: &str) -> Result<AdminRequest, String> {
+        let mut words = line.splitn(3, ' ');
+        match (words.next(), words.next(), words.next()) {
+            (Some("stats"), None, None) => Ok(AdminRequest::Stats),
+            (Some("keys"), Some("list"), None) => Ok(AdminRequest::KeysList),
+            (Some("keys"), Some("rotate"), None) => Ok(AdminRequest::KeysRotate),
+            (Some("cache"), Some(op @ ("purge" | "delete")), Some(rest)) => {
+                match (op, rest.split_once(' ')) {
+                    ("purge", None) => Ok(AdminRequest::CachePurge(cache_type(rest)?)),
+                    ("delete", Some((t, id))) if !id.is_empty() => {
+                        Ok(AdminRequest::CacheDelete(cache_type(t)?, id.to_string()))
+                    }
+                    _ => Err(format!(
+                        "usage: cache {op} TYPE{}",
+                        if op == "delete" { " ID" } else { "" }
+                    )),
+                }
+            }
+            _ => Err(format!(
+                "unknown command \"{}\" ({UNKNOWN})",
+                line.chars().take(100).collect::<String>()
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for AdminRequest {
+    /// The request line, without its newline.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminRequest::Stats => f.write_str("stats"),
+            AdminRequest::KeysList => f.write_str("keys list"),
+            AdminRequest::KeysRotate => f.write_str("keys rotate"),
+            AdminRequest::CachePurge(ct) => write!(f, "cache purge {ct}"),
+            AdminRequest::CacheDelete(ct, id) => write!(f, "cache delete {ct} {id}"),
+        }
+    }
+}
+
+/// The cache named `word`, or why not.
+pub fn cache_type(word: &str) -> Result<CacheType, String> {
+    CacheType::from_wire(word.as_bytes())
+        .ok_or_else(|| format!("unknown cache type \"{word}\" (smtpd, smtp or lmtp)"))
+}
+
+/// Sends `command` and returns the body of an `ok` answer.
+pub fn request(socket: &Path, command: &AdminRequest) -> Result<String, AdminError> {
     let io = |what: &str| {
         let what = format!("{what} {}", socket.display());
         move |source| AdminError::Io { what, source }
@@ -81,7 +151,7 @@ pub fn request(socket: &Path, command: &str) -> Result<String, AdminError> {
 
 /// A `stats` answer as JSON.
 pub fn stats(socket: &Path) -> Result<Value, AdminError> {
-    let body = request(socket, "stats")?;
+    let body = request(socket, &AdminRequest::Stats)?;
     serde_json::from_str(&body).map_err(|e| AdminError::Protocol(e.to_string()))
 }
 
@@ -231,8 +301,48 @@ pub fn render_table(now: &Value, prev: Option<(&Value, f64)>) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_read_back_what_the_client_writes() {
+        for (line, request) in [
+            ("stats", AdminRequest::Stats),
+            ("keys list", AdminRequest::KeysList),
+            ("keys rotate", AdminRequest::KeysRotate),
+            (
+                "cache purge lmtp",
+                AdminRequest::CachePurge(CacheType::Lmtp),
+            ),
+            (
+                "cache delete smtp a b:25",
+                AdminRequest::CacheDelete(CacheType::Smtp, "a b:25".to_string()),
+            ),
+        ] {
+            assert_eq!(request.to_string(), line);
+            assert_eq!(AdminRequest::parse(line), Ok(request));
+        }
+    }
+
+    #[test]
+    fn malformed_requests_are_answered_with_the_grammar() {
+        for (line, why) in [
+            ("stats now", "unknown command \"stats now\""),
+            ("keys", "unknown command \"keys\""),
+            ("cache purge", "unknown command \"cache purge\""),
+            ("cache purge smtpd x", "usage: cache purge TYPE"),
+            ("cache delete smtpd", "usage: cache delete TYPE ID"),
+            ("cache delete smtpd ", "usage: cache delete TYPE ID"),
+            (
+                "cache purge imap",
+                "unknown cache type \"imap\" (smtpd, smtp or lmtp)",
+            ),
+        ] {
+            let err = AdminRequest::parse(line).unwrap_err();
+            assert!(err.starts_with(why), "{line}: {err}");
+        }
+    }
 
     #[test]
     fn table_shows_counts_and_rates() {

@@ -3,7 +3,7 @@
 //! | format | where | identified by | version |
 //! |--------|-------|---------------|---------|
 //! | session store records | `PATH.fjall/` (fjall 3 database) | [`STORE_FORMAT_FILE`] in the directory | [`STORE_FORMAT`] |
-//! | ticket key file | `tlsmgr_ticket_key_file` | its length: three slots of 1 + 88 bytes, or two slots, read only | [`KEY_FILE_VERSION`] |
+//! | ticket key file | `tlsmgr_ticket_key_file` | its length: three slots of 1 + 88 bytes, or two slots, read only | none (the length) |
 //! | PRNG exchange file | `tls_random_exchange_name` | Postfix's: 1024 raw bytes (`prng::exchange::EXCHANGE_SIZE`), no header | none (stock Postfix's format) |
 //!
 //! # Session store
@@ -41,10 +41,6 @@ pub const STORE_FORMAT_NAME: &str = "tlsmgr-store";
 
 /// The file, inside a store's directory, that names its record format.
 pub const STORE_FORMAT_FILE: &str = "tlsmgr-format";
-
-/// The ticket key file's layout version (three slots); version 0 was
-/// two slots, still read.
-pub const KEY_FILE_VERSION: u32 = 1;
 
 /// The line [`STORE_FORMAT_FILE`] holds for `version`.
 pub fn store_format_line(version: u32) -> String {

@@ -9,11 +9,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tlsmgr::actors::watcher::WatchOptions;
+use tlsmgr::admin::AdminRequest;
 use tlsmgr::client::{self, ClientCommand};
 use tlsmgr::config::Config;
-use tlsmgr::daemon::ownership;
-use tlsmgr::logging::stderr_logger;
 
 #[derive(Parser)]
 #[command(
@@ -161,13 +159,6 @@ enum CacheAction {
     },
 }
 
-/// `--socket P` of `tlsmgr serve`: the admin socket is `P.admin`.
-fn admin_beside(socket: &Path) -> PathBuf {
-    let mut name = socket.as_os_str().to_os_string();
-    name.push(".admin");
-    PathBuf::from(name)
-}
-
 /// The admin socket of `args`: `--socket`, else tlsmgr_admin_socket of
 /// tlsmgr.cf (or main.cf). Exit 2 when there is none.
 fn admin_socket(command: &str, args: AdminArgs) -> Result<PathBuf, ExitCode> {
@@ -207,16 +198,16 @@ fn admin_socket(command: &str, args: AdminArgs) -> Result<PathBuf, ExitCode> {
 
 /// Sends one admin command and prints the answer; exit 0, 1 (refused), 2
 /// (unreachable).
-fn admin_command(command: &str, args: AdminArgs, line: &str) -> ExitCode {
+fn admin_command(command: &str, args: AdminArgs, request: &AdminRequest) -> ExitCode {
     let socket = match admin_socket(command, args) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    match tlsmgr::admin::request(&socket, line) {
-        Ok(body) => {
-            print!("{body}");
-            ExitCode::SUCCESS
-        }
+    match tlsmgr::admin::request(&socket, request) {
+        Ok(body) => match write_stdout(body.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => stdout_failed(&e, ExitCode::SUCCESS),
+        },
         Err(e) => admin_error(command, &e),
     }
 }
@@ -241,7 +232,7 @@ fn stats(args: AdminArgs, json: bool, watch: Option<u64>) -> ExitCode {
             Err(e) => return admin_error("stats", &e),
         };
         let taken = std::time::Instant::now();
-        let out = if json {
+        let mut out = if json {
             format!("{now}\n")
         } else {
             let p = prev
@@ -249,21 +240,15 @@ fn stats(args: AdminArgs, json: bool, watch: Option<u64>) -> ExitCode {
                 .map(|(v, at)| (v, taken.duration_since(*at).as_secs_f64()));
             tlsmgr::admin::render_table(&now, p)
         };
-        let mut stdout = std::io::stdout().lock();
-        if stdout
-            .write_all(out.as_bytes())
-            .and_then(|()| stdout.flush())
-            .is_err()
-        {
-            return ExitCode::from(1);
+        if watch.is_some() && !json {
+            out.push('\n');
         }
-        drop(stdout);
+        if let Err(e) = write_stdout(out.as_bytes()) {
+            return stdout_failed(&e, ExitCode::SUCCESS);
+        }
         match watch {
             None => return ExitCode::SUCCESS,
             Some(secs) => {
-                if !json {
-                    println!();
-                }
                 prev = Some((now, taken));
                 std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
             }
@@ -317,7 +302,7 @@ fn main() -> ExitCode {
             socket,
             overrides,
             verbose,
-        } => serve(
+        } => tlsmgr::serve::main(
             &tlsmgr::config::config_directory(config_dir),
             socket,
             &overrides,
@@ -338,29 +323,36 @@ fn main() -> ExitCode {
         } => check(config_dir, &overrides),
         Command::Stats { admin, json, watch } => stats(admin, json, watch),
         Command::Keys { admin, action } => match action {
-            KeysAction::Rotate => admin_command("keys", admin, "keys rotate"),
-            KeysAction::List => admin_command("keys", admin, "keys list"),
+            KeysAction::Rotate => admin_command("keys", admin, &AdminRequest::KeysRotate),
+            KeysAction::List => admin_command("keys", admin, &AdminRequest::KeysList),
         },
         Command::Cache { admin, action } => {
-            let line = match &action {
-                CacheAction::Purge { cache_type } => format!("cache purge {cache_type}"),
+            let (cache_type, id) = match action {
+                CacheAction::Purge { cache_type } => (cache_type, None),
                 CacheAction::Delete {
                     cache_type,
                     cache_id,
-                } => format!("cache delete {cache_type} {cache_id}"),
+                } => (cache_type, Some(cache_id)),
             };
-            if line.contains('\n') {
+            if id.as_ref().is_some_and(|id| id.contains('\n')) {
                 eprintln!("tlsmgr cache: fatal: a cache id cannot contain a newline");
                 return ExitCode::from(2);
             }
-            admin_command("cache", admin, &line)
+            // Refused as the daemon refuses it (same words, exit 1): the
+            // request carries a cache type, not any word.
+            let ct = match tlsmgr::admin::cache_type(&cache_type) {
+                Ok(ct) => ct,
+                Err(why) => return admin_error("cache", &tlsmgr::admin::AdminError::Refused(why)),
+            };
+            let request = match id {
+                None => AdminRequest::CachePurge(ct),
+                Some(id) => AdminRequest::CacheDelete(ct, id),
+            };
+            admin_command("cache", admin, &request)
         }
-        Command::Man => match std::io::stdout().lock().write_all(&man_page()) {
+        Command::Man => match write_stdout(&man_page()) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("tlsmgr: fatal: write: {e}");
-                ExitCode::from(1)
-            }
+            Err(e) => stdout_failed(&e, ExitCode::SUCCESS),
         },
     }
 }
@@ -513,6 +505,24 @@ fn body(render: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> Vec<u8> {
     out
 }
 
+/// Writes `out` to stdout and flushes it.
+fn write_stdout(out: &[u8]) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out).and_then(|()| stdout.flush())
+}
+
+/// The exit after a failed write to stdout. A reader that has gone, as in
+/// `tlsmgr check | head -1`, has what it wanted: the command ends quietly
+/// with `done`, its status had the write succeeded, as other Unix tools
+/// do. Any other write error is fatal.
+fn stdout_failed(e: &std::io::Error, done: ExitCode) -> ExitCode {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return done;
+    }
+    eprintln!("tlsmgr: fatal: write: {e}");
+    ExitCode::from(1)
+}
+
 fn check(dir: Option<PathBuf>, overrides: &[String]) -> ExitCode {
     use tlsmgr::config::{dir::ConfigDir, params, read_raw, ConfigError};
     let dir = tlsmgr::config::config_directory(dir);
@@ -531,17 +541,22 @@ fn check(dir: Option<PathBuf>, overrides: &[String]) -> ExitCode {
             // Each value set in a file (or by -o) is preceded by where; a
             // value without a note is the default. config_directory is
             // where the files are.
+            let mut out = String::new();
             for (name, value) in &config.effective {
                 if *name != params::CONFIG_DIRECTORY {
                     if let Some(origin) = raw.origin(name) {
-                        println!("# from {origin}");
+                        out += &format!("# from {origin}\n");
                     }
                 }
                 // A Redis password stays in the file: this output is
                 // pasted into tickets and mail.
-                println!("{name} = {}", tlsmgr::config::shown_value(name, value));
+                out += &format!("{name} = {}\n", tlsmgr::config::shown_value(name, value));
             }
-            on_disk(&dir, &config)
+            let code = on_disk(&dir, &config, &mut out);
+            match write_stdout(out.as_bytes()) {
+                Ok(()) => code,
+                Err(e) => stdout_failed(&e, code),
+            }
         }
         Err(e) => {
             eprintln!("tlsmgr: fatal: {e}");
@@ -553,90 +568,36 @@ fn check(dir: Option<PathBuf>, overrides: &[String]) -> ExitCode {
 /// `check`'s last lines, as main.cf comments: where the state is on disk,
 /// given how master.cf starts the service. A location the chroot refuses
 /// is fatal, as it would be at start.
-fn on_disk(dir: &Path, config: &Config) -> ExitCode {
+fn on_disk(dir: &Path, config: &Config, out: &mut String) -> ExitCode {
     use tlsmgr::master::{mastercf, paths};
     let service = mastercf::tlsmgr_service(dir);
     let chroot = service.is_some_and(|s| s.chroot);
     match paths::state_on_disk(config, chroot) {
         Ok(list) => {
-            match service {
-                Some(s) if s.chroot => println!(
-                    "# on disk ({}/master.cf, line {}: tlsmgr chrooted into {}):",
+            *out += &match service {
+                Some(s) if s.chroot => format!(
+                    "# on disk ({}/master.cf, line {}: tlsmgr chrooted into {}):\n",
                     dir.display(),
                     s.line,
                     config.queue_directory.display()
                 ),
-                Some(s) => println!(
-                    "# on disk ({}/master.cf, line {}: tlsmgr not chrooted):",
+                Some(s) => format!(
+                    "# on disk ({}/master.cf, line {}: tlsmgr not chrooted):\n",
                     dir.display(),
                     s.line
                 ),
-                None => println!(
-                    "# on disk (no tlsmgr service in {}/master.cf; as `tlsmgr serve` uses them):",
+                None => format!(
+                    "# on disk (no tlsmgr service in {}/master.cf; as `tlsmgr serve` uses them):\n",
                     dir.display()
                 ),
-            }
+            };
             for (param, path) in list {
-                println!("#   {param}: {}", path.display());
+                *out += &format!("#   {param}: {}\n", path.display());
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("tlsmgr: fatal: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn serve(dir: &Path, socket: Option<PathBuf>, overrides: &[String], verbose: bool) -> ExitCode {
-    let pre_log = stderr_logger("postfix/tlsmgr", verbose);
-    let config = match Config::load(dir, overrides) {
-        Ok(c) => c,
-        Err(e) => {
-            slog::crit!(pre_log, "{}", e);
-            return ExitCode::from(1);
-        }
-    };
-    let log = stderr_logger(&format!("{}/tlsmgr", config.syslog_name), verbose);
-    for w in &config.warnings {
-        slog::warn!(log, "{}", w);
-    }
-    for n in &config.notes {
-        slog::info!(log, "{}", n);
-    }
-    // Root must not make files in mail_owner's data_directory (see the
-    // module), neither now nor after a reload.
-    let euid = nix::unistd::geteuid().as_raw();
-    if let Err(e) = ownership::check(&config, euid) {
-        slog::crit!(log, "{}", e);
-        return ExitCode::from(1);
-    }
-    // Beside an explicit --socket (so that two daemons of one main.cf can
-    // run side by side), else tlsmgr_admin_socket.
-    let admin = match &socket {
-        Some(s) => Some(admin_beside(s)),
-        None => config.admin_socket.clone(),
-    };
-    let socket = socket.unwrap_or_else(|| config.default_socket());
-    // Opened now, before any chroot, so that live reload keeps reading it.
-    let watch = match tlsmgr::config::dir::ConfigDir::open(dir) {
-        Ok(handle) => {
-            let mut w = WatchOptions::new(handle, overrides.to_vec());
-            w.sighup = true;
-            w.adjust = Some(Box::new(move |cfg: &mut Config| {
-                ownership::check(cfg, euid).map_err(Into::into)
-            }));
-            Some(w)
-        }
-        Err(e) => {
-            slog::warn!(log, "open {}: {} -- live reload disabled", dir.display(), e);
-            None
-        }
-    };
-    match tlsmgr::daemon::standalone(config, &socket, admin.as_deref(), log.clone(), watch) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            slog::crit!(log, "{}", e);
             ExitCode::from(1)
         }
     }

@@ -9,8 +9,9 @@
 //! is raised to the hard one at start.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "common/serve.rs"]
-mod serve;
+mod common;
+
+use common::serve;
 
 use bytes::Bytes;
 use serve::ServeProcess;

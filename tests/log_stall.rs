@@ -4,11 +4,9 @@
 //! runs it, keeps answering every request; lines that do not fit are
 //! dropped, and one warning gives their count once the reader reads again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-#[path = "common/child.rs"]
-mod child;
 mod common;
-#[path = "common/stock.rs"]
-mod stock;
+
+use common::{child, stock};
 
 use child::{MasterChild, OURS};
 use std::io::{Read, Write};

@@ -1,5 +1,5 @@
 //! The cache actor: *when* things happen to one session cache. What they do
-//! is [`crate::cache::Cache`]'s, which the I/O threads call directly.
+//! is `cache::Cache`'s, which the I/O threads call directly.
 //!
 //! Each enabled cache gets its own actor on its own arbiter thread, because
 //! everything it does blocks on disk I/O: opening the store (and waiting for
@@ -661,11 +661,16 @@ impl Handler<Flush> for CacheActor {
     }
 }
 
-/// New limits and sync interval (live reconfiguration): the limits apply to
-/// the next request, a lower bound evicts at once, the timers restart.
+/// New limits and sync interval (live reconfiguration): the limits, already
+/// in force (the reload sets them when it swaps the configuration, so that
+/// `policy` and staleness follow the new timeout from that instant), are
+/// compared with `previous`: a lower bound evicts at once, a new timeout or
+/// sync interval restarts the timers.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Reconfigure {
+    /// The limits before the reload.
+    pub previous: CacheLimits,
     /// The new limits.
     pub limits: CacheLimits,
     /// The new `tlsmgr_session_cache_sync_interval`.
@@ -675,7 +680,7 @@ pub struct Reconfigure {
 impl Handler<Reconfigure> for CacheActor {
     type Result = ();
     fn handle(&mut self, msg: Reconfigure, ctx: &mut Context<Self>) {
-        let old = self.cache.limits();
+        let old = msg.previous;
         self.cache.set_limits(msg.limits);
         if msg.limits.max_entries != old.max_entries {
             self.evict_to_bound();

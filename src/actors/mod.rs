@@ -1,5 +1,5 @@
 //! The control plane: actix actors that decide *when* things happen. What
-//! happens is the domain modules' ([`crate::cache`], [`crate::tickets`],
+//! happens is the domain modules' (`crate::cache`, [`crate::tickets`],
 //! [`crate::prng`]), which the data path calls directly; no request waits
 //! on a mailbox.
 //!
@@ -27,16 +27,14 @@ use std::sync::Arc;
 #[rtype(result = "()")]
 pub struct ConfigChanged(pub Arc<Config>);
 
-/// A running cache: the shared cache, its actor, and the timeout it runs
-/// with (what `policy` answers).
+/// A running cache: the shared cache and its actor. The timeout it runs
+/// with (what `policy` answers) is the cache's own (`Cache::limits`).
 #[derive(Clone)]
 pub struct RunningCache {
     /// The cache the data path calls.
     pub cache: Arc<Cache>,
     /// Its actor.
     pub addr: Addr<cache::CacheActor>,
-    /// Its sanitized timeout.
-    pub timeout: u32,
 }
 
 /// The running caches, indexed by [`CacheType::index`]; `None` = disabled.

@@ -1,10 +1,10 @@
 //! The PRNG actor: manages what feeds the central [`SeedPool`] (spec §2.5):
 //! the `tls_random_source` reseeds and the exchange file. Seeds themselves
 //! are served on each request's thread from the pool
-//! ([`SeedPool::seed`], see [`crate::prng::threads`]); the [`Seed`]
+//! ([`SeedPool::seed`], see `prng::threads`); the [`Seed`]
 //! message does the same from the actor, for tests and benches.
 //!
-//! Timing comes from [`Schedule`] with `now` from the injected clock; a
+//! Timing comes from `prng::schedule::Schedule` with `now` from the injected clock; a
 //! one-second timer (and the [`Tick`] message, for tests) asks it what is
 //! due. Source reads and exchange-file updates run off the actor (async
 //! socket I/O, or tokio's blocking pool), so a stalled EGD server or a slow
@@ -79,6 +79,9 @@ pub struct PrngActor {
     exchange: Option<(PathBuf, PathBuf, Arc<Mutex<ExchangeFile>>)>,
     /// Whether [`PrngActor::reconcile`] has applied a configuration yet.
     configured: bool,
+    /// What was opened before a chroot ([`crate::prng::preopen`]), adopted
+    /// by the first reconcile.
+    preopened: Option<crate::prng::Preopened>,
     status: PrngStatus,
 }
 
@@ -95,8 +98,13 @@ impl PrngActor {
     /// A bare pool keyed from the operating system: no sources, no
     /// exchange file (benches, unit tests).
     pub fn new() -> Self {
+        Self::feeding(SeedPool::from_os())
+    }
+
+    /// A bare actor feeding `pool`.
+    fn feeding(pool: SeedPool) -> Self {
         PrngActor {
-            pool: Arc::new(SeedPool::from_os()),
+            pool: Arc::new(pool),
             managed: None,
             schedule: Schedule::default(),
             source: RandomSource::None,
@@ -104,6 +112,7 @@ impl PrngActor {
             handle: None,
             exchange: None,
             configured: false,
+            preopened: None,
             status: PrngStatus::default(),
         }
     }
@@ -113,14 +122,26 @@ impl PrngActor {
         self.pool.clone()
     }
 
-    /// The daemon's PRNG manager: sources and exchange file as `config`
-    /// says (read again at every tick, so a reload takes effect), time
-    /// from `clock`.
-    pub fn managed(config: Arc<ArcSwap<Config>>, clock: SharedClock, log: Logger) -> Self {
+    /// The daemon's PRNG manager feeding `pool`: sources and exchange
+    /// file as `config` says (read again at every tick, so a reload takes
+    /// effect), time from `clock`.
+    pub fn managed(
+        pool: SeedPool,
+        config: Arc<ArcSwap<Config>>,
+        clock: SharedClock,
+        log: Logger,
+    ) -> Self {
         PrngActor {
             managed: Some(Managed { config, clock, log }),
-            ..PrngActor::new()
+            ..Self::feeding(pool)
         }
+    }
+
+    /// Adopts the source and exchange file opened before a chroot, when
+    /// the configuration still names them.
+    pub fn with_preopened(mut self, preopened: Option<crate::prng::Preopened>) -> Self {
+        self.preopened = preopened;
+        self
     }
 
     fn log_at(log: &Logger, level: Level, msg: &str) {
@@ -138,11 +159,7 @@ impl PrngActor {
         let want = cfg.random_source();
         let first = !self.configured;
         self.configured = true;
-        let mut pre = if first {
-            crate::prng::take_preopened()
-        } else {
-            None
-        };
+        let mut pre = if first { self.preopened.take() } else { None };
         if first || want != self.source {
             self.source_generation += 1;
             self.handle = None;
@@ -513,13 +530,12 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
         let cfg = Config::from_source(&map).unwrap();
-        let mut a = PrngActor::managed(
+        PrngActor::managed(
+            SeedPool::new(crate::prng::Pool::from_key([3; 32])),
             Arc::new(ArcSwap::from_pointee(cfg)),
             ManualClock::new(1000),
             MemoryLog::default().logger("postfix/tlsmgr"),
-        );
-        a.pool = Arc::new(SeedPool::new(crate::prng::Pool::from_key([3; 32])));
-        a
+        )
     }
 
     fn output(a: &mut PrngActor) -> [u8; 32] {

@@ -19,7 +19,7 @@
 //! unsaved key is handed out anyway, with one warning: a ticket issued
 //! under it is lost only if tlsmgr restarts before a save succeeds, while
 //! handing out no key would disable tickets for every client at once (see
-//! [`TicketActor::safe_ring`]). After SIGHUP ([`KeyFileCheck`]) a key file
+//! `TicketActor::safe_ring`). After SIGHUP ([`KeyFileCheck`]) a key file
 //! found replaced or removed is written again from memory.
 //!
 //! With a shared store (`tlsmgr_shared_store`) the keys go by epoch
@@ -138,6 +138,7 @@ impl TicketActor {
     /// it, rotates them up to now, and publishes the ring in `published`
     /// before returning, so the first request finds a key.
     pub fn new(
+        pool: Pool,
         config: Arc<ArcSwap<Config>>,
         published: SharedRing,
         link: SharedLink,
@@ -185,7 +186,7 @@ impl TicketActor {
             shared: None,
             link,
             published,
-            pool: Pool::from_os(),
+            pool,
             file,
             saving,
             config,

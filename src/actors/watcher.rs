@@ -248,9 +248,7 @@ fn read_and_parse(
     {
         Outcome::Unfinished(seen.texts())
     } else {
-        Outcome::Parsed(Box::new(
-            config::parse_raw(text, ours, dir, overrides).and_then(|raw| Config::from_raw(&raw)),
-        ))
+        Outcome::Parsed(Box::new(Config::from_text(text, ours, dir, overrides)))
     };
     (outcome, Some(seen))
 }

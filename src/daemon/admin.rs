@@ -10,27 +10,28 @@
 //!
 //! At most [`MAX_CONNECTIONS`] connections are served at once, so that
 //! admin clients, however many and however idle, take a bounded number of
-//! descriptors (counted in [`super::limits::OWN_FILES_RESERVE`]) and never
+//! descriptors (counted in `limits::OWN_FILES_RESERVE`) and never
 //! those the stores need; a connection beyond that is told so and closed.
 //! A failing accept(2) is logged at most once every
-//! [`limits::EXHAUSTION_LOG_INTERVAL`], like the main socket's.
+//! `limits::EXHAUSTION_LOG_INTERVAL`, like the main socket's.
 
 use super::limits::{self, LogEvery};
 use super::sharing::{self, SharedRemoval};
 use super::Services;
 use crate::actors::ticket::RotateNow;
-use crate::admin::{MAX_LINE, TIMEOUT};
+use crate::admin::{AdminRequest, MAX_LINE, TIMEOUT};
 use crate::protocol::CacheType;
 use slog::{info, warn};
 use std::cell::Cell;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-/// Binds the admin socket at `path`, mode 0600, replacing a stale socket
-/// file (one nobody answers on); refuses when a daemon answers there.
+/// Binds the admin socket at `path` (`private_socket::bind`:
+/// mode 0600, only a stale socket replaced), creating its directory first
+/// when missing.
 pub fn bind(path: &Path) -> Result<UnixListener, crate::Error> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
@@ -38,33 +39,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, crate::Error> {
                 .map_err(|e| crate::Error::io(format!("create {}", dir.display()), e))?;
         }
     }
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if !m.file_type().is_socket() {
-            return Err(crate::Error::io(
-                format!("bind {}", path.display()),
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "exists and is not a socket; not removing it",
-                ),
-            ));
-        }
-        if UnixStream::connect(path).is_ok() {
-            return Err(crate::Error::io(
-                format!("bind {}", path.display()),
-                std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    "another tlsmgr is serving this admin socket",
-                ),
-            ));
-        }
-        std::fs::remove_file(path)
-            .map_err(|e| crate::Error::io(format!("remove stale {}", path.display()), e))?;
-    }
-    // Exactly 0600 before anyone can connect (see `super::private_socket`).
-    let listener = super::private_socket::bind_with_mode(path, 0o600)
-        .map_err(|e| crate::Error::io(format!("bind {}", path.display()), e))?;
-    Ok(listener)
+    super::private_socket::bind(path)
 }
 
 /// Who may use the admin socket: root, `mail_owner` (looked up now, before
@@ -175,10 +150,16 @@ async fn connection(stream: tokio::net::UnixStream, svc: &Services, allowed: &[u
     } else {
         line.pop();
         match String::from_utf8(line) {
-            Ok(cmd) => match execute(cmd.trim_end_matches('\r'), uid, svc).await {
-                Ok(body) => format!("ok\n{body}"),
-                Err(why) => format!("error: {why}\n"),
-            },
+            Ok(cmd) => {
+                let answer = match AdminRequest::parse(cmd.trim_end_matches('\r')) {
+                    Ok(request) => apply(request, uid, svc).await,
+                    Err(why) => Err(why),
+                };
+                match answer {
+                    Ok(body) => format!("ok\n{body}"),
+                    Err(why) => format!("error: {why}\n"),
+                }
+            }
             Err(_) => "error: request is not UTF-8\n".to_string(),
         }
     };
@@ -186,26 +167,23 @@ async fn connection(stream: tokio::net::UnixStream, svc: &Services, allowed: &[u
     let _ = write.shutdown().await;
 }
 
-fn cache_type(word: &str) -> Result<CacheType, String> {
-    CacheType::from_wire(word.as_bytes())
-        .ok_or_else(|| format!("unknown cache type \"{word}\" (smtpd, smtp or lmtp)"))
-}
-
-/// Carries out one command; the answer's body, or why not.
-async fn execute(cmd: &str, uid: u32, svc: &Services) -> Result<String, String> {
-    let mut words = cmd.splitn(3, ' ');
-    match (words.next(), words.next(), words.next()) {
-        (Some("stats"), None, None) => {
+/// Carries out one request for `uid`; the answer's body, or why not.
+async fn apply(request: AdminRequest, uid: u32, svc: &Services) -> Result<String, String> {
+    match request {
+        AdminRequest::Stats => {
             let snap = super::stats::snapshot(svc).await;
             Ok(format!("{}\n", snap.to_json()))
         }
-        (Some("keys"), Some("list"), None) => Ok(keys_list(svc)),
-        (Some("keys"), Some("rotate"), None) => {
+        AdminRequest::KeysList => Ok(keys_list(svc)),
+        AdminRequest::KeysRotate => {
             info!(svc.log, "admin: keys rotate requested by uid {}", uid);
             match svc.tickets.send(RotateNow).await {
                 Ok(Ok(())) => {
                     let ring = svc.ticket_keys.load();
-                    let name = ring.current.map(|k| hex::encode(k.name)).unwrap_or_default();
+                    let name = ring
+                        .current
+                        .map(|k| hex::encode(k.name))
+                        .unwrap_or_default();
                     info!(
                         svc.log,
                         "admin: session ticket key {} is current now (rotated for uid {})",
@@ -218,68 +196,70 @@ async fn execute(cmd: &str, uid: u32, svc: &Services) -> Result<String, String> 
                 Err(e) => Err(format!("ticket key actor: {e}")),
             }
         }
-        (Some("cache"), Some(op @ ("purge" | "delete")), Some(rest)) => {
-            let (ct, id) = match (op, rest.split_once(' ')) {
-                ("purge", None) => (cache_type(rest)?, None),
-                ("delete", Some((t, id))) if !id.is_empty() => (cache_type(t)?, Some(id)),
-                _ => return Err(format!("usage: cache {op} TYPE{}", if op == "delete" { " ID" } else { "" })),
-            };
-            let cache = svc
-                .caches
-                .load()
-                .get(ct)
-                .map(|rc| rc.cache.clone())
-                .ok_or_else(|| format!("the {ct} TLS cache is disabled"))?;
-            let id = id.map(|s| s.as_bytes().to_vec());
-            let shown = id
-                .as_ref()
-                .map(|i| format!(" {}", String::from_utf8_lossy(i)))
-                .unwrap_or_default();
-            info!(
-                svc.log,
-                "admin: cache {} {}{} requested by uid {}", op, ct, shown, uid
-            );
-            let timeout = u64::from(cache.limits().timeout);
-            // Store I/O blocks: off the daemon thread.
-            let local_id = id.clone();
-            let local = actix_rt::task::spawn_blocking(move || match local_id {
-                None => cache.purge(),
-                Some(id) => cache.delete(&id).map(u64::from),
-            })
-            .await;
-            let local = match local {
-                Ok(Ok(n)) => Ok(n),
-                Ok(Err(_)) => Err(format!("the {ct} TLS cache is not available")),
-                Err(e) => Err(format!("cache operation failed: {e}")),
-            };
-            // The shared copies go too, even when the local store is down:
-            // the command is how a suspected leak is contained, and what
-            // Redis holds is what every host would read back.
-            let shared = match &id {
-                None => sharing::admin_purge(svc, ct, timeout).await,
-                Some(id) => sharing::admin_delete(svc, ct, id, timeout).await,
-            };
-            let text = cache_answer(op, ct, &shown, &local, &shared);
-            match (&local, &shared) {
-                (Ok(_), SharedRemoval::NotShared | SharedRemoval::Removed(_)) => {
-                    if !matches!(shared, SharedRemoval::NotShared) {
-                        info!(svc.log, "admin: {}", text);
-                    }
-                    Ok(format!("{text}\n"))
-                }
-                _ => {
-                    // The protocol's error is one line; a store's message
-                    // may have more.
-                    let text = text.replace(['\r', '\n'], " ");
-                    warn!(svc.log, "admin: {}", text);
-                    Err(text)
-                }
+        AdminRequest::CachePurge(ct) => cache_removal(ct, None, uid, svc).await,
+        AdminRequest::CacheDelete(ct, id) => cache_removal(ct, Some(id), uid, svc).await,
+    }
+}
+
+/// `cache purge` (`id` = `None`) or `cache delete`: locally and, for a
+/// shared cache, in the shared store.
+async fn cache_removal(
+    ct: CacheType,
+    id: Option<String>,
+    uid: u32,
+    svc: &Services,
+) -> Result<String, String> {
+    let op = if id.is_some() { "delete" } else { "purge" };
+    let cache = svc
+        .caches
+        .load()
+        .get(ct)
+        .map(|rc| rc.cache.clone())
+        .ok_or_else(|| format!("the {ct} TLS cache is disabled"))?;
+    let id = id.map(String::into_bytes);
+    let shown = id
+        .as_ref()
+        .map(|i| format!(" {}", String::from_utf8_lossy(i)))
+        .unwrap_or_default();
+    info!(
+        svc.log,
+        "admin: cache {} {}{} requested by uid {}", op, ct, shown, uid
+    );
+    let timeout = u64::from(cache.limits().timeout);
+    // Store I/O blocks: off the daemon thread.
+    let local_id = id.clone();
+    let local = actix_rt::task::spawn_blocking(move || match local_id {
+        None => cache.purge(),
+        Some(id) => cache.delete(&id).map(u64::from),
+    })
+    .await;
+    let local = match local {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(_)) => Err(format!("the {ct} TLS cache is not available")),
+        Err(e) => Err(format!("cache operation failed: {e}")),
+    };
+    // The shared copies go too, even when the local store is down:
+    // the command is how a suspected leak is contained, and what
+    // Redis holds is what every host would read back.
+    let shared = match &id {
+        None => sharing::admin_purge(svc, ct, timeout).await,
+        Some(id) => sharing::admin_delete(svc, ct, id, timeout).await,
+    };
+    let text = cache_answer(op, ct, &shown, &local, &shared);
+    match (&local, &shared) {
+        (Ok(_), SharedRemoval::NotShared | SharedRemoval::Removed(_)) => {
+            if !matches!(shared, SharedRemoval::NotShared) {
+                info!(svc.log, "admin: {}", text);
             }
+            Ok(format!("{text}\n"))
         }
-        _ => Err(format!(
-            "unknown command \"{}\" (stats, keys list, keys rotate, cache purge TYPE, cache delete TYPE ID)",
-            cmd.chars().take(100).collect::<String>()
-        )),
+        _ => {
+            // The protocol's error is one line; a store's message
+            // may have more.
+            let text = text.replace(['\r', '\n'], " ");
+            warn!(svc.log, "admin: {}", text);
+            Err(text)
+        }
     }
 }
 

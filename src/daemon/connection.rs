@@ -54,7 +54,7 @@ impl Drop for ObservedRequest<'_> {
 }
 
 /// Serves one connection until the peer closes, errs, or times out, or is
-/// shut down to make room for a new client ([`IdleConnections`]).
+/// shut down to make room for a new client (`idle::IdleConnections`).
 pub async fn serve(mut stream: UnixStream, svc: Services, idle: Arc<IdleConnections>) {
     let metrics = svc.metrics.clone();
     let _counted = metrics.connection();
@@ -116,7 +116,7 @@ async fn requests(
         };
         registration.busy();
         // master counts one use from TAKEN to AVAIL; stock reports the
-        // wakeup as one too (tests/master_child.rs compares).
+        // wakeup as one too (tests/it/master_child.rs compares).
         let _observed = ObservedRequest::start(svc);
         let reply = match incoming {
             Incoming::Wakeup => {

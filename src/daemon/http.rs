@@ -11,10 +11,14 @@
 //! Bad input costs little: a request head is read for at most
 //! [`READ_TIMEOUT`] and [`MAX_HEAD`] bytes, and at most [`MAX_CLIENTS`]
 //! connections are served at once. Slow or idle clients cannot keep a
-//! scraper out: when all places are taken, the oldest client that has not
-//! sent a complete head yet is closed to make room ([`Clients`]). Only
-//! when every place is answering a complete request (a scrape flood) is
-//! the newcomer closed unanswered, so the cap holds either way.
+//! scraper out: when all places are taken, a client that has not sent a
+//! complete head yet is closed to make room (`Clients`): the oldest of
+//! the peer address that holds the most such places, so that a flood of
+//! connections from one address only displaces its own. A client whose
+//! complete head has come is never closed for a newcomer: before choosing,
+//! the accept loop lets the clients whose bytes have arrived read them.
+//! Only when every place is answering a complete request (a scrape flood)
+//! is the newcomer closed unanswered, so the cap holds either way.
 //!
 //! Our own parser rather than hyper's HTTP/1 server: the endpoint answers
 //! three GET targets and closes, which takes a request line and an empty
@@ -26,7 +30,7 @@ use super::Services;
 use slog::{info, warn};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -98,20 +102,33 @@ struct Clients {
 }
 
 struct Client {
+    peer: IpAddr,
     head_read: Rc<Cell<bool>>,
     task: tokio::task::AbortHandle,
 }
 
 impl Clients {
-    /// Closes the oldest client still sending its head; false when every
-    /// client has sent one (they are being answered).
-    fn evict_oldest_unread(this: &RefCell<Clients>) -> bool {
+    /// Makes room for a newcomer from `newcomer`: closes the oldest client
+    /// still sending its head of the peer address with the most of them
+    /// (the newcomer's own on a tie). False when every client has sent a
+    /// head (they are being answered).
+    fn evict_for(this: &RefCell<Clients>, newcomer: IpAddr) -> bool {
         let victim = {
             let mut clients = this.borrow_mut();
+            let mut unread: BTreeMap<IpAddr, usize> = BTreeMap::new();
+            for c in clients.open.values().filter(|c| !c.head_read.get()) {
+                *unread.entry(c.peer).or_default() += 1;
+            }
+            let most = unread.values().copied().max().unwrap_or(0);
+            let peer = if unread.get(&newcomer) == Some(&most) {
+                Some(newcomer)
+            } else {
+                unread.iter().find(|(_, n)| **n == most).map(|(p, _)| *p)
+            };
             let id = clients
                 .open
                 .iter()
-                .find(|(_, c)| !c.head_read.get())
+                .find(|(_, c)| !c.head_read.get() && Some(c.peer) == peer)
                 .map(|(id, _)| *id);
             id.and_then(|id| clients.open.remove(&id))
         };
@@ -136,12 +153,18 @@ impl Drop for Leave {
 async fn serve(listener: tokio::net::TcpListener, svc: Services) {
     let clients = Rc::new(RefCell::new(Clients::default()));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, from)) = listener.accept().await else {
             actix_rt::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        if clients.borrow().open.len() >= MAX_CLIENTS {
+            // The clients whose heads have arrived read them first (the
+            // runtime polls its sockets before this task goes on), so
+            // that none of them is taken for an idle one.
+            tokio::task::yield_now().await;
+        }
         let full = clients.borrow().open.len() >= MAX_CLIENTS;
-        if full && !Clients::evict_oldest_unread(&clients) {
+        if full && !Clients::evict_for(&clients, from.ip()) {
             continue;
         }
         let id = {
@@ -159,6 +182,7 @@ async fn serve(listener: tokio::net::TcpListener, svc: Services) {
         clients.borrow_mut().open.insert(
             id,
             Client {
+                peer: from.ip(),
                 head_read,
                 task: task.abort_handle(),
             },

@@ -8,7 +8,7 @@
 //! client is better served than an idle one: Postfix's client side
 //! (`attr_clnt`) reconnects by itself when it finds its connection closed
 //! at its next request, whereas a newcomer turned away has no TLS cache for
-//! that handshake. So the accept loop ([`super::accept_loop`]) takes the
+//! that handshake. So the accept loop (`super::accept_loop`) takes the
 //! newcomer into its reserve descriptor's slot, shuts the longest-idle
 //! connection down ([`IdleConnections::close_longest_idle`]), and takes the
 //! reserve back once that connection's descriptor is closed.

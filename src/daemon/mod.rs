@@ -2,12 +2,12 @@
 //! data path reads, accepts connections, applies reloads, shuts down cleanly.
 //!
 //! - [`connection`]: the per-connection request loop.
-//! - [`requests`]: what each request does, on the thread that read it.
-//! - [`io`]: the threads connections are served on (`tlsmgr_io_threads`).
-//! - [`reload`]: applying a new configuration snapshot to the running actors.
-//! - [`http`]: the Prometheus endpoint and status page (`tlsmgr_metrics_listen`).
+//! - `requests`: what each request does, on the thread that read it.
+//! - `io`: the threads connections are served on (`tlsmgr_io_threads`).
+//! - `reload`: applying a new configuration snapshot to the running actors.
+//! - `http`: the Prometheus endpoint and status page (`tlsmgr_metrics_listen`).
 //! - [`admin`]: the admin socket (`tlsmgr stats`, `keys`, `cache`).
-//! - [`stats`]: snapshots of every figure, the periodic `statistics:` log.
+//! - `stats`: snapshots of every figure, the periodic `statistics:` log.
 //!
 //! [`run`] drives everything from the calling thread (an actix System: the
 //! actors, the accept loops and reloads run there; the caches and the I/O
@@ -18,16 +18,15 @@
 
 pub mod admin;
 pub mod connection;
-pub mod http;
-pub mod idle;
-pub mod io;
-pub mod limits;
-pub mod ownership;
-pub mod private_socket;
-pub mod reload;
-pub mod requests;
-pub mod sharing;
-pub mod stats;
+mod http;
+mod idle;
+mod io;
+pub(crate) mod limits;
+pub(crate) mod private_socket;
+mod reload;
+mod requests;
+mod sharing;
+mod stats;
 
 use crate::actors::cache::Flush;
 use crate::actors::prng::{PrngActor, SaveExchange};
@@ -169,6 +168,9 @@ pub struct Options {
     pub watch: Option<WatchOptions>,
     /// The admin socket, bound (see [`admin::bind`]); `None`: no admin socket.
     pub admin: Option<std::os::unix::net::UnixListener>,
+    /// The entropy source and exchange file opened before a chroot
+    /// ([`crate::prng::preopen`]), for the PRNG actor to adopt.
+    pub prng_preopened: Option<crate::prng::Preopened>,
 }
 
 async fn start_caches(cfg: &Config, runtime: &CacheRuntime) -> CacheSet {
@@ -200,6 +202,12 @@ pub fn run_with(
     // Before the chroot and the privilege drop (`before_start`): the
     // secret file is root's. A bad one is fatal at start.
     opts.config.load_shared_secret()?;
+    // Keyed before anything starts: a system that refuses its random
+    // source cannot serve seeds or make ticket keys, so the start fails
+    // with `fatal:` rather than with a panic in an actor.
+    let os_rng = |e| Error::io("read the system's random source (getrandom)", e);
+    let seeds = SeedPool::try_from_os().map_err(os_rng)?;
+    let ticket_pool = crate::prng::Pool::try_from_os().map_err(os_rng)?;
     let system = actix_rt::System::new();
     let log = opts.log.clone();
     let result = system.block_on(async move {
@@ -221,7 +229,8 @@ pub fn run_with(
         // The ticket actor's address now, the actor itself once its key
         // file can be opened (after `before_start`).
         let ticket_ctx = actix::Context::<TicketActor>::new();
-        let prng = PrngActor::managed(config.clone(), opts.clock.clone(), opts.log.clone());
+        let prng = PrngActor::managed(seeds, config.clone(), opts.clock.clone(), opts.log.clone())
+            .with_preopened(opts.prng_preopened.take());
         let svc = Services {
             ticket_keys: ticket_keys.clone(),
             tickets: ticket_ctx.address(),
@@ -259,6 +268,7 @@ pub fn run_with(
             .store(Arc::new(start_caches(&opts.config, &runtime).await));
         ticket_ctx.run(
             TicketActor::new(
+                ticket_pool,
                 config,
                 ticket_keys,
                 svc.shared.clone(),
@@ -303,6 +313,7 @@ pub fn run_with(
         }
         actix_rt::spawn(stats::log_periodically(svc.clone()));
         actix_rt::spawn(http::supervise(svc.clone()));
+        actix_rt::spawn(sharing::apply_told(svc.clone()));
         ready(svc.clone());
         if !stopped_early {
             tokio::select! {
@@ -516,142 +527,5 @@ impl DaemonHandle {
 impl Drop for DaemonHandle {
     fn drop(&mut self) {
         let _ = self.shutdown();
-    }
-}
-
-/// `tlsmgr serve`: binds `socket` (creating its directory and the data
-/// directory when missing, mode 0700; the socket itself is mode 0600 whatever
-/// the umask; a stale socket is replaced, anything else at that path is
-/// refused) and the admin socket `admin_socket`, runs until SIGINT or
-/// SIGTERM, then flushes the stores and returns.
-pub fn standalone(
-    config: Config,
-    socket: &std::path::Path,
-    admin_socket: Option<&std::path::Path>,
-    log: Logger,
-    watch: Option<WatchOptions>,
-) -> Result<(), Error> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    use std::os::unix::net::UnixStream;
-    limits::raise_nofile_limit(&log);
-    for dir in [socket.parent(), Some(config.data_directory.as_path())]
-        .into_iter()
-        .flatten()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
-        // Private to the daemon's user, as master(8) makes
-        // $queue_directory/private: the socket below it hands out the
-        // current ticket key and every cached session. Every directory made
-        // here (parents included) is exactly 0700, whatever the umask.
-        private_socket::create_dirs_with_mode(dir, 0o700)
-            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        info!(log, "created directory {}", dir.display());
-    }
-    // symlink_metadata: a symbolic link at the path is not a socket either,
-    // and must not be followed to whatever it points at.
-    match std::fs::symlink_metadata(socket) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if UnixStream::connect(socket).is_ok() {
-                return Err(Error::io(
-                    format!("bind {}", socket.display()),
-                    std::io::Error::new(
-                        std::io::ErrorKind::AddrInUse,
-                        "another tlsmgr is serving this socket",
-                    ),
-                ));
-            }
-            std::fs::remove_file(socket)
-                .map_err(|e| Error::io(format!("remove stale socket {}", socket.display()), e))?;
-        }
-        Ok(meta) => {
-            // A mistyped --socket (a main.cf, a store directory) must not
-            // cost the file: only a socket is ever replaced.
-            return Err(Error::io(
-                format!("bind {}", socket.display()),
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    format!(
-                        "{} exists and is not a socket ({}) -- not removing it",
-                        socket.display(),
-                        file_kind(&meta.file_type())
-                    ),
-                ),
-            ));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("stat {}", socket.display()), e)),
-    }
-    // Exactly 0600 before anyone can reach it (see `private_socket`): a
-    // chmod after a bind in place would leave a window in which a socket in
-    // a shared directory listens with the caller's (maybe 000) umask, and a
-    // client that connects in that window keeps its connection.
-    let listener = private_socket::bind_with_mode(socket, 0o600)
-        .map_err(|e| Error::io(format!("bind {}", socket.display()), e))?;
-    // What we bound, so that the clean-up at exit removes our socket and
-    // not one a newer tlsmgr bound at the same path meanwhile.
-    let bound = std::fs::symlink_metadata(socket)
-        .map(|m| (m.dev(), m.ino()))
-        .ok();
-    info!(log, "listening on {}", socket.display());
-    let admin_path = admin_socket.map(std::path::Path::to_path_buf);
-    let admin = match &admin_path {
-        Some(p) => {
-            let l = admin::bind(p)?;
-            info!(log, "admin socket {}", p.display());
-            Some(l)
-        }
-        None => None,
-    };
-    let opts = Options {
-        config,
-        listener,
-        clock: crate::clock::system(),
-        log: log.clone(),
-        #[cfg(feature = "test-hooks")]
-        fault_injection: None,
-        watch,
-        admin,
-    };
-    let shutdown = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => std::future::pending::<()>().await,
-        }
-    };
-    let result = run(opts, shutdown, |_| {});
-    let ours = std::fs::symlink_metadata(socket)
-        .is_ok_and(|m| m.file_type().is_socket() && Some((m.dev(), m.ino())) == bound);
-    if ours {
-        let _ = std::fs::remove_file(socket);
-    }
-    if let Some(p) = admin_path {
-        let _ = std::fs::remove_file(p);
-    }
-    result
-}
-
-fn file_kind(t: &std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_file() {
-        "a regular file"
-    } else if t.is_dir() {
-        "a directory"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_block_device() || t.is_char_device() {
-        "a device"
-    } else {
-        "not a socket"
     }
 }

@@ -7,11 +7,77 @@
 //! inside a fresh staging directory that only its owner can enter, chmod-ed
 //! there, and renamed into place: nobody else can connect before the final
 //! mode is in force, and once it is at its path it already has it.
+//!
+//! [`bind`] is the one way the daemon binds a socket of its own (the
+//! service socket of `tlsmgr serve`, the admin socket): what is already at
+//! the path is replaced only when it is a stale socket.
 
+use crate::Error;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::os::unix::net::UnixListener;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+
+/// Binds a listening socket at `path`, mode 0600 whatever the umask. A
+/// socket nobody answers on is stale and replaced; a socket a daemon
+/// answers on, or anything that is not a socket, is refused and left as
+/// it is (a mistyped path, such as a main.cf or a store directory, must
+/// not cost the file).
+pub fn bind(path: &Path) -> Result<UnixListener, Error> {
+    // symlink_metadata: a symbolic link at the path is not a socket either,
+    // and must not be followed to whatever it points at.
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(Error::io(
+                    format!("bind {}", path.display()),
+                    io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "another tlsmgr is serving this socket",
+                    ),
+                ));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| Error::io(format!("remove stale socket {}", path.display()), e))?;
+        }
+        Ok(meta) => {
+            return Err(Error::io(
+                format!("bind {}", path.display()),
+                io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists and is not a socket ({}) -- not removing it",
+                        path.display(),
+                        file_kind(&meta.file_type())
+                    ),
+                ),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
+    }
+    // Exactly 0600 before anyone can reach it: a chmod after a bind in
+    // place would leave a window in which a socket in a shared directory
+    // listens with the caller's (maybe 000) umask, and a client that
+    // connects in that window keeps its connection.
+    bind_with_mode(path, 0o600).map_err(|e| Error::io(format!("bind {}", path.display()), e))
+}
+
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a socket"
+    }
+}
 
 /// Binds a listening socket at `path` with exactly `mode` (for example
 /// 0600). Whatever is at `path` is replaced by rename(2): callers check

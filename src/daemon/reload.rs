@@ -6,10 +6,10 @@
 //! threads (`tlsmgr_io_threads`) see one cache set or the other, and
 //! `policy` answers from the cache set alone. Then, per cache:
 //!
-//! - same database: the cache stays; new limits (timeout, maximum entries,
-//!   cache logging) and sync interval go to its actor ([`Reconfigure`]),
-//!   which puts them in force for the next request (a lower bound evicts at
-//!   once) and restarts its timers;
+//! - same database: the cache stays; its new limits (timeout, maximum
+//!   entries, cache logging) go in force with the swap, and they and the
+//!   sync interval go to its actor ([`Reconfigure`]), which evicts down to
+//!   a lower bound at once and restarts its timers;
 //! - database changed, enabled or disabled: the new store is opened by a new
 //!   actor on its own arbiter, and the new cache is in the set only once it
 //!   has been tried ([`Ping`]), *before* the old one is closed; requests on
@@ -109,11 +109,7 @@ impl CacheRuntime {
         self.arbiters()[ct.index()] = Some(arbiter);
         // The first open runs in the actor's `started`, before any message.
         let _ = addr.send(Ping).await;
-        Some(RunningCache {
-            cache,
-            addr,
-            timeout: cc.timeout,
-        })
+        Some(RunningCache { cache, addr })
     }
 
     /// Takes every arbiter out (at shutdown, to stop and join them).
@@ -160,17 +156,15 @@ pub async fn apply(svc: &Services, new: Config) -> Vec<String> {
                     || new.sync_interval != old.sync_interval
                 {
                     reconfigure.push((
-                        rc.addr.clone(),
+                        rc.clone(),
                         Reconfigure {
+                            previous: limits_of(was, &old),
                             limits: limits_of(now, &new),
                             sync_interval: new.sync_interval,
                         },
                     ));
                 }
-                *slot = Some(RunningCache {
-                    timeout: now.timeout,
-                    ..rc
-                });
+                *slot = Some(rc);
             }
             running => {
                 // Take the old arbiter out before start_cache fills the slot.
@@ -189,14 +183,17 @@ pub async fn apply(svc: &Services, new: Config) -> Vec<String> {
     }
     // One synchronous step: requests on this thread see old or new. A
     // request on another I/O thread can fall between the two stores; what
-    // it reads of the caches (running cache and its timeout) is still
-    // one set or the other.
+    // it reads of the caches (running cache and its timeout, which the
+    // cache holds) is still one set or the other.
     let new = Arc::new(new);
+    for (rc, msg) in &reconfigure {
+        rc.cache.set_limits(msg.limits);
+    }
     svc.config.store(new.clone());
     svc.caches.store(Arc::new(next));
     super::sharing::relink(&svc.shared, &new, &svc.log);
-    for (addr, msg) in reconfigure {
-        addr.do_send(msg);
+    for (rc, msg) in reconfigure {
+        rc.addr.do_send(msg);
     }
     svc.tickets.do_send(ConfigChanged(new.clone()));
     svc.prng.do_send(ConfigChanged(new));

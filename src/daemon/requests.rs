@@ -94,7 +94,11 @@ pub async fn apply(req: Request, svc: &Services) -> Reply {
                 // The running cache's own timeout: a reload applied on
                 // another I/O thread between the two loads below cannot pair
                 // an enabled cache with another configuration's timeout.
-                let running = svc.caches.load().get(ct).map(|rc| rc.timeout);
+                let running = svc
+                    .caches
+                    .load()
+                    .get(ct)
+                    .map(|rc| rc.cache.limits().timeout);
                 Reply::Policy {
                     status: Status::Ok,
                     cachable: running.is_some(),

@@ -8,12 +8,18 @@
 //!   that opens and is still fresh fills the local store with its original
 //!   time, so it expires here when it does there. Anything else is a miss.
 //! - Update and delete: the local store answers; the Redis write is queued
-//!   (never waited for), dropped and counted when the queue is full.
+//!   (never waited for), dropped and counted when the queue is full. A
+//!   protocol `delete` is not told to other hosts: Postfix deletes on its
+//!   own failure paths, which say nothing of the other hosts' copies.
+//! - Admin removals (`tlsmgr cache delete|purge`): Redis's copy goes at
+//!   once, and the other hosts are told ([`crate::shared::invalidation`]);
+//!   [`apply_told`] removes their local copies when they are told.
 
 use super::Services;
 use crate::cache::{Cache, CacheDown};
 use crate::config::Config;
 use crate::protocol::CacheType;
+use crate::shared::invalidation::{Invalidation, Seen, Told};
 use crate::shared::{seal, Settings, Shared, Write};
 use crate::tickets::TicketKey;
 use arc_swap::ArcSwapOption;
@@ -229,16 +235,139 @@ pub async fn admin_delete(svc: &Services, ct: CacheType, id: &[u8], timeout: u64
     };
     let st = link.settings();
     let name = seal::session_name(&st.secret, &st.prefix, ct, id);
-    svc.tombstones.removed(ct, &name, svc.clock.now(), timeout);
+    let now = svc.clock.now();
+    svc.tombstones.removed(ct, &name, now, timeout);
     let mut cmd = redis::cmd("DEL");
     cmd.arg(&name);
-    match removed_count(link.call(cmd).await) {
+    let removed = match removed_count(link.call(cmd).await) {
         Ok(n) => SharedRemoval::Removed(n),
         Err(why) => SharedRemoval::Failed {
             removed: 0,
             store: crate::config::redact_url(&st.url),
             why,
         },
+    };
+    let what = Invalidation::Delete {
+        ct,
+        id: id.to_vec(),
+    };
+    tell(svc, &link, &what, now, removed).await
+}
+
+/// Tells the other hosts that `what` was removed at `now` (also when the
+/// Redis part failed: their local copies are what still serves the
+/// session). A removal that went but could not be told fails, as other
+/// hosts go on serving their copies.
+async fn tell(
+    svc: &Services,
+    link: &Shared,
+    what: &Invalidation,
+    now: u64,
+    removed: SharedRemoval,
+) -> SharedRemoval {
+    match link.publish(what, now).await {
+        Ok(hosts) => {
+            // PUBLISH counts this host's own subscription too.
+            info!(
+                svc.log,
+                "admin: told {} other host(s) of the removal",
+                hosts.saturating_sub(1)
+            );
+            removed
+        }
+        Err(e) => match removed {
+            SharedRemoval::Removed(n) => SharedRemoval::Failed {
+                removed: n,
+                store: crate::config::redact_url(&link.settings().url),
+                why: format!("other hosts not told: {e}"),
+            },
+            other => other,
+        },
+    }
+}
+
+/// Applies what other hosts removed ([`crate::shared::invalidation`]),
+/// from the queue of the link in force, following the link when a reload
+/// replaces it. Runs on the daemon thread; store I/O goes to the blocking
+/// pool.
+pub async fn apply_told(svc: Services) {
+    let mut current: Option<Arc<Shared>> = None;
+    let mut told: Option<tokio::sync::mpsc::Receiver<Told>> = None;
+    let mut seen = Seen::default();
+    // How often a replaced link is noticed (reloads are rare).
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        let next = match told.as_mut() {
+            Some(rx) => tokio::select! {
+                t = rx.recv() => match t {
+                    Some(t) => Some(t),
+                    None => {
+                        told = None;
+                        None
+                    }
+                },
+                _ = tick.tick() => None,
+            },
+            None => {
+                tick.tick().await;
+                None
+            }
+        };
+        let link = svc.shared.load_full();
+        let same = match (&link, &current) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            told = link.as_ref().and_then(|l| l.take_told());
+            current = link;
+        }
+        if let Some(t) = next {
+            if seen.fresh(&t, svc.clock.now()) {
+                apply(&svc, t).await;
+            }
+        }
+    }
+}
+
+/// Removes locally what another host removed, and refuses what Redis may
+/// still hold of it as if this host had removed it.
+async fn apply(svc: &Services, told: Told) {
+    let ct = match &told.what {
+        Invalidation::Delete { ct, .. } | Invalidation::Purge { ct } => *ct,
+    };
+    let Some(link) = link_for(svc, ct) else {
+        return;
+    };
+    let Some(cache) = svc.caches.load().get(ct).map(|rc| rc.cache.clone()) else {
+        return;
+    };
+    let timeout = u64::from(cache.limits().timeout);
+    let shown = match &told.what {
+        Invalidation::Delete { id, .. } => {
+            let st = link.settings();
+            let name = seal::session_name(&st.secret, &st.prefix, ct, id);
+            svc.tombstones.removed(ct, &name, told.at, timeout);
+            format!("deleted {} {}", ct, String::from_utf8_lossy(id))
+        }
+        Invalidation::Purge { .. } => {
+            svc.tombstones.purged(ct, told.at, timeout);
+            format!("purged {ct}")
+        }
+    };
+    let what = told.what;
+    let local = actix_rt::task::spawn_blocking(move || match what {
+        Invalidation::Delete { id, .. } => cache.delete(&id).map(u64::from),
+        Invalidation::Purge { .. } => cache.purge(),
+    })
+    .await;
+    match local {
+        Ok(Ok(n)) => info!(svc.log, "{} as another host did: local {}", shown, n),
+        _ => warn!(
+            svc.log,
+            "{} as another host did: the {} TLS cache is not available", shown, ct
+        ),
     }
 }
 
@@ -251,7 +380,14 @@ pub async fn admin_purge(svc: &Services, ct: CacheType, timeout: u64) -> SharedR
     let Some(link) = link_for(svc, ct) else {
         return SharedRemoval::NotShared;
     };
-    svc.tombstones.purged(ct, svc.clock.now(), timeout);
+    let now = svc.clock.now();
+    svc.tombstones.purged(ct, now, timeout);
+    let removed = purge_shared(&link, ct).await;
+    tell(svc, &link, &Invalidation::Purge { ct }, now, removed).await
+}
+
+/// The Redis part of [`admin_purge`].
+async fn purge_shared(link: &Shared, ct: CacheType) -> SharedRemoval {
     let st = link.settings();
     let store = crate::config::redact_url(&st.url);
     let pattern = format!("{}:sc:{}:*", glob_escape(&st.prefix), ct);

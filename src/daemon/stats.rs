@@ -29,6 +29,9 @@ pub async fn snapshot(svc: &Services) -> Snapshot {
             breaker_opened: c.breaker_opened.load(Relaxed),
             refused: c.refused.load(Relaxed),
             degraded: c.degraded.load(Relaxed),
+            removals_told: c.told.load(Relaxed),
+            removals_told_dropped: c.told_dropped.load(Relaxed),
+            subscriber_lost: c.subscriber_lost.load(Relaxed),
         };
     }
     let caches = svc.caches.load_full();

@@ -41,7 +41,7 @@ pub struct MasterArgs {
 #[error("{0}")]
 pub struct ArgError(pub String);
 
-/// Whether `args` (without argv[0]) look like a master(8) child's command
+/// Whether `args` (without `argv[0]`) look like a master(8) child's command
 /// line rather than one of our subcommands: master always passes options
 /// first (at least `-t` or `-S`), our subcommands are words.
 pub fn looks_like_master_child(args: &[String]) -> bool {
@@ -54,7 +54,7 @@ pub fn looks_like_master_child(args: &[String]) -> bool {
 }
 
 impl MasterArgs {
-    /// Parses `args` (without argv[0]).
+    /// Parses `args` (without `argv[0]`).
     pub fn parse(args: &[String]) -> Result<MasterArgs, ArgError> {
         let mut out = MasterArgs {
             socket_count: 1,

@@ -2,10 +2,10 @@
 //! unix -u -c` does when master.cf starts it.
 //!
 //! - [`args`]: the generic daemon options.
-//! - [`status`]: the fd-5 status channel (TAKEN/AVAIL records, EOF = exit).
-//! - [`privileges`]: mail_owner file creation, chroot, privilege drop, the
+//! - `status`: the fd-5 status channel (TAKEN/AVAIL records, EOF = exit).
+//! - `privileges`: mail_owner file creation, chroot, privilege drop, the
 //!   data_directory redirection.
-//! - [`watchdog`]: `fatal: watchdog timeout` after `daemon_timeout` without progress.
+//! - `watchdog`: `fatal: watchdog timeout` after `daemon_timeout` without progress.
 //! - `descriptors`: taking over fds 5 and 6.. from master.
 //! - `log`: the loggers before and after main.cf is read.
 //! - `paths`: the §2.9 redirection for stores and the exchange file, and
@@ -30,14 +30,14 @@
 
 pub mod args;
 mod descriptors;
-pub mod error;
+mod error;
 use error::MasterError;
 mod log;
 pub mod mastercf;
 pub mod paths;
-pub mod privileges;
-pub mod status;
-pub mod watchdog;
+mod privileges;
+mod status;
+mod watchdog;
 
 use crate::actors::watcher::WatchOptions;
 use crate::config::dir::ConfigDir;
@@ -257,6 +257,8 @@ struct PreInit {
     owner: Option<MailOwner>,
     policy: PathPolicy,
     jailed: Vec<paths::JailPath>,
+    /// The entropy source and exchange file, for the PRNG actor.
+    preopened: crate::prng::Preopened,
 }
 
 /// pre_init: as root, with mail_owner's effective ids for file creation:
@@ -306,7 +308,8 @@ fn pre_init(st: &mut Startup) -> Result<PreInit, Fatal> {
     }
     let (policy, jailed) = PathPolicy::at_start(&mut st.cfg, owner.clone(), st.args.chroot, log)
         .map_err(|e| fatal(log, e))?;
-    for failure in crate::prng::preopen(&st.cfg) {
+    let (preopened, failures) = crate::prng::preopen(&st.cfg);
+    for failure in failures {
         warn!(log, "{}", failure.message);
     }
     Ok(PreInit {
@@ -315,6 +318,7 @@ fn pre_init(st: &mut Startup) -> Result<PreInit, Fatal> {
         owner,
         policy,
         jailed,
+        preopened,
     })
 }
 
@@ -494,6 +498,7 @@ fn serve(st: Startup, fds: Descriptors, pre: PreInit) -> Result<(), Fatal> {
         #[cfg(feature = "test-hooks")]
         fault_injection: None,
         admin: pre.admin,
+        prng_preopened: Some(pre.preopened),
         watch: Some(WatchOptions {
             sighup: true,
             adjust: Some(Box::new(move |c: &mut Config| {

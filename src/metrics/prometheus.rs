@@ -1,17 +1,12 @@
 //! A [`Snapshot`] in the Prometheus text format (version 0.0.4), through
 //! the official `prometheus-client` crate: a [`Collector`] that encodes the
-//! snapshot's figures at scrape time (our counters are our own sharded
-//! atomics, so there is nothing to register ahead).
-//!
-//! Names sit beside postfix_exporter's `postfix_` namespace, under
-//! `postfix_tlsmgr_`; every label set is written on every scrape, at 0
-//! until something happens, so that `rate()` and absent-series alerts work
-//! from the start. The process figures use the conventional `process_`
-//! names and come from getrusage(2), since `/proc` is missing in a chroot.
+//! families of [`super::table::FAMILIES`] at scrape time (our counters are
+//! our own sharded atomics, so there is nothing to register ahead).
 
-use super::{Lasting, LookupResult, Removal, Snapshot, STATUSES};
+use super::table::{Kind, Value, FAMILIES};
+use super::Snapshot;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
@@ -21,331 +16,54 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 #[derive(Debug)]
 struct SnapshotCollector(Snapshot);
 
-type Labels<'a> = Vec<(&'static str, &'a str)>;
-
-fn counter_family(
-    enc: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    rows: &[(Labels<'_>, u64)],
-) -> Result<(), std::fmt::Error> {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, v) in rows {
-        m.encode_family(labels)?
-            .encode_counter::<NoLabelSet, _, u64>(v, None)?;
-    }
-    Ok(())
-}
-
-fn counter(
-    enc: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    v: u64,
-) -> Result<(), std::fmt::Error> {
-    enc.encode_descriptor(name, help, None, MetricType::Counter)?
-        .encode_counter::<NoLabelSet, _, u64>(&v, None)
-}
-
-fn gauge_family<V: prometheus_client::encoding::EncodeGaugeValue>(
-    enc: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    rows: &[(Labels<'_>, V)],
-) -> Result<(), std::fmt::Error> {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, v) in rows {
-        m.encode_family(labels)?.encode_gauge(v)?;
-    }
-    Ok(())
-}
-
 impl Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let s = &self.0;
-        let per_cache = |f: &dyn Fn(&super::CacheCounts) -> u64| -> Vec<(Labels<'_>, u64)> {
-            s.caches
-                .iter()
-                .map(|c| (vec![("cache", c.cache_type.as_str())], f(c)))
-                .collect()
-        };
-        let mut rows = Vec::new();
-        for c in &s.caches {
-            for (i, r) in LookupResult::ALL.iter().enumerate() {
-                rows.push((
-                    vec![("cache", c.cache_type.as_str()), ("result", r.as_str())],
-                    c.lookups[i],
-                ));
+        for family in FAMILIES {
+            let Some((name, kind)) = family.prometheus else {
+                continue;
+            };
+            let metric_type = match kind {
+                Kind::Counter => MetricType::Counter,
+                Kind::Gauge => MetricType::Gauge,
+                Kind::Histogram => MetricType::Histogram,
+            };
+            let mut m = enc.encode_descriptor(name, family.help, None, metric_type)?;
+            for series in (family.series)(&self.0) {
+                if series.labels.is_empty() {
+                    encode_value(&mut m, kind, &series.value)?;
+                } else {
+                    encode_value(&mut m.encode_family(&series.labels)?, kind, &series.value)?;
+                }
             }
         }
-        counter_family(
-            &mut enc,
-            "postfix_tlsmgr_cache_lookups",
-            "Session cache lookups that reached the store, by result.",
-            &rows,
-        )?;
-        counter_family(
-            &mut enc,
-            "postfix_tlsmgr_cache_updates",
-            "Session cache entries written.",
-            &per_cache(&|c| c.updates),
-        )?;
-        counter_family(
-            &mut enc,
-            "postfix_tlsmgr_cache_deletes",
-            "Session cache entries removed by delete requests.",
-            &per_cache(&|c| c.deletes),
-        )?;
-        let mut rows = Vec::new();
-        for c in &s.caches {
-            for r in Removal::ALL {
-                let v = match r {
-                    Removal::Expired => c.expired,
-                    Removal::Evicted => c.evicted,
-                };
-                rows.push((
-                    vec![("cache", c.cache_type.as_str()), ("reason", r.as_str())],
-                    v,
-                ));
-            }
-        }
-        counter_family(
-            &mut enc,
-            "postfix_tlsmgr_cache_removals",
-            "Session cache entries removed other than by delete requests, by reason.",
-            &rows,
-        )?;
-        let mut rows = Vec::new();
-        for c in &s.caches {
-            for r in Lasting::ALL {
-                rows.push((
-                    vec![("cache", c.cache_type.as_str()), ("reason", r.as_str())],
-                    c.store_resets[r.index()],
-                ));
-            }
-        }
-        counter_family(
-            &mut enc,
-            "postfix_tlsmgr_store_resets",
-            "Session cache stores started afresh, by reason: unreadable (set aside) or removed under the daemon (entries carried over).",
-            &rows,
-        )?;
-        gauge_family(
-            &mut enc,
-            "postfix_tlsmgr_cache_entries",
-            "Session cache entries now.",
-            &per_cache(&|c| c.entries),
-        )?;
-        gauge_family(
-            &mut enc,
-            "postfix_tlsmgr_cache_size_bytes",
-            "Session cache size on disk.",
-            &per_cache(&|c| c.bytes),
-        )?;
-        let mut rows = Vec::new();
-        for r in &s.requests {
-            for (i, st) in STATUSES.iter().enumerate() {
-                rows.push((
-                    vec![("request", r.kind.as_str()), ("status", lower_status(*st))],
-                    r.by_status[i],
-                ));
-            }
-        }
-        counter_family(
-            &mut enc,
-            "postfix_tlsmgr_requests",
-            "Requests answered, by request name and reply status.",
-            &rows,
-        )?;
-        {
-            let mut m = enc.encode_descriptor(
-                "postfix_tlsmgr_request_duration_seconds",
-                "Time from a request read to its reply, by request name.",
-                None,
-                MetricType::Histogram,
-            )?;
-            for r in &s.requests {
-                let buckets: Vec<(f64, u64)> = r.buckets().map(|(le, n, _)| (le, n)).collect();
-                let cumulative = r.buckets().last().map_or(0, |(_, _, total)| total);
-                let labels: Labels<'_> = vec![("request", r.kind.as_str())];
-                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                    r.latency_sum_ns as f64 / 1e9,
-                    cumulative,
-                    &buckets,
-                    None,
-                )?;
-            }
-        }
-        counter(
-            &mut enc,
-            "postfix_tlsmgr_ticket_key_rotations",
-            "Times the current session ticket key changed.",
-            s.ticket_rotations,
-        )?;
-        counter(
-            &mut enc,
-            "postfix_tlsmgr_ticket_key_save_failures",
-            "Failed attempts to write the session ticket key file.",
-            s.ticket_key_save_failures,
-        )?;
-        counter(
-            &mut enc,
-            "postfix_tlsmgr_ticket_keys_issued",
-            "Session ticket encryption keys handed out (tktkey without a name).",
-            s.tickets_issued,
-        )?;
-        counter_family(
-            &mut enc,
-            "postfix_tlsmgr_ticket_key_lookups",
-            "Session ticket keys asked for by name, by result.",
-            &[
-                (vec![("result", "found")], s.ticket_lookups_found),
-                (vec![("result", "unknown")], s.ticket_lookups_unknown),
-            ],
-        )?;
-        counter(
-            &mut enc,
-            "postfix_tlsmgr_seed_requests",
-            "Seed requests served.",
-            s.seed_requests,
-        )?;
-        counter(
-            &mut enc,
-            "postfix_tlsmgr_seed_bytes",
-            "Seed bytes served.",
-            s.seed_bytes,
-        )?;
-        counter(
-            &mut enc,
-            "postfix_tlsmgr_prng_reseeds",
-            "Successful reads of tls_random_source.",
-            s.prng.reseeds,
-        )?;
-        counter(
-            &mut enc,
-            "postfix_tlsmgr_prng_reseed_failures",
-            "Failed opens and reads of tls_random_source.",
-            s.prng.reseed_failures,
-        )?;
-        counter(
-            &mut enc,
-            "postfix_tlsmgr_prng_exchange_writes",
-            "Updates of tls_random_exchange_name.",
-            s.prng.exchange_writes,
-        )?;
-        counter(
-            &mut enc,
-            "postfix_tlsmgr_prng_exchange_failures",
-            "Failed updates of tls_random_exchange_name.",
-            s.prng.exchange_failures,
-        )?;
-        counter_family(
-            &mut enc,
-            "postfix_tlsmgr_config_reloads",
-            "main.cf reloads, by result.",
-            &[
-                (vec![("result", "applied")], s.reloads_applied),
-                (vec![("result", "rejected")], s.reloads_rejected),
-            ],
-        )?;
-        gauge_family(
-            &mut enc,
-            "postfix_tlsmgr_connections",
-            "Client connections open now.",
-            &[(vec![], s.connections_open)],
-        )?;
-        counter(
-            &mut enc,
-            "postfix_tlsmgr_connections_accepted",
-            "Client connections accepted since start.",
-            s.connections_total,
-        )?;
-        counter_family(
-            &mut enc,
-            "postfix_tlsmgr_shared_lookups",
-            "Read-throughs to the shared store after a local miss, by result \
-             (known_missing: a ticket-key name not asked for again, it was missing moments before).",
-            &[
-                (vec![("result", "hit")], s.shared.lookups_hit),
-                (vec![("result", "miss")], s.shared.lookups_miss),
-                (vec![("result", "failed")], s.shared.lookups_failed),
-                (
-                    vec![("result", "known_missing")],
-                    s.shared.key_lookups_known_missing,
-                ),
-            ],
-        )?;
-        counter_family(
-            &mut enc,
-            "postfix_tlsmgr_shared_writes",
-            "Writes for the shared store, by outcome (queued, dropped, failed).",
-            &[
-                (vec![("result", "queued")], s.shared.writes_queued),
-                (vec![("result", "dropped")], s.shared.writes_dropped),
-                (vec![("result", "failed")], s.shared.writes_failed),
-            ],
-        )?;
-        counter(
-            &mut enc,
-            "postfix_tlsmgr_shared_breaker_opened",
-            "Times the circuit breaker of the shared store opened.",
-            s.shared.breaker_opened,
-        )?;
-        counter(
-            &mut enc,
-            "postfix_tlsmgr_log_lines_dropped",
-            "Log lines dropped because syslogd or postlogd was not reading them.",
-            s.process.log_lines_dropped,
-        )?;
-        counter(
-            &mut enc,
-            "postfix_tlsmgr_shared_refused",
-            "Commands the shared store answered with an error while the link worked.",
-            s.shared.refused,
-        )?;
-        counter(
-            &mut enc,
-            "postfix_tlsmgr_shared_degraded",
-            "Times the shared store started refusing commands it answered before.",
-            s.shared.degraded,
-        )?;
-        gauge_family(
-            &mut enc,
-            "postfix_tlsmgr_build_info",
-            "Always 1; the version as a label.",
-            &[(vec![("version", s.version)], 1u64)],
-        )?;
-        {
-            let m = enc.encode_descriptor(
-                "process_cpu_seconds",
-                "User and system CPU time spent (getrusage).",
-                None,
-                MetricType::Counter,
-            )?;
-            let mut m = m;
-            m.encode_counter::<NoLabelSet, _, f64>(&s.process.cpu_seconds, None)?;
-        }
-        gauge_family(
-            &mut enc,
-            "process_max_resident_memory_bytes",
-            "Peak resident set size (getrusage).",
-            &[(vec![], s.process.max_rss_bytes)],
-        )?;
-        gauge_family(
-            &mut enc,
-            "process_start_time_seconds",
-            "Start time of the process since the epoch.",
-            &[(vec![], s.started_at)],
-        )?;
         Ok(())
     }
 }
 
-fn lower_status(s: crate::protocol::Status) -> &'static str {
-    match s {
-        crate::protocol::Status::Ok => "ok",
-        crate::protocol::Status::Err => "err",
-        crate::protocol::Status::Fail => "fail",
+/// One series' value, as its family's type.
+fn encode_value(
+    m: &mut MetricEncoder<'_>,
+    kind: Kind,
+    value: &Value,
+) -> Result<(), std::fmt::Error> {
+    match (kind, value) {
+        (Kind::Counter, Value::Count(n)) => m.encode_counter::<NoLabelSet, _, u64>(n, None),
+        (Kind::Counter, Value::Real(x)) => m.encode_counter::<NoLabelSet, _, f64>(x, None),
+        (Kind::Gauge, Value::Count(n)) => m.encode_gauge(n),
+        (Kind::Gauge, Value::Real(x)) => m.encode_gauge(x),
+        (Kind::Histogram, Value::Latency(r)) => {
+            let buckets: Vec<(f64, u64)> = r.buckets().map(|(le, n, _)| (le, n)).collect();
+            let cumulative = r.buckets().last().map_or(0, |(_, _, total)| total);
+            m.encode_histogram::<NoLabelSet>(
+                r.latency_sum_ns as f64 / 1e9,
+                cumulative,
+                &buckets,
+                None,
+            )
+        }
+        // A value of a kind Prometheus has no type for: a table entry
+        // with a `prometheus` name must not have one (a unit test checks).
+        _ => Err(std::fmt::Error),
     }
 }
 
@@ -361,8 +79,22 @@ pub fn render(snapshot: &Snapshot) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Metrics;
+    use super::super::table::exposed_name;
+    use super::super::{Lasting, Metrics};
     use super::*;
+
+    #[test]
+    fn every_family_of_the_table_is_rendered() {
+        let text = render(&Metrics::new(0).snapshot(0));
+        for (name, kind) in FAMILIES.iter().filter_map(|f| f.prometheus) {
+            let exposed = exposed_name(name, kind);
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("# TYPE {exposed} "))),
+                "{exposed} missing in\n{text}"
+            );
+        }
+    }
 
     #[test]
     fn every_label_set_is_there_at_zero() {
@@ -386,6 +118,9 @@ mod tests {
             "postfix_tlsmgr_shared_breaker_opened_total 0",
             "postfix_tlsmgr_shared_refused_total 0",
             "postfix_tlsmgr_shared_degraded_total 0",
+            "postfix_tlsmgr_shared_removals_told_total 0",
+            "postfix_tlsmgr_shared_removals_told_dropped_total 0",
+            "postfix_tlsmgr_shared_subscriber_lost_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

@@ -1,8 +1,8 @@
 //! The seed generator behind the `seed` request (spec §2.5), and the PRNG
-//! manager's parts: [`threads`] (the central pool and the per-thread
+//! manager's parts: `threads` (the central pool and the per-thread
 //! generators that serve seeds on the request's thread), [`source`] (the
 //! `tls_random_source` reader), [`exchange`] (the 1024-byte
-//! `tls_random_exchange_name` file) and [`schedule`] (when reseeds and
+//! `tls_random_exchange_name` file) and `schedule` (when reseeds and
 //! exchange updates are due, sans I/O). The actor that drives them is
 //! `actors::prng`.
 //!
@@ -15,7 +15,7 @@
 //!   ever carries output) reveals the state.
 //! * **Mixing an input** (entropy-source bytes, exchange-file contents; the
 //!   time of day of each request goes into the per-thread generators of
-//!   [`threads`] instead): the new key is
+//!   `threads` instead): the new key is
 //!   `SHA-256("tlsmgr pool mix v1" || 32 keystream bytes || len(input) || input)`.
 //!   The 32 keystream bytes stand for the old key, so the new key is at least
 //!   as unpredictable as the old one whatever the input is: hostile or
@@ -30,17 +30,17 @@
 //!   never state: reading it tells nothing about the keys that served seeds.
 
 pub mod exchange;
-pub mod schedule;
+pub(crate) mod schedule;
 pub mod source;
-pub mod threads;
+mod threads;
 
 pub use threads::SeedPool;
 
 use crate::config::Config;
-use std::sync::Mutex;
 
-/// The entropy source and exchange file opened by [`preopen`], waiting for
-/// the PRNG actor to adopt them.
+/// The entropy source and exchange file opened by [`preopen`], handed to
+/// the daemon (`daemon::Options::prng_preopened`) for its PRNG actor to
+/// adopt.
 #[derive(Debug)]
 pub struct Preopened {
     /// The source as configured, and its open handle.
@@ -49,15 +49,14 @@ pub struct Preopened {
     pub exchange: Option<exchange::ExchangeFile>,
 }
 
-static PREOPENED: Mutex<Option<Preopened>> = Mutex::new(None);
-
 /// Opens `tls_random_source` and the exchange file now, as stock tlsmgr
 /// does in pre_init: before the chroot into `queue_directory` hides
 /// `/dev/urandom` and `data_directory`. The daemon's PRNG actor adopts
 /// them when it starts with the same configuration; later reopens (after
 /// a failure) use the paths as seen from wherever the process then is.
-/// Returns what could not be opened (to log; the actor retries it).
-pub fn preopen(config: &Config) -> Vec<source::Failure> {
+/// Returns what was opened, and what could not be (to log; the actor
+/// retries it).
+pub fn preopen(config: &Config) -> (Preopened, Vec<source::Failure>) {
     let mut failures = Vec::new();
     let want = config.random_source();
     let source = match source::open_blocking(&want) {
@@ -78,13 +77,7 @@ pub fn preopen(config: &Config) -> Vec<source::Failure> {
             }
         }
     });
-    *PREOPENED.lock().unwrap_or_else(|p| p.into_inner()) = Some(Preopened { source, exchange });
-    failures
-}
-
-/// Takes what [`preopen`] left (once).
-pub fn take_preopened() -> Option<Preopened> {
-    PREOPENED.lock().unwrap_or_else(|p| p.into_inner()).take()
+    (Preopened { source, exchange }, failures)
 }
 
 use rand_chacha::ChaCha20Rng;
@@ -106,10 +99,31 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A pool keyed from the operating system's CSPRNG.
+    /// A pool keyed from the operating system's CSPRNG. Panics where the
+    /// system refuses: for benches and unit tests; the daemon uses
+    /// [`Pool::try_from_os`].
     pub fn from_os() -> Self {
         Pool {
             rng: ChaCha20Rng::from_os_rng(),
+        }
+    }
+
+    /// A pool keyed from the operating system's CSPRNG (getrandom(2)), or
+    /// the system's refusal (no getrandom, a seccomp filter that denies
+    /// it): the daemon cannot serve seeds or make keys without one, so it
+    /// dies with `fatal:` at start. Test builds (feature `test-hooks`)
+    /// refuse as ENOSYS when `TLSMGR_TEST_OS_RNG_FAIL` is set.
+    pub fn try_from_os() -> std::io::Result<Self> {
+        #[cfg(feature = "test-hooks")]
+        if std::env::var_os("TLSMGR_TEST_OS_RNG_FAIL").is_some() {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSYS));
+        }
+        match ChaCha20Rng::try_from_os_rng() {
+            Ok(rng) => Ok(Pool { rng }),
+            Err(e) => Err(e.raw_os_error().map_or_else(
+                || std::io::Error::other(e.to_string()),
+                std::io::Error::from_raw_os_error,
+            )),
         }
     }
 

@@ -73,6 +73,7 @@ pub struct Schedule {
 
 impl Schedule {
     /// A schedule whose enabled jobs are due at `now` (the start-up run).
+    #[cfg(test)]
     pub fn new(now: u64, reseed: bool, exchange: bool) -> Self {
         let timer = |on: bool| Timer {
             at: on.then_some(now),
@@ -129,6 +130,7 @@ impl Schedule {
     }
 
     /// The earliest time anything is due.
+    #[cfg(test)]
     pub fn next_due(&self) -> Option<u64> {
         [self.reseed.at, self.exchange.at]
             .into_iter()

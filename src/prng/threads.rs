@@ -110,6 +110,12 @@ impl SeedPool {
         Self::new(Pool::from_os())
     }
 
+    /// A central pool keyed from the operating system, or its refusal
+    /// (see [`Pool::try_from_os`]).
+    pub fn try_from_os() -> std::io::Result<Self> {
+        Pool::try_from_os().map(Self::new)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Pool> {
         // Every Pool method leaves a valid key behind, even mid-panic.
         self.pool

@@ -304,6 +304,9 @@ pub struct Bounded<S> {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     kill: Arc<Kill>,
     failed: Option<io::ErrorKind>,
+    /// A pub/sub connection: messages come without being asked for (each
+    /// still within the bounds), and replies to our commands are timed.
+    pushes: bool,
 }
 
 impl<S> Bounded<S> {
@@ -318,6 +321,17 @@ impl<S> Bounded<S> {
             timer: None,
             kill,
             failed: None,
+            pushes: false,
+        }
+    }
+
+    /// Wraps the stream of a subscriber (`SUBSCRIBE`): values that no
+    /// command asked for are messages, accepted one by one under the same
+    /// bounds as replies.
+    pub fn subscriber(inner: S, response_timeout: Duration, kill: Arc<Kill>) -> Bounded<S> {
+        Bounded {
+            pushes: true,
+            ..Bounded::new(inner, response_timeout, kill)
         }
     }
 
@@ -370,10 +384,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Bounded<S> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let outstanding = this.outstanding;
+                let pushes = this.pushes;
                 let got = &buf.filled()[before..];
-                match this.replies.scan(got, |n| n < outstanding) {
+                match this.replies.scan(got, |n| pushes || n < outstanding) {
                     Ok(n) => {
-                        this.outstanding -= n;
+                        // A subscriber cannot tell a message from a reply:
+                        // any value ends the wait for one.
+                        this.outstanding = this.outstanding.saturating_sub(n);
                         if n > 0 {
                             this.arm();
                         }
@@ -572,6 +589,30 @@ mod tests {
             s.read(&mut buf).await.unwrap_err().kind(),
             io::ErrorKind::InvalidData
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_takes_messages_within_the_bounds_only() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut server) = tokio::io::duplex(1 << 20);
+        let mut s = Bounded::subscriber(ours, Duration::from_secs(1), Arc::new(Kill::default()));
+        let mut buf = [0u8; 256];
+        // Messages nobody asked for, one after the other: taken.
+        let message = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\nabc\r\n";
+        for _ in 0..3 {
+            server.write_all(message).await.unwrap();
+            assert_eq!(s.read(&mut buf).await.unwrap(), message.len());
+        }
+        // Nothing asked, nothing sent: no timer, however long it is quiet.
+        let quiet = tokio::time::timeout(Duration::from_secs(3600), s.read(&mut buf)).await;
+        assert!(quiet.is_err());
+        // One over the bounds ends it.
+        server.write_all(b"*2000000000\r\n").await.unwrap();
+        assert_eq!(
+            s.read(&mut buf).await.unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        assert!(s.kill.is_dead());
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! [`super::bounded`]) is made on first use and after a failure.
 
 use super::breaker::{Breaker, Transition, DEFAULT_THRESHOLD};
+use super::invalidation::{self, Invalidation, Told};
 use super::link::{self, Endpoint, Slot};
 use super::sentinel;
 use super::unknown_names::UnknownNames;
@@ -241,6 +242,13 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// Times the link became degraded.
     pub degraded: AtomicU64,
+    /// Removals other hosts told of, received (before the replay check).
+    pub told: AtomicU64,
+    /// Removals other hosts told of, dropped: the queue to the data path
+    /// was full.
+    pub told_dropped: AtomicU64,
+    /// Times the subscription to the removals of other hosts was lost.
+    pub subscriber_lost: AtomicU64,
 }
 
 /// A queued write.
@@ -265,6 +273,8 @@ pub enum Write {
 enum Job {
     Get {
         name: String,
+        /// When the caller stops waiting.
+        until: tokio::time::Instant,
         reply: oneshot::Sender<Result<Option<Vec<u8>>, SharedError>>,
     },
     Call {
@@ -352,6 +362,14 @@ impl Health {
 const JOB_QUEUE: usize = 4096;
 /// Most writes in one pipelined batch.
 const BATCH: usize = 256;
+/// Removals told by other hosts, waiting for the daemon to apply them.
+const TOLD_QUEUE: usize = 1024;
+/// Longest pause between two attempts to subscribe (after failures, the
+/// pause doubles from about a second up to this).
+const SUBSCRIBE_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a quiet subscription is checked with a PING: a connection
+/// that a middlebox stopped forwarding would otherwise go unnoticed.
+const SUBSCRIBER_PING: Duration = Duration::from_secs(5);
 
 /// The link to the shared store. Dropping the last handle stops its thread.
 pub struct Shared {
@@ -361,6 +379,10 @@ pub struct Shared {
     health: Arc<Health>,
     jobs: mpsc::Sender<Job>,
     writes: mpsc::Sender<Write>,
+    /// This link's id in the messages it publishes (it skips its own).
+    sender: u64,
+    /// What other hosts removed, until the daemon takes the queue.
+    told: std::sync::Mutex<Option<mpsc::Receiver<Told>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -386,10 +408,18 @@ impl Shared {
         });
         let (jobs, jobs_rx) = mpsc::channel(JOB_QUEUE);
         let (writes, writes_rx) = mpsc::channel(settings.write_queue.max(1));
+        let (told_tx, told) = mpsc::channel(TOLD_QUEUE);
+        let sender = u64::from_be_bytes(
+            super::seal::random_nonce()[..8]
+                .try_into()
+                .unwrap_or_default(),
+        );
         let owner = Owner {
             target,
             health: health.clone(),
             settings: settings.clone(),
+            sender,
+            told: told_tx,
         };
         std::thread::Builder::new()
             .name("tlsmgr-shared".into())
@@ -412,7 +442,26 @@ impl Shared {
             health,
             jobs,
             writes,
+            sender,
+            told: std::sync::Mutex::new(Some(told)),
         }))
+    }
+
+    /// The queue of removals other hosts told of (once: whoever applies
+    /// them takes it).
+    pub fn take_told(&self) -> Option<mpsc::Receiver<Told>> {
+        self.told.lock().ok()?.take()
+    }
+
+    /// Tells the other hosts of the site that `what` was removed at `now`:
+    /// the number of hosts subscribed (this one included).
+    pub async fn publish(&self, what: &Invalidation, now: u64) -> Result<u64, SharedError> {
+        let channel = invalidation::channel(&self.settings.prefix);
+        let message = invalidation::encode(&self.settings.secret, &channel, self.sender, now, what);
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(&channel).arg(message);
+        let v = self.call(cmd).await?;
+        redis::from_redis_value(v).map_err(|e| SharedError::Redis(e.to_string()))
     }
 
     /// The settings it runs with.
@@ -440,7 +489,7 @@ impl Shared {
         self.get_within(name, self.settings.lookup_deadline).await
     }
 
-    /// `GET name` within `deadline`.
+    /// `GET name` within `deadline`, counted from now.
     pub async fn get_within(
         &self,
         name: String,
@@ -449,13 +498,15 @@ impl Shared {
         if !self.available() {
             return Err(SharedError::Open);
         }
+        let until = tokio::time::Instant::now() + deadline;
         let (reply, rx) = oneshot::channel();
         self.jobs
-            .try_send(Job::Get { name, reply })
+            .try_send(Job::Get { name, until, reply })
             .map_err(|_| SharedError::Busy)?;
-        // The owner times the call out at the same deadline (and counts it);
-        // the slack only covers the hop back.
-        match tokio::time::timeout(deadline + Duration::from_millis(5), rx).await {
+        // The owner stops at the same instant (and counts a miss of it
+        // against Redis); this wait is what bounds the reply to Postfix,
+        // whatever the owner's thread is doing.
+        match tokio::time::timeout_at(until, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(SharedError::Busy),
             Err(_) => Err(SharedError::Timeout),
@@ -507,6 +558,8 @@ struct Owner {
     target: Target,
     health: Arc<Health>,
     settings: Settings,
+    sender: u64,
+    told: mpsc::Sender<Told>,
 }
 
 /// A pseudo-random fraction in [0, 1) for jitter (no need for quality).
@@ -535,6 +588,8 @@ impl Owner {
             target,
             health,
             settings,
+            sender,
+            told,
         } = self;
         let ct = settings.connect_timeout;
         // A reply must complete within the call timeout, or the connection
@@ -566,9 +621,11 @@ impl Owner {
                     let health = health.clone();
                     tokio::spawn(async move {
                         match job {
-                            Job::Get { name, reply } => {
+                            Job::Get { name, until, reply } => {
                                 let cmd = redis::cmd("GET").arg(&name).clone();
-                                let r = query(&health, &slot, "GET", deadline, &cmd).await;
+                                let r =
+                                    query_until(&health, &slot, "GET", deadline, Some(until), &cmd)
+                                        .await;
                                 let _ = reply.send(r);
                             }
                             Job::Call { cmd, reply } => {
@@ -582,6 +639,15 @@ impl Owner {
             }
         };
         let writer = Self::writer(slot.clone(), health.clone(), ct, writes);
+        let subscriber = Subscriber {
+            slot: slot.clone(),
+            health: health.clone(),
+            channel: invalidation::channel(&settings.prefix),
+            secret: settings.secret.clone(),
+            sender,
+            told,
+            ct,
+        };
         let prober = Self::prober(slot, sentinel, health, ct);
         // The reader ends when the last handle is dropped; the others go
         // with the runtime.
@@ -589,6 +655,7 @@ impl Owner {
             _ = reader => {}
             _ = writer => {}
             _ = prober => {}
+            _ = subscriber.run() => {}
         }
     }
 
@@ -732,6 +799,124 @@ impl Owner {
     }
 }
 
+/// The subscription to the removals of the other hosts of the site
+/// ([`invalidation`]), on a connection of its own.
+struct Subscriber {
+    slot: Arc<Slot>,
+    health: Arc<Health>,
+    channel: String,
+    secret: Arc<Secret>,
+    sender: u64,
+    told: mpsc::Sender<Told>,
+    ct: Duration,
+}
+
+impl Subscriber {
+    /// Subscribes, and again after the subscription is lost. One info line
+    /// when it is lost and one when it is back (the breaker already warns
+    /// of an outage), as what was published meanwhile was missed.
+    async fn run(self) {
+        let mut lost = false;
+        let mut pause = Duration::from_secs(1);
+        loop {
+            let Some(ep) = self.slot.endpoint().await else {
+                tokio::time::sleep(pause).await;
+                continue;
+            };
+            let why = match link::subscriber(&ep, self.ct, self.ct).await {
+                Ok((pubsub, kill)) => {
+                    let why = self.listen(pubsub, &ep, &mut lost, &mut pause).await;
+                    kill.kill();
+                    why
+                }
+                Err(e) => e,
+            };
+            if !lost {
+                lost = true;
+                self.health
+                    .counters
+                    .subscriber_lost
+                    .fetch_add(1, Ordering::Relaxed);
+                info!(
+                    self.health.log,
+                    "shared store {}: not subscribed to {} ({}) -- removals made on other hosts meanwhile are missed here",
+                    self.health.url,
+                    self.channel,
+                    why
+                );
+            }
+            let jittered = pause.mul_f64(0.5 + jitter());
+            tokio::time::sleep(jittered).await;
+            pause = (pause * 2).min(SUBSCRIBE_BACKOFF);
+        }
+    }
+
+    /// Listens on `pubsub` until it fails or the slot moves to another
+    /// server; why it ended.
+    async fn listen(
+        &self,
+        pubsub: redis::aio::PubSub,
+        ep: &Endpoint,
+        lost: &mut bool,
+        pause: &mut Duration,
+    ) -> String {
+        use futures::StreamExt;
+        let (mut sink, mut messages) = pubsub.split();
+        match tokio::time::timeout(self.ct, sink.subscribe(&self.channel)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return e.to_string(),
+            Err(_) => return format!("no answer within {} ms", self.ct.as_millis()),
+        }
+        if *lost {
+            *lost = false;
+            info!(
+                self.health.log,
+                "shared store {}: subscribed to {} again", self.health.url, self.channel
+            );
+        }
+        *pause = Duration::from_secs(1);
+        let mut tick = tokio::time::interval(SUBSCRIBER_PING);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                m = messages.next() => {
+                    let Some(m) = m else {
+                        return "connection closed".into();
+                    };
+                    self.received(m.get_payload_bytes());
+                }
+                _ = tick.tick() => {
+                    if self.slot.address().await.as_deref() != Some(ep.address().as_str()) {
+                        return "the store moved".into();
+                    }
+                    let pong = tokio::time::timeout(self.ct, sink.ping::<redis::Value>()).await;
+                    match pong {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return e.to_string(),
+                        Err(_) => return format!("no answer within {} ms", self.ct.as_millis()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A message: queued for the daemon unless it does not open or is
+    /// this host's own.
+    fn received(&self, payload: &[u8]) {
+        let c = &self.health.counters;
+        let Some(told) = invalidation::decode(&self.secret, &self.channel, payload) else {
+            return;
+        };
+        if told.sender == self.sender {
+            return;
+        }
+        c.told.fetch_add(1, Ordering::Relaxed);
+        if self.told.try_send(told).is_err() {
+            c.told_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The name of `cmd` (its first argument), for the log.
 fn command_name(cmd: &redis::Cmd) -> String {
     match cmd.args_iter().next() {
@@ -751,6 +936,21 @@ async fn query<T: redis::FromRedisValue>(
     deadline: Duration,
     cmd: &impl Query,
 ) -> Result<T, SharedError> {
+    query_until(health, slot, op, deadline, None, cmd).await
+}
+
+/// [`query`], for a caller that stops waiting at `until`: the command is
+/// not sent when connecting took until then (the caller is gone, and the
+/// server was not asked, so no failure is counted), and its reply is
+/// waited for until then only.
+async fn query_until<T: redis::FromRedisValue>(
+    health: &Health,
+    slot: &Slot,
+    op: &str,
+    deadline: Duration,
+    until: Option<tokio::time::Instant>,
+    cmd: &impl Query,
+) -> Result<T, SharedError> {
     // Connecting is bounded by the slot (the connect timeout), not by the
     // call's deadline: a caller that gave up must not cancel a connection
     // that takes longer than a read-through's deadline (TLS to a distant
@@ -765,7 +965,12 @@ async fn query<T: redis::FromRedisValue>(
             return Err(SharedError::Redis(why));
         }
     };
-    match tokio::time::timeout(deadline, cmd.send(&mut conn.conn)).await {
+    let until = match until {
+        Some(u) if u <= tokio::time::Instant::now() => return Err(SharedError::Timeout),
+        Some(u) => u,
+        None => tokio::time::Instant::now() + deadline,
+    };
+    match tokio::time::timeout_at(until, cmd.send(&mut conn.conn)).await {
         Ok(Ok(v)) => {
             health.answered(op, None);
             T::from_redis_value(v).map_err(|e| SharedError::Redis(e.to_string()))

@@ -65,7 +65,12 @@ pub async fn connect(
     }
 }
 
-async fn open(ep: &Endpoint, response_timeout: Duration) -> Result<Conn, String> {
+/// A byte stream of any of the transports.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
+/// The stream to `ep` (TCP, TLS over TCP, Unix socket), not yet spoken on.
+async fn stream(ep: &Endpoint) -> Result<Box<dyn Transport>, String> {
     let e = |e: std::io::Error| e.to_string();
     match &ep.addr {
         ConnectionAddr::Tcp(host, port) => {
@@ -73,7 +78,7 @@ async fn open(ep: &Endpoint, response_timeout: Duration) -> Result<Conn, String>
                 .await
                 .map_err(e)?;
             let _ = s.set_nodelay(true);
-            finish(ep, s, response_timeout).await
+            Ok(Box::new(s))
         }
         ConnectionAddr::TcpTls { host, port, .. } => {
             let Some(tls) = &ep.tls else {
@@ -89,13 +94,45 @@ async fn open(ep: &Endpoint, response_timeout: Duration) -> Result<Conn, String>
                 .connect(name, s)
                 .await
                 .map_err(e)?;
-            finish(ep, s, response_timeout).await
+            Ok(Box::new(s))
         }
         ConnectionAddr::Unix(path) => {
             let s = tokio::net::UnixStream::connect(path).await.map_err(e)?;
-            finish(ep, s, response_timeout).await
+            Ok(Box::new(s))
         }
         other => Err(format!("unsupported address {other}")),
+    }
+}
+
+async fn open(ep: &Endpoint, response_timeout: Duration) -> Result<Conn, String> {
+    let s = stream(ep).await?;
+    finish(ep, s, response_timeout).await
+}
+
+/// A subscriber's connection to `ep` (`SUBSCRIBE` and its messages), made
+/// within `connect_timeout`; each message is bounded like a reply, and a
+/// reply to our commands (`SUBSCRIBE`, `PING`) must come within
+/// `response_timeout`. The [`Kill`] ends it.
+pub async fn subscriber(
+    ep: &Endpoint,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> Result<(redis::aio::PubSub, Arc<Kill>), String> {
+    let open = async {
+        let s = stream(ep).await?;
+        let kill = Arc::new(Kill::default());
+        let s = Bounded::subscriber(s, response_timeout, kill.clone());
+        let p = redis::aio::PubSub::new(&ep.redis, s)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((p, kill))
+    };
+    match tokio::time::timeout(connect_timeout, open).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "no connection within {} ms",
+            connect_timeout.as_millis()
+        )),
     }
 }
 
@@ -189,6 +226,11 @@ impl Slot {
             .endpoint
             .as_ref()
             .map(Endpoint::address)
+    }
+
+    /// The endpoint, if one is set.
+    pub async fn endpoint(&self) -> Option<Endpoint> {
+        self.state.lock().await.endpoint.clone()
     }
 
     /// Points the slot to another server: the old connection ends.

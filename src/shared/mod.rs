@@ -8,6 +8,8 @@
 //! - [`client`]: the Redis link, owned by one thread; read-through,
 //!   write-behind, calls, all bounded.
 //! - [`sentinel`]: the lookup of the master of a `redis+sentinel://` store.
+//! - [`invalidation`]: admin removals told to the other hosts of the
+//!   site (pub/sub), so that their local copies go too.
 //! - [`tombstones`]: removals this host made, so that a value written
 //!   before one of them and put back in Redis is refused.
 //! - [`unknown_names`]: ticket-key names the store did not have, remembered
@@ -22,6 +24,7 @@
 pub mod bounded;
 pub mod breaker;
 pub mod client;
+pub mod invalidation;
 pub mod link;
 pub mod seal;
 pub mod sentinel;

@@ -121,7 +121,7 @@ impl FileStamp {
 
 /// Reads the key file: opened with `O_NOFOLLOW | O_NONBLOCK` and checked on
 /// the descriptor (a regular file of at most [`MAX_FILE_LEN`] bytes), as
-/// the shared secret is ([`crate::config::regular`]); a FIFO, a link (to
+/// the shared secret is (`config::regular`); a FIFO, a link (to
 /// `/dev/zero`, say), a device or a huge file is never read.
 pub fn load(path: &Path) -> std::io::Result<Loaded> {
     use crate::config::regular::{read_small, Refused};

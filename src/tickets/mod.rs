@@ -1,8 +1,8 @@
 //! RFC 5077 session-ticket keys (spec §2.6): which key encrypts and which
 //! decrypt at a given time, and how the set rotates.
 //!
-//! - [`key`]: the 88-byte wire struct.
-//! - [`file`]: the key file (`tlsmgr_ticket_key_file`).
+//! - `key`: the 88-byte wire struct.
+//! - [`file`](mod@file): the key file (`tlsmgr_ticket_key_file`).
 //!
 //! With T the sanitized smtpd cache timeout and t = T/2, a key encrypts until
 //! its `tout` and decrypts while `tout + t > now`, as in Postfix. Stock
@@ -26,7 +26,7 @@
 
 pub mod epoch;
 pub mod file;
-pub mod key;
+mod key;
 
 pub use key::{TicketKey, TICKET_KEY_LEN};
 

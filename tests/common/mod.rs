@@ -2,6 +2,18 @@
 //! temporary directory, with a manual clock and a captured log.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod child;
+pub mod disk;
+pub mod keys;
+#[path = "prng.rs"]
+pub mod prng_util;
+#[path = "redis.rs"]
+pub mod redis_server;
+pub mod serve;
+pub mod stock;
+pub mod syslog;
+pub mod tmpfs;
+
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -32,6 +44,8 @@ pub struct TestDaemon {
     pub watch: bool,
     /// The watcher's quiet period, when not the default.
     debounce: Option<Duration>,
+    /// What the next start hands the PRNG actor (`prng::preopen`).
+    preopened: Option<tlsmgr::prng::Preopened>,
 }
 
 /// main.cf for a test directory: both server and client caches on fjall.
@@ -84,7 +98,19 @@ impl TestDaemon {
     /// Like [`TestDaemon::start_with`], with the clock at `t0` (tests that
     /// compare it with another process's clock, such as Redis's).
     pub fn start_at(extra: &str, t0: u64, watch: bool, setup: impl FnOnce(&Path)) -> TestDaemon {
-        Self::start_clocked(extra, watch, None, t0, setup)
+        Self::start_clocked(extra, watch, None, t0, |dir| {
+            setup(dir);
+            None
+        })
+    }
+
+    /// Like [`TestDaemon::start_with`], `setup` returning what it opened
+    /// with `prng::preopen`, which the daemon adopts (as under master(8)).
+    pub fn start_preopened(
+        extra: &str,
+        setup: impl FnOnce(&Path) -> tlsmgr::prng::Preopened,
+    ) -> TestDaemon {
+        Self::start_clocked(extra, false, None, T0, |dir| Some(setup(dir)))
     }
 
     fn start_full(
@@ -93,7 +119,10 @@ impl TestDaemon {
         debounce: Option<Duration>,
         setup: impl FnOnce(&Path),
     ) -> TestDaemon {
-        Self::start_clocked(extra, watch, debounce, T0, setup)
+        Self::start_clocked(extra, watch, debounce, T0, |dir| {
+            setup(dir);
+            None
+        })
     }
 
     fn start_clocked(
@@ -101,12 +130,12 @@ impl TestDaemon {
         watch: bool,
         debounce: Option<Duration>,
         t0: u64,
-        setup: impl FnOnce(&Path),
+        setup: impl FnOnce(&Path) -> Option<tlsmgr::prng::Preopened>,
     ) -> TestDaemon {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("data")).unwrap();
-        setup(&dir);
+        let preopened = setup(&dir);
         let mut d = TestDaemon {
             socket: dir.join("tlsmgr.sock"),
             admin_socket: dir.join("tlsmgr.admin"),
@@ -119,6 +148,7 @@ impl TestDaemon {
             extra: extra.to_string(),
             watch,
             debounce,
+            preopened,
         };
         d.boot();
         d
@@ -150,6 +180,7 @@ impl TestDaemon {
                 w
             }),
             admin: Some(admin),
+            prng_preopened: self.preopened.take(),
         })
         .unwrap();
         self.handle = Some(handle);

@@ -93,6 +93,35 @@ impl Drop for ServeProcess {
     }
 }
 
+/// `tlsmgr serve -c DIR` with `env` added, for a start that must fail:
+/// waits for it to exit by itself (the test fails if it still runs after
+/// `bound`) and returns its status and output.
+pub fn run_to_exit<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+    dir: &Path,
+    env: &[(K, V)],
+    bound: Duration,
+) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlsmgr"));
+    cmd.args(["serve", "-c"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + bound;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tlsmgr serve still runs after {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// main.cf for `tlsmgr serve` in `dir`: the smtpd cache only, with a small
 /// write buffer so that a few MiB of sessions make table files (the store
 /// recovery tests break and remove those files).

@@ -91,7 +91,7 @@
 //! thread (`tlsmgr-rotate`) to rotate it, one request per memtable; fjall's
 //! own limit is set far above ours as a backstop. The rotation runs off
 //! the writer's thread because it can block for tens of milliseconds (see
-//! [`Rotator`]); a failed one is reported by the next [`Store::flush`].
+//! `Rotator`); a failed one is reported by the next [`Store::flush`].
 //!
 //! # Disk use
 //!
@@ -122,8 +122,8 @@
 //! tables down. A cache whose sessions turn over and that then goes quiet
 //! kept all of it: five generations of 30 000 sessions, each expired once
 //! the next was in, left 2.26 bytes on disk per live session byte
-//! (`tests/store.rs`). So once the entries removed since the last time reach
-//! a [`tidy::TIDY_SHARE`]th of those left, the first quiet sync rotates both
+//! (`tests/it/store.rs`). So once the entries removed since the last time reach
+//! a `TIDY_SHARE`th of those left, the first quiet sync rotates both
 //! memtables (their tombstones go to tables) and the next quiet one compacts
 //! both keyspaces whole, on the caller's thread (the cache actor's) and
 //! without the writer lock: the same test then ends at 1.06.

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 /// value, and counted without its overhead it filled fjall's memtable more
 /// than 4 times faster than we counted, so fjall's backstop fired on every
 /// commit and flooded its worker's channel after all (a CI run hung so in
-/// tests/store.rs). Overcounting is harmless: we only rotate a bit early.
+/// tests/it/store.rs). Overcounting is harmless: we only rotate a bit early.
 pub(super) const MEMTABLE_ITEM_OVERHEAD: u64 = 128;
 
 /// The memtable bytes one item (insert or tombstone) costs, by fjall's
