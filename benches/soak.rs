@@ -13,12 +13,32 @@
 //! cargo bench --bench soak -- --minutes 2 --out target/soak
 //! ```
 //!
+//! Open loop (`--rate`): a fixed rate of handshakes over the connections,
+//! latency from each handshake's due time (`load/open_loop.rs`), with both
+//! caches first filled to `--prefill` sessions each (default 100 000, our
+//! default bound, so that every new session evicts one), for each of
+//! `--servers` (default `ours-fjall,stock`; `ceiling` shows what the
+//! machine itself adds to the tail) in turn. Per window: p50, p99,
+//! p99.9, max, RSS, server CPU; then the median and worst window's p99.9,
+//! the windows over 10 ms and over 3× the median, and the RSS spread after
+//! the first minute. It reports and does not judge:
+//!
+//! ```sh
+//! cargo bench --bench soak -- --rate 2000 --minutes 5 --servers ours-fjall,stock
+//! ```
+//!
+//! Ours runs as Postfix runs it, a master(8) child (`load/servers.rs`).
+//!
 //! Not in CI: under `cargo test --all-targets` it runs a 3-sample smoke
 //! of one second each, which checks that sampling works.
 #![allow(dead_code)]
 
+#[path = "load/ceiling.rs"]
+mod ceiling;
 #[path = "load/driver.rs"]
 mod driver;
+#[path = "load/open_loop.rs"]
+mod open_loop;
 #[path = "load/servers.rs"]
 mod servers;
 #[path = "load/wire.rs"]
@@ -111,6 +131,10 @@ struct Args {
     conns: usize,
     out: PathBuf,
     smoke: bool,
+    /// Open loop at this many handshakes/s (`None`: closed loop).
+    rate: Option<f64>,
+    prefill: u64,
+    servers: Vec<Kind>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -122,6 +146,9 @@ fn parse_args() -> Result<Args, String> {
         conns: 64,
         out: PathBuf::from("target/soak"),
         smoke,
+        rate: None,
+        prefill: 100_000,
+        servers: vec![Kind::OursFjall, Kind::Stock],
     };
     let mut it = argv.iter();
     while let Some(k) = it.next() {
@@ -134,6 +161,14 @@ fn parse_args() -> Result<Args, String> {
             }
             "--conns" => a.conns = val()?.parse().map_err(|e| format!("--conns: {e}"))?,
             "--out" => a.out = PathBuf::from(val()?),
+            "--rate" => a.rate = Some(val()?.parse().map_err(|e| format!("--rate: {e}"))?),
+            "--prefill" => a.prefill = val()?.parse().map_err(|e| format!("--prefill: {e}"))?,
+            "--servers" => {
+                a.servers = val()?
+                    .split(',')
+                    .map(|n| Kind::from_name(n.trim()).ok_or(format!("--servers: no server {n}")))
+                    .collect::<Result<_, _>>()?
+            }
             _ => {}
         }
     }
@@ -141,11 +176,124 @@ fn parse_args() -> Result<Args, String> {
         a.minutes = 3.0 / 60.0;
         a.interval = Duration::from_secs(1);
         a.conns = 8;
+        a.prefill = 300;
     }
     Ok(a)
 }
 
+/// `--rate`: the open-loop soak of each server in turn.
+fn run_open(a: &Args, rate: f64) -> Result<(), String> {
+    let mut servers = a.servers.clone();
+    if servers.contains(&Kind::Stock) && !servers::stock_available()? {
+        eprintln!(
+            "soak: {} not available: stock left out",
+            servers::STOCK_TLSMGR
+        );
+        servers.retain(|k| *k != Kind::Stock);
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    let mix = driver::Mix::default();
+    let mut summary = String::new();
+    for kind in servers {
+        let server = Server::start(kind, &StartOptions::default())?;
+        let t = Instant::now();
+        open_loop::prefill(&server.socket, a.prefill, &mix, 1)?;
+        println!(
+            "soak {}: prefilled {} sessions per cache in {:.1} s; {rate}/s over {} connections for {:.1} min",
+            kind.name(),
+            a.prefill,
+            t.elapsed().as_secs_f64(),
+            a.conns,
+            a.minutes
+        );
+        let plan = open_loop::Plan {
+            rate,
+            conns: a.conns,
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs_f64(a.minutes * 60.0),
+            window: a.interval,
+            mix: mix.clone(),
+            id_tag: 2,
+        };
+        let windows = open_loop::run(&server.socket, server.pid(), &plan, &mut |w, win| {
+            println!(
+                "  window {w:>3}: rss {:>6.1} MiB cpu {:>5.2} s load {:.2}",
+                win.rss as f64 / 1048576.0,
+                win.server_cpu.as_secs_f64(),
+                win.loadavg
+            );
+        });
+        let (log, disk) = server.stop_and_measure();
+        let windows = windows.map_err(|e| format!("{}: {e}\n{log}", kind.name()))?;
+        let mut table = format!(
+            "{} at {rate}/s, {} connections, caches prefilled to {} each:\n\n\
+             | t s | done/s | p50 µs | p99 µs | p99.9 µs | max µs | unfinished | RSS MiB | server CPU µs/handshake | load avg |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            kind.name(),
+            a.conns,
+            a.prefill
+        );
+        for (i, w) in windows.iter().enumerate() {
+            table += &format!(
+                "| {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {:.1} | {:.2} |\n",
+                (a.interval * i as u32).as_secs_f64(),
+                w.handshake_rate(),
+                w.percentile_us(50.0),
+                w.percentile_us(99.0),
+                w.percentile_us(99.9),
+                w.max_us(),
+                w.unfinished,
+                w.rss as f64 / 1048576.0,
+                w.cpu_us_per_handshake(),
+                w.loadavg
+            );
+        }
+        let p999: Vec<f64> = windows.iter().map(|w| w.percentile_us(99.9)).collect();
+        let med = median(p999.clone());
+        let worst = p999.iter().copied().fold(0.0_f64, f64::max);
+        let over_10ms = p999.iter().filter(|&&p| p > 10_000.0).count();
+        let over_3x = p999.iter().filter(|&&p| p > 3.0 * med).count();
+        let per_min = (60.0 / a.interval.as_secs_f64()).max(1.0) as usize;
+        let later: Vec<u64> = windows.iter().skip(per_min).map(|w| w.rss).collect();
+        let (lo, hi) = (
+            later.iter().copied().min().unwrap_or(0) as f64,
+            later.iter().copied().max().unwrap_or(0) as f64,
+        );
+        let peak = windows.iter().map(|w| w.rss).max().unwrap_or(0);
+        let errors: u64 = windows.iter().map(|w| w.errors).sum();
+        let lost: u64 = windows.iter().map(|w| w.lost).sum();
+        let line = format!(
+            "{}: p99.9 per window: median {:.1} ms, worst {:.1} ms; {over_10ms} of {} windows over 10 ms, {over_3x} over 3× the median; RSS after the first minute {:.1}–{:.1} MiB ({:+.1} %), peak {:.1} MiB; disk {:.1} MiB; errors {errors}, lost {lost}",
+            kind.name(),
+            med / 1000.0,
+            worst / 1000.0,
+            windows.len(),
+            lo / 1048576.0,
+            hi / 1048576.0,
+            100.0 * (hi - lo) / lo.max(1.0),
+            peak as f64 / 1048576.0,
+            disk.alloc as f64 / 1048576.0,
+        );
+        table += &format!("\n{line}\n");
+        println!("{table}");
+        summary += &format!("{line}\n");
+        std::fs::write(a.out.join(format!("soak-open-{}.md", kind.name())), &table)
+            .map_err(|e| format!("write soak table: {e}"))?;
+        if errors > 0 || windows.iter().all(|w| w.latencies.is_empty()) {
+            return Err(format!(
+                "{}: {errors} bad replies or no handshakes\n{log}",
+                kind.name()
+            ));
+        }
+    }
+    println!("{summary}");
+    Ok(())
+}
+
 fn run(a: &Args) -> Result<(), String> {
+    if let Some(rate) = a.rate {
+        return run_open(a, rate);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -234,6 +382,10 @@ fn run(a: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // The bench started this binary again as the ceiling server.
+    if let Some(code) = ceiling::serve_if_asked() {
+        return code;
+    }
     match parse_args().and_then(|a| run(&a)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -8,7 +8,7 @@
 //!
 //! # Session store
 //!
-//! The store's record layout (`src/store/fjall.rs`, "Layout") is ours;
+//! The store's record layout (`src/store/fjall/mod.rs`, "Layout") is ours;
 //! fjall versions its own files (its `version` file, checked by fjall).
 //! [`STORE_FORMAT_FILE`] holds one line, `tlsmgr-store N`, written when a
 //! store is created (and when a store written before the file existed is

@@ -10,6 +10,7 @@
 //! `TLSMGR_BENCH_CEILING_THREADS` workers (default 1: a current-thread
 //! runtime, like ours' socket thread).
 
+use super::servers::CEILING_ENV;
 use super::wire::frame;
 use bytes::BytesMut;
 use tlsmgr::protocol::{Reply, Status, ANNOUNCEMENT};
@@ -90,6 +91,19 @@ async fn serve(mut stream: tokio::net::UnixStream, replies: std::sync::Arc<Repli
             return;
         }
     }
+}
+
+/// In a bench binary started as the ceiling ([`CEILING_ENV`] set): runs
+/// the ceiling server and returns how the process ends; otherwise `None`.
+pub fn serve_if_asked() -> Option<std::process::ExitCode> {
+    let socket = std::env::var_os(CEILING_ENV)?;
+    Some(match run(std::path::Path::new(&socket)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ceiling: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    })
 }
 
 /// Runs the ceiling server on `socket` until killed.

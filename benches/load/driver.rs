@@ -228,7 +228,7 @@ struct Shared {
     t1: Instant,
 }
 
-fn cache_id(smtpd: bool, conn: usize, n: u64) -> Vec<u8> {
+pub fn cache_id(smtpd: bool, conn: usize, n: u64) -> Vec<u8> {
     // Shaped like Postfix's ids: smtpd's is the hex session id plus the
     // service and OpenSSL version; smtp's names the next hop and a digest.
     if smtpd {
@@ -248,6 +248,54 @@ fn cache_id(smtpd: bool, conn: usize, n: u64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Which session ids a connection looks up: with probability `hit_ratio`
+/// one it stored before (a resumption), else a new one. Shared by the
+/// closed-loop and the open-loop generators.
+#[derive(Default)]
+pub struct Resumptions {
+    /// Ids this connection stored (at most [`Resumptions::KEPT`]).
+    stored: Vec<u64>,
+    next_id: u64,
+}
+
+impl Resumptions {
+    /// How many stored ids a connection keeps to resume.
+    const KEPT: usize = 1024;
+
+    /// The next id to look up, and whether it is a resumption.
+    pub fn pick(&mut self, rng: &mut Rng, hit_ratio: f64) -> (u64, bool) {
+        if !self.stored.is_empty() && rng.chance(hit_ratio) {
+            (
+                self.stored[rng.below(self.stored.len() as u64) as usize],
+                true,
+            )
+        } else {
+            self.next_id += 1;
+            (self.next_id, false)
+        }
+    }
+
+    /// Remembers that new id `n` was stored, dropping a random older one
+    /// once [`Resumptions::KEPT`] are kept.
+    pub fn stored(&mut self, rng: &mut Rng, n: u64) {
+        if self.stored.len() >= Self::KEPT {
+            self.stored
+                .swap_remove(rng.below(Self::KEPT as u64) as usize);
+        }
+        self.stored.push(n);
+    }
+}
+
+/// A lookup's reply: `Some(true)` a hit, `Some(false)` a miss, `None` a
+/// malformed reply or unexpected status.
+pub fn lookup_outcome(status: Option<i32>, nonempty: bool) -> Option<bool> {
+    match status {
+        Some(0) if nonempty => Some(true),
+        Some(-1) => Some(false),
+        _ => None,
+    }
+}
+
 async fn conn_task(
     mut s: UnixStream,
     mut buf: BytesMut,
@@ -264,9 +312,7 @@ async fn conn_task(
     if status != Some(0) {
         st.errors += 1;
     }
-    // Ids this connection stored, most recent last (bounded).
-    let mut stored: Vec<u64> = Vec::new();
-    let mut next_id = 0u64;
+    let mut ids = Resumptions::default();
     let record = |st: &mut ConnStats, kind: usize, start: Instant, lat: Duration| {
         if start >= shared.t0 && start + lat <= shared.t1 {
             st.requests += 1;
@@ -289,25 +335,15 @@ async fn conn_task(
         }
         record(&mut st, 0, start, lat);
 
-        let resume = !stored.is_empty() && rng.chance(shared.mix.hit_ratio);
-        let n = if resume {
-            stored[rng.below(stored.len() as u64) as usize]
-        } else {
-            next_id += 1;
-            next_id
-        };
+        let (n, resume) = ids.pick(&mut rng, shared.mix.hit_ratio);
         let id = cache_id(smtpd, conn, n);
         let start = Instant::now();
         let (status, nonempty, lat) = exchange(&mut s, &mut buf, &wire::lookup(ct, &id)).await?;
         record(&mut st, 1, start, lat);
-        let hit = match status {
-            Some(0) if nonempty => true,
-            Some(-1) => false,
-            _ => {
-                st.errors += 1;
-                false
-            }
-        };
+        let hit = lookup_outcome(status, nonempty).unwrap_or_else(|| {
+            st.errors += 1;
+            false
+        });
         if hit {
             st.hits += 1;
         } else {
@@ -324,10 +360,7 @@ async fn conn_task(
             }
             record(&mut st, 2, start, lat);
             if !resume {
-                if stored.len() >= 1024 {
-                    stored.swap_remove(rng.below(1024) as usize);
-                }
-                stored.push(n);
+                ids.stored(&mut rng, n);
             }
         }
         if smtpd {

@@ -19,7 +19,12 @@
 //!   the servers' directories go; default $TMPDIR), `--out DIR`;
 //! - `--main-cf 'NAME = VALUE'` (repeatable): a main.cf line for our servers;
 //! - `--replot RUNS.CSV`: no run; the table and plot again from a saved CSV
-//!   (`--caption TEXT` sets the plot's caption).
+//!   (`--caption TEXT` sets the plot's caption);
+//! - `--open-loop 1000,3000,10000`: instead of the closed-loop matrix, a
+//!   fixed rate of handshakes per second spread over `--open-conns N` (64)
+//!   connections, latency from each handshake's due time
+//!   (`open_loop.rs`), for each rate, `--rounds` interleaved rounds of
+//!   `--secs` each; servers by default ours-fjall, stock and the ceiling.
 //!
 //! Environment: `TLSMGR_BENCH_OURS_BIN` runs another build of ours (A/B
 //! experiments); `TLSMGR_BENCH_BASE_BIN` is the build `ours-base` runs, on
@@ -28,12 +33,19 @@
 //! (default: one thread).
 //!
 //! Without `--bench` (that is, under `cargo test --all-targets`) it is a
-//! smoke run: every available server at 1 and 8 connections for 0.3 s and a
-//! footprint of 300 sessions, failing on any error; nothing is written.
+//! smoke run: every available server at 1 and 8 connections for 0.3 s, a
+//! footprint of 300 sessions and an open-loop run of 0.3 s at 200
+//! handshakes/s over 8 connections per server, failing on any error;
+//! nothing is written.
+//!
+//! Ours runs as Postfix runs it, a master(8) child started exactly as
+//! stock is (`ours-fjall`, `ours-memory`); `ours-serve` is `tlsmgr serve`
+//! on fjall, for comparison (`servers.rs`).
 
 mod ceiling;
 mod driver;
 mod footprint;
+mod open_loop;
 mod report;
 mod servers;
 mod wire;
@@ -60,6 +72,10 @@ struct Args {
     out: PathBuf,
     replot: Option<PathBuf>,
     caption: Option<String>,
+    /// Open-loop rates (handshakes/s); empty: the closed-loop matrix.
+    open_loop: Vec<f64>,
+    open_conns: usize,
+    servers_given: bool,
 }
 
 fn parse_list<T>(v: &str, f: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, String> {
@@ -87,6 +103,9 @@ fn parse_args() -> Result<Args, String> {
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/load-bench"),
         replot: None,
         caption: None,
+        open_loop: Vec::new(),
+        open_conns: 64,
+        servers_given: false,
     };
     if !bench {
         a.conns = vec![1, 8];
@@ -94,6 +113,8 @@ fn parse_args() -> Result<Args, String> {
         a.secs = 0.3;
         a.warmup = 0.0;
         a.footprint = 300;
+        // Enough handshakes per connection in 0.3 s for resumptions.
+        a.open_conns = 8;
     }
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
@@ -107,7 +128,12 @@ fn parse_args() -> Result<Args, String> {
                 a.secs = 1.0;
                 a.footprint = 10_000;
             }
-            "--servers" => a.servers = parse_list(&val()?, Kind::from_name)?,
+            "--servers" => {
+                a.servers = parse_list(&val()?, Kind::from_name)?;
+                a.servers_given = true;
+            }
+            "--open-loop" => a.open_loop = parse_list(&val()?, |s| s.parse().ok())?,
+            "--open-conns" => a.open_conns = num(val()?)?.max(1.0) as usize,
             "--conns" => a.conns = parse_list(&val()?, |s| s.parse().ok())?,
             "--rounds" => a.rounds = num(val()?)? as usize,
             "--secs" => a.secs = num(val()?)?,
@@ -213,6 +239,12 @@ fn run(args: &Args) -> Result<(), String> {
         None
     };
     let args = &args;
+    if !args.open_loop.is_empty() {
+        if !args.servers_given {
+            servers.retain(|k| matches!(k, Kind::OursFjall | Kind::Stock | Kind::Ceiling));
+        }
+        return open_loop_points(args, &servers, &args.open_loop);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.gen_threads)
         .enable_all()
@@ -327,10 +359,92 @@ fn run(args: &Args) -> Result<(), String> {
         out.push('\n');
         out.push_str(&t);
     }
+    if !args.bench {
+        // The smoke run checks that the open-loop generator works too.
+        open_loop_points(args, &servers, &[200.0])?;
+    }
     if args.bench {
         std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
         std::fs::write(args.out.join("results.md"), out).map_err(|e| format!("results.md: {e}"))?;
         eprintln!("load: results in {}", args.out.display());
+    }
+    Ok(())
+}
+
+/// `--open-loop`: every server at every rate, interleaved rounds, one
+/// window per run; prints the table of medians (and writes it with
+/// `--bench`).
+fn open_loop_points(args: &Args, servers: &[Kind], rates: &[f64]) -> Result<(), String> {
+    let mut runs: std::collections::BTreeMap<(usize, Kind), Vec<open_loop::Window>> =
+        Default::default();
+    let duration = Duration::from_secs_f64(args.secs);
+    for round in 0..args.rounds {
+        for (ri, &rate) in rates.iter().enumerate() {
+            let mut order = servers.to_vec();
+            let n = order.len();
+            if n > 0 {
+                order.rotate_left((round + ri) % n);
+            }
+            for kind in order {
+                let server = Server::start(kind, &args.start)?;
+                let plan = open_loop::Plan {
+                    rate,
+                    conns: args.open_conns,
+                    warmup: Duration::from_secs_f64(args.warmup),
+                    duration,
+                    window: duration,
+                    mix: args.mix.clone(),
+                    id_tag: 0,
+                };
+                let w = open_loop::run(&server.socket, server.pid(), &plan, &mut |_, _| {});
+                let log = server.stop();
+                let mut w = w.map_err(|e| format!("{} at {rate}/s: {e}\n{log}", kind.name()))?;
+                let w = w.pop().ok_or("no window")?;
+                eprintln!(
+                    "open loop round {round} {:>11} {rate:>6.0}/s: done {:>6.0}/s p50 {:>7.0} p99 {:>7.0} p99.9 {:>7.0} max {:>7.0} µs unfinished {} cpu {:.1} µs/hs errors {} lost {} load {:.2}",
+                    kind.name(),
+                    w.handshake_rate(),
+                    w.percentile_us(50.0),
+                    w.percentile_us(99.0),
+                    w.percentile_us(99.9),
+                    w.max_us(),
+                    w.unfinished,
+                    w.cpu_us_per_handshake(),
+                    w.errors,
+                    w.lost,
+                    w.loadavg,
+                );
+                if !args.bench {
+                    if w.latencies.is_empty() || w.errors > 0 || w.lost > 0 {
+                        return Err(format!(
+                            "{}: open loop: {} handshakes, {} errors, {} lost\n{log}",
+                            kind.name(),
+                            w.latencies.len(),
+                            w.errors,
+                            w.lost
+                        ));
+                    }
+                    if kind != Kind::Ceiling && w.hits == 0 {
+                        return Err(format!("{}: open loop: no lookup hit", kind.name()));
+                    }
+                }
+                runs.entry((ri, kind)).or_default().push(w);
+            }
+        }
+    }
+    let table = report::open_loop_table(rates, &runs);
+    println!(
+        "\nopen loop: {} connections, {} round(s) × {:.1} s (+{:.1} s warm-up), medians; latency of a handshake from its due time\nmachine: {}\n{table}",
+        args.open_conns,
+        args.rounds,
+        args.secs,
+        args.warmup,
+        machine()
+    );
+    if args.bench {
+        std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+        std::fs::write(args.out.join("open-loop.md"), &table)
+            .map_err(|e| format!("write open-loop.md: {e}"))?;
     }
     Ok(())
 }
@@ -358,14 +472,9 @@ fn check_smoke(kind: Kind, m: &driver::Measure, log: &str) -> Result<(), String>
 }
 
 fn main() -> ExitCode {
-    if let Some(socket) = std::env::var_os(servers::CEILING_ENV) {
-        return match ceiling::run(std::path::Path::new(&socket)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("ceiling: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    // The bench started this binary again as the ceiling server.
+    if let Some(code) = ceiling::serve_if_asked() {
+        return code;
     }
     let result = parse_args().and_then(|a| run(&a));
     match result {

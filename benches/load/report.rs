@@ -124,6 +124,40 @@ pub fn table(points: &Points, conns: &[usize]) -> String {
     s
 }
 
+/// The open-loop table: per rate and server, the medians over rounds of
+/// the completed rate, latency percentiles from the due time, server CPU
+/// per handshake and the load average the runs saw.
+pub fn open_loop_table(
+    rates: &[f64],
+    runs: &BTreeMap<(usize, Kind), Vec<super::open_loop::Window>>,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| rate/s | server | done/s | p50 µs | p99 µs | p99.9 µs | max µs | unfinished | server CPU µs/handshake | load avg | runs |"
+    );
+    let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for ((ri, kind), ws) in runs {
+        let f = |g: &dyn Fn(&super::open_loop::Window) -> f64| median(ws.iter().map(g).collect());
+        let _ = writeln!(
+            s,
+            "| {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} | {} |",
+            rates.get(*ri).copied().unwrap_or(f64::NAN),
+            kind.name(),
+            f(&|w| w.handshake_rate()),
+            f(&|w| w.percentile_us(50.0)),
+            f(&|w| w.percentile_us(99.0)),
+            f(&|w| w.percentile_us(99.9)),
+            f(&|w| w.max_us()),
+            f(&|w| w.unfinished as f64),
+            f(&|w| w.cpu_us_per_handshake()),
+            f(&|w| w.loadavg),
+            ws.len()
+        );
+    }
+    s
+}
+
 /// Every run, one CSV line each.
 pub fn csv(runs: &Runs) -> String {
     let mut s = String::from(
@@ -197,6 +231,7 @@ fn color(k: Kind) -> &'static str {
     match k {
         Kind::OursFjall => "#1f77b4",
         Kind::OursMemory => "#2ca02c",
+        Kind::OursServe => "#17becf",
         Kind::OursShared => "#9467bd",
         Kind::Stock => "#d62728",
         Kind::Ceiling => "#7f7f7f",

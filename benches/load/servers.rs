@@ -1,12 +1,15 @@
 //! The servers under test, each a separate process so that its CPU time and
 //! peak RSS can be read from /proc:
 //!
-//! - ours (`tlsmgr serve`, the binary cargo built with this bench) with the
-//!   fjall store, with the memory store, and with the fjall store shared
-//!   through a local `redis-server` (`ours-shared`, issue 13);
+//! - ours (the binary cargo built with this bench) with the fjall store
+//!   and with the memory store, started as Postfix runs it: a master(8)
+//!   child, exactly as stock is started (below);
+//! - ours as `tlsmgr serve` with the fjall store (`ours-serve`), and with
+//!   the fjall store shared through a local `redis-server` (`ours-shared`);
 //! - Debian's stock tlsmgr, started the way master(8) starts it (spec §4.1:
 //!   flow pipe on fds 3/4, status socket on fd 5, listen socket on fd 6,
-//!   `-l -t unix`, `GENERATION`, a `MAIL_CONFIG` with btree caches);
+//!   `-l -t unix -u`, `GENERATION`, a `MAIL_CONFIG` with btree caches; the
+//!   status records drained as master reads them);
 //! - the ceiling: this bench binary re-executed in its minimal-server mode;
 //! - on request, for A/B runs: ours with the Prometheus endpoint on and
 //!   scraped (`ours-metrics`), and another build of ours (`ours-base`).
@@ -30,10 +33,12 @@ pub const CEILING_ENV: &str = "TLSMGR_BENCH_CEILING_SOCKET";
 /// The kinds of server in one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
-    /// Ours, fjall store.
+    /// Ours, fjall store, as a master(8) child.
     OursFjall,
-    /// Ours, memory store.
+    /// Ours, memory store, as a master(8) child.
     OursMemory,
+    /// Ours, fjall store, as `tlsmgr serve`.
+    OursServe,
     /// Ours, fjall store, sharing through Redis.
     OursShared,
     /// Debian's tlsmgr.
@@ -55,18 +60,20 @@ pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Kind {
     /// The servers of a default run.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::OursFjall,
         Kind::OursMemory,
+        Kind::OursServe,
         Kind::OursShared,
         Kind::Stock,
         Kind::Ceiling,
     ];
 
     /// Every kind, in report order (the A/B kinds only on request).
-    pub const EVERY: [Kind; 7] = [
+    pub const EVERY: [Kind; 8] = [
         Kind::OursFjall,
         Kind::OursMemory,
+        Kind::OursServe,
         Kind::OursShared,
         Kind::OursMetrics,
         Kind::OursBase,
@@ -79,6 +86,7 @@ impl Kind {
         match self {
             Kind::OursFjall => "ours-fjall",
             Kind::OursMemory => "ours-memory",
+            Kind::OursServe => "ours-serve",
             Kind::OursShared => "ours-shared",
             Kind::Stock => "stock",
             Kind::Ceiling => "ceiling",
@@ -113,8 +121,9 @@ pub struct Server {
     pub socket: PathBuf,
     /// Where the caches live (for on-disk bytes).
     pub data_dir: PathBuf,
-    /// Stock only: our end of the status channel (closing it stops stock),
-    /// drained by a thread so that stock never blocks writing to it.
+    /// Master(8) children: our end of the status channel (closing it stops
+    /// stock), drained by a thread so that the child never blocks writing
+    /// to it.
     status: Option<UnixStream>,
     drainer: Option<std::thread::JoinHandle<()>>,
     log_path: PathBuf,
@@ -225,22 +234,19 @@ impl Server {
         std::fs::create_dir_all(&data_dir).map_err(io("create data directory"))?;
         let mut metrics_port = None;
         let (child, socket) = match kind {
-            Kind::Stock => {
-                let mut server = start_stock(tmp, &root, data_dir, log_path.clone(), opts)?;
+            Kind::Stock | Kind::OursFjall | Kind::OursMemory => {
+                let mut server =
+                    start_master_child(kind, tmp, &root, data_dir, log_path.clone(), opts)?;
                 server.wait_ready()?;
                 return Ok(server);
             }
-            Kind::OursFjall
-            | Kind::OursMemory
-            | Kind::OursShared
-            | Kind::OursMetrics
-            | Kind::OursBase => {
+            Kind::OursServe | Kind::OursShared | Kind::OursMetrics | Kind::OursBase => {
                 // `TLSMGR_BENCH_BASE_STORE=btree` puts the baseline on the
                 // fjall store, to compare two builds of the store itself.
                 let base_on_disk = kind == Kind::OursBase
                     && std::env::var("TLSMGR_BENCH_BASE_STORE").as_deref() == Ok("btree");
                 let db = |name: &str| match kind {
-                    Kind::OursMemory | Kind::OursMetrics => format!("memory:{name}"),
+                    Kind::OursMetrics => format!("memory:{name}"),
                     Kind::OursBase if !base_on_disk => format!("memory:{name}"),
                     _ => format!("btree:{}/{name}", data_dir.display()),
                 };
@@ -399,8 +405,10 @@ impl Server {
                     let _ = st.shutdown(std::net::Shutdown::Both);
                 }
             }
+            // `postfix stop`: master sends its children SIGTERM.
             Kind::OursFjall
             | Kind::OursMemory
+            | Kind::OursServe
             | Kind::OursShared
             | Kind::OursMetrics
             | Kind::OursBase => {
@@ -498,8 +506,18 @@ fn chown_postfix(path: &Path) -> Result<(), String> {
     }
 }
 
-/// Starts stock tlsmgr as master(8) does (see tests/common/stock.rs).
-fn start_stock(
+/// The arguments master(8) gives tlsmgr for Debian's master.cf line
+/// (`tlsmgr unix - - y 1000? 1 tlsmgr`) less `-c`, since the bench builds
+/// no chroot jail: `-l` (one process), `-t unix`, `-u` (drop to
+/// mail_owner); `-V` sends the log to stderr, the server's log file here.
+const MASTER_CHILD_ARGS: [&str; 5] = ["-l", "-t", "unix", "-u", "-V"];
+
+/// Starts stock tlsmgr, or ours, as master(8) does (see
+/// tests/common/child.rs): the same directories, descriptors, arguments and
+/// environment for both, so that the two are compared in the mode users
+/// run; only main.cf's cache lines differ (ours: `kind`'s store).
+fn start_master_child(
+    kind: Kind,
     tmp: tempfile::TempDir,
     root: &Path,
     data_dir: PathBuf,
@@ -510,30 +528,63 @@ fn start_stock(
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))
         .map_err(io("chmod temp dir"))?;
     for sub in ["config", "queue", "queue/private"] {
-        std::fs::create_dir_all(root.join(sub)).map_err(io("create stock directories"))?;
+        std::fs::create_dir_all(root.join(sub)).map_err(io("create master directories"))?;
     }
-    chown_postfix(&data_dir)?;
+    // SAFETY: geteuid(2) has no preconditions and touches no memory.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut extra = String::new();
+    if as_root {
+        chown_postfix(&data_dir)?;
+    } else if kind != Kind::Stock {
+        // `-u` drops to mail_owner, which only root can: as in
+        // scripts/callgrind-per-request.sh, the owner is who runs us.
+        let me = Command::new("id")
+            .arg("-un")
+            .output()
+            .map_err(io("id -un"))?;
+        extra = format!(
+            "mail_owner = {}\n",
+            String::from_utf8_lossy(&me.stdout).trim()
+        );
+    }
+    let (program, db_type) = match kind {
+        Kind::Stock => (PathBuf::from(STOCK_TLSMGR), "btree"),
+        Kind::OursMemory => (ours_binary(), "memory"),
+        _ => (ours_binary(), "btree"),
+    };
+    let db = |name: &str| match db_type {
+        "memory" => format!("memory:{name}"),
+        t => format!("{t}:{}/{name}", data_dir.display()),
+    };
+    // Stock reads none of our parameters and warns about none of them.
+    if kind != Kind::Stock {
+        extra.push_str(&opts.main_cf_extra);
+    }
     std::fs::write(
         root.join("config/main.cf"),
         format!(
             "compatibility_level = 3.6\nqueue_directory = {r}/queue\ndata_directory = {d}\n\
-             smtpd_tls_session_cache_database = btree:{d}/smtpd_scache\n\
-             smtp_tls_session_cache_database = btree:{d}/smtp_scache\n{extra}\n",
+             smtpd_tls_session_cache_database = {smtpd}\n\
+             smtp_tls_session_cache_database = {smtp}\n{extra}\n",
             r = root.display(),
             d = data_dir.display(),
-            extra = opts.main_cf_extra,
+            smtpd = db("smtpd_scache"),
+            smtp = db("smtp_scache"),
         ),
     )
-    .map_err(io("write stock main.cf"))?;
+    .map_err(io("write master child main.cf"))?;
     let socket = root.join("queue/private/tlsmgr");
     let listener = UnixListener::bind(&socket).map_err(io("bind stock socket"))?;
     let (status_ours, status_child) = UnixStream::pair().map_err(io("status socketpair"))?;
     let (flow_r, flow_w) = std::io::pipe().map_err(io("flow pipe"))?;
     let log = std::fs::File::create(&log_path).map_err(io("create log"))?;
-    let mut cmd = Command::new(STOCK_TLSMGR);
-    cmd.args(["-l", "-t", "unix", "-V"])
+    let mut cmd = Command::new(&program);
+    // master execs "$daemon_directory/tlsmgr": argv[0] is tlsmgr.
+    std::os::unix::process::CommandExt::arg0(&mut cmd, "tlsmgr");
+    cmd.args(MASTER_CHILD_ARGS)
         .env_clear()
         .env("MAIL_CONFIG", root.join("config"))
+        .env("MAIL_LOGTAG", "postfix")
         .env("GENERATION", "17")
         .env("LANG", "C")
         .stdin(Stdio::null())
@@ -557,17 +608,20 @@ fn start_stock(
             child_fd: 6,
         },
     ])
-    .map_err(io("map stock fds"))?;
-    let child = cmd.spawn().map_err(io("start stock tlsmgr"))?;
+    .map_err(io("map master child fds"))?;
+    let child = cmd
+        .spawn()
+        .map_err(io(&format!("start {}", program.display())))?;
     // multi_server writes a 12-byte TAKEN and AVAIL record per request;
-    // master reads them, and so must we, or stock blocks on a full socket.
+    // master reads them, and so must we, or the child blocks on a full
+    // socket.
     let mut reader = status_ours.try_clone().map_err(io("clone status socket"))?;
     let drainer = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
     });
     Ok(Server {
-        kind: Kind::Stock,
+        kind,
         child,
         socket,
         data_dir,

@@ -1104,7 +1104,7 @@ fn fjall_disk_use_settles_at_most_1_2_bytes_per_session_byte() {
     // input tables next to its output until the next memtable rotation, so
     // a cache that goes quiet after a burst stayed at about 1.5 bytes per
     // session byte; the store's periodic tidy (the sync interval) releases
-    // them (src/store/fjall.rs, "Disk use"). Here the test is the sync timer.
+    // them (src/store/fjall/mod.rs, "Disk use"). Here the test is the sync timer.
     const N: u64 = 100_000;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("c.fjall");
@@ -1170,7 +1170,7 @@ fn fjall_removed_sessions_leave_the_disk_as_the_cache_turns_over() {
     // compaction meets its tombstone, and fjall compacts only as new writes
     // push tables down: a cache that goes quiet keeps them. The store
     // compacts itself at quiet syncs once enough was removed
-    // (src/store/fjall.rs, "Disk use"); without that this test ended at
+    // (src/store/fjall/mod.rs, "Disk use"); without that this test ended at
     // 2.26 bytes per live session byte. Five generations of 30 000 sessions
     // of 2 KiB, each swept once the next one is in.
     const GENERATION: u64 = 30_000;
