@@ -9,6 +9,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tlsmgr::client::Client;
 
+/// `tlsmgr serve [FLAGS] -c DIR`: every `tlsmgr serve` the tests start is
+/// built here, so which binary runs and how it finds its main.cf are said
+/// once; callers add what they test (`--socket`, stdio, environment, a
+/// umask or uid before exec) and how they wait for it.
+pub fn command(flags: &[&str], dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlsmgr"));
+    cmd.arg("serve").args(flags).arg("-c").arg(dir);
+    cmd
+}
+
 pub struct ServeProcess {
     child: Child,
     pub socket: PathBuf,
@@ -31,8 +41,8 @@ impl ServeProcess {
         customize: impl FnOnce(&mut Command),
     ) -> ServeProcess {
         let log = dir.join("stderr.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlsmgr"));
-        cmd.args(["serve", "-c"]).arg(dir).stderr(Stdio::from(
+        let mut cmd = command(&[], dir);
+        cmd.stderr(Stdio::from(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -101,10 +111,8 @@ pub fn run_to_exit<K: AsRef<OsStr>, V: AsRef<OsStr>>(
     env: &[(K, V)],
     bound: Duration,
 ) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlsmgr"));
-    cmd.args(["serve", "-c"])
-        .arg(dir)
-        .stdin(Stdio::null())
+    let mut cmd = command(&[], dir);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {

@@ -28,9 +28,7 @@ impl Serve {
             ),
         )
         .unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "-c"])
-            .arg(dir)
+        let child = crate::common::serve::command(&[], dir)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

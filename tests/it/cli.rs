@@ -26,9 +26,7 @@ impl Serve {
             ),
         )
         .unwrap();
-        let mut child = Command::new(BIN)
-            .args(["serve", "-c"])
-            .arg(dir)
+        let mut child = crate::common::serve::command(&[], dir)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -185,9 +183,7 @@ fn serve_rejects_a_bad_configuration_naming_file_and_line() {
         "queue_directory = /tmp\nsmtpd_tls_session_cache_timeout = 200d\n",
     )
     .unwrap();
-    let o = Command::new(BIN)
-        .args(["serve", "-c"])
-        .arg(dir.path())
+    let o = crate::common::serve::command(&[], dir.path())
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));

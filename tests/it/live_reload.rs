@@ -547,7 +547,7 @@ fn pathological_main_cf_does_not_hold_up_requests() {
 /// an unchanged file does nothing), and an idle daemon then stays quiet.
 #[test]
 fn sighup_rereads_an_unchanged_invalid_main_cf_once() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::write(
@@ -560,9 +560,7 @@ fn sighup_rereads_an_unchanged_invalid_main_cf_once() {
     .unwrap();
     let socket = dir.join("tlsmgr.sock");
     let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
-        .args(["serve", "-v", "-c"])
-        .arg(dir)
+    let mut child = crate::common::serve::command(&["-v"], dir)
         .arg("--socket")
         .arg(&socket)
         .stdin(Stdio::null())

@@ -333,10 +333,7 @@ fn the_real_binary_saves_the_exchange_file_on_sigterm() {
     std::fs::create_dir_all(dir.join("data")).unwrap();
     std::fs::write(dir.join("main.cf"), main_cf(dir, "")).unwrap();
     let sock = dir.join("tlsmgr.sock");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
-        .arg("serve")
-        .arg("-c")
-        .arg(dir)
+    let child = crate::common::serve::command(&[], dir)
         .arg("--socket")
         .arg(&sock)
         .stderr(std::process::Stdio::piped())

@@ -8,7 +8,7 @@
 use crate::common;
 
 use common::*;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use tlsmgr::protocol::{Reply, Request, Status};
 
 fn policy(d: &TestDaemon, ct: &str) -> Reply {
@@ -107,10 +107,7 @@ fn a_second_spelling_at_start_is_fatal_naming_both_parameters() {
     )
     .unwrap();
     let socket = dir.join("tlsmgr.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
-        .arg("serve")
-        .arg("-c")
-        .arg(dir)
+    let mut child = crate::common::serve::command(&[], dir)
         .arg("--socket")
         .arg(&socket)
         .stdin(Stdio::null())

@@ -178,9 +178,7 @@ fn a_symlinked_secret_file_is_refused_with_the_reason() {
     std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::symlink(&elsewhere, &real).unwrap();
     // The daemon reads the secret at start (`tlsmgr check` does not).
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
-        .args(["serve", "-c"])
-        .arg(dir)
+    let mut child = crate::common::serve::command(&[], dir)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

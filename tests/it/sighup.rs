@@ -2,7 +2,7 @@
 //! follows main.cf edits live, as a real process on a real socket.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use tlsmgr::client::Client;
 use tlsmgr::protocol::{Reply, Request, Status};
@@ -49,10 +49,7 @@ fn sighup_reloads_and_edits_apply_live() {
     std::fs::write(dir.join("main.cf"), main_cf(600)).unwrap();
     let socket = dir.join("tlsmgr.sock");
     let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
-        .arg("serve")
-        .arg("-c")
-        .arg(dir)
+    let mut child = crate::common::serve::command(&[], dir)
         .arg("--socket")
         .arg(&socket)
         .stdin(Stdio::null())
