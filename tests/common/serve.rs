@@ -86,6 +86,17 @@ impl ServeProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGTERM, as `postfix stop` sends; waits for the exit and returns
+    /// its status and everything the daemon logged.
+    pub fn stop_with_log(mut self) -> (std::process::ExitStatus, String) {
+        // SAFETY: kill(2) on our own child's pid (not yet waited for) with
+        // a valid signal number; no memory is shared or touched.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+        let status = self.child.wait().unwrap();
+        (status, self.log_text())
+    }
+
     /// SIGTERM, and waits for the exit (state saved, stores flushed).
     pub fn stop(mut self) {
         let _ = nix::sys::signal::kill(
