@@ -40,8 +40,26 @@ impl ServeProcess {
         env: &[(K, V)],
         customize: impl FnOnce(&mut Command),
     ) -> ServeProcess {
-        let log = dir.join("stderr.log");
         let mut cmd = command(&[], dir);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        customize(&mut cmd);
+        Self::spawn(cmd, dir, dir.join("private/tlsmgr"))
+    }
+
+    /// `tlsmgr serve FLAGS -c DIR --socket SOCKET`, stdin closed, waited
+    /// for until `socket` answers.
+    pub fn start_on_socket(dir: &Path, flags: &[&str], socket: &Path) -> ServeProcess {
+        let mut cmd = command(flags, dir);
+        cmd.arg("--socket").arg(socket).stdin(Stdio::null());
+        Self::spawn(cmd, dir, socket.to_path_buf())
+    }
+
+    /// Spawns `cmd` with stderr appended to `DIR/stderr.log` and waits
+    /// (up to 20 s) until `socket` answers.
+    fn spawn(mut cmd: Command, dir: &Path, socket: PathBuf) -> ServeProcess {
+        let log = dir.join("stderr.log");
         cmd.stderr(Stdio::from(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -49,18 +67,28 @@ impl ServeProcess {
                 .open(&log)
                 .unwrap(),
         ));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        customize(&mut cmd);
         let child = cmd.spawn().unwrap();
-        let socket = dir.join("private/tlsmgr");
+        let mut serve = ServeProcess { child, socket, log };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while Client::connect(&socket, Duration::from_secs(5)).is_err() {
-            assert!(Instant::now() < deadline, "tlsmgr serve did not start");
+        while Client::connect(&serve.socket, Duration::from_secs(5)).is_err() {
+            assert!(
+                serve.running() && Instant::now() < deadline,
+                "tlsmgr serve did not start: {}",
+                serve.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        ServeProcess { child, socket, log }
+        serve
+    }
+
+    /// Whether the daemon has not exited yet.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
 
     /// No environment added (for [`ServeProcess::start`]).
@@ -122,6 +150,17 @@ pub fn run_to_exit<K: AsRef<OsStr>, V: AsRef<OsStr>>(
     env: &[(K, V)],
     bound: Duration,
 ) -> std::process::Output {
+    run_to_exit_with(dir, env, bound, |_| {})
+}
+
+/// [`run_to_exit`], with `customize` applied to the command before it is
+/// spawned (more arguments).
+pub fn run_to_exit_with<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+    dir: &Path,
+    env: &[(K, V)],
+    bound: Duration,
+    customize: impl FnOnce(&mut Command),
+) -> std::process::Output {
     let mut cmd = command(&[], dir);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -129,6 +168,7 @@ pub fn run_to_exit<K: AsRef<OsStr>, V: AsRef<OsStr>>(
     for (k, v) in env {
         cmd.env(k, v);
     }
+    customize(&mut cmd);
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + bound;
     while child.try_wait().unwrap().is_none() {
