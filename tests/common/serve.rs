@@ -1,6 +1,11 @@
-//! A real `tlsmgr serve -c DIR` process for the fault tests: started with
-//! extra environment (libfaketime), its stderr appended to `DIR/stderr.log`,
-//! stopped with SIGTERM (and killed if a test fails first).
+//! `tlsmgr serve` as a real process, for every test that starts one:
+//! [`command`] builds the command line; [`ServeProcess`] runs it with
+//! extra environment (libfaketime) or arguments, its stderr appended to
+//! `DIR/stderr.log`, waits until its socket answers, signals it and stops
+//! it with SIGTERM (killed if a test fails first); [`run_to_exit`] runs a
+//! start that must fail. Tests that time the start themselves
+//! (faults_keys) or need a umask before exec (serve_permissions) spawn
+//! [`command`] directly.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::ffi::OsStr;
