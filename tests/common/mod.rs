@@ -5,6 +5,7 @@
 pub mod child;
 pub mod disk;
 pub mod keys;
+pub mod postfix;
 #[path = "prng.rs"]
 pub mod prng_util;
 #[path = "redis.rs"]

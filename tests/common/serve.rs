@@ -1,6 +1,11 @@
-//! A real `tlsmgr serve -c DIR` process for the fault tests: started with
-//! extra environment (libfaketime), its stderr appended to `DIR/stderr.log`,
-//! stopped with SIGTERM (and killed if a test fails first).
+//! `tlsmgr serve` as a real process, for every test that starts one:
+//! [`command`] builds the command line; [`ServeProcess`] runs it with
+//! extra environment (libfaketime) or arguments, its stderr appended to
+//! `DIR/stderr.log`, waits until its socket answers, signals it and stops
+//! it with SIGTERM (killed if a test fails first); [`run_to_exit`] runs a
+//! start that must fail. Tests that time the start themselves
+//! (faults_keys) or need a umask before exec (serve_permissions) spawn
+//! [`command`] directly.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::ffi::OsStr;
@@ -8,6 +13,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tlsmgr::client::Client;
+
+/// `tlsmgr serve [FLAGS] -c DIR`: every `tlsmgr serve` the tests start is
+/// built here, so which binary runs and how it finds its main.cf are said
+/// once; callers add what they test (`--socket`, stdio, environment, a
+/// umask or uid before exec) and how they wait for it.
+pub fn command(flags: &[&str], dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlsmgr"));
+    cmd.arg("serve").args(flags).arg("-c").arg(dir);
+    cmd
+}
 
 pub struct ServeProcess {
     child: Child,
@@ -30,27 +45,55 @@ impl ServeProcess {
         env: &[(K, V)],
         customize: impl FnOnce(&mut Command),
     ) -> ServeProcess {
+        let mut cmd = command(&[], dir);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        customize(&mut cmd);
+        Self::spawn(cmd, dir, dir.join("private/tlsmgr"))
+    }
+
+    /// `tlsmgr serve FLAGS -c DIR --socket SOCKET`, stdin closed, waited
+    /// for until `socket` answers.
+    pub fn start_on_socket(dir: &Path, flags: &[&str], socket: &Path) -> ServeProcess {
+        let mut cmd = command(flags, dir);
+        cmd.arg("--socket").arg(socket).stdin(Stdio::null());
+        Self::spawn(cmd, dir, socket.to_path_buf())
+    }
+
+    /// Spawns `cmd` with stderr appended to `DIR/stderr.log` and waits
+    /// (up to 20 s) until `socket` answers.
+    fn spawn(mut cmd: Command, dir: &Path, socket: PathBuf) -> ServeProcess {
         let log = dir.join("stderr.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlsmgr"));
-        cmd.args(["serve", "-c"]).arg(dir).stderr(Stdio::from(
+        cmd.stderr(Stdio::from(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&log)
                 .unwrap(),
         ));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        customize(&mut cmd);
         let child = cmd.spawn().unwrap();
-        let socket = dir.join("private/tlsmgr");
+        let mut serve = ServeProcess { child, socket, log };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while Client::connect(&socket, Duration::from_secs(5)).is_err() {
-            assert!(Instant::now() < deadline, "tlsmgr serve did not start");
+        while Client::connect(&serve.socket, Duration::from_secs(5)).is_err() {
+            assert!(
+                serve.running() && Instant::now() < deadline,
+                "tlsmgr serve did not start: {}",
+                serve.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        ServeProcess { child, socket, log }
+        serve
+    }
+
+    /// Whether the daemon has not exited yet.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
 
     /// No environment added (for [`ServeProcess::start`]).
@@ -74,6 +117,17 @@ impl ServeProcess {
     /// What the daemon logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, as `postfix stop` sends; waits for the exit and returns
+    /// its status and everything the daemon logged.
+    pub fn stop_with_log(mut self) -> (std::process::ExitStatus, String) {
+        // SAFETY: kill(2) on our own child's pid (not yet waited for) with
+        // a valid signal number; no memory is shared or touched.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+        let status = self.child.wait().unwrap();
+        (status, self.log_text())
     }
 
     /// SIGTERM, and waits for the exit (state saved, stores flushed).
@@ -101,15 +155,25 @@ pub fn run_to_exit<K: AsRef<OsStr>, V: AsRef<OsStr>>(
     env: &[(K, V)],
     bound: Duration,
 ) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlsmgr"));
-    cmd.args(["serve", "-c"])
-        .arg(dir)
-        .stdin(Stdio::null())
+    run_to_exit_with(dir, env, bound, |_| {})
+}
+
+/// [`run_to_exit`], with `customize` applied to the command before it is
+/// spawned (more arguments).
+pub fn run_to_exit_with<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+    dir: &Path,
+    env: &[(K, V)],
+    bound: Duration,
+    customize: impl FnOnce(&mut Command),
+) -> std::process::Output {
+    let mut cmd = command(&[], dir);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
+    customize(&mut cmd);
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + bound;
     while child.try_wait().unwrap().is_none() {

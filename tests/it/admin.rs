@@ -4,16 +4,17 @@
 //! mail_owner and the daemon's own user is refused (`nobody`).
 #![allow(clippy::unwrap_used)]
 
+use crate::common::serve::ServeProcess;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tlsmgr");
 
 struct Serve {
-    child: Option<Child>,
+    daemon: ServeProcess,
     dir: PathBuf,
 }
 
@@ -28,14 +29,8 @@ impl Serve {
             ),
         )
         .unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "-c"])
-            .arg(dir)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
         let serve = Serve {
-            child: Some(child),
+            daemon: ServeProcess::start(dir, ServeProcess::NO_ENV),
             dir: dir.to_path_buf(),
         };
         for _ in 0..200 {
@@ -83,21 +78,8 @@ impl Serve {
     }
 
     /// SIGTERM; the daemon's log.
-    fn stop(mut self) -> String {
-        let child = self.child.take().unwrap();
-        // SAFETY: kill(2) on our own child's pid; no memory is touched.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let out = child.wait_with_output().unwrap();
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    fn stop(self) -> String {
+        self.daemon.stop_with_log().1
     }
 }
 

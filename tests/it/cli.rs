@@ -2,16 +2,16 @@
 //! acceptance list, end to end through the command line.
 #![allow(clippy::unwrap_used)]
 
+use crate::common::serve::ServeProcess;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tlsmgr");
 
+/// `tlsmgr serve` on the default socket, `$queue_directory/private/tlsmgr`.
 struct Serve {
-    child: Child,
-    socket: PathBuf,
+    daemon: ServeProcess,
 }
 
 impl Serve {
@@ -26,32 +26,15 @@ impl Serve {
             ),
         )
         .unwrap();
-        let mut child = Command::new(BIN)
-            .args(["serve", "-c"])
-            .arg(dir)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Default socket: $queue_directory/private/tlsmgr.
-        let socket = dir.join("private/tlsmgr");
-        for _ in 0..200 {
-            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-                return Serve { child, socket };
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        Serve {
+            daemon: ServeProcess::start(dir, ServeProcess::NO_ENV),
         }
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
-        panic!(
-            "tlsmgr serve did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 
     fn client(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let mut cmd = Command::new(BIN);
         cmd.args(["client", "--socket"])
-            .arg(&self.socket)
+            .arg(&self.daemon.socket)
             .args(args);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -67,13 +50,9 @@ impl Serve {
 
     /// SIGTERM, as `postfix stop` sends; the daemon must flush and exit 0.
     fn stop(self) -> String {
-        // SAFETY: kill(2) on our own child's pid with a valid signal number;
-        // no memory is shared or touched.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0);
-        let out = self.child.wait_with_output().unwrap();
-        assert!(out.status.success(), "exit status {:?}", out.status);
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        let (status, log) = self.daemon.stop_with_log();
+        assert!(status.success(), "exit status {status:?}");
+        log
     }
 }
 
@@ -185,9 +164,7 @@ fn serve_rejects_a_bad_configuration_naming_file_and_line() {
         "queue_directory = /tmp\nsmtpd_tls_session_cache_timeout = 200d\n",
     )
     .unwrap();
-    let o = Command::new(BIN)
-        .args(["serve", "-c"])
-        .arg(dir.path())
+    let o = crate::common::serve::command(&[], dir.path())
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));

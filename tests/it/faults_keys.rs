@@ -281,9 +281,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 fn serve_and_time(dir: &Path, limit: Duration) -> (std::process::Child, Option<Duration>, u64) {
     let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
     let started = Instant::now();
-    let mut child = Command::new(BIN)
-        .args(["serve", "-c"])
-        .arg(dir)
+    let mut child = crate::common::serve::command(&[], dir)
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap();

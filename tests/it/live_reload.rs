@@ -547,7 +547,8 @@ fn pathological_main_cf_does_not_hold_up_requests() {
 /// an unchanged file does nothing), and an idle daemon then stays quiet.
 #[test]
 fn sighup_rereads_an_unchanged_invalid_main_cf_once() {
-    use std::process::{Command, Stdio};
+    use crate::common::serve::ServeProcess;
+    use nix::sys::signal::Signal;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::write(
@@ -559,23 +560,9 @@ fn sighup_rereads_an_unchanged_invalid_main_cf_once() {
     )
     .unwrap();
     let socket = dir.join("tlsmgr.sock");
-    let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
-        .args(["serve", "-v", "-c"])
-        .arg(dir)
-        .arg("--socket")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    let log = || std::fs::read_to_string(dir.join("stderr")).unwrap();
-    let warnings = || log().matches("bad time value or unit: banana").count();
-    assert!(eventually(|| tlsmgr::client::Client::connect(
-        &socket,
-        std::time::Duration::from_secs(1)
-    )
-    .is_ok()));
+    let serve = ServeProcess::start_on_socket(dir, &["-v"], &socket);
+    let warnings_in = |log: &str| log.matches("bad time value or unit: banana").count();
+    let warnings = || warnings_in(&serve.log_text());
     {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -585,18 +572,15 @@ fn sighup_rereads_an_unchanged_invalid_main_cf_once() {
         f.write_all(b"smtpd_tls_session_cache_timeout = banana\n")
             .unwrap();
     }
-    assert!(eventually(|| warnings() == 1), "{}", log());
-    let pid = child.id() as libc::pid_t;
-    // SAFETY: kill(2) with a pid we spawned and still own (not yet waited).
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
-    assert!(eventually(|| warnings() == 2), "{}", log());
+    assert!(eventually(|| warnings() == 1), "{}", serve.log_text());
+    serve.signal(Signal::SIGHUP);
+    assert!(eventually(|| warnings() == 2), "{}", serve.log_text());
     std::thread::sleep(std::time::Duration::from_secs(2));
     let quiet = warnings();
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    assert!(child.wait().unwrap().success());
-    assert_eq!(quiet, 2, "{}", log());
-    assert_eq!(log().matches("reload requested").count(), 1);
+    let (status, log) = serve.stop_with_log();
+    assert!(status.success());
+    assert_eq!(quiet, 2, "{log}");
+    assert_eq!(log.matches("reload requested").count(), 1);
 }
 
 /// TLS loglevel words this version does not know (Postfix 3.12's `trace`,

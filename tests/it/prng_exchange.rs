@@ -333,15 +333,7 @@ fn the_real_binary_saves_the_exchange_file_on_sigterm() {
     std::fs::create_dir_all(dir.join("data")).unwrap();
     std::fs::write(dir.join("main.cf"), main_cf(dir, "")).unwrap();
     let sock = dir.join("tlsmgr.sock");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
-        .arg("serve")
-        .arg("-c")
-        .arg(dir)
-        .arg("--socket")
-        .arg(&sock)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let serve = crate::common::serve::ServeProcess::start_on_socket(dir, &[], &sock);
     let path = exch(dir);
     let written = || {
         std::fs::metadata(&path)
@@ -350,15 +342,8 @@ fn the_real_binary_saves_the_exchange_file_on_sigterm() {
     };
     assert!(eventually(|| sock.exists() && written()));
     let before = std::fs::read(&path).unwrap();
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: kill(2) on our own child's pid; no memory is touched.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (status, log) = serve.stop_with_log();
+    assert!(status.success(), "{log}");
     let after = std::fs::read(&path).unwrap();
     assert_eq!(after.len(), 1024);
     assert_ne!(before, after, "fresh bytes written at exit");

@@ -8,7 +8,7 @@
 use crate::common;
 
 use common::*;
-use std::process::{Command, Stdio};
+use std::time::Duration;
 use tlsmgr::protocol::{Reply, Request, Status};
 
 fn policy(d: &TestDaemon, ct: &str) -> Reply {
@@ -107,25 +107,17 @@ fn a_second_spelling_at_start_is_fatal_naming_both_parameters() {
     )
     .unwrap();
     let socket = dir.join("tlsmgr.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
-        .arg("serve")
-        .arg("-c")
-        .arg(dir)
-        .arg("--socket")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
-        .spawn()
-        .unwrap();
     // Bounded: the old code went on serving (and never exited).
-    let exited = eventually(|| child.try_wait().unwrap().is_some());
-    if !exited {
-        let _ = child.kill();
-    }
-    let status = child.wait().unwrap();
-    let err = std::fs::read_to_string(dir.join("stderr")).unwrap();
+    let out = crate::common::serve::run_to_exit_with(
+        dir,
+        crate::common::serve::ServeProcess::NO_ENV,
+        Duration::from_secs(10),
+        |cmd| {
+            cmd.arg("--socket").arg(&socket);
+        },
+    );
+    let (status, err) = (out.status, String::from_utf8_lossy(&out.stderr));
     println!("{err}");
-    assert!(exited, "still serving: {err}");
     assert!(!status.success(), "{err}");
     let place = std::fs::canonicalize(dir.join("data"))
         .unwrap()

@@ -63,11 +63,8 @@ impl Drop for Daemon {
 /// `tlsmgr serve` on `socket` under umask 000, its stderr in `dir/stderr`.
 fn serve(dir: &Path, socket: &Path) -> Daemon {
     let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
-    let mut cmd = Command::new(OURS);
-    cmd.arg("serve")
-        .arg("-c")
-        .arg(dir)
-        .arg("--socket")
+    let mut cmd = crate::common::serve::command(&[], dir);
+    cmd.arg("--socket")
         .arg(socket)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

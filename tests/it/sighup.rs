@@ -2,7 +2,8 @@
 //! follows main.cf edits live, as a real process on a real socket.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Stdio};
+use crate::common::serve::ServeProcess;
+use nix::sys::signal::Signal;
 use std::time::Duration;
 use tlsmgr::client::Client;
 use tlsmgr::protocol::{Reply, Request, Status};
@@ -48,32 +49,21 @@ fn sighup_reloads_and_edits_apply_live() {
     };
     std::fs::write(dir.join("main.cf"), main_cf(600)).unwrap();
     let socket = dir.join("tlsmgr.sock");
-    let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tlsmgr"))
-        .arg("serve")
-        .arg("-c")
-        .arg(dir)
-        .arg("--socket")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    let log = || std::fs::read_to_string(dir.join("stderr")).unwrap();
+    let mut serve = ServeProcess::start_on_socket(dir, &[], &socket);
+    let log_file = serve.log.clone();
+    let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
     assert!(
         eventually(|| policy_timeout(&socket) == Some(600)),
         "{}",
         log()
     );
-    let pid = child.id() as libc::pid_t;
-    // SAFETY: kill(2) with a pid we spawned and still own (not yet waited).
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    serve.signal(Signal::SIGHUP);
     assert!(
         eventually(|| log().contains("reload requested")),
         "{}",
         log()
     );
-    assert!(child.try_wait().unwrap().is_none(), "SIGHUP killed it");
+    assert!(serve.running(), "SIGHUP killed it");
     // An edit by rename reaches new clients.
     std::fs::write(dir.join("main.cf.tmp"), main_cf(1200)).unwrap();
     std::fs::rename(dir.join("main.cf.tmp"), dir.join("main.cf")).unwrap();
@@ -89,7 +79,6 @@ fn sighup_reloads_and_edits_apply_live() {
         "{}",
         log()
     );
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    assert!(child.wait().unwrap().success());
+    let (status, _) = serve.stop_with_log();
+    assert!(status.success());
 }
